@@ -1,0 +1,38 @@
+"""Shared fixtures: devices (CUDA cases skip cleanly) and per-dtype tolerances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every device the test should run on; CUDA is skipped without a GPU."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """rtol/atol for comparing results computed in ``dtype`` against a float64 reference."""
+    return {
+        torch.float16: dict(rtol=1e-2, atol=1e-2),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+        torch.float32: dict(rtol=1e-4, atol=1e-5),
+        torch.float64: dict(rtol=1e-9, atol=1e-12),
+    }[dtype]

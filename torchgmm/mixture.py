@@ -1,0 +1,865 @@
+"""Gaussian mixtures fitted by EM, as batched tensor operations.
+
+The functional core solves B independent problems at once: data ``x`` of shape ``(B, N, D)``
+with optional non-negative ``sample_weight`` ``(B, N)`` (histogram counts are weights), K
+components. :class:`GaussianMixture` is a thin ``nn.Module`` with scikit-learn's vocabulary
+that stores the fitted parameters as buffers.
+
+Parameter shapes follow scikit-learn with a leading batch dimension:
+
+==============  ==================  ========================
+covariance      ``covariances``     ``precisions_cholesky``
+==============  ==================  ========================
+``full``        ``(B, K, D, D)``    ``(B, K, D, D)``
+``tied``        ``(B, D, D)``       ``(B, D, D)``
+``diag``        ``(B, K, D)``       ``(B, K, D)``
+``spherical``   ``(B, K)``          ``(B, K)``
+==============  ==================  ========================
+
+How the E- and M-steps are computed. For every covariance type the log-density of a
+component is a linear function of a fixed set of *quadratic features* of a sample,
+``phi(x) = [x_i x_j (i <= j) ..., x_1 ... x_D]`` (``[x_d^2 ..., x]`` for ``diag``,
+``[|x|^2, x]`` for ``spherical``)::
+
+    log N(x | mu_k, P_k^-1) = -1/2 (D log 2 pi + x'P_k x - 2 mu_k'P_k x + mu_k'P_k mu_k)
+                              + log det L_k                            (P_k = L_k L_k')
+
+so the E-step is one batched matmul ``phi (B, N, F) @ A (B, F, K)`` followed by a
+log-sum-exp over K, and the M-step's sufficient statistics (first and second moments per
+component) are one batched matmul ``resp' (B, K, N) @ phi (B, N, F)``. The features are
+built once per fit; no ``(B, N, K, D)`` temporary is ever made. Because the expansion
+subtracts large terms, the data are centred on their weighted mean before fitting (the
+mixture is translation-equivariant, so this changes nothing but rounding).
+Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``tied``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from torchgmm._checks import (
+    ShapeError,
+    check_choice,
+    check_finite,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+)
+
+__all__ = [
+    "CovarianceType",
+    "InitMethod",
+    "GaussianMixtureFit",
+    "ConvergenceWarning",
+    "fit_gaussian_mixture",
+    "estimate_log_prob",
+    "estimate_log_resp",
+    "precisions_cholesky_from_covariances",
+    "GaussianMixture",
+]
+
+CovarianceType = Literal["full", "tied", "diag", "spherical"]
+InitMethod = Literal["range", "kmeans++", "k-means++", "random"]
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+INIT_METHODS = ("range", "kmeans++", "k-means++", "random")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the lower bound changed by less than ``tol``."""
+
+
+class GaussianMixtureFit(NamedTuple):
+    """The result of :func:`fit_gaussian_mixture`; every field has a leading batch dim B."""
+
+    weights: Tensor  #: (B, K) mixing proportions, summing to 1
+    means: Tensor  #: (B, K, D)
+    covariances: Tensor  #: shape by covariance type, see the module docstring
+    precisions_cholesky: Tensor  #: same shape as ``covariances``
+    lower_bound: Tensor  #: (B,) weighted mean log-likelihood at the last E-step
+    n_iter: Tensor  #: (B,) int64 EM iterations run per problem
+    converged: Tensor  #: (B,) bool
+
+
+# ----------------------------------------------------------------------------------------
+# Argument handling
+# ----------------------------------------------------------------------------------------
+def _batched_data(
+    x: Tensor, sample_weight: Tensor | None, *, check_values: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """Validate ``x`` (B, N, D) or (N, D) and ``sample_weight``; return them batched."""
+    check_tensor(x, "x")
+    check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if check_values:
+        check_finite(x, "x")
+    if sample_weight is None:
+        return x, None
+    check_tensor(sample_weight, "sample_weight")
+    if sample_weight.ndim == 1:
+        sample_weight = sample_weight.unsqueeze(0)
+    if sample_weight.shape != x.shape[:2]:
+        raise ShapeError(
+            f"`sample_weight` must have shape (B, N) = {tuple(x.shape[:2])} to match `x`, "
+            f"got {tuple(sample_weight.shape)}."
+        )
+    sample_weight = sample_weight.to(device=x.device, dtype=x.dtype)
+    if check_values:
+        check_finite(sample_weight, "sample_weight")
+        if bool((sample_weight < 0).any()):
+            raise ValueError("`sample_weight` must be non-negative, got negative values.")
+        if bool((sample_weight.sum(1) <= 0).any()):
+            raise ValueError(
+                "`sample_weight` sums to zero for at least one problem; every problem needs "
+                "some positive weight."
+            )
+    return x, sample_weight
+
+
+def _batched_init(value: Tensor | None, name: str, ndim: int, x: Tensor) -> Tensor | None:
+    """Bring an explicit ``*_init`` tensor to x's device/dtype with a leading batch dim."""
+    if value is None:
+        return None
+    value = torch.as_tensor(value).to(device=x.device, dtype=x.dtype)
+    if value.ndim == ndim - 1:
+        value = value.unsqueeze(0)
+    if value.ndim != ndim:
+        raise ShapeError(f"`{name}` has {value.ndim} dimensions; expected {ndim - 1} or {ndim}.")
+    return value.expand(x.shape[0], *value.shape[1:])
+
+
+def _check_param_shape(value: Tensor, name: str, expected: tuple[int, ...]) -> None:
+    if tuple(value.shape) != expected:
+        raise ShapeError(f"`{name}` must have shape {expected}, got {tuple(value.shape)}.")
+
+
+# ----------------------------------------------------------------------------------------
+# Quadratic features and the log-density as a linear map of them
+# ----------------------------------------------------------------------------------------
+def _triu_indices(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    rows, cols = torch.triu_indices(d, d, device=device)
+    return rows, cols
+
+
+def _quadratic_features(x: Tensor, covariance_type: str) -> Tensor:
+    """phi(x): (B, N, D) -> (B, N, F), the features the log-density is linear in."""
+    if covariance_type in ("full", "tied"):
+        rows, cols = _triu_indices(x.shape[-1], x.device)
+        second = x[..., rows] * x[..., cols]  # x_i x_j, i <= j
+    elif covariance_type == "diag":
+        second = x * x
+    else:  # spherical
+        second = (x * x).sum(-1, keepdim=True)
+    return torch.cat([second, x], dim=-1)
+
+
+def _precision_matrices(precisions_cholesky: Tensor, covariance_type: str) -> Tensor:
+    """P = L L' for full (B, K, D, D) / tied (B, D, D); L^2 for diag and spherical."""
+    if covariance_type in ("full", "tied"):
+        return precisions_cholesky @ precisions_cholesky.mT
+    return precisions_cholesky * precisions_cholesky
+
+
+def _log_det_cholesky(precisions_cholesky: Tensor, covariance_type: str, d: int) -> Tensor:
+    """log det L per component: (B, K), or (B,) for tied."""
+    if covariance_type in ("full", "tied"):
+        return torch.diagonal(precisions_cholesky, dim1=-2, dim2=-1).log().sum(-1)
+    if covariance_type == "diag":
+        return precisions_cholesky.log().sum(-1)
+    return d * precisions_cholesky.log()
+
+
+def _log_prob_coefficients(
+    means: Tensor, precisions_cholesky: Tensor, covariance_type: str
+) -> tuple[Tensor, Tensor]:
+    """Coefficients (A (B, F, K), c (B, K)) with log N(x | mu_k, Sigma_k) = phi(x) @ A + c."""
+    b, k, d = means.shape
+    precision = _precision_matrices(precisions_cholesky, covariance_type)
+    if covariance_type == "tied":
+        precision = precision.unsqueeze(1).expand(b, k, d, d)
+    if covariance_type in ("full", "tied"):
+        rows, cols = _triu_indices(d, means.device)
+        # x'Px = sum_i P_ii x_i^2 + sum_{i<j} 2 P_ij x_i x_j
+        quad = precision[..., rows, cols] * torch.where(rows == cols, 1.0, 2.0).to(means.dtype)
+        p_mu = (precision @ means.unsqueeze(-1)).squeeze(-1)  # (B, K, D)
+    elif covariance_type == "diag":
+        quad = precision
+        p_mu = precision * means
+    else:  # spherical: P = p I
+        quad = precision.unsqueeze(-1)
+        p_mu = precision.unsqueeze(-1) * means
+    mahalanobis_const = (p_mu * means).sum(-1)  # mu'P mu, (B, K)
+    log_det = _log_det_cholesky(precisions_cholesky, covariance_type, d)
+    if covariance_type == "tied":
+        log_det = log_det.unsqueeze(-1)
+    coefficients = torch.cat([-0.5 * quad, p_mu], dim=-1).mT  # (B, F, K)
+    constant = -0.5 * (d * LOG_2PI + mahalanobis_const) + log_det
+    return coefficients.contiguous(), constant
+
+
+def estimate_log_prob(
+    x: Tensor, means: Tensor, precisions_cholesky: Tensor, covariance_type: CovarianceType = "full"
+) -> Tensor:
+    """Log-density of every sample under every component, log N(x_n | mu_k, Sigma_k).
+
+    Args:
+        x: samples, ``(B, N, D)`` float.
+        means: ``(B, K, D)``.
+        precisions_cholesky: Cholesky factors of the precisions (shapes in the module doc).
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+
+    Returns:
+        ``(B, N, K)`` log-densities, same dtype as ``x``.
+
+    Example:
+        >>> x = torch.zeros(1, 4, 2)
+        >>> means = torch.zeros(1, 1, 2)
+        >>> prec = torch.eye(2).expand(1, 1, 2, 2)
+        >>> estimate_log_prob(x, means, prec, "full")[0, 0, 0]  # -log(2 pi)
+        tensor(-1.8379)
+    """
+    # Mahalanobis distances are translation invariant: centre on the components' mean so
+    # the quadratic expansion subtracts numbers of the data's spread, not its offset.
+    centre = means.mean(dim=1, keepdim=True)
+    coefficients, constant = _log_prob_coefficients(means - centre, precisions_cholesky, covariance_type)
+    features = _quadratic_features(x - centre, covariance_type)
+    return torch.baddbmm(constant.unsqueeze(1), features, coefficients)
+
+
+def estimate_log_resp(
+    x: Tensor,
+    weights: Tensor,
+    means: Tensor,
+    precisions_cholesky: Tensor,
+    covariance_type: CovarianceType = "full",
+) -> tuple[Tensor, Tensor]:
+    """E-step: log responsibilities and per-sample log-likelihood.
+
+    Args:
+        x: ``(B, N, D)``.
+        weights: ``(B, K)`` mixing proportions.
+        means, precisions_cholesky, covariance_type: as in :func:`estimate_log_prob`.
+
+    Returns:
+        ``(log_resp (B, N, K), log_likelihood (B, N))`` where
+        ``log_likelihood = logsumexp_k(log w_k + log N(x | k))``.
+
+    Example:
+        >>> log_resp, ll = estimate_log_resp(torch.randn(2, 10, 3), torch.full((2, 4), 0.25),
+        ...     torch.randn(2, 4, 3), torch.ones(2, 4), "spherical")
+        >>> log_resp.shape, ll.shape
+        (torch.Size([2, 10, 4]), torch.Size([2, 10]))
+    """
+    weighted = estimate_log_prob(x, means, precisions_cholesky, covariance_type) + weights.log().unsqueeze(1)
+    log_likelihood = torch.logsumexp(weighted, dim=-1)
+    return weighted - log_likelihood.unsqueeze(-1), log_likelihood
+
+
+# ----------------------------------------------------------------------------------------
+# M-step
+# ----------------------------------------------------------------------------------------
+def precisions_cholesky_from_covariances(
+    covariances: Tensor, covariance_type: CovarianceType
+) -> tuple[Tensor, Tensor]:
+    """Cholesky factors of the precision matrices, without a host sync.
+
+    For full/tied: ``L = inv(chol(Sigma))'`` so that ``L L' = Sigma^-1`` (scikit-learn's
+    ``_compute_precision_cholesky``). For diag/spherical: ``1 / sqrt(sigma^2)``.
+
+    Returns:
+        ``(precisions_cholesky, failed)``: factors shaped like ``covariances`` and a ``(B,)``
+        bool tensor, true where a covariance was not positive definite. Callers check
+        ``failed`` when they sync anyway.
+
+    Example:
+        >>> prec, failed = precisions_cholesky_from_covariances(4 * torch.eye(2)[None, None], "full")
+        >>> prec[0, 0]
+        tensor([[0.5000, 0.0000],
+                [0.0000, 0.5000]])
+    """
+    if covariance_type in ("full", "tied"):
+        cov_chol, info = torch.linalg.cholesky_ex(covariances)
+        eye = torch.eye(covariances.shape[-1], device=covariances.device, dtype=covariances.dtype)
+        precisions_cholesky = torch.linalg.solve_triangular(
+            cov_chol, eye.expand_as(cov_chol), upper=False
+        ).mT
+        failed = info != 0
+        if covariance_type == "full":
+            failed = failed.any(-1)
+        return precisions_cholesky, failed
+    failed = (covariances <= 0).flatten(1).any(-1)
+    return covariances.clamp_min(torch.finfo(covariances.dtype).tiny).rsqrt(), failed
+
+
+def _m_step(
+    features: Tensor,
+    resp: Tensor,
+    sample_weight: Tensor | None,
+    covariance_type: str,
+    reg_covar: float,
+    d: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights (B, K), means (B, K, D) and covariances from responsibilities (B, N, K)."""
+    if sample_weight is not None:
+        resp = resp * sample_weight.unsqueeze(-1)
+    eps = torch.finfo(resp.dtype).eps
+    nk = resp.sum(1) + 10 * eps  # (B, K); + 10 eps keeps empty components finite (sklearn)
+    moments = torch.bmm(resp.mT, features)  # (B, K, F): sum_n r_nk phi(x_n)
+    means = moments[..., -d:] / nk.unsqueeze(-1)
+    second = moments[..., :-d]
+    weights = nk / nk.sum(-1, keepdim=True)
+    if covariance_type in ("full", "tied"):
+        rows, cols = _triu_indices(d, features.device)
+        b, k = nk.shape
+        scatter = second.new_zeros(b, k, d, d)
+        scatter[..., rows, cols] = second
+        scatter[..., cols, rows] = second
+        if covariance_type == "full":
+            # Sigma_k = E_k[x x'] - mu_k mu_k'  (weighted by r_nk)
+            cov = scatter / nk[..., None, None] - means.unsqueeze(-1) * means.unsqueeze(-2)
+        else:
+            # Sigma = (sum_k sum_n r_nk x x' - sum_k N_k mu_k mu_k') / sum_k N_k
+            outer = (nk[..., None, None] * means.unsqueeze(-1) * means.unsqueeze(-2)).sum(1)
+            cov = (scatter.sum(1) - outer) / nk.sum(-1)[:, None, None]
+        diagonal = torch.diagonal(cov, dim1=-2, dim2=-1)
+        # Rounding in E[xx'] - mu mu' can make a collapsed component's variance slightly
+        # negative: floor the diagonal at 0 before adding reg_covar.
+        diagonal.clamp_(min=0).add_(reg_covar)
+    elif covariance_type == "diag":
+        cov = (second / nk.unsqueeze(-1) - means * means).clamp_min(0) + reg_covar
+    else:
+        cov = ((second[..., 0] / nk - (means * means).sum(-1)) / d).clamp_min(0) + reg_covar
+    return weights, means, cov
+
+
+# ----------------------------------------------------------------------------------------
+# Initialisation
+# ----------------------------------------------------------------------------------------
+def _weighted_mean(x: Tensor, sample_weight: Tensor | None) -> Tensor:
+    if sample_weight is None:
+        return x.mean(1, keepdim=True)
+    return (sample_weight.unsqueeze(-1) * x).sum(1, keepdim=True) / sample_weight.sum(1)[:, None, None]
+
+
+def _range_resp(x: Tensor, sample_weight: Tensor | None, k: int) -> Tensor:
+    """Hard responsibilities from cutting [min, max] into K equal intervals.
+
+    For D > 1 the cut is along the first principal axis of the (weighted, centred) data.
+    """
+    if x.shape[-1] == 1:
+        projection = x[..., 0]
+    else:
+        w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
+        cov = torch.einsum("bn,bni,bnj->bij", w, x, x) / w.sum(1)[:, None, None]
+        _, vectors = torch.linalg.eigh(cov)
+        projection = (x @ vectors[..., -1:]).squeeze(-1)
+    if sample_weight is not None:
+        present = sample_weight > 0
+        low = projection.masked_fill(~present, math.inf).amin(1, keepdim=True)
+        high = projection.masked_fill(~present, -math.inf).amax(1, keepdim=True)
+    else:
+        low = projection.amin(1, keepdim=True)
+        high = projection.amax(1, keepdim=True)
+    width = (high - low).clamp_min(torch.finfo(x.dtype).tiny)
+    labels = ((projection - low) / width * k).floor().clamp(0, k - 1).long()
+    return nn.functional.one_hot(labels, k).to(x.dtype)
+
+
+def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
+    """|x_n - c_k|^2: (B, N, D), (B, K, D) -> (B, N, K), clamped at 0."""
+    cross = torch.baddbmm((centres * centres).sum(-1).unsqueeze(1), x, centres.mT, alpha=-2)
+    return (cross + (x * x).sum(-1, keepdim=True)).clamp_min(0)
+
+
+def _kmeans_resp(
+    x: Tensor, sample_weight: Tensor | None, k: int, generator: torch.Generator | None, n_lloyd: int = 10
+) -> Tensor:
+    """Hard responsibilities from k-means++ seeding plus a few Lloyd iterations."""
+    b, n, d = x.shape
+    w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
+    rows = torch.arange(b, device=x.device)
+    centres = x.new_empty(b, k, d)
+    first = torch.multinomial(w, 1, generator=generator).squeeze(1)
+    centres[:, 0] = x[rows, first]
+    closest = ((x - centres[:, :1]) ** 2).sum(-1)  # (B, N)
+    for j in range(1, k):  # K is small; the loop is over components, never samples
+        score = w * closest
+        # All remaining mass at distance 0 (fewer distinct points than K): fall back to w.
+        score = torch.where(score.sum(1, keepdim=True) > 0, score, w)
+        pick = torch.multinomial(score, 1, generator=generator).squeeze(1)
+        centres[:, j] = x[rows, pick]
+        closest = torch.minimum(closest, ((x - centres[:, j : j + 1]) ** 2).sum(-1))
+    for _ in range(n_lloyd):
+        resp = nn.functional.one_hot(_squared_distances(x, centres).argmin(-1), k).to(x.dtype)
+        mass = torch.bmm(resp.mT, w.unsqueeze(-1))  # (B, K, 1)
+        sums = torch.bmm(resp.mT, w.unsqueeze(-1) * x)
+        centres = torch.where(mass > 0, sums / mass.clamp_min(torch.finfo(x.dtype).tiny), centres)
+    return nn.functional.one_hot(_squared_distances(x, centres).argmin(-1), k).to(x.dtype)
+
+
+def _initial_resp(
+    x: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: torch.Generator | None
+) -> Tensor:
+    if init_params == "range":
+        return _range_resp(x, sample_weight, k)
+    if init_params in ("kmeans++", "k-means++"):
+        return _kmeans_resp(x, sample_weight, k, generator)
+    resp = torch.rand(x.shape[0], x.shape[1], k, generator=generator, device=x.device, dtype=x.dtype)
+    return resp / resp.sum(-1, keepdim=True)
+
+
+def _covariance_shape(covariance_type: str, b: int, k: int, d: int) -> tuple[int, ...]:
+    return {
+        "full": (b, k, d, d),
+        "tied": (b, d, d),
+        "diag": (b, k, d),
+        "spherical": (b, k),
+    }[covariance_type]
+
+
+def _covariances_from_precisions_cholesky(precisions_cholesky: Tensor, covariance_type: str) -> Tensor:
+    if covariance_type in ("full", "tied"):
+        return torch.cholesky_inverse(precisions_cholesky.mT, upper=True)
+    return precisions_cholesky.pow(-2)
+
+
+def _precisions_cholesky_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
+    if covariance_type in ("full", "tied"):
+        return torch.linalg.cholesky(precisions)
+    return precisions.sqrt()
+
+
+# ----------------------------------------------------------------------------------------
+# EM
+# ----------------------------------------------------------------------------------------
+def fit_gaussian_mixture(
+    x: Tensor,
+    n_components: int,
+    *,
+    sample_weight: Tensor | None = None,
+    covariance_type: CovarianceType = "full",
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    init_params: InitMethod = "kmeans++",
+    weights_init: Tensor | None = None,
+    means_init: Tensor | None = None,
+    precisions_init: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    check_every: int = 4,
+) -> GaussianMixtureFit:
+    """Fit B independent Gaussian mixtures by EM in one batched computation.
+
+    Each EM iteration is an E-step in log space (log-sum-exp over components) and an
+    M-step with sample weights, exactly as scikit-learn's ``GaussianMixture`` (same
+    ``reg_covar``, same ``tol`` test on the change of the mean log-likelihood, same order
+    of operations). Every problem stops on its own: once converged its parameters stop
+    changing while the others go on. The host reads the stopping test only every
+    ``check_every`` iterations.
+
+    Args:
+        x: data, ``(B, N, D)`` or ``(N, D)`` floating (integer data is cast to the default dtype).
+        n_components: K >= 1.
+        sample_weight: ``(B, N)`` or ``(N,)`` non-negative weights; a histogram's counts
+            are weights, and weight c on a sample equals repeating it c times.
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        tol: convergence threshold on the change of the weighted mean log-likelihood.
+            ``tol=0`` runs exactly ``max_iter`` iterations.
+        reg_covar: added to the covariance diagonals (variance floor).
+        max_iter: maximum EM iterations.
+        init_params: ``"range"`` (cut [min, max] into K equal intervals, along the first
+            principal axis when D > 1, and take each interval's weighted mean, variance and
+            share), ``"kmeans++"`` (k-means++ seeding plus a few Lloyd iterations) or
+            ``"random"`` responsibilities.
+        weights_init, means_init, precisions_init: explicit starting parameters,
+            ``(B, K)``/``(K,)``, ``(B, K, D)``/``(K, D)`` and precisions (not their
+            Cholesky factors) shaped like the covariances, with or without the B dim.
+            Anything not given comes from ``init_params``, as in scikit-learn.
+        generator: ``torch.Generator`` on x's device, for reproducible seeding.
+        check_every: host syncs for the stopping test happen every this many iterations.
+
+    Returns:
+        :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input).
+
+    Raises:
+        ValueError: bad shapes, NaN/inf in the data, bad weights or options, or a
+            covariance that is not positive definite (increase ``reg_covar``).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.cat([torch.randn(500, 1, generator=g) - 4, torch.randn(500, 1, generator=g) + 4])
+        >>> fit = fit_gaussian_mixture(x, 2, init_params="range")
+        >>> fit.means.squeeze().round()
+        tensor([-4.,  4.])
+    """
+    check_positive_int(n_components, "n_components")
+    check_positive_int(max_iter, "max_iter", minimum=0)
+    check_positive_int(check_every, "check_every")
+    check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
+    check_choice(init_params, "init_params", INIT_METHODS)
+    if tol < 0:
+        raise ValueError(f"`tol` must be non-negative, got {tol}.")
+    if reg_covar < 0:
+        raise ValueError(f"`reg_covar` must be non-negative, got {reg_covar}.")
+    x, sample_weight = _batched_data(x, sample_weight)
+    b, n, d = x.shape
+    k = n_components
+    if n < k:
+        raise ValueError(f"`x` has N={n} samples per problem, fewer than n_components={k}.")
+    weights0 = _batched_init(weights_init, "weights_init", 2, x)
+    means0 = _batched_init(means_init, "means_init", 3, x)
+    precisions0 = _batched_init(
+        precisions_init, "precisions_init", len(_covariance_shape(covariance_type, b, k, d)), x
+    )
+    if weights0 is not None:
+        _check_param_shape(weights0, "weights_init", (b, k))
+    if means0 is not None:
+        _check_param_shape(means0, "means_init", (b, k, d))
+    if precisions0 is not None:
+        _check_param_shape(precisions0, "precisions_init", _covariance_shape(covariance_type, b, k, d))
+
+    # Centre the data (see the module docstring); means live in centred coordinates.
+    shift = _weighted_mean(x, sample_weight)
+    x = x - shift
+    features = _quadratic_features(x, covariance_type)
+
+    # Initialisation, following sklearn's BaseMixture._initialize: parameters from the
+    # init responsibilities, then overridden by whatever was given explicitly.
+    resp = _initial_resp(x, sample_weight, k, init_params, generator)
+    weights, means, cov = _m_step(features, resp, sample_weight, covariance_type, reg_covar, d)
+    if weights0 is not None:
+        weights = weights0 / weights0.sum(-1, keepdim=True)
+    if means0 is not None:
+        means = means0 - shift
+    if precisions0 is not None:
+        prec_chol = _precisions_cholesky_from_precisions(precisions0, covariance_type)
+        cov = _covariances_from_precisions_cholesky(prec_chol, covariance_type)
+        failed = torch.zeros(b, dtype=torch.bool, device=x.device)
+    else:
+        prec_chol, failed = precisions_cholesky_from_covariances(cov, covariance_type)
+    _raise_if_failed(failed)
+
+    weight_total = None if sample_weight is None else sample_weight.sum(1)
+    lower_bound = x.new_full((b,), -math.inf)
+    n_iter = torch.zeros(b, dtype=torch.long, device=x.device)
+    converged = torch.zeros(b, dtype=torch.bool, device=x.device)
+    active = torch.ones(b, dtype=torch.bool, device=x.device)
+    for iteration in range(max_iter):
+        # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
+        coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
+        weighted = torch.baddbmm((constant + weights.log()).unsqueeze(1), features, coefficients)
+        log_likelihood = torch.logsumexp(weighted, dim=-1)  # (B, N)
+        if sample_weight is None:
+            new_bound = log_likelihood.mean(1)
+        else:
+            new_bound = (log_likelihood * sample_weight).sum(1) / weight_total
+        resp = weighted.sub_(log_likelihood.unsqueeze(-1)).exp_()  # in place: (B, N, K)
+        # M-step.
+        new_weights, new_means, new_cov = _m_step(
+            features, resp, sample_weight, covariance_type, reg_covar, d
+        )
+        new_prec_chol, new_failed = precisions_cholesky_from_covariances(new_cov, covariance_type)
+        # Problems that converged earlier keep their parameters.
+        weights = _where_active(active, new_weights, weights)
+        means = _where_active(active, new_means, means)
+        cov = _where_active(active, new_cov, cov)
+        prec_chol = _where_active(active, new_prec_chol, prec_chol)
+        failed = failed | (active & new_failed)
+        change = new_bound - lower_bound
+        lower_bound = torch.where(active, new_bound, lower_bound)
+        n_iter = n_iter + active.long()
+        converged = converged | (active & (change.abs() < tol))
+        active = active & ~converged
+        if (iteration + 1) % check_every == 0 or iteration + 1 == max_iter:
+            _raise_if_failed(failed)
+            if not bool(active.any()):
+                break
+    return GaussianMixtureFit(weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged)
+
+
+def _where_active(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    return torch.where(active.view(-1, *([1] * (new.ndim - 1))), new, old)
+
+
+def _raise_if_failed(failed: Tensor) -> None:
+    if bool(failed.any()):
+        problems = torch.nonzero(failed).flatten().tolist()
+        raise ValueError(
+            f"Fitting the mixture model failed because some components have ill-defined "
+            f"empirical covariance (problems {problems[:10]}): the covariance is not positive "
+            f"definite. Try increasing `reg_covar`, or decreasing `n_components`."
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Module
+# ----------------------------------------------------------------------------------------
+_FITTED_BUFFERS = (
+    "weights_",
+    "means_",
+    "covariances_",
+    "precisions_cholesky_",
+    "lower_bound_",
+    "n_iter_",
+    "converged_",
+)
+
+
+class GaussianMixture(nn.Module):
+    """A Gaussian mixture fitted by EM, with scikit-learn's vocabulary.
+
+    Fitted parameters are buffers, so ``.to(device)``, ``state_dict()`` and
+    ``load_state_dict()`` (also into a fresh, unfitted module) work. Fit ``(N, D)`` data
+    to get scikit-learn's attribute shapes (``means_`` is ``(K, D)``); fit ``(B, N, D)``
+    to solve B independent problems at once (``means_`` is ``(B, K, D)``).
+
+    Args:
+        n_components: K.
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        tol, reg_covar, max_iter, init_params, weights_init, means_init, precisions_init:
+            as in :func:`fit_gaussian_mixture` and scikit-learn.
+        random_state: int seed or ``torch.Generator`` for the initialisation.
+        device, dtype: where and in which precision to fit; default: the data's.
+
+    Shape:
+        - x: ``(N, D)`` or ``(B, N, D)``; sample_weight ``(N,)`` or ``(B, N)``.
+        - forward / predict_proba: ``(N, K)`` or ``(B, N, K)``.
+        - predict: ``(N,)`` or ``(B, N)`` int64.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.cat([torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g) + 6])
+        >>> gm = GaussianMixture(2, random_state=0).fit(x)
+        >>> gm.means_.shape, bool(gm.converged_)
+        (torch.Size([2, 2]), True)
+        >>> gm.predict(torch.tensor([[0.0, 0.0], [6.0, 6.0]])).unique().numel()
+        2
+    """
+
+    weights_: Tensor  #: (K,) or (B, K)
+    means_: Tensor  #: (K, D) or (B, K, D)
+    covariances_: Tensor  #: see the module docstring (B dim only for batched fits)
+    precisions_cholesky_: Tensor  #: same shape as covariances_
+    lower_bound_: Tensor  #: () or (B,)
+    n_iter_: Tensor  #: () or (B,) int64
+    converged_: Tensor  #: () or (B,) bool
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: CovarianceType = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        init_params: InitMethod = "kmeans++",
+        weights_init: Tensor | None = None,
+        means_init: Tensor | None = None,
+        precisions_init: Tensor | None = None,
+        random_state: int | torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.fit_device = device
+        self.fit_dtype = dtype
+        for name in _FITTED_BUFFERS:
+            self.register_buffer(name, torch.empty(0))
+
+    # -- fitting ---------------------------------------------------------------------------
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if isinstance(self.random_state, torch.Generator) or self.random_state is None:
+            return self.random_state
+        return torch.Generator(device=device).manual_seed(int(self.random_state))
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        check_tensor(x, "x")
+        dtype = self.fit_dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype())
+        device = self.fit_device if self.fit_device is not None else x.device
+        return x.to(device=device, dtype=dtype)
+
+    def fit(self, x: Tensor, sample_weight: Tensor | None = None) -> GaussianMixture:
+        """Estimate the parameters by EM; returns ``self``.
+
+        Warns :class:`ConvergenceWarning` when a problem did not converge.
+        """
+        x = self._prepare(x)
+        fit = fit_gaussian_mixture(
+            x,
+            self.n_components,
+            sample_weight=sample_weight,
+            covariance_type=self.covariance_type,
+            tol=self.tol,
+            reg_covar=self.reg_covar,
+            max_iter=self.max_iter,
+            init_params=self.init_params,
+            weights_init=self.weights_init,
+            means_init=self.means_init,
+            precisions_init=self.precisions_init,
+            generator=self._generator(x.device),
+        )
+        unbatch = x.ndim == 2
+        for name, value in zip(_FITTED_BUFFERS, fit):
+            setattr(self, name, value[0] if unbatch else value)
+        if not bool(fit.converged.all()):
+            warnings.warn(
+                f"EM did not converge in {self.max_iter} iterations for "
+                f"{int((~fit.converged).sum())} of {len(fit.converged)} problem(s); try a larger "
+                f"`max_iter`, a larger `tol`, or another `init_params`.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def fit_predict(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Fit, then label ``x``; ``(N,)`` or ``(B, N)`` int64."""
+        return self.fit(x, sample_weight).predict(x)
+
+    # -- inference -------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self.means_.numel() > 0
+
+    def _params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """Batched (x, weights, means, precisions_cholesky) and whether to unbatch results."""
+        if not self.is_fitted:
+            raise RuntimeError("This GaussianMixture is not fitted yet; call `fit` first.")
+        check_tensor(x, "x")
+        check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
+        unbatch = x.ndim == 2
+        batched_params = self.means_.ndim == 3
+        x = x.to(device=self.means_.device, dtype=self.means_.dtype)
+        if unbatch:
+            x = x.unsqueeze(0)
+        weights, means, prec = self.weights_, self.means_, self.precisions_cholesky_
+        if not batched_params:
+            weights, means, prec = weights[None], means[None], prec[None]
+        if x.shape[-1] != means.shape[-1]:
+            raise ShapeError(f"`x` has D={x.shape[-1]} features; the model was fitted with D={means.shape[-1]}.")
+        if x.shape[0] != means.shape[0] and means.shape[0] != 1:
+            raise ShapeError(f"`x` has B={x.shape[0]} problems; the model was fitted with B={means.shape[0]}.")
+        return x, weights.expand(x.shape[0], -1), means.expand(x.shape[0], -1, -1), prec.expand(
+            x.shape[0], *prec.shape[1:]
+        ), unbatch
+
+    def _log_resp(self, x: Tensor) -> tuple[Tensor, Tensor, bool]:
+        x, weights, means, prec, unbatch = self._params(x)
+        log_resp, log_likelihood = estimate_log_resp(x, weights, means, prec, self.covariance_type)
+        return log_resp, log_likelihood, unbatch
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Posterior probability of each component, ``(N, K)`` or ``(B, N, K)``."""
+        log_resp, _, unbatch = self._log_resp(x)
+        resp = log_resp.exp()
+        return resp[0] if unbatch else resp
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Responsibilities (see :meth:`predict_proba`), so the model drops into a pipeline."""
+        return self.predict_proba(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Most probable component per sample, ``(N,)`` or ``(B, N)`` int64."""
+        log_resp, _, unbatch = self._log_resp(x)
+        labels = log_resp.argmax(-1)
+        return labels[0] if unbatch else labels
+
+    def score_samples(self, x: Tensor) -> Tensor:
+        """Log-likelihood of each sample, ``(N,)`` or ``(B, N)``."""
+        _, log_likelihood, unbatch = self._log_resp(x)
+        return log_likelihood[0] if unbatch else log_likelihood
+
+    def score(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """(Weighted) mean log-likelihood: a 0-d tensor, or ``(B,)`` for batched input."""
+        log_likelihood = self.score_samples(x)
+        if sample_weight is None:
+            return log_likelihood.mean(-1)
+        sample_weight = sample_weight.to(log_likelihood)
+        return (log_likelihood * sample_weight).sum(-1) / sample_weight.sum(-1)
+
+    def _n_parameters(self) -> int:
+        k, d = self.n_components, self.means_.shape[-1]
+        covariance = {
+            "full": k * d * (d + 1) // 2,
+            "diag": k * d,
+            "tied": d * (d + 1) // 2,
+            "spherical": k,
+        }[self.covariance_type]
+        return covariance + k * d + k - 1
+
+    def bic(self, x: Tensor) -> Tensor:
+        """Bayesian information criterion on ``x`` (lower is better)."""
+        n = x.shape[-2]
+        return -2 * self.score(x) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, x: Tensor) -> Tensor:
+        """Akaike information criterion on ``x`` (lower is better)."""
+        n = x.shape[-2]
+        return -2 * self.score(x) * n + 2 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw samples from the fitted mixture.
+
+        Returns:
+            ``(x, labels)``: ``(n_samples, D)`` and ``(n_samples,)`` (with a leading B for a
+            batched model), samples grouped by component as in scikit-learn.
+        """
+        check_positive_int(n_samples, "n_samples")
+        if not self.is_fitted:
+            raise RuntimeError("This GaussianMixture is not fitted yet; call `fit` first.")
+        unbatch = self.means_.ndim == 2
+        weights = self.weights_[None] if unbatch else self.weights_
+        means = self.means_[None] if unbatch else self.means_
+        cov = self.covariances_[None] if unbatch else self.covariances_
+        b, k, d = means.shape
+        labels = torch.multinomial(weights, n_samples, replacement=True, generator=generator).sort(-1).values
+        noise = torch.randn(b, n_samples, d, generator=generator, device=means.device, dtype=means.dtype)
+        centre = means.gather(1, labels.unsqueeze(-1).expand(b, n_samples, d))
+        if self.covariance_type in ("full", "tied"):
+            chol = torch.linalg.cholesky(cov)
+            if self.covariance_type == "full":
+                chol = chol.gather(1, labels[..., None, None].expand(b, n_samples, d, d))
+            else:
+                chol = chol.unsqueeze(1)
+            offset = (chol @ noise.unsqueeze(-1)).squeeze(-1)
+        else:
+            std = cov.sqrt()
+            if self.covariance_type == "spherical":
+                std = std.unsqueeze(-1).expand(b, k, d)
+            offset = noise * std.gather(1, labels.unsqueeze(-1).expand(b, n_samples, d))
+        samples = centre + offset
+        return (samples[0], labels[0]) if unbatch else (samples, labels)
+
+    # -- state -----------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: E501
+        # Fitted buffers are shaped by the data: give each the incoming shape first so a
+        # fresh (unfitted) module can load a fitted state.
+        for name in _FITTED_BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                incoming = state_dict[key]
+                device = self._buffers[name].device
+                self._buffers[name] = torch.empty_like(incoming, device=device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"n_components={self.n_components}, covariance_type={self.covariance_type!r}"
