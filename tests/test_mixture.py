@@ -1,0 +1,338 @@
+"""EM core against independent references: scikit-learn, closed forms, known mixtures."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from torchgmm.mixture import (
+    ConvergenceWarning,
+    GaussianMixture,
+    estimate_log_prob,
+    fit_gaussian_mixture,
+)
+from torchgmm._checks import ShapeError
+
+sklearn_mixture = pytest.importorskip("sklearn.mixture")
+
+COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def three_blobs(seed: int = 0, d: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate(
+        [
+            rng.normal(0, 1, (300, d)),
+            rng.normal(4, 0.5, (200, d)) @ rng.normal(size=(d, d)),
+            rng.normal(-3, 2, (100, d)),
+        ]
+    )
+
+
+def identity_precisions(covariance_type: str, k: int, d: int) -> np.ndarray:
+    return {
+        "full": np.stack([np.eye(d)] * k),
+        "tied": np.eye(d),
+        "diag": np.ones((k, d)),
+        "spherical": np.ones(k),
+    }[covariance_type]
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+class TestSklearnParity:
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_fixed_iterations_equal_sklearn(self, covariance_type):
+        x = three_blobs()
+        k, d = 3, x.shape[1]
+        means = x[[5, 350, 550]]
+        weights = np.array([0.2, 0.3, 0.5])
+        precisions = identity_precisions(covariance_type, k, d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk = sklearn_mixture.GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=25,
+                weights_init=weights, means_init=means, precisions_init=precisions,
+            ).fit(x)
+        fit = fit_gaussian_mixture(
+            torch.tensor(x), k, covariance_type=covariance_type, tol=0, max_iter=25,
+            weights_init=torch.tensor(weights), means_init=torch.tensor(means),
+            precisions_init=torch.tensor(precisions),
+        )
+        assert relative_error(fit.weights[0], sk.weights_) < 1e-6
+        assert relative_error(fit.means[0], sk.means_) < 1e-6
+        assert relative_error(fit.covariances[0], sk.covariances_) < 1e-6
+        assert relative_error(fit.precisions_cholesky[0], sk.precisions_cholesky_) < 1e-6
+        assert relative_error(fit.lower_bound[0], sk.lower_bound_) < 1e-6
+        assert int(fit.n_iter[0]) == sk.n_iter_ == 25
+
+    @pytest.mark.parametrize("covariance_type", ["full", "diag"])
+    def test_converges_at_same_iteration_with_tol(self, covariance_type):
+        x = three_blobs(1)
+        means = x[[0, 320, 560]]
+        precisions = identity_precisions(covariance_type, 3, 3)
+        sk = sklearn_mixture.GaussianMixture(
+            3, covariance_type=covariance_type, tol=1e-4, max_iter=500,
+            weights_init=np.full(3, 1 / 3), means_init=means, precisions_init=precisions,
+        ).fit(x)
+        gm = GaussianMixture(
+            3, covariance_type=covariance_type, tol=1e-4, max_iter=500,
+            weights_init=torch.full((3,), 1 / 3, dtype=torch.float64),
+            means_init=torch.tensor(means), precisions_init=torch.tensor(precisions),
+        ).fit(torch.tensor(x))
+        assert bool(gm.converged_) and sk.converged_
+        assert int(gm.n_iter_) == sk.n_iter_
+        assert relative_error(gm.means_, sk.means_) < 1e-6
+
+    def test_predictions_equal_sklearn(self):
+        x = three_blobs(2)
+        sk = sklearn_mixture.GaussianMixture(3, random_state=0).fit(x)
+        gm = GaussianMixture(
+            3,
+            weights_init=torch.tensor(sk.weights_),
+            means_init=torch.tensor(sk.means_),
+            precisions_init=torch.tensor(sk.precisions_),
+            max_iter=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(torch.tensor(x))
+        xt = torch.tensor(x)
+        np.testing.assert_allclose(gm.score_samples(xt).numpy(), sk.score_samples(x), rtol=1e-9)
+        np.testing.assert_allclose(gm.predict_proba(xt).numpy(), sk.predict_proba(x), atol=1e-9)
+        np.testing.assert_array_equal(gm.predict(xt).numpy(), sk.predict(x))
+        assert float(gm.score(xt)) == pytest.approx(sk.score(x), rel=1e-9)
+        assert float(gm.bic(xt)) == pytest.approx(sk.bic(x), rel=1e-9)
+        assert float(gm.aic(xt)) == pytest.approx(sk.aic(x), rel=1e-9)
+
+
+class TestLogProb:
+    def test_closed_form_standard_normal(self):
+        x = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)
+        means = torch.zeros(1, 1, 2, dtype=torch.float64)
+        for covariance_type, prec in {
+            "full": torch.eye(2, dtype=torch.float64)[None, None],
+            "tied": torch.eye(2, dtype=torch.float64)[None],
+            "diag": torch.ones(1, 1, 2, dtype=torch.float64),
+            "spherical": torch.ones(1, 1, dtype=torch.float64),
+        }.items():
+            lp = estimate_log_prob(x, means, prec, covariance_type)[0, :, 0]
+            expected = -math.log(2 * math.pi) - 0.5 * (x[0] ** 2).sum(-1)
+            torch.testing.assert_close(lp, expected)
+
+    def test_far_from_origin_float32(self):
+        # Centring keeps the quadratic expansion accurate for data far from the origin.
+        x = torch.tensor([[[1000.0], [1001.0]]])
+        lp = estimate_log_prob(x, torch.tensor([[[1000.0]]]), torch.ones(1, 1, 1, 1), "full")
+        expected = torch.tensor([-0.5 * math.log(2 * math.pi), -0.5 * math.log(2 * math.pi) - 0.5])
+        torch.testing.assert_close(lp[0, :, 0], expected)
+
+
+class TestWeightsAndBatches:
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_integer_weight_equals_repetition(self, covariance_type):
+        rng = np.random.default_rng(3)
+        x = np.concatenate([rng.normal(0, 1, (40, 2)), rng.normal(5, 1, (40, 2))])
+        counts = rng.integers(0, 4, size=len(x))
+        counts[0] = 5
+        repeated = np.repeat(x, counts, axis=0)
+        kwargs = dict(
+            covariance_type=covariance_type, tol=0, max_iter=15,
+            means_init=torch.tensor(x[[0, 50]]),
+        )
+        weighted = fit_gaussian_mixture(torch.tensor(x), 2, sample_weight=torch.tensor(counts, dtype=torch.float64), **kwargs)
+        plain = fit_gaussian_mixture(torch.tensor(repeated), 2, **kwargs)
+        for a, b in zip(weighted[:5], plain[:5]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+    @pytest.mark.parametrize("init_params", ["range", "kmeans++", "random"])
+    def test_batched_equals_one_by_one(self, init_params):
+        rng = np.random.default_rng(4)
+        x = torch.tensor(rng.normal(size=(5, 200, 2)) + rng.normal(0, 5, size=(5, 1, 2)) * (rng.random((5, 200, 1)) > 0.5))
+        w = torch.tensor(rng.random((5, 200)))
+        batched = fit_gaussian_mixture(x, 3, sample_weight=w, init_params="range", tol=1e-6, max_iter=200)
+        for i in range(5):
+            alone = fit_gaussian_mixture(x[i], 3, sample_weight=w[i], init_params="range", tol=1e-6, max_iter=200)
+            for a, b in zip(batched, alone):
+                torch.testing.assert_close(a[i], b[0], rtol=1e-9, atol=1e-12)
+
+    def test_converged_problem_stops_changing(self):
+        rng = np.random.default_rng(5)
+        easy = np.concatenate([rng.normal(-10, 1, 100), rng.normal(10, 1, 100)])
+        hard = rng.normal(0, 1, 200)
+        x = torch.tensor(np.stack([easy, hard]))[..., None]
+        fit = fit_gaussian_mixture(x, 2, init_params="range", tol=1e-3, max_iter=300)
+        assert int(fit.n_iter[0]) < int(fit.n_iter[1])
+        alone = fit_gaussian_mixture(x[0], 2, init_params="range", tol=1e-3, max_iter=300)
+        torch.testing.assert_close(fit.means[0], alone.means[0])
+        assert int(alone.n_iter[0]) == int(fit.n_iter[0])
+
+
+class TestRecovery:
+    def test_1d_known_mixture(self):
+        g = torch.Generator().manual_seed(0)
+        truth_means, truth_std, truth_w = [-5.0, 0.0, 6.0], [1.0, 0.5, 2.0], [0.3, 0.2, 0.5]
+        n = 30000
+        parts = [torch.randn(int(n * w), generator=g, dtype=torch.float64) * s + m for m, s, w in zip(truth_means, truth_std, truth_w)]
+        x = torch.cat(parts)[:, None]
+        gm = GaussianMixture(3, init_params="range", tol=1e-8, max_iter=500).fit(x)
+        order = gm.means_[:, 0].argsort()
+        torch.testing.assert_close(gm.means_[order, 0], torch.tensor(truth_means, dtype=torch.float64), atol=0.05, rtol=0)
+        torch.testing.assert_close(gm.covariances_[order, 0, 0].sqrt(), torch.tensor(truth_std, dtype=torch.float64), atol=0.05, rtol=0)
+        torch.testing.assert_close(gm.weights_[order], torch.tensor(truth_w, dtype=torch.float64), atol=0.01, rtol=0)
+
+    def test_2d_known_mixture(self):
+        g = torch.Generator().manual_seed(1)
+        truth_means = torch.tensor([[0.0, 0.0], [6.0, 2.0], [-2.0, 7.0]])
+        truth_cov = torch.tensor([[[1.0, 0.6], [0.6, 1.0]], [[2.0, 0.0], [0.0, 0.5]], [[0.5, -0.3], [-0.3, 1.5]]])
+        chol = torch.linalg.cholesky(truth_cov)
+        x = torch.cat([truth_means[k] + torch.randn(4000, 2, generator=g) @ chol[k].T for k in range(3)])
+        gm = GaussianMixture(3, random_state=0, tol=1e-6, max_iter=300).fit(x)
+        order = torch.cdist(truth_means, gm.means_).argmin(1)
+        assert order.unique().numel() == 3
+        torch.testing.assert_close(gm.means_[order], truth_means, atol=0.1, rtol=0)
+        torch.testing.assert_close(gm.covariances_[order], truth_cov, atol=0.15, rtol=0)
+        labels = gm.predict(x)
+        truth_labels = torch.arange(3).repeat_interleave(4000)
+        assert (order[labels] == truth_labels).float().mean() > 0.97 or (labels == order[truth_labels]).float().mean() > 0.97
+
+    def test_float32_close_to_float64(self):
+        x = torch.tensor(three_blobs(6))
+        kw = dict(init_params="range", tol=0, max_iter=30)
+        f64 = fit_gaussian_mixture(x, 3, **kw)
+        f32 = fit_gaussian_mixture(x.float(), 3, **kw)
+        assert relative_error(f32.means[0], f64.means[0]) < 1e-3
+        assert relative_error(f32.lower_bound, f64.lower_bound) < 1e-5
+
+
+class TestInitialisation:
+    def test_range_init_splits_interval(self):
+        # K=2 over values 0..255: intervals [0, 127] and [128, 255] (the cameraman demo).
+        values = torch.arange(256, dtype=torch.float64)[:, None]
+        counts = torch.ones(256, dtype=torch.float64)
+        fit = fit_gaussian_mixture(values, 2, sample_weight=counts, init_params="range", max_iter=0)
+        torch.testing.assert_close(fit.means[0, :, 0], torch.tensor([63.5, 191.5], dtype=torch.float64))
+        expected_var = (torch.arange(128.0, dtype=torch.float64).var(unbiased=False) + 1e-6)
+        torch.testing.assert_close(fit.covariances[0, :, 0, 0], expected_var.repeat(2))
+        torch.testing.assert_close(fit.weights[0], torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+    def test_seeded_generator_is_reproducible(self):
+        x = torch.tensor(three_blobs(7))
+        a = GaussianMixture(3, random_state=3).fit(x)
+        b = GaussianMixture(3, random_state=3).fit(x)
+        torch.testing.assert_close(a.means_, b.means_, rtol=0, atol=0)
+
+
+class TestDegenerateData:
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_constant_data_no_nan(self, covariance_type, dtype):
+        x = torch.full((50, 2), 7.0, dtype=dtype)
+        fit = fit_gaussian_mixture(x, 3, covariance_type=covariance_type, init_params="range", max_iter=10)
+        for value in fit[:5]:
+            assert torch.isfinite(value).all()
+        torch.testing.assert_close(fit.means[0, fit.weights[0].argmax()], torch.full((2,), 7.0, dtype=dtype))
+
+    def test_more_components_than_distinct_values(self):
+        x = torch.tensor([0.0, 0.0, 200.0, 200.0, 200.0, 255.0] * 10)[:, None]
+        for init in ["range", "kmeans++", "random"]:
+            fit = fit_gaussian_mixture(x, 5, init_params=init, max_iter=50, generator=torch.Generator().manual_seed(0))
+            for value in fit[:5]:
+                assert torch.isfinite(value).all(), init
+
+
+class TestModule:
+    def test_state_dict_round_trip_into_fresh_module(self):
+        x = torch.tensor(three_blobs(8))
+        gm = GaussianMixture(3, random_state=0).fit(x)
+        fresh = GaussianMixture(3)
+        fresh.load_state_dict(gm.state_dict())
+        torch.testing.assert_close(fresh.predict_proba(x), gm.predict_proba(x), rtol=0, atol=0)
+
+    def test_deepcopy_and_to(self):
+        x = torch.tensor(three_blobs(9)).float()
+        gm = GaussianMixture(3, random_state=0).fit(x)
+        other = copy.deepcopy(gm).to(torch.float64)
+        assert other.means_.dtype == torch.float64
+        torch.testing.assert_close(other(x.double()).float(), gm(x), atol=1e-4, rtol=1e-4)
+
+    def test_forward_is_predict_proba_and_sums_to_one(self):
+        x = torch.tensor(three_blobs(10))
+        gm = GaussianMixture(3, random_state=0).fit(x)
+        resp = gm(x)
+        torch.testing.assert_close(resp.sum(-1), torch.ones(len(x), dtype=torch.float64))
+        assert torch.equal(resp.argmax(-1), gm.predict(x))
+
+    def test_batched_module(self):
+        x = torch.tensor(np.stack([three_blobs(11), three_blobs(12)]))
+        gm = GaussianMixture(3, init_params="range").fit(x)
+        assert gm.means_.shape == (2, 3, 3) and gm.n_iter_.shape == (2,)
+        assert gm.predict(x).shape == (2, 600)
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_sample_moments(self, covariance_type):
+        x = torch.tensor(three_blobs(13))
+        gm = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(x)
+        samples, labels = gm.sample(40000, generator=torch.Generator().manual_seed(0))
+        assert samples.shape == (40000, 3) and labels.shape == (40000,)
+        for k in range(2):
+            torch.testing.assert_close(samples[labels == k].mean(0), gm.means_[k], atol=0.1, rtol=0)
+        counts = torch.bincount(labels, minlength=2).double() / 40000
+        torch.testing.assert_close(counts, gm.weights_, atol=0.01, rtol=0)
+
+    def test_convergence_warning(self):
+        with pytest.warns(ConvergenceWarning):
+            GaussianMixture(3, max_iter=1, tol=0, random_state=0).fit(torch.tensor(three_blobs(14)))
+
+
+class TestBadInput:
+    def test_errors_name_the_argument(self):
+        x = torch.randn(20, 2)
+        with pytest.raises(ShapeError, match="`x` must have shape"):
+            fit_gaussian_mixture(torch.randn(20), 2)
+        with pytest.raises(ValueError, match="fewer than n_components"):
+            fit_gaussian_mixture(torch.randn(2, 2), 3)
+        bad = x.clone()
+        bad[3, 1] = float("nan")
+        with pytest.raises(ValueError, match="`x` contains 1 NaN"):
+            fit_gaussian_mixture(bad, 2)
+        with pytest.raises(ValueError, match="`sample_weight` must be non-negative"):
+            fit_gaussian_mixture(x, 2, sample_weight=-torch.ones(20))
+        with pytest.raises(ValueError, match="sums to zero"):
+            fit_gaussian_mixture(x, 2, sample_weight=torch.zeros(20))
+        with pytest.raises(ShapeError, match="`sample_weight` must have shape"):
+            fit_gaussian_mixture(x, 2, sample_weight=torch.ones(19))
+        with pytest.raises(ValueError, match="`covariance_type` must be one of"):
+            fit_gaussian_mixture(x, 2, covariance_type="banana")
+        with pytest.raises(ValueError, match="`n_components` must be >= 1"):
+            fit_gaussian_mixture(x, 0)
+        with pytest.raises(TypeError, match="`x` must be a torch.Tensor"):
+            fit_gaussian_mixture(np.zeros((20, 2)), 2)
+        with pytest.raises(ShapeError, match="`means_init` must have shape"):
+            fit_gaussian_mixture(x, 2, means_init=torch.zeros(3, 2))
+
+    def test_unfitted_and_mismatched(self):
+        with pytest.raises(RuntimeError, match="not fitted"):
+            GaussianMixture(2).predict(torch.randn(5, 2))
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(50, 2))
+        with pytest.raises(ShapeError, match="D=3"):
+            gm.predict(torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_device_matches_cpu(device, covariance_type):
+    x = torch.tensor(three_blobs(15))
+    kw = dict(covariance_type=covariance_type, init_params="range", tol=0, max_iter=20)
+    cpu = fit_gaussian_mixture(x, 3, **kw)
+    other = fit_gaussian_mixture(x.to(device), 3, **kw)
+    assert other.means.device.type == device.type
+    for a, b in zip(other[:5], cpu[:5]):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-7, atol=1e-9)
