@@ -24,10 +24,12 @@ component is a linear function of a fixed set of *quadratic features* of a sampl
     log N(x | mu_k, P_k^-1) = -1/2 (D log 2 pi + x'P_k x - 2 mu_k'P_k x + mu_k'P_k mu_k)
                               + log det L_k                            (P_k = L_k L_k')
 
-so the E-step is one batched matmul ``phi (B, N, F) @ A (B, F, K)`` followed by a
+so the E-step is one batched matmul ``A (B, K, F) @ phi (B, F, N)`` followed by a
 log-sum-exp over K, and the M-step's sufficient statistics (first and second moments per
-component) are one batched matmul ``resp' (B, K, N) @ phi (B, N, F)``. The features are
-built once per fit; no ``(B, N, K, D)`` temporary is ever made. Because the expansion
+component) are one batched matmul ``resp (B, K, N) @ phi' (B, N, F)``. The features are
+built once per fit; no ``(B, N, K, D)`` temporary is ever made. Internally everything per
+sample is stored component-major, ``(B, K, N)`` and ``(B, F, N)``: the reductions over K
+then run over contiguous rows, about 3x faster than over a trailing dim of size K. Because the expansion
 subtracts large terms, the data are centred on their weighted mean before fitting (the
 mixture is translation-equivariant, so this changes nothing but rounding).
 Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``tied``.
@@ -150,15 +152,16 @@ def _triu_indices(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def _quadratic_features(x: Tensor, covariance_type: str) -> Tensor:
-    """phi(x): (B, N, D) -> (B, N, F), the features the log-density is linear in."""
+    """phi(x): (B, N, D) -> (B, F, N), feature-major, the features the log-density is linear in."""
+    xt = x.mT.contiguous()  # (B, D, N)
     if covariance_type in ("full", "tied"):
         rows, cols = _triu_indices(x.shape[-1], x.device)
-        second = x[..., rows] * x[..., cols]  # x_i x_j, i <= j
+        second = xt[:, rows] * xt[:, cols]  # x_i x_j, i <= j
     elif covariance_type == "diag":
-        second = x * x
+        second = xt * xt
     else:  # spherical
-        second = (x * x).sum(-1, keepdim=True)
-    return torch.cat([second, x], dim=-1)
+        second = (xt * xt).sum(1, keepdim=True)
+    return torch.cat([second, xt], dim=1)
 
 
 def _precision_matrices(precisions_cholesky: Tensor, covariance_type: str) -> Tensor:
@@ -180,7 +183,7 @@ def _log_det_cholesky(precisions_cholesky: Tensor, covariance_type: str, d: int)
 def _log_prob_coefficients(
     means: Tensor, precisions_cholesky: Tensor, covariance_type: str
 ) -> tuple[Tensor, Tensor]:
-    """Coefficients (A (B, F, K), c (B, K)) with log N(x | mu_k, Sigma_k) = phi(x) @ A + c."""
+    """Coefficients (A (B, K, F), c (B, K)) with log N(x | mu_k, Sigma_k) = A_k . phi(x) + c_k."""
     b, k, d = means.shape
     precision = _precision_matrices(precisions_cholesky, covariance_type)
     if covariance_type == "tied":
@@ -200,9 +203,31 @@ def _log_prob_coefficients(
     log_det = _log_det_cholesky(precisions_cholesky, covariance_type, d)
     if covariance_type == "tied":
         log_det = log_det.unsqueeze(-1)
-    coefficients = torch.cat([-0.5 * quad, p_mu], dim=-1).mT  # (B, F, K)
+    coefficients = torch.cat([-0.5 * quad, p_mu], dim=-1)  # (B, K, F)
     constant = -0.5 * (d * LOG_2PI + mahalanobis_const) + log_det
-    return coefficients.contiguous(), constant
+    return coefficients, constant
+
+
+def _log_joint(features: Tensor, coefficients: Tensor, constant: Tensor) -> Tensor:
+    """A @ phi + c: (B, F, N), (B, K, F), (B, K) -> (B, K, N)."""
+    return torch.baddbmm(constant.unsqueeze(-1), coefficients, features)
+
+
+def _normalise_(log_joint: Tensor) -> tuple[Tensor, Tensor]:
+    """Responsibilities and log-likelihood from log w_k + log N(x | k), in place.
+
+    Log-sum-exp over K (dim 1) with the max subtracted first (no overflow, eq.
+    ``log sum_k exp(a_k) = m + log sum_k exp(a_k - m)``); the exponentials it needs are
+    reused as the responsibilities, so the (B, K, N) tensor is overwritten, not copied.
+
+    Returns:
+        ``(resp (B, K, N), log_likelihood (B, N))``.
+    """
+    peak = log_joint.amax(1, keepdim=True)
+    resp = log_joint.sub_(peak).exp_()
+    total = resp.sum(1, keepdim=True)
+    resp.div_(total)
+    return resp, (peak + total.log()).squeeze(1)
 
 
 def estimate_log_prob(
@@ -231,7 +256,7 @@ def estimate_log_prob(
     centre = means.mean(dim=1, keepdim=True)
     coefficients, constant = _log_prob_coefficients(means - centre, precisions_cholesky, covariance_type)
     features = _quadratic_features(x - centre, covariance_type)
-    return torch.baddbmm(constant.unsqueeze(1), features, coefficients)
+    return _log_joint(features, coefficients, constant).mT
 
 
 def estimate_log_resp(
@@ -307,12 +332,15 @@ def _m_step(
     reg_covar: float,
     d: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights (B, K), means (B, K, D) and covariances from responsibilities (B, N, K)."""
+    """Weights (B, K), means (B, K, D) and covariances from responsibilities (B, K, N).
+
+    ``features`` is phi(x), (B, F, N). Weighted sums over samples are one matmul.
+    """
     if sample_weight is not None:
-        resp = resp * sample_weight.unsqueeze(-1)
+        resp = resp * sample_weight.unsqueeze(1)
     eps = torch.finfo(resp.dtype).eps
-    nk = resp.sum(1) + 10 * eps  # (B, K); + 10 eps keeps empty components finite (sklearn)
-    moments = torch.bmm(resp.mT, features)  # (B, K, F): sum_n r_nk phi(x_n)
+    nk = resp.sum(-1) + 10 * eps  # (B, K); + 10 eps keeps empty components finite (sklearn)
+    moments = torch.bmm(resp, features.mT)  # (B, K, F): sum_n r_nk phi(x_n)
     means = moments[..., -d:] / nk.unsqueeze(-1)
     second = moments[..., :-d]
     weights = nk / nk.sum(-1, keepdim=True)
@@ -350,7 +378,7 @@ def _weighted_mean(x: Tensor, sample_weight: Tensor | None) -> Tensor:
 
 
 def _range_resp(x: Tensor, sample_weight: Tensor | None, k: int) -> Tensor:
-    """Hard responsibilities from cutting [min, max] into K equal intervals.
+    """Hard responsibilities (B, K, N) from cutting [min, max] into K equal intervals.
 
     For D > 1 the cut is along the first principal axis of the (weighted, centred) data.
     """
@@ -370,7 +398,7 @@ def _range_resp(x: Tensor, sample_weight: Tensor | None, k: int) -> Tensor:
         high = projection.amax(1, keepdim=True)
     width = (high - low).clamp_min(torch.finfo(x.dtype).tiny)
     labels = ((projection - low) / width * k).floor().clamp(0, k - 1).long()
-    return nn.functional.one_hot(labels, k).to(x.dtype)
+    return nn.functional.one_hot(labels, k).to(x.dtype).mT
 
 
 def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
@@ -382,7 +410,7 @@ def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
 def _kmeans_resp(
     x: Tensor, sample_weight: Tensor | None, k: int, generator: torch.Generator | None, n_lloyd: int = 10
 ) -> Tensor:
-    """Hard responsibilities from k-means++ seeding plus a few Lloyd iterations."""
+    """Hard responsibilities (B, K, N) from k-means++ seeding plus a few Lloyd iterations."""
     b, n, d = x.shape
     w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
     rows = torch.arange(b, device=x.device)
@@ -402,7 +430,7 @@ def _kmeans_resp(
         mass = torch.bmm(resp.mT, w.unsqueeze(-1))  # (B, K, 1)
         sums = torch.bmm(resp.mT, w.unsqueeze(-1) * x)
         centres = torch.where(mass > 0, sums / mass.clamp_min(torch.finfo(x.dtype).tiny), centres)
-    return nn.functional.one_hot(_squared_distances(x, centres).argmin(-1), k).to(x.dtype)
+    return nn.functional.one_hot(_squared_distances(x, centres).argmin(-1), k).to(x.dtype).mT
 
 
 def _initial_resp(
@@ -413,7 +441,7 @@ def _initial_resp(
     if init_params in ("kmeans++", "k-means++"):
         return _kmeans_resp(x, sample_weight, k, generator)
     resp = torch.rand(x.shape[0], x.shape[1], k, generator=generator, device=x.device, dtype=x.dtype)
-    return resp / resp.sum(-1, keepdim=True)
+    return (resp / resp.sum(-1, keepdim=True)).mT
 
 
 def _covariance_shape(covariance_type: str, b: int, k: int, d: int) -> tuple[int, ...]:
@@ -533,8 +561,9 @@ def fit_gaussian_mixture(
 
     # Initialisation, following sklearn's BaseMixture._initialize: parameters from the
     # init responsibilities, then overridden by whatever was given explicitly.
-    resp = _initial_resp(x, sample_weight, k, init_params, generator)
-    weights, means, cov = _m_step(features, resp, sample_weight, covariance_type, reg_covar, d)
+    if weights0 is None or means0 is None or precisions0 is None:
+        resp = _initial_resp(x, sample_weight, k, init_params, generator)
+        weights, means, cov = _m_step(features, resp, sample_weight, covariance_type, reg_covar, d)
     if weights0 is not None:
         weights = weights0 / weights0.sum(-1, keepdim=True)
     if means0 is not None:
@@ -555,13 +584,11 @@ def fit_gaussian_mixture(
     for iteration in range(max_iter):
         # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
         coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
-        weighted = torch.baddbmm((constant + weights.log()).unsqueeze(1), features, coefficients)
-        log_likelihood = torch.logsumexp(weighted, dim=-1)  # (B, N)
+        resp, log_likelihood = _normalise_(_log_joint(features, coefficients, constant + weights.log()))
         if sample_weight is None:
             new_bound = log_likelihood.mean(1)
         else:
             new_bound = (log_likelihood * sample_weight).sum(1) / weight_total
-        resp = weighted.sub_(log_likelihood.unsqueeze(-1)).exp_()  # in place: (B, N, K)
         # M-step.
         new_weights, new_means, new_cov = _m_step(
             features, resp, sample_weight, covariance_type, reg_covar, d
