@@ -581,6 +581,12 @@ def fit_gaussian_mixture(
     n_iter = torch.zeros(b, dtype=torch.long, device=x.device)
     converged = torch.zeros(b, dtype=torch.bool, device=x.device)
     active = torch.ones(b, dtype=torch.bool, device=x.device)
+    # Rows of the working set -> problems; None while every problem is in it. When most
+    # problems have converged, the working set shrinks to the active ones (at a check, when
+    # the host syncs anyway), so a batch costs the sum of its problems' iterations rather
+    # than B times the slowest one's.
+    rows: Tensor | None = None
+    results: list[Tensor] | None = None
     for iteration in range(max_iter):
         # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
         coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
@@ -606,19 +612,41 @@ def fit_gaussian_mixture(
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
         if (iteration + 1) % check_every == 0 or iteration + 1 == max_iter:
-            _raise_if_failed(failed)
-            if not bool(active.any()):
+            _raise_if_failed(failed, rows)
+            n_active = int(active.sum())
+            if n_active == 0:
                 break
+            if n_active <= active.numel() // 2:
+                state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
+                results = _store(results, rows, state)
+                keep = torch.nonzero(active).squeeze(1)
+                rows = keep if rows is None else rows[keep]
+                weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
+                features, active, failed = features[keep], active[keep], failed[keep]
+                if sample_weight is not None:
+                    sample_weight, weight_total = sample_weight[keep], weight_total[keep]
+    state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
+    weights, means, cov, prec_chol, lower_bound, n_iter, converged = _store(results, rows, state)
     return GaussianMixtureFit(weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged)
+
+
+def _store(results: list[Tensor] | None, rows: Tensor | None, state: tuple[Tensor, ...]) -> list[Tensor]:
+    """Write the working set's per-problem tensors into the full results at ``rows``."""
+    if rows is None:
+        return list(state)
+    for full, part in zip(results, state):
+        full[rows] = part
+    return results
 
 
 def _where_active(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(active.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
-def _raise_if_failed(failed: Tensor) -> None:
+def _raise_if_failed(failed: Tensor, rows: Tensor | None = None) -> None:
     if bool(failed.any()):
-        problems = torch.nonzero(failed).flatten().tolist()
+        problems = torch.nonzero(failed).flatten()
+        problems = (problems if rows is None else rows[problems]).tolist()
         raise ValueError(
             f"Fitting the mixture model failed because some components have ill-defined "
             f"empirical covariance (problems {problems[:10]}): the covariance is not positive "
