@@ -1,0 +1,250 @@
+"""Histogram EM segmentation: references are scikit-learn fits on the raw pixels."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchgmm._checks import ShapeError
+from torchgmm.segmentation import (
+    HistogramSegmenter,
+    apply_lut,
+    fit_histogram_mixture,
+    image_histograms,
+    label_lut,
+    posterior_lut,
+    range_init,
+    segment_images,
+    to_grey_uint8,
+)
+
+CAMERAMAN = Path(__file__).resolve().parents[1] / "torchgmm" / "data" / "cameraman.png"
+
+
+@pytest.fixture(scope="module")
+def cameraman() -> torch.Tensor:
+    from torchgmm.io.images import decode_image_file
+
+    return decode_image_file(CAMERAMAN).unsqueeze(0)  # (1, 1, 512, 512) uint8
+
+
+def _images(b: int = 3, h: int = 24, w: int = 20, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([40.0, 120.0, 210.0])
+    cls = torch.randint(0, 3, (b, 1, h, w), generator=g)
+    x = centres[cls] + 12 * torch.randn(b, 1, h, w, generator=g)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class TestImageHistograms:
+    def test_matches_per_image_bincount(self, device):
+        imgs = _images(4).to(device)
+        hist = image_histograms(imgs)
+        assert hist.shape == (4, 256) and hist.dtype == torch.int64
+        for b in range(4):
+            ref = torch.bincount(imgs[b].flatten().long().cpu(), minlength=256)
+            assert torch.equal(hist[b].cpu(), ref)
+
+    def test_non_contiguous(self):
+        imgs = _images(2, 16, 16)
+        nc = imgs.transpose(2, 3)
+        assert not nc.is_contiguous()
+        assert torch.equal(image_histograms(nc), image_histograms(nc.contiguous()))
+
+    def test_errors(self):
+        with pytest.raises(ShapeError, match="to_grey_uint8"):
+            image_histograms(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+        with pytest.raises(TypeError, match="uint8"):
+            image_histograms(torch.zeros(1, 1, 4, 4))
+        with pytest.raises(ShapeError, match=r"\(B, C, H, W\)"):
+            image_histograms(torch.zeros(4, 4, dtype=torch.uint8))
+
+
+class TestGrey:
+    def test_luminance_bt601(self):
+        rgb = torch.tensor([255, 0, 0, 0, 255, 0, 0, 0, 255], dtype=torch.uint8).view(1, 3, 1, 3)
+        rgb = rgb.transpose(2, 3).reshape(1, 3, 1, 3)
+        y = to_grey_uint8(rgb).flatten().tolist()
+        assert y == [76, 150, 29]  # round(255 * 0.299), round(255 * 0.587), round(255 * 0.114)
+
+    def test_16_bit_drops_low_byte(self):
+        x = torch.tensor([0, 255, 256, 65535], dtype=torch.int32).to(torch.uint16).view(1, 1, 1, 4)
+        assert to_grey_uint8(x).flatten().tolist() == [0, 0, 1, 255]
+
+
+class TestRangeInit:
+    def test_two_intervals(self):
+        hist = torch.zeros(256)
+        hist[[10, 20, 200]] = torch.tensor([1.0, 1.0, 2.0])
+        w, mu, var = range_init(hist, 2)
+        assert torch.allclose(w, torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+        assert torch.allclose(mu, torch.tensor([[15.0, 200.0]], dtype=torch.float64))
+        assert torch.allclose(var, torch.tensor([[25.0, 1.0]], dtype=torch.float64))  # floor 1
+
+    def test_empty_interval_no_nan(self):
+        hist = torch.zeros(2, 256)
+        hist[:, 5] = 7
+        w, mu, var = range_init(hist, 4)
+        for t in (w, mu, var):
+            assert torch.isfinite(t).all()
+        assert (var >= 1).all() and torch.allclose(w.sum(1), torch.ones(2, dtype=torch.float64))
+        fit = fit_histogram_mixture(hist, 4, max_iter=5)
+        assert torch.isfinite(fit.means).all() and torch.isfinite(fit.covariances).all()
+
+
+class TestFitHistogramMixture:
+    def test_parity_with_sklearn_on_pixels(self, cameraman):
+        sklearn = pytest.importorskip("sklearn.mixture")
+        k, n_iter = 3, 20
+        hist = image_histograms(cameraman)
+        w0, mu0, var0 = range_init(hist, k)
+        fit = fit_histogram_mixture(hist, k, tol=0.0, max_iter=n_iter)
+        pixels = cameraman.flatten().double().numpy()[:, None]
+        ref = sklearn.GaussianMixture(
+            k, covariance_type="full", tol=0.0, max_iter=n_iter, reg_covar=1e-6,
+            weights_init=w0[0].numpy(), means_init=mu0[0].numpy()[:, None],
+            precisions_init=(1 / var0[0].numpy()).reshape(k, 1, 1),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning: tol=0 runs every iteration
+            ref.fit(pixels)
+        assert int(fit.n_iter[0]) == ref.n_iter_ == n_iter
+        order = np.argsort(ref.means_[:, 0])
+        np.testing.assert_allclose(fit.means[0].numpy(), ref.means_[order], rtol=1e-6)
+        np.testing.assert_allclose(fit.weights[0].numpy(), ref.weights_[order], rtol=1e-6)
+        np.testing.assert_allclose(fit.covariances[0].numpy(), ref.covariances_[order], rtol=1e-6)
+        # labels: the histogram lookup table equals sklearn's per-pixel predict
+        labels = apply_lut(label_lut(fit), cameraman)
+        ref_labels = np.argsort(order)[ref.predict(pixels)]
+        assert (labels.flatten().numpy() == ref_labels).mean() > 0.9999
+
+    def test_sorted_by_mean(self, device):
+        fit = fit_histogram_mixture(image_histograms(_images(3).to(device)), 3)
+        assert (fit.means[..., 0].diff(dim=1) > 0).all()
+        assert fit.means.shape == (3, 3, 1) and fit.covariances.shape == (3, 3, 1, 1)
+
+    def test_batched_equals_one_by_one(self, device):
+        imgs = torch.cat([_images(1, 20, 20, seed=s) for s in range(3)]).to(device)
+        fit = fit_histogram_mixture(image_histograms(imgs), 3, tol=1e-6)
+        for b in range(3):
+            one = fit_histogram_mixture(image_histograms(imgs[b : b + 1]), 3, tol=1e-6)
+            torch.testing.assert_close(one.means[0], fit.means[b], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(one.weights[0], fit.weights[b], rtol=1e-9, atol=1e-9)
+
+
+class TestLabels:
+    def test_labels_are_argmax_posterior(self, cameraman):
+        hist = image_histograms(cameraman)
+        fit = fit_histogram_mixture(hist, 3)
+        post = posterior_lut(fit)
+        assert post.shape == (1, 3, 256)
+        torch.testing.assert_close(post.sum(1), torch.ones(1, 256, dtype=torch.float64))
+        assert torch.equal(label_lut(fit), post.argmax(1))
+
+    def test_label_zero_is_darkest(self, cameraman):
+        labels, fit = segment_images(cameraman, 3)
+        mean_grey = [cameraman[0, 0][labels[0] == k].double().mean() for k in range(3)]
+        assert mean_grey[0] < mean_grey[1] < mean_grey[2]
+
+    def test_apply_lut_3d(self):
+        imgs = _images(2, 5, 6)
+        lut = torch.arange(2 * 4 * 256).view(2, 4, 256)
+        out = apply_lut(lut, imgs)
+        assert out.shape == (2, 4, 5, 6)
+        assert out[1, 2, 3, 4] == lut[1, 2, imgs[1, 0, 3, 4].long()]
+
+
+class TestHistogramSegmenter:
+    def test_module_equals_function(self, device):
+        imgs = _images(3).to(device)
+        seg = HistogramSegmenter(3).to(device)
+        labels = seg(imgs)
+        ref, fit = segment_images(imgs, 3)
+        assert labels.dtype == torch.int64 and labels.shape == (3, 24, 20)
+        assert torch.equal(labels, ref)
+        torch.testing.assert_close(seg.means_, fit.means)
+        assert seg.weights_.shape == (3, 3) and seg.variances_.shape == (3, 3)
+        assert labels.device.type == device.type
+
+    def test_predict_proba(self, device):
+        imgs = _images(2).to(device)
+        seg = HistogramSegmenter(3)
+        labels = seg(imgs)
+        proba = seg.predict_proba(imgs)
+        assert proba.shape == (2, 3, 24, 20)
+        torch.testing.assert_close(proba.sum(1), torch.ones_like(proba[:, 0]))
+        assert torch.equal(proba.argmax(1), labels)
+
+    def test_rgb_luminance_and_rgb_mode(self):
+        grey = _images(2)
+        rgb = grey.expand(-1, 3, -1, -1).contiguous()
+        assert torch.equal(HistogramSegmenter(3)(rgb), HistogramSegmenter(3)(grey))
+        seg = HistogramSegmenter(3, mode="rgb", random_state=0, n_samples=300)
+        labels = seg(rgb)
+        assert labels.shape == (2, 24, 20) and seg.means_.shape == (2, 3, 3)
+        luma = seg.means_ @ torch.tensor([0.299, 0.587, 0.114], dtype=seg.means_.dtype)
+        assert (luma.diff(dim=1) > 0).all()
+        assert torch.equal(seg.predict_proba(rgb).argmax(1), labels)
+
+    def test_state_dict_deepcopy(self):
+        imgs = _images(2)
+        seg = HistogramSegmenter(3)
+        seg(imgs)
+        other = HistogramSegmenter(3)
+        other.load_state_dict(seg.state_dict())
+        torch.testing.assert_close(other.predict_proba(imgs), seg.predict_proba(imgs))
+        torch.testing.assert_close(copy.deepcopy(seg).means_, seg.means_)
+
+    def test_errors(self):
+        seg = HistogramSegmenter(2)
+        with pytest.raises(RuntimeError, match="call it on images first"):
+            seg.predict_proba(_images(1))
+        with pytest.raises(ShapeError, match="alpha"):
+            seg(torch.zeros(1, 4, 3, 3, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="mode"):
+            HistogramSegmenter(2, mode="hsv")
+        seg(_images(1))
+        with pytest.raises(ShapeError, match="batch size"):
+            seg.predict_proba(_images(2))
+
+
+def test_convergence_warning():
+    from torchgmm.mixture import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        HistogramSegmenter(3, max_iter=1, tol=0.0)(_images(2))
+
+
+def test_uint8_labels_equal_int64():
+    imgs = _images(3)
+    a = HistogramSegmenter(3)(imgs)
+    b = HistogramSegmenter(3, label_dtype=torch.uint8)(imgs)
+    assert b.dtype == torch.uint8 and torch.equal(a, b.long())
+
+
+def test_run_demo(tmp_path, capsys):
+    from torchgmm.demo import run_demo
+
+    assert run_demo(tmp_path / "demo", n_classes=3) == 0
+    printed = capsys.readouterr().out
+    for name in ("cameraman_labels.png", "cameraman_colour.png", "cameraman_fit.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0 and name in printed
+    from torchgmm.io.images import decode_image_file
+
+    labels = decode_image_file(tmp_path / "demo" / "cameraman_labels.png")
+    assert labels.shape == (1, 512, 512) and set(labels.unique().tolist()) == {0, 1, 2}
+
+
+def test_colourise_matches_palette(device):
+    from torchgmm.segmentation import colourise, palette
+
+    labels = torch.randint(0, 12, (2, 5, 7), device=device)
+    ref = palette(12).to(device)[labels].permute(0, 3, 1, 2)
+    out = colourise(labels, 12)
+    assert out.shape == (2, 3, 5, 7) and out.dtype == torch.uint8 and torch.equal(out, ref)
+    assert len({tuple(c) for c in palette(12).tolist()}) == 12  # distinct colours beyond tab10

@@ -1,0 +1,933 @@
+"""Histogram EM image segmentation (the classic cameraman demo) and :class:`HistogramSegmenter`.
+
+For a grey image the 256-bin intensity histogram is the data: EM runs on the 256 bin values
+``x = 0, 1, ..., 255`` (D = 1) weighted by their counts. This is exactly EM on every pixel
+(the pixels of one bin are identical samples), but its cost does not depend on the image
+size. Each pixel then gets the label of the component with the highest posterior, computed
+once per grey level as a 256-entry lookup table and gathered per pixel, so there is no
+per-pixel E-step. Components are sorted by mean: label 0 is the darkest class.
+
+Conventions:
+
+* **Colour** images ``(B, 3, H, W)`` are segmented on their luminance by default,
+  ``Y = 0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601), rounded to uint8. ``mode="rgb"`` fits a
+  3-D full-covariance mixture to a random sample of pixels with the general engine
+  (:func:`torchgmm.mixture.fit_gaussian_mixture`) and labels every pixel by its posterior;
+  classes are then sorted by the luminance of their means.
+* **16-bit** images (uint16) are reduced to 8 bits by dropping the low byte (``v >> 8``)
+  before the histogram: labels are defined on 256 grey levels, whatever the bit depth.
+  This keeps one 256-entry histogram and lookup table for every input and loses nothing a
+  K-class segmentation can use.
+
+Shape vocabulary: B images, K classes, C channels, H, W image size, D features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Literal, NamedTuple, TextIO
+
+import torch
+from torch import Tensor, nn
+
+from torchgmm._checks import ShapeError, check_choice, check_ndim, check_positive_int, check_tensor
+from torchgmm.mixture import (
+    ConvergenceWarning,
+    GaussianMixtureFit,
+    estimate_log_prob,
+    fit_gaussian_mixture,
+)
+
+__all__ = [
+    "N_LEVELS",
+    "BT601",
+    "to_uint8",
+    "to_grey_uint8",
+    "image_histograms",
+    "range_init",
+    "fit_histogram_mixture",
+    "posterior_lut",
+    "label_lut",
+    "apply_lut",
+    "segment_images",
+    "HistogramSegmenter",
+    "palette",
+    "colourise",
+    "SegmentSummary",
+    "segment_files",
+]
+
+SegmentMode = Literal["luminance", "rgb"]
+
+#: number of grey levels (histogram bins) the segmentation works on
+N_LEVELS = 256
+#: ITU-R BT.601 luma weights for R, G, B
+BT601 = (0.299, 0.587, 0.114)
+
+
+# --- image preparation -------------------------------------------------------------------
+def _check_images(images: object, name: str = "images") -> Tensor:
+    images = check_tensor(images, name)
+    check_ndim(images, name, (4,), "(B, C, H, W) with C = 1 or 3")
+    if images.dtype not in (torch.uint8, torch.uint16):
+        raise TypeError(
+            f"`{name}` must be uint8 (or uint16 for 16-bit images), got dtype {images.dtype}; "
+            "convert float images with (x * 255).round().to(torch.uint8)."
+        )
+    if images.shape[1] not in (1, 3):
+        raise ShapeError(
+            f"`{name}` must have 1 (grey) or 3 (RGB) channels, got shape {tuple(images.shape)}; "
+            "drop an alpha channel with images[:, :3] first."
+        )
+    return images
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Return uint8 images; uint16 images lose their low byte (``v >> 8``).
+
+    Args:
+        images: uint8 or uint16 tensor of any shape.
+
+    Returns:
+        uint8 tensor of the same shape (``images`` itself when already uint8).
+    """
+    if images.dtype == torch.uint8:
+        return images
+    if images.dtype == torch.uint16:
+        return (images.to(torch.int32) >> 8).to(torch.uint8)
+    raise TypeError(f"`images` must be uint8 or uint16, got dtype {images.dtype}.")
+
+
+def to_grey_uint8(images: Tensor) -> Tensor:
+    """Grey uint8 images: luminance (ITU-R BT.601) of RGB input, 16-bit reduced to 8 bits.
+
+    Args:
+        images: uint8 or uint16 images.
+
+    Returns:
+        uint8 grey images.
+
+    Shape:
+        - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``
+        - output: ``(B, 1, H, W)``
+
+    Example:
+        >>> rgb = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+        >>> to_grey_uint8(rgb).shape
+        torch.Size([2, 1, 8, 8])
+    """
+    images = to_uint8(_check_images(images))
+    if images.shape[1] == 1:
+        return images
+    w = torch.tensor(BT601, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+    # Y = 0.299 R + 0.587 G + 0.114 B, rounded to the nearest grey level
+    y = (images.to(torch.float32) * w).sum(dim=1, keepdim=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def image_histograms(images: Tensor) -> Tensor:
+    """256-bin intensity histograms of a batch of grey uint8 images in one ``bincount`` pass.
+
+    Image ``b``'s pixel value ``v`` is counted in bin ``b * 256 + v`` of one flat histogram,
+    so the whole batch costs a single kernel and no loop over images.
+
+    Args:
+        images: grey uint8 images.
+
+    Returns:
+        int64 pixel counts per grey level.
+
+    Shape:
+        - images: ``(B, 1, H, W)``
+        - output: ``(B, 256)``
+
+    Example:
+        >>> img = torch.tensor([[[[0, 0, 255]]]], dtype=torch.uint8)
+        >>> image_histograms(img)[0, [0, 255]].tolist()
+        [2, 1]
+    """
+    images = _check_images(images)
+    if images.shape[1] != 1 or images.dtype != torch.uint8:
+        raise ShapeError(
+            f"`images` must be grey uint8 of shape (B, 1, H, W), got shape {tuple(images.shape)} "
+            f"and dtype {images.dtype}; convert with to_grey_uint8(images)."
+        )
+    return _histograms_from_index(_offset_index(images))
+
+
+def _offset_index(grey: Tensor) -> Tensor:
+    """``(B, H*W)`` int32 index ``b * 256 + v`` of every pixel into a flat ``(B * 256)`` table.
+
+    One index serves both the histogram (``bincount``) and the table lookup
+    (``index_select``); int32 halves the memory traffic of int64 on these passes.
+    """
+    b = grey.shape[0]
+    idx = grey.reshape(b, -1).to(torch.int32)
+    idx += torch.arange(b, device=grey.device, dtype=torch.int32).mul_(N_LEVELS).unsqueeze(1)
+    return idx
+
+
+def _histograms_from_index(idx: Tensor) -> Tensor:
+    """``(B, 256)`` int64 counts from the ``(B, P)`` index of :func:`_offset_index`."""
+    b = idx.shape[0]
+    return torch.bincount(idx.reshape(-1), minlength=b * N_LEVELS).view(b, N_LEVELS)
+
+
+# --- histogram EM ------------------------------------------------------------------------
+def _check_hist(hist: object) -> Tensor:
+    hist = check_tensor(hist, "hist")
+    check_ndim(hist, "hist", (1, 2), "(B, L) or (L,)")
+    return hist if hist.ndim == 2 else hist.unsqueeze(0)
+
+
+def range_init(
+    hist: Tensor, n_classes: int, *, var_floor: float = 1.0, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Initial mixtures from cutting the grey range into ``n_classes`` equal intervals.
+
+    Bin ``v`` of ``L`` falls in interval ``floor(v * K / L)`` (for K = 2 and L = 256:
+    0..127 and 128..255). Each interval's count-weighted share, mean and variance start its
+    component. An empty interval starts at its centre with share ``eps`` (renormalised); a
+    variance below ``var_floor`` (one grey level squared by default, e.g. an interval whose
+    pixels are all one value) is raised to it, so the init never holds NaN or zero variance.
+
+    Args:
+        hist: non-negative counts per grey level.
+        n_classes: K, the number of components.
+        var_floor: smallest initial variance, in grey levels squared.
+        dtype: floating dtype of the results.
+
+    Returns:
+        ``(weights, means, variances)``.
+
+    Shape:
+        - hist: ``(B, L)`` or ``(L,)``
+        - weights: ``(B, K)``; means: ``(B, K)``; variances: ``(B, K)``
+
+    Example:
+        >>> hist = torch.zeros(256); hist[10] = 3; hist[200] = 1
+        >>> w, mu, var = range_init(hist, 2)
+        >>> w.tolist(), mu.tolist()
+        ([[0.75, 0.25]], [[10.0, 200.0]])
+    """
+    hist = _check_hist(hist)
+    k = check_positive_int(n_classes, "n_classes")
+    b, levels = hist.shape
+    if k > levels:
+        raise ValueError(f"`n_classes` must be <= the number of bins {levels}, got {k}.")
+    h = hist.to(dtype)
+    v = torch.arange(levels, device=h.device, dtype=dtype)
+    interval = torch.div(torch.arange(levels, device=h.device) * k, levels, rounding_mode="floor")
+    onehot = nn.functional.one_hot(interval, k).to(dtype)  # (L, K)
+    n_k = h @ onehot  # (B, K) pixels per interval
+    eps = torch.finfo(dtype).eps
+    centre = (onehot * v.unsqueeze(1)).sum(0) / onehot.sum(0)  # (K,) interval centres
+    safe = n_k.clamp_min(eps)
+    # mu_k = sum_v h_v v / n_k ; var_k = sum_v h_v (v - mu_k)^2 / n_k   over the bins of interval k
+    means = torch.where(n_k > 0, (h * v) @ onehot / safe, centre.expand(b, k))
+    sq = (h.unsqueeze(2) * onehot * (v.view(1, levels, 1) - means.unsqueeze(1)) ** 2).sum(1)
+    variances = (sq / safe).clamp_min(var_floor)
+    weights = n_k.clamp_min(eps)
+    weights = weights / weights.sum(1, keepdim=True)
+    return weights, means, variances
+
+
+def _sort_fit(fit: GaussianMixtureFit, key: Tensor) -> GaussianMixtureFit:
+    """Reorder the components of ``fit`` by ascending ``key`` ``(B, K)``."""
+    order = key.argsort(dim=1)  # (B, K)
+
+    def take(t: Tensor) -> Tensor:
+        idx = order.view(order.shape + (1,) * (t.ndim - 2)).expand_as(t)
+        return t.gather(1, idx)
+
+    return fit._replace(
+        weights=take(fit.weights),
+        means=take(fit.means),
+        covariances=take(fit.covariances),
+        precisions_cholesky=take(fit.precisions_cholesky),
+    )
+
+
+def fit_histogram_mixture(
+    hist: Tensor,
+    n_classes: int,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    reg_covar: float = 1e-6,
+    init: Literal["range", "kmeans++", "random"] = "range",
+    dtype: torch.dtype = torch.float64,
+    generator: torch.Generator | None = None,
+) -> GaussianMixtureFit:
+    """Fit a 1-D Gaussian mixture to each grey-level histogram by count-weighted EM.
+
+    The samples are the bin values ``0..L-1`` and their weights the counts, which is EM on
+    every pixel. EM stops when the mean log-likelihood per pixel changes by less than
+    ``tol`` or after ``max_iter`` iterations. The result is sorted by mean (component 0 is
+    the darkest).
+
+    Args:
+        hist: non-negative counts per grey level (from :func:`image_histograms`).
+        n_classes: K, the number of classes.
+        tol: convergence threshold on the change of the mean log-likelihood.
+        max_iter: most EM iterations.
+        reg_covar: added to every variance at each M-step.
+        init: ``"range"`` (default, :func:`range_init`: equal grey-level intervals) or one
+            of the engine's random inits.
+        dtype: floating dtype of the fit; float64 by default (exact for any image size).
+        generator: randomness for ``"kmeans++"``/``"random"`` inits.
+
+    Returns:
+        :class:`~torchgmm.mixture.GaussianMixtureFit` with ``covariance_type="full"`` and
+        D = 1, components sorted by mean.
+
+    Shape:
+        - hist: ``(B, L)`` or ``(L,)``
+        - weights: ``(B, K)``; means: ``(B, K, 1)``; covariances: ``(B, K, 1, 1)``
+
+    Example:
+        >>> img = torch.cat([torch.full((1, 1, 8, 8), 40), torch.full((1, 1, 8, 8), 200)], 3)
+        >>> fit = fit_histogram_mixture(image_histograms(img.to(torch.uint8)), 2)
+        >>> fit.means[0, :, 0].round().tolist()
+        [40.0, 200.0]
+    """
+    hist = _check_hist(hist)
+    check_choice(init, "init", ("range", "kmeans++", "random"))
+    b, levels = hist.shape
+    x = torch.arange(levels, device=hist.device, dtype=dtype).view(1, levels, 1).expand(b, -1, -1)
+    w = hist.to(dtype)
+    kwargs: dict = {}
+    if init == "range":
+        weights0, means0, var0 = range_init(hist, n_classes, dtype=dtype)
+        kwargs = dict(
+            weights_init=weights0,
+            means_init=means0.unsqueeze(-1),
+            precisions_init=(1.0 / var0).view(b, n_classes, 1, 1),
+        )
+    fit = fit_gaussian_mixture(
+        x,
+        n_classes,
+        sample_weight=w,
+        covariance_type="full",
+        tol=tol,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
+        init_params=init,
+        generator=generator,
+        **kwargs,
+    )
+    return _sort_fit(fit, fit.means[..., 0])
+
+
+def posterior_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
+    """Posterior probability of each class for every grey level.
+
+    Args:
+        fit: a 1-D full-covariance fit (from :func:`fit_histogram_mixture`).
+        n_levels: number of grey levels L.
+
+    Returns:
+        ``p(k | v)`` for ``v = 0..L-1``.
+
+    Shape:
+        - output: ``(B, K, L)``
+    """
+    # p(k | v) = softmax_k log p(v, k)
+    return _log_joint_lut(fit, n_levels).softmax(dim=2).transpose(1, 2)
+
+
+def label_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
+    """Most probable class of every grey level: a lookup table for :func:`apply_lut`.
+
+    Args:
+        fit: a 1-D full-covariance fit (from :func:`fit_histogram_mixture`).
+        n_levels: number of grey levels L.
+
+    Returns:
+        int64 class per grey level (argmax posterior).
+
+    Shape:
+        - output: ``(B, L)``
+    """
+    return _log_joint_lut(fit, n_levels).argmax(dim=2)  # argmax_k p(k | v) = argmax_k p(v, k)
+
+
+def _log_joint_lut(fit: GaussianMixtureFit, n_levels: int) -> Tensor:
+    """``(B, L, K)`` log p(v, k) = log N(v | mu_k, sigma_k^2) + log pi_k for v = 0..L-1."""
+    b = fit.means.shape[0]
+    v = torch.arange(n_levels, device=fit.means.device, dtype=fit.means.dtype)
+    v = v.view(1, n_levels, 1).expand(b, -1, -1)
+    log_joint = estimate_log_prob(v, fit.means, fit.precisions_cholesky, "full")
+    return log_joint + fit.weights.log().unsqueeze(1)
+
+
+def apply_lut(lut: Tensor, images: Tensor) -> Tensor:
+    """Look every pixel up in its image's table (a gather, no per-pixel arithmetic).
+
+    Args:
+        lut: per-image table, ``(B, L)`` (labels) or ``(B, K, L)`` (per-class values such as
+            posteriors).
+        images: grey uint8 images.
+
+    Returns:
+        ``lut[b, images[b]]``, or ``lut[b, :, images[b]]`` for a 3-D table.
+
+    Shape:
+        - lut: ``(B, L)`` or ``(B, K, L)``
+        - images: ``(B, 1, H, W)``
+        - output: ``(B, H, W)`` or ``(B, K, H, W)``
+
+    Example:
+        >>> lut = torch.arange(256).flip(0).unsqueeze(0)
+        >>> apply_lut(lut, torch.tensor([[[[0, 255]]]], dtype=torch.uint8)).tolist()
+        [[[255, 0]]]
+    """
+    lut = check_tensor(lut, "lut")
+    images = check_tensor(images, "images")
+    check_ndim(lut, "lut", (2, 3), "(B, L) or (B, K, L)")
+    check_ndim(images, "images", (4,), "(B, 1, H, W)")
+    if images.shape[1] != 1 or images.shape[0] != lut.shape[0]:
+        raise ShapeError(
+            f"`images` must have shape (B, 1, H, W) with B = {lut.shape[0]} (the table's batch), "
+            f"got {tuple(images.shape)}."
+        )
+    if images.dtype != torch.uint8:
+        raise TypeError(f"`images` must be grey uint8, got dtype {images.dtype}; use to_grey_uint8.")
+    if lut.shape[-1] != N_LEVELS:
+        raise ShapeError(f"`lut` must have {N_LEVELS} entries per image, got shape {tuple(lut.shape)}.")
+    b, _, h, w = images.shape
+    return _lookup(lut, _offset_index(images), h, w)
+
+
+def _lookup(lut: Tensor, idx: Tensor, h: int, w: int) -> Tensor:
+    """:func:`apply_lut` on the flat index of :func:`_offset_index`."""
+    b = lut.shape[0]
+    if lut.ndim == 2:
+        # labels[b, p] = lut[b, v[b, p]] = flat_lut[b * 256 + v[b, p]]
+        return lut.reshape(-1).index_select(0, idx.reshape(-1)).view(b, h, w)
+    k = lut.shape[1]
+    rows = lut.transpose(1, 2).reshape(b * N_LEVELS, k).index_select(0, idx.reshape(-1))
+    return rows.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
+
+
+# --- colour (3-D) segmentation -----------------------------------------------------------
+def _fit_rgb(
+    images: Tensor,
+    n_classes: int,
+    *,
+    n_samples: int,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    generator: torch.Generator | None,
+) -> GaussianMixtureFit:
+    """Fit a 3-D full-covariance mixture to ``n_samples`` random pixels of each image."""
+    b, c, h, w = images.shape
+    pix = images.reshape(b, c, h * w).transpose(1, 2).to(torch.float64)  # (B, H*W, 3)
+    n = min(n_samples, h * w)
+    if n < h * w:
+        idx = torch.randint(h * w, (b, n), device=images.device, generator=generator)
+        pix = pix.gather(1, idx.unsqueeze(2).expand(b, n, c))
+    fit = fit_gaussian_mixture(
+        pix,
+        n_classes,
+        covariance_type="full",
+        tol=tol,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
+        init_params="kmeans++",
+        generator=generator,
+    )
+    luma = fit.means @ torch.tensor(BT601, device=fit.means.device, dtype=fit.means.dtype)
+    return _sort_fit(fit, luma)
+
+
+def _rgb_log_joint(images: Tensor, fit: GaussianMixtureFit) -> Tensor:
+    b, c, h, w = images.shape
+    pix = images.reshape(b, c, h * w).transpose(1, 2).to(fit.means.dtype)
+    log_joint = estimate_log_prob(pix, fit.means, fit.precisions_cholesky, "full")
+    return log_joint + fit.weights.log().unsqueeze(1)  # (B, H*W, K)
+
+
+def segment_images(
+    images: Tensor,
+    n_classes: int,
+    *,
+    mode: SegmentMode = "luminance",
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    reg_covar: float = 1e-6,
+    n_samples: int = 20_000,
+    generator: torch.Generator | None = None,
+    label_dtype: torch.dtype = torch.int64,
+) -> tuple[Tensor, GaussianMixtureFit]:
+    """Segment a batch of images into ``n_classes`` intensity (or colour) classes.
+
+    ``mode="luminance"`` (default): histogram EM on the grey level (the luminance of RGB
+    input); ``mode="rgb"``: a 3-D full-covariance mixture fitted to ``n_samples`` random
+    pixels per image (RGB input only). Classes are sorted darkest first.
+
+    Args:
+        images: uint8 (or uint16, reduced to 8 bits) images.
+        n_classes: K.
+        mode: ``"luminance"`` or ``"rgb"``.
+        tol: EM convergence threshold on the mean log-likelihood.
+        max_iter: most EM iterations.
+        reg_covar: added to the variances at each M-step.
+        n_samples: pixels sampled per image for ``mode="rgb"``.
+        generator: randomness for the ``"rgb"`` pixel sample and init.
+        label_dtype: dtype of the labels; ``torch.uint8`` writes 8x less memory (K <= 256).
+
+    Returns:
+        ``(labels, fit)``: labels (int64 by default) and the fitted mixtures (D = 1 or 3).
+
+    Shape:
+        - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``
+        - labels: ``(B, H, W)``
+
+    Example:
+        >>> img = torch.cat([torch.full((1, 1, 4, 4), 30), torch.full((1, 1, 4, 4), 220)], 3)
+        >>> labels, fit = segment_images(img.to(torch.uint8), 2)
+        >>> labels[0, 0].tolist()
+        [0, 0, 0, 0, 1, 1, 1, 1]
+    """
+    images = _check_images(images)
+    check_choice(mode, "mode", ("luminance", "rgb"))
+    if mode == "rgb":
+        if images.shape[1] != 3:
+            raise ShapeError(
+                f'`mode="rgb"` needs (B, 3, H, W) images, got shape {tuple(images.shape)}; '
+                'use mode="luminance" for grey images.'
+            )
+        images = to_uint8(images)
+        fit = _fit_rgb(
+            images, n_classes, n_samples=n_samples, tol=tol, max_iter=max_iter,
+            reg_covar=reg_covar, generator=generator,
+        )
+        labels = _rgb_log_joint(images, fit).argmax(dim=2).to(label_dtype)
+        return labels.view(images.shape[0], *images.shape[2:]), fit
+    grey = to_grey_uint8(images)
+    _, _, h, w = grey.shape
+    idx = _offset_index(grey)  # one index for histogram and lookup
+    fit = fit_histogram_mixture(
+        _histograms_from_index(idx), n_classes, tol=tol, max_iter=max_iter, reg_covar=reg_covar
+    )
+    # == apply_lut(label_lut(fit), grey)
+    return _lookup(label_lut(fit).to(label_dtype), idx, h, w), fit
+
+
+# --- module ------------------------------------------------------------------------------
+class HistogramSegmenter(nn.Module):
+    """Segment images into ``n_classes`` intensity classes by histogram EM, one mixture per image.
+
+    Each ``forward`` fits a fresh mixture to every image of the batch (in one batched EM,
+    without a host sync per image) and stores the fits in buffers; :meth:`predict_proba`
+    then gives the class posteriors of those images. See :func:`segment_images`.
+
+    Args:
+        n_classes: K, the number of classes.
+        mode: ``"luminance"`` (histogram EM on grey level / BT.601 luminance) or ``"rgb"``
+            (3-D full-covariance mixture on sampled pixels).
+        tol: EM convergence threshold on the mean log-likelihood.
+        max_iter: most EM iterations.
+        reg_covar: added to the variances at each M-step.
+        n_samples: pixels sampled per image for ``mode="rgb"``.
+        random_state: seed of the ``"rgb"`` pixel sample and init.
+        label_dtype: dtype of the returned labels (int64 by default; uint8 is lighter).
+
+    Shape:
+        - Input: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 (or uint16).
+        - Output: ``(B, H, W)`` int64 labels, 0 the darkest class.
+
+    Example:
+        >>> seg = HistogramSegmenter(n_classes=2)
+        >>> img = torch.cat([torch.full((1, 1, 4, 4), 30), torch.full((1, 1, 4, 4), 220)], 3)
+        >>> seg(img.to(torch.uint8)).shape, seg.means_.shape
+        (torch.Size([1, 4, 8]), torch.Size([1, 2, 1]))
+    """
+
+    #: (B, K) mixing weights of the last forward's fits
+    weights_: Tensor
+    #: (B, K, D) component means (D = 1 grey level, or 3 for mode="rgb")
+    means_: Tensor
+    #: (B, K, D, D) component covariances
+    covariances_: Tensor
+    #: (B, K, D, D) Cholesky factors of the precisions
+    precisions_cholesky_: Tensor
+    #: (B,) mean log-likelihood per pixel at the end of EM
+    lower_bound_: Tensor
+    #: (B,) EM iterations run
+    n_iter_: Tensor
+    #: (B,) whether EM converged within max_iter
+    converged_: Tensor
+
+    _state = (
+        "weights_", "means_", "covariances_", "precisions_cholesky_",
+        "lower_bound_", "n_iter_", "converged_",
+    )
+
+    def __init__(
+        self,
+        n_classes: int = 3,
+        *,
+        mode: SegmentMode = "luminance",
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg_covar: float = 1e-6,
+        n_samples: int = 20_000,
+        random_state: int | None = None,
+        label_dtype: torch.dtype = torch.int64,
+    ) -> None:
+        super().__init__()
+        self.label_dtype = label_dtype
+        self.n_classes = check_positive_int(n_classes, "n_classes")
+        check_choice(mode, "mode", ("luminance", "rgb"))
+        self.mode = mode
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_covar = reg_covar
+        self.n_samples = n_samples
+        self.random_state = random_state
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the fits (buffers become empty, keeping their device and dtype)."""
+        for name in self._state:
+            old = getattr(self, name, None)
+            if old is not None:
+                empty = old.new_empty((0,))
+            elif name == "n_iter_":
+                empty = torch.empty(0, dtype=torch.int64)
+            elif name == "converged_":
+                empty = torch.empty(0, dtype=torch.bool)
+            else:
+                empty = torch.empty(0, dtype=torch.float64)
+            self.register_buffer(name, empty, persistent=True)
+
+    @property
+    def variances_(self) -> Tensor:
+        """(B, K) variances of grey-level fits (the diagonal of ``covariances_`` for RGB)."""
+        return self.covariances_.diagonal(dim1=-2, dim2=-1).squeeze(-1)
+
+    def _fit(self) -> GaussianMixtureFit:
+        if self.means_.numel() == 0:
+            raise RuntimeError("HistogramSegmenter has no fits yet: call it on images first.")
+        return GaussianMixtureFit(**{name[:-1]: getattr(self, name) for name in self._state})
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # fitted buffers change shape with the batch: take the incoming shapes
+        for name in self._state:
+            key = prefix + name
+            if key in state_dict:
+                self._buffers[name] = self._buffers[name].new_empty(state_dict[key].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Fit one mixture per image and return the label maps (see class docstring)."""
+        gen = None
+        if self.random_state is not None:
+            gen = torch.Generator(device=images.device).manual_seed(self.random_state)
+        labels, fit = segment_images(
+            images, self.n_classes, mode=self.mode, tol=self.tol, max_iter=self.max_iter,
+            reg_covar=self.reg_covar, n_samples=self.n_samples, generator=gen,
+            label_dtype=self.label_dtype,
+        )
+        for name in self._state:
+            setattr(self, name, getattr(fit, name[:-1]))
+        if not bool(fit.converged.all()):  # one host sync per batch, not per image
+            n_bad = int((~fit.converged).sum())
+            warnings.warn(
+                f"EM did not converge within max_iter={self.max_iter} for {n_bad} of "
+                f"{fit.converged.numel()} image(s); raise `max_iter` or `tol`.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return labels
+
+    def predict_proba(self, images: Tensor) -> Tensor:
+        """Class posteriors of ``images`` under the fits of the last forward call.
+
+        Args:
+            images: the images given to the last forward call (same batch size).
+
+        Returns:
+            ``p(k | pixel)``, summing to one over K.
+
+        Shape:
+            - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``
+            - output: ``(B, K, H, W)``
+        """
+        fit = self._fit()
+        images = _check_images(images)
+        if images.shape[0] != fit.means.shape[0]:
+            raise ShapeError(
+                f"`images` has batch size {images.shape[0]} but the last forward fitted "
+                f"{fit.means.shape[0]} images; call the segmenter on these images first."
+            )
+        if fit.means.shape[-1] == 3:
+            b, _, h, w = images.shape
+            post = _rgb_log_joint(to_uint8(images), fit).softmax(dim=2)
+            return post.transpose(1, 2).reshape(b, -1, h, w)
+        return apply_lut(posterior_lut(fit), to_grey_uint8(images))
+
+    def extra_repr(self) -> str:
+        return f"n_classes={self.n_classes}, mode={self.mode!r}, tol={self.tol}, max_iter={self.max_iter}"
+
+
+# --- files -------------------------------------------------------------------------------
+#: colours of the first classes in colourised label maps (matplotlib's tab10), RGB uint8
+_PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+
+
+def palette(n_classes: int) -> Tensor:
+    """``(K, 3)`` uint8 RGB colour per class: tab10, then evenly spaced hues beyond 10."""
+    cols = list(_PALETTE[:n_classes])
+    for i in range(len(cols), n_classes):
+        hue = (i - 10) / max(n_classes - 10, 1)
+        rgb = [0.5 + 0.5 * math.cos(2 * math.pi * (hue + s)) for s in (0.0, 1 / 3, 2 / 3)]
+        cols.append(tuple(int(round(255 * c)) for c in rgb))
+    return torch.tensor(cols, dtype=torch.uint8)
+
+
+def colourise(labels: Tensor, n_classes: int) -> Tensor:
+    """``(B, H, W)`` integer labels to ``(B, 3, H, W)`` uint8 RGB with :func:`palette` colours."""
+    b, h, w = labels.shape
+    pal = palette(n_classes).to(labels.device).t().contiguous()  # (3, K)
+    # colour[b, c, y, x] = palette[labels[b, y, x], c]: one index_select for all channels
+    rgb = pal.index_select(1, labels.reshape(-1).to(torch.int32))  # (3, B*H*W)
+    return rgb.view(3, b, h, w).transpose(0, 1).contiguous()
+
+
+class SegmentSummary(NamedTuple):
+    """What :func:`segment_files` did and where its time went."""
+
+    n_found: int
+    n_done: int
+    n_skipped: int
+    #: the files that could not be decoded, with their error messages
+    failed: list[tuple[str, str]]
+    wall_s: float
+    #: summed decode time of the images (in workers, overlapping when workers > 0)
+    decode_s: float
+    #: time waiting for the DataLoader in the main process
+    wait_s: float
+    segment_s: float
+    write_s: float
+    jsonl: str
+
+
+def _output_paths(out_dir: Path, rel: Path) -> tuple[Path, Path]:
+    """``OUT/rel_without_suffix`` + ``_labels.png`` / ``_colour.png``."""
+    base = Path(out_dir) / rel.parent / rel.stem
+    return base.with_name(base.name + "_labels.png"), base.with_name(base.name + "_colour.png")
+
+
+def _write_outputs(labels: Tensor, n_classes: int, paths: tuple[Path, Path], record: dict) -> dict:
+    """Write one image's label map and colourised PNGs (in a writer thread); return its record."""
+    from torchgmm.io.images import write_png
+
+    write_png(paths[0], labels)
+    write_png(paths[1], colourise(labels.unsqueeze(0), n_classes)[0])
+    return {**record, "labels": str(paths[0]), "colour": str(paths[1])}
+
+
+def segment_files(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    n_classes: int = 3,
+    *,
+    mode: SegmentMode = "luminance",
+    device: str | torch.device = "auto",
+    batch_size: int = 16,
+    workers: int = 0,
+    overwrite: bool = False,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    write_threads: int = 2,
+    progress: bool = True,
+    log: TextIO | None = None,
+) -> SegmentSummary:
+    """Segment image files and write, per image, a label map PNG and a colourised PNG.
+
+    ``INPUT/a/b.png`` becomes ``OUT/a/b_labels.png`` (grey values 0..K-1, class 0 darkest)
+    and ``OUT/a/b_colour.png``; the fitted parameters of every image go to one JSON-lines
+    file ``OUT/segments.jsonl`` (keyed by the absolute input path; rewritten atomically
+    every few seconds and at the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
+    ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
+    temporary file and ``os.replace``. Images whose outputs and record already exist are skipped unless ``overwrite``, so an interrupted run
+    resumes. Files are decoded in ``workers`` DataLoader processes; images of the same size
+    in a batch are segmented together, on ``device``. A file that cannot be decoded is named
+    on ``log``, skipped and listed in the summary.
+
+    Args:
+        inputs: image files and folders (searched recursively).
+        out_dir: output folder (created).
+        n_classes: K.
+        mode: ``"luminance"`` or ``"rgb"`` (see :func:`segment_images`).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a device.
+        batch_size: images decoded and segmented per step.
+        workers: DataLoader worker processes (0 decodes in this process).
+        overwrite: redo images whose outputs exist.
+        tol: EM convergence threshold.
+        max_iter: most EM iterations.
+        write_threads: threads encoding and writing PNGs while the next batch is processed
+            (0: write in this thread, one image after the other).
+        progress: show a tqdm progress bar (images/s).
+        log: stream for per-file error lines (default ``sys.stderr``).
+
+    Returns:
+        :class:`SegmentSummary`.
+
+    Raises:
+        FileNotFoundError: an input is missing or no image file was found.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from torchgmm.io.images import (
+        ImageFileDataset,
+        atomic_write_text,
+        collate_items,
+        find_images,
+    )
+
+    t_start = time.perf_counter()
+    log = sys.stderr if log is None else log
+    check_positive_int(n_classes, "n_classes")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(workers, "workers", minimum=0)
+    check_positive_int(write_threads, "write_threads", minimum=0)
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    sources = find_images(inputs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = out_dir / "segments.jsonl"
+    records: dict[str, dict] = {}
+    if jsonl.exists():
+        for line in jsonl.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                records[rec["input"]] = rec
+    todo = [
+        s for s in sources
+        if overwrite
+        or str(s.path.resolve()) not in records
+        or not all(p.exists() for p in _output_paths(out_dir, s.relative))
+    ]
+    n_skipped = len(sources) - len(todo)
+    failed: list[tuple[str, str]] = []
+    decode_s = wait_s = segment_s = write_s = 0.0
+    n_done = 0
+    segmenter = HistogramSegmenter(
+        n_classes, mode=mode, tol=tol, max_iter=max_iter, random_state=0, label_dtype=torch.uint8
+    )
+    loader = DataLoader(
+        ImageFileDataset(todo), batch_size=batch_size, num_workers=workers,
+        collate_fn=collate_items, persistent_workers=False,
+    )
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="segment")
+    last_save, dirty = time.perf_counter(), False
+    # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
+    # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
+    pool = ThreadPoolExecutor(write_threads, "torchgmm-write") if write_threads > 0 else None
+    pending: deque[Future] = deque()
+
+    def save_records() -> None:  # the whole file, atomically; throttled to every few seconds
+        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
+
+    def collect(block_until: int) -> None:  # finished writes -> records; wait while too many
+        nonlocal dirty, n_done
+        while pending and (len(pending) > block_until or pending[0].done()):
+            rec = pending.popleft().result()  # re-raises a write error (disk full, ...)
+            records[rec["input"]] = rec
+            dirty, n_done = True, n_done + 1
+            bar.update(1)
+
+    it = iter(loader)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                items = next(it)
+            except StopIteration:
+                break
+            wait_s += time.perf_counter() - t0
+            groups: dict[tuple, list] = {}
+            for item in items:
+                decode_s += item.decode_s
+                if item.image is None:
+                    failed.append((str(item.source.path), item.error or "unknown error"))
+                    tqdm.write(f"error: {item.error}", file=log)  # keeps the bar intact
+                    bar.update(1)
+                    continue
+                img = item.image  # grey/RGB conversion happens on `device`, in the segmenter
+                groups.setdefault((tuple(img.shape), img.dtype), []).append((item, img))
+            for group in groups.values():
+                t0 = time.perf_counter()
+                batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
+                seg_mode = mode if batch.shape[1] == 3 else "luminance"
+                segmenter.mode = seg_mode
+                labels = segmenter(batch)
+                fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+                labels = labels.cpu()
+                t1 = time.perf_counter()
+                segment_s += t1 - t0  # fit + labels, transfers included; colouring is output
+                for j, (item, _) in enumerate(group):
+                    key = str(item.source.path.resolve())
+                    record = {
+                        "input": key,
+                        "height": int(labels.shape[1]),
+                        "width": int(labels.shape[2]),
+                        "mode": seg_mode,
+                        "n_classes": n_classes,
+                        "weights": fit["weights_"][j].tolist(),
+                        "means": fit["means_"][j].tolist(),
+                        "covariances": fit["covariances_"][j].tolist(),
+                        "lower_bound": float(fit["lower_bound_"][j]),
+                        "n_iter": int(fit["n_iter_"][j]),
+                        "converged": bool(fit["converged_"][j]),
+                    }
+                    paths = _output_paths(out_dir, item.source.relative)
+                    if pool is None:  # write_threads=0: write here, synchronously
+                        done: Future = Future()
+                        done.set_result(_write_outputs(labels[j], n_classes, paths, record))
+                        pending.append(done)
+                    else:
+                        pending.append(pool.submit(_write_outputs, labels[j], n_classes, paths, record))
+                collect(block_until=2 * batch_size)
+                write_s += time.perf_counter() - t1
+            t0 = time.perf_counter()
+            collect(block_until=2 * batch_size)
+            if dirty and t0 - last_save > 5.0:
+                save_records()
+                last_save, dirty = time.perf_counter(), False
+            write_s += time.perf_counter() - t0
+    finally:  # also on errors and Ctrl-C: finished images keep their records
+        t0 = time.perf_counter()
+        try:
+            collect(block_until=0)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if dirty:
+                save_records()
+            write_s += time.perf_counter() - t0
+            bar.close()
+    return SegmentSummary(
+        n_found=len(sources), n_done=n_done, n_skipped=n_skipped, failed=failed,
+        wall_s=time.perf_counter() - t_start, decode_s=decode_s, wait_s=wait_s,
+        segment_s=segment_s, write_s=write_s, jsonl=str(jsonl),
+    )
