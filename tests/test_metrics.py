@@ -1,0 +1,243 @@
+"""CDnet confusion counts and scores against hand-computed values; post-processing ops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from torchgmm._checks import ShapeError
+from torchgmm.metrics import (
+    ChangeDetectionCounter,
+    confusion_counts,
+    read_cdnet_sequence_info,
+    scores,
+)
+from torchgmm.postprocess import (
+    binary_dilation,
+    binary_erosion,
+    binary_opening,
+    median_filter_mask,
+    remove_small_blobs,
+)
+
+# 3x4 ground truth using every CDnet label
+GT = torch.tensor(
+    [
+        [255, 255, 0, 0],
+        [50, 50, 170, 85],
+        [255, 0, 170, 85],
+    ],
+    dtype=torch.uint8,
+)
+PRED = torch.tensor(
+    [
+        [1, 0, 1, 0],
+        [1, 0, 1, 1],
+        [0, 0, 0, 1],
+    ],
+    dtype=torch.bool,
+)
+# by hand: motion (255) at (0,0) pred 1 -> TP; (0,1) pred 0 -> FN; (2,0) pred 0 -> FN
+# static (0) at (0,2) pred 1 -> FP; (0,3) -> TN; (2,1) -> TN
+# shadow (50) at (1,0) pred 1 -> FP; (1,1) -> TN
+# unknown (170) and outside (85): ignored whatever pred says
+HAND = [1, 2, 2, 3]  # TP, FP, FN, TN
+
+
+def _reference_counts(pred: np.ndarray, gt: np.ndarray, roi: np.ndarray | None) -> list[int]:
+    """Independent per-pixel loop written from the CDnet rules."""
+    tp = fp = fn = tn = 0
+    for idx in np.ndindex(gt.shape):
+        if roi is not None and not roi[idx[-2:]]:
+            continue
+        g, p = int(gt[idx]), bool(pred[idx])
+        if g == 255:
+            tp, fn = tp + p, fn + (not p)
+        elif g in (0, 50):
+            fp, tn = fp + p, tn + (not p)
+    return [tp, fp, fn, tn]
+
+
+class TestConfusionCounts:
+    def test_hand_computed(self, device):
+        got = confusion_counts(PRED.to(device)[None, None], GT.to(device)[None, None])
+        assert got.dtype == torch.int64 and got.device.type == device.type
+        assert got.tolist() == HAND
+
+    def test_shapes_2d_3d_4d(self):
+        for p, g in [(PRED, GT), (PRED[None], GT[None]), (PRED[None, None], GT[None, None])]:
+            assert confusion_counts(p, g).tolist() == HAND
+
+    def test_roi(self, device):
+        roi = torch.ones(3, 4, dtype=torch.bool)
+        roi[0, :] = False  # drops TP at (0,0), FN at (0,1), FP at (0,2), TN at (0,3)
+        got = confusion_counts(PRED[None].to(device), GT[None].to(device), roi.to(device))
+        assert got.tolist() == [0, 1, 1, 2]
+
+    def test_per_frame_and_random_reference(self, device):
+        g = torch.Generator().manual_seed(0)
+        labels = torch.tensor([0, 50, 85, 170, 255], dtype=torch.uint8)
+        gt = labels[torch.randint(0, 5, (5, 1, 9, 11), generator=g)]
+        pred = torch.rand(5, 1, 9, 11, generator=g) > 0.5
+        roi = torch.rand(9, 11, generator=g) > 0.3
+        per = confusion_counts(pred.to(device), gt.to(device), roi.to(device), per_frame=True)
+        assert per.shape == (5, 4)
+        for b in range(5):
+            assert per[b].tolist() == _reference_counts(pred[b, 0].numpy(), gt[b, 0].numpy(), roi.numpy())
+        assert confusion_counts(pred, gt, roi).tolist() == per.sum(0).cpu().tolist()
+
+    def test_non_bool_pred_and_noncontiguous(self):
+        p = PRED.to(torch.uint8).t().contiguous().t() * 255  # non-contiguous view pattern
+        assert confusion_counts(p, GT).tolist() == HAND
+        wide = torch.zeros(3, 8, dtype=torch.uint8)
+        wide[:, ::2] = GT
+        assert confusion_counts(PRED, wide[:, ::2]).tolist() == HAND
+
+    def test_errors(self):
+        with pytest.raises(ShapeError, match="same shape"):
+            confusion_counts(PRED, GT[:2])
+        with pytest.raises(ShapeError, match="roi"):
+            confusion_counts(PRED, GT, torch.ones(2, 2, dtype=torch.bool))
+        with pytest.raises(ShapeError, match=r"\(B, 1, H, W\)"):
+            confusion_counts(PRED[None, None].expand(1, 2, 3, 4), GT[None, None].expand(1, 2, 3, 4))
+        with pytest.raises(TypeError, match="pred"):
+            confusion_counts(PRED.numpy(), GT)
+
+
+class TestScores:
+    def test_definitions(self):
+        tp, fp, fn, tn = 8, 2, 4, 86
+        s = scores(torch.tensor([tp, fp, fn, tn]))
+        re, pr = tp / (tp + fn), tp / (tp + fp)
+        assert s["Recall"] == pytest.approx(re)
+        assert s["Specificity"] == pytest.approx(tn / (tn + fp))
+        assert s["FPR"] == pytest.approx(fp / (fp + tn))
+        assert s["FNR"] == pytest.approx(fn / (tp + fn))
+        assert s["PWC"] == pytest.approx(100 * (fn + fp) / (tp + fn + fp + tn))
+        assert s["Precision"] == pytest.approx(pr)
+        assert s["F-measure"] == pytest.approx(2 * pr * re / (pr + re))
+        assert (s["TP"], s["FP"], s["FN"], s["TN"]) == (tp, fp, fn, tn)
+
+    def test_zero_denominators_are_zero(self):
+        s = scores(torch.tensor([0, 0, 0, 10]))
+        assert s["Recall"] == 0.0 and s["Precision"] == 0.0 and s["F-measure"] == 0.0
+        assert s["Specificity"] == 1.0 and s["PWC"] == 0.0
+        assert all(math.isfinite(v) for v in scores(torch.zeros(4, dtype=torch.int64)).values())
+
+    def test_rows_summed(self):
+        assert scores(torch.tensor([[1, 2, 0, 3], [1, 0, 2, 0]]))["TP"] == 2
+
+    def test_errors(self):
+        with pytest.raises(ShapeError, match="counts"):
+            scores(torch.zeros(3))
+
+
+class TestChangeDetectionCounter:
+    def test_temporal_roi_int_index(self, device):
+        # 6 frames, numbered 1..6; temporal ROI 3..5 (1-based inclusive) keeps frames 3, 4, 5
+        gt = GT.to(device).expand(6, 1, 3, 4).clone()
+        pred = PRED.to(device).expand(6, 1, 3, 4).clone()
+        counter = ChangeDetectionCounter(temporal_roi=(3, 5))
+        counter.update(pred[:4], gt[:4], frame_index=0)  # frames 1..4 -> 3, 4 count
+        counter.update(pred[4:], gt[4:], frame_index=4)  # frames 5..6 -> 5 counts
+        assert counter.counts.tolist() == [3 * v for v in HAND]
+        assert int(counter.frames) == 3
+        assert counter.compute()["TP"] == 3
+        counter.reset()
+        assert counter.counts.tolist() == [0, 0, 0, 0] and counter.counts.device.type == device.type
+
+    def test_temporal_roi_tensor_index_and_roi(self):
+        roi = torch.ones(3, 4, dtype=torch.bool)
+        roi[0, :] = False
+        counter = ChangeDetectionCounter(roi=roi, temporal_roi=(2, 2))
+        gt = GT.expand(3, 3, 4).clone()
+        pred = PRED.expand(3, 3, 4).clone()
+        counter.update(pred, gt, frame_index=torch.tensor([5, 1, 0]))  # only index 1 (= frame 2)
+        assert counter.counts.tolist() == [0, 1, 1, 2]
+        assert int(counter.frames) == 1
+
+    def test_batch_outside_roi(self):
+        counter = ChangeDetectionCounter(temporal_roi=(10, 20))
+        counter.update(PRED[None], GT[None], frame_index=0)
+        counter.update(PRED[None], GT[None], frame_index=25)
+        assert counter.counts.tolist() == [0, 0, 0, 0]
+        assert counter.compute()["PWC"] == 0.0
+
+    def test_bad_temporal_roi(self):
+        with pytest.raises(ValueError, match="1-based"):
+            ChangeDetectionCounter(temporal_roi=(0, 5))
+        with pytest.raises(ValueError, match="1-based"):
+            ChangeDetectionCounter(temporal_roi=(5, 4))
+
+
+class TestReadCDnetSequenceInfo:
+    def _make(self, tmp_path, troi="3 7\n"):
+        from PIL import Image
+
+        seq = tmp_path / "seq"
+        seq.mkdir()
+        (seq / "temporalROI.txt").write_text(troi)
+        roi = np.zeros((5, 6), np.uint8)
+        roi[1:4, 2:5] = 255
+        img = Image.fromarray(roi).convert("P")  # palette BMP as CDnet ships it
+        img.save(seq / "ROI.bmp")
+        return seq, roi
+
+    def test_reads_roi_and_temporal_roi(self, tmp_path):
+        seq, roi = self._make(tmp_path)
+        info = read_cdnet_sequence_info(seq)
+        assert info.temporal_roi == (3, 7)
+        assert info.roi.dtype == torch.bool and info.roi.shape == (5, 6)
+        assert torch.equal(info.roi, torch.from_numpy(roi != 0))
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="nothere"):
+            read_cdnet_sequence_info(tmp_path / "nothere")
+        seq, _ = self._make(tmp_path, troi="7 3")
+        with pytest.raises(ValueError, match="temporalROI"):
+            read_cdnet_sequence_info(seq)
+        (seq / "temporalROI.txt").unlink()
+        with pytest.raises(FileNotFoundError, match="temporalROI"):
+            read_cdnet_sequence_info(seq)
+
+
+class TestPostprocess:
+    def test_median_majority(self, device):
+        m = torch.zeros(1, 1, 7, 7, dtype=torch.bool, device=device)
+        m[0, 0, 1:6, 1:6] = True
+        m[0, 0, 3, 3] = False  # hole filled
+        out = median_filter_mask(m, 3)
+        assert bool(out[0, 0, 3, 3]) and not bool(out[0, 0, 1, 1])  # corner of the square: 4/9
+        assert out.dtype == torch.bool and out.shape == m.shape
+
+    def test_opening_matches_opencv(self):
+        cv2 = pytest.importorskip("cv2")
+        g = torch.Generator().manual_seed(1)
+        m = torch.rand(2, 1, 20, 25, generator=g) > 0.4
+        got = binary_opening(m, 3)
+        k = np.ones((3, 3), np.uint8)
+        for b in range(2):
+            ref = cv2.morphologyEx(m[b, 0].numpy().astype(np.uint8), cv2.MORPH_OPEN, k)
+            assert np.array_equal(got[b, 0].numpy(), ref.astype(bool))
+        assert torch.equal(binary_dilation(binary_erosion(m)), got)
+
+    def test_remove_small_blobs_matches_opencv(self):
+        cv2 = pytest.importorskip("cv2")
+        g = torch.Generator().manual_seed(2)
+        m = median_filter_mask(torch.rand(3, 1, 30, 40, generator=g) > 0.55, 3)
+        got = remove_small_blobs(m, 6)
+        for b in range(3):
+            n, lab, stats, _ = cv2.connectedComponentsWithStats(m[b, 0].numpy().astype(np.uint8), connectivity=8)
+            keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 6]
+            assert np.array_equal(got[b, 0].numpy(), np.isin(lab, keep))
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="bool"):
+            binary_opening(torch.zeros(1, 1, 4, 4))
+        with pytest.raises(ShapeError, match=r"\(B, 1, H, W\)"):
+            median_filter_mask(torch.zeros(4, 4, dtype=torch.bool))
+        with pytest.raises(ValueError, match="odd"):
+            median_filter_mask(torch.zeros(1, 1, 4, 4, dtype=torch.bool), 4)

@@ -1,0 +1,385 @@
+"""VideoReader / VideoWriter on videos and image folders the tests generate themselves."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+
+from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence  # noqa: E402
+
+
+def _frames(n: int, h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    """(T, H, W, C) uint8: smooth moving gradients plus noise (compresses like real video)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.empty((n, h, w, c), np.uint8)
+    for t in range(n):
+        for ch in range(c):
+            base = (xx * 3 + yy * 2 + t * 7 + ch * 60) % 256
+            out[t, :, :, ch] = np.clip(base + rng.integers(-8, 9, (h, w)), 0, 255)
+    return out
+
+
+def _write_av(path: Path, frames: np.ndarray, codec: str, pix_fmt: str, fps: int = 25, **options) -> None:
+    """Reference writer using PyAV directly (independent of VideoWriter)."""
+    n, h, w, c = frames.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        stream.bit_rate = 4_000_000  # lossy codecs: keep the error small and predictable
+        if options:
+            stream.options = {k: str(v) for k, v in options.items()}
+        for a in frames:
+            f = av.VideoFrame.from_ndarray(a[..., 0] if c == 1 else a, format="gray" if c == 1 else "rgb24")
+            for p in stream.encode(f):
+                container.mux(p)
+        for p in stream.encode():
+            container.mux(p)
+
+
+def _chw(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+
+
+@pytest.fixture(scope="module")
+def ffv1_video(tmp_path_factory) -> tuple[Path, torch.Tensor]:
+    """Lossless 30-frame RGB clip of odd size 33x17 (W x H)."""
+    frames = _frames(30, 17, 33)
+    path = tmp_path_factory.mktemp("vid") / "lossless.mkv"
+    _write_av(path, frames, "ffv1", "bgr0")
+    return path, _chw(frames)
+
+
+class TestVideoReader:
+    def test_lossless_pixels_and_metadata(self, ffv1_video):
+        path, ref = ffv1_video
+        with VideoReader(path) as reader:
+            assert reader.fps == pytest.approx(25)
+            assert (reader.height, reader.width, reader.channels) == (17, 33, 3)
+            assert abs(reader.frame_count - 30) <= 1
+            assert reader.duration == pytest.approx(reader.frame_count / 25)
+            frames = list(reader)
+        assert len(frames) == 30
+        assert frames[0].shape == (3, 17, 33) and frames[0].dtype == torch.uint8
+        assert torch.equal(torch.stack(frames), ref)
+
+    def test_batches(self, ffv1_video):
+        path, ref = ffv1_video
+        with VideoReader(path, batch_size=8) as reader:
+            batches = list(reader)
+        assert [b.shape[0] for b in batches] == [8, 8, 8, 6]
+        assert all(b.is_contiguous() for b in batches)
+        assert torch.equal(torch.cat(batches), ref)
+
+    @pytest.mark.parametrize("prefetch", [0, 1, 3])
+    def test_prefetch_and_threads(self, ffv1_video, prefetch):
+        path, ref = ffv1_video
+        with VideoReader(path, batch_size=7, prefetch=prefetch, threads=False) as reader:
+            assert torch.equal(torch.cat(list(reader)), ref)
+
+    def test_step_start_end_indices(self, ffv1_video):
+        path, ref = ffv1_video
+        with VideoReader(path, start=3, end=20, step=4) as reader:
+            assert list(reader.indices) == [3, 7, 11, 15, 19]
+            got = torch.stack(list(reader))
+        assert torch.equal(got, ref[3:20:4])
+
+    def test_start_end_seconds(self, ffv1_video):
+        path, ref = ffv1_video
+        # 25 fps: 0.2 s -> frame 5, 0.6 s -> frame 15 (exclusive)
+        with VideoReader(path, start=0.2, end=0.6, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, ref[5:15])
+
+    def test_gray(self, ffv1_video):
+        path, ref = ffv1_video
+        with VideoReader(path, gray=True, batch_size=30) as reader:
+            (got,) = list(reader)
+        assert got.shape == (30, 1, 17, 33)
+        # BT.601 luma of the RGB reference (swscale: limited-range Y expanded to full range)
+        luma = (ref.double() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        assert (got.double() - luma).abs().max() <= 3
+
+    def test_resize(self, ffv1_video):
+        path, ref = ffv1_video
+        with VideoReader(path, size=(8, 16), batch_size=30) as reader:
+            (got,) = list(reader)
+        assert got.shape == (30, 3, 8, 16)
+        small = torch.nn.functional.interpolate(ref.float(), size=(8, 16), mode="area")
+        assert (got.float() - small).abs().mean() < 12
+
+    @pytest.mark.parametrize(
+        "codec,pix_fmt,suffix,h,w,tol",
+        [
+            ("mpeg4", "yuv420p", ".avi", 48, 64, 8.0),
+            ("libx264", "yuv420p", ".mp4", 48, 64, 8.0),
+            ("libx264", "yuv444p", ".mkv", 17, 33, 6.0),
+            ("ffv1", "yuv444p", ".mkv", 17, 33, 3.0),
+            ("ffv1", "gray", ".mkv", 17, 33, 0.0),
+        ],
+    )
+    def test_codecs_within_tolerance(self, tmp_path, codec, pix_fmt, suffix, h, w, tol):
+        c = 1 if pix_fmt == "gray" else 3
+        frames = _frames(12, h, w, c=c, seed=1)
+        path = tmp_path / f"clip{suffix}"
+        _write_av(path, frames, codec, pix_fmt)
+        with VideoReader(path, gray=(c == 1), batch_size=12) as reader:
+            (got,) = list(reader)
+        ref = _chw(frames)
+        assert got.shape == ref.shape
+        err = (got.float() - ref.float()).abs().mean().item()
+        assert err <= tol, f"{codec}/{pix_fmt}: mean abs error {err}"
+
+    def test_image_folder(self, tmp_path):
+        from torchvision.io import encode_png
+
+        frames = _chw(_frames(12, 10, 14, seed=2))
+        folder = tmp_path / "input"
+        folder.mkdir()
+        # unpadded numbers: natural sort must put in2 before in10
+        for i, f in enumerate(frames, start=1):
+            (folder / f"in{i}.png").write_bytes(encode_png(f).numpy().tobytes())
+        (folder / "notes.txt").write_text("ignored")
+        assert [p.name for p in list_image_sequence(folder)][:3] == ["in1.png", "in2.png", "in3.png"]
+        with VideoReader(folder, fps=10, start=2, step=3, batch_size=2) as reader:
+            assert reader.fps == 10 and reader.frame_count == 12
+            got = torch.cat(list(reader))
+        assert torch.equal(got, frames[2::3])
+        with VideoReader(folder, gray=True) as reader:
+            first = next(iter(reader))
+        assert first.shape == (1, 10, 14)
+
+    def test_image_folder_jpeg_and_corrupt(self, tmp_path):
+        from torchvision.io import encode_jpeg
+
+        frames = _chw(_frames(4, 16, 16, seed=3))
+        for i, f in enumerate(frames, start=1):
+            (tmp_path / f"in{i:06d}.jpg").write_bytes(encode_jpeg(f, quality=95).numpy().tobytes())
+        (tmp_path / "in000005.jpg").write_bytes(b"not a jpeg")
+        got = []
+        with VideoReader(tmp_path, batch_size=3) as reader:
+            with pytest.raises(VideoDecodeError, match=r"frame 4 .*in000005\.jpg") as info:
+                for b in reader:
+                    got.append(b)
+        got = torch.cat(got)
+        assert len(got) == 4 and info.value.frame_index == 4
+        assert (got.float() - frames.float()).abs().mean() < 6
+
+    @pytest.mark.parametrize("suffix,codec,pix_fmt", [(".mkv", "ffv1", "bgr0"), (".avi", "mpeg4", "yuv420p")])
+    def test_truncated_file_yields_then_raises(self, tmp_path, suffix, codec, pix_fmt):
+        frames = _frames(30, 48, 64, seed=4)
+        path = tmp_path / f"full{suffix}"
+        _write_av(path, frames, codec, pix_fmt)
+        data = path.read_bytes()
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(data[: int(len(data) * 0.6)])
+        got = []
+        with VideoReader(cut, batch_size=4) as reader:
+            with pytest.raises(VideoDecodeError, match=r"cut" + suffix.replace(".", r"\.") + r".*frame \d+") as info:
+                for b in reader:
+                    got.append(b)
+        n = sum(b.shape[0] for b in got)
+        assert 0 < n < 30
+        assert info.value.frame_index == n  # every frame before the damage was yielded
+        assert info.value.path == str(cut)
+        if codec == "ffv1":
+            assert torch.equal(torch.cat(got), _chw(frames)[:n])
+
+    def test_corrupt_middle_yields_then_raises(self, tmp_path):
+        frames = _frames(30, 48, 64, seed=5)
+        path = tmp_path / "corrupt.mkv"
+        _write_av(path, frames, "ffv1", "bgr0")
+        data = bytearray(path.read_bytes())
+        mid = len(data) // 2
+        data[mid : mid + 2000] = b"\xff" * 2000
+        path.write_bytes(bytes(data))
+        got = []
+        with VideoReader(path, batch_size=4) as reader:
+            with pytest.raises(VideoDecodeError, match=r"corrupt\.mkv.* frame \d+") as info:
+                for b in reader:
+                    got.append(b)
+        got = torch.cat(got)
+        assert 0 < len(got) < 30 and info.value.frame_index == len(got)
+        assert torch.equal(got, _chw(frames)[: len(got)])
+
+    def test_truncated_mp4_fails_at_construction(self, tmp_path):
+        path = tmp_path / "full.mp4"
+        _write_av(path, _frames(10, 32, 32), "libx264", "yuv420p")
+        cut = tmp_path / "cut.mp4"
+        data = path.read_bytes()
+        cut.write_bytes(data[: len(data) // 2])  # the index (moov) at the end is lost
+        with pytest.raises(VideoDecodeError, match=r"cut\.mp4"):
+            VideoReader(cut)
+
+    def test_not_a_video(self, tmp_path):
+        bad = tmp_path / "notes.mp4"
+        bad.write_bytes(b"hello, this is not a video at all\n" * 50)
+        with pytest.raises(VideoDecodeError, match=r"notes\.mp4"):
+            VideoReader(bad)
+
+    def test_no_video_stream(self, tmp_path):
+        path = tmp_path / "audio.wav"
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("pcm_s16le", rate=8000)
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            frame.sample_rate = 8000
+            for p in s.encode(frame):
+                c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        with pytest.raises(ValueError, match=r"audio\.wav.*no video stream"):
+            VideoReader(path)
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match=r"nope\.mkv"):
+            VideoReader(tmp_path / "nope.mkv")
+
+    def test_bad_arguments(self, ffv1_video):
+        path, _ = ffv1_video
+        with pytest.raises(ValueError, match="step"):
+            VideoReader(path, step=0)
+        with pytest.raises(TypeError, match="start"):
+            VideoReader(path, start="3")
+        with pytest.raises(ValueError, match="size"):
+            VideoReader(path, size=(3,))
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+    def test_cuda_unavailable(self, ffv1_video):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            VideoReader(ffv1_video[0], device="cuda")
+
+    def test_close_stops_thread_early(self, ffv1_video):
+        path, ref = ffv1_video
+        before = threading.active_count()
+        reader = VideoReader(path, prefetch=1)
+        it = iter(reader)
+        assert torch.equal(next(it), ref[0])
+        reader.close()
+        assert threading.active_count() == before
+        with pytest.raises(ValueError, match="closed"):
+            list(reader)
+
+    def test_iterate_once(self, ffv1_video):
+        path, _ = ffv1_video
+        with VideoReader(path, end=2) as reader:
+            assert len(list(reader)) == 2
+            with pytest.raises(ValueError, match="once"):
+                list(reader)
+
+    @pytest.mark.cuda
+    def test_cuda_device(self, ffv1_video):
+        path, ref = ffv1_video
+        with VideoReader(path, batch_size=8, device="cuda") as reader:
+            got = torch.cat([b.cpu() for b in reader])
+        assert torch.equal(got, ref)
+
+
+class TestVideoWriter:
+    def test_mkv_roundtrip_rgb_and_mask(self, tmp_path):
+        rgb = _chw(_frames(9, 17, 33, seed=5))
+        path = tmp_path / "out.mkv"
+        with VideoWriter(path, fps=12) as writer:
+            writer.write(rgb[:4])
+            for f in rgb[4:]:
+                writer.write(f)
+        assert writer.frames_written == 9
+        with VideoReader(path, batch_size=100) as reader:
+            assert reader.fps == pytest.approx(12)
+            (got,) = list(reader)
+        assert torch.equal(got, rgb)
+
+        masks = torch.rand(6, 1, 17, 33, generator=torch.Generator().manual_seed(0)) > 0.5
+        mpath = tmp_path / "mask.mkv"
+        with VideoWriter(mpath) as writer:
+            writer.write(masks)
+        with VideoReader(mpath, gray=True, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, masks.to(torch.uint8) * 255)
+
+    def test_mp4_lossless(self, tmp_path):
+        rgb = _chw(_frames(5, 16, 24, seed=6))
+        path = tmp_path / "out.mp4"
+        with VideoWriter(path) as writer:
+            writer.write(rgb)
+        with VideoReader(path, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, rgb)
+
+    def test_lossy_default(self, tmp_path):
+        rgb = _chw(_frames(5, 32, 48, seed=7))
+        path = tmp_path / "lossy.mp4"
+        with VideoWriter(path, lossless=False) as writer:
+            writer.write(rgb)
+        with VideoReader(path, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert (got.float() - rgb.float()).abs().mean() < 10
+
+    def test_png_sequence_roundtrip(self, tmp_path):
+        rgb = _chw(_frames(5, 9, 11, seed=8))
+        out = tmp_path / "frames"
+        with VideoWriter(out, format="png") as writer:
+            writer.write(rgb)
+        names = sorted(p.name for p in out.iterdir())
+        assert names == [f"{i:06d}.png" for i in range(5)]  # no temporary files left
+        with VideoReader(out, batch_size=10) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, rgb)
+
+    @pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
+    def test_playable_after_exception(self, tmp_path, exc_type):
+        rgb = _chw(_frames(6, 16, 16, seed=9))
+        path = tmp_path / "partial.mkv"
+        with pytest.raises(exc_type):
+            with VideoWriter(path) as writer:
+                writer.write(rgb[:4])
+                raise exc_type("interrupted")
+        with VideoReader(path, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, rgb[:4])
+
+    def test_gray_after_rgb_is_replicated(self, tmp_path):
+        # the resume pattern: copy an earlier (RGB-decoded) mask video, then append masks
+        masks = torch.rand(6, 1, 8, 10, generator=torch.Generator().manual_seed(3)) > 0.5
+        first = tmp_path / "first.mkv"
+        with VideoWriter(first) as writer:
+            writer.write(masks[:3])
+        path = tmp_path / "resumed.mkv"
+        with VideoWriter(path) as writer, VideoReader(first) as old:
+            for frame in old:  # (3, H, W): grey decoded as RGB
+                writer.write(frame)
+            writer.write(masks[3:])
+        with VideoReader(path, gray=True, batch_size=10) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, masks.to(torch.uint8) * 255)
+
+    def test_errors(self, tmp_path):
+        with VideoWriter(tmp_path / "a.mkv") as writer:
+            with pytest.raises(TypeError, match="uint8 or bool"):
+                writer.write(torch.zeros(3, 8, 8))
+            with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+                writer.write(torch.zeros(2, 8, 8, dtype=torch.uint8))
+            writer.write(torch.zeros(3, 8, 8, dtype=torch.uint8))
+            with pytest.raises(ValueError, match="must all be"):
+                writer.write(torch.zeros(3, 8, 10, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="closed"):
+            writer.write(torch.zeros(3, 8, 8, dtype=torch.uint8))
+        with pytest.raises(FileNotFoundError, match="missing"):
+            VideoWriter(tmp_path / "missing" / "x.mkv")
+        # an encoder that rejects the frame: the encoder's error, naming the file, not a close error
+        with pytest.raises(ValueError, match=r"odd\.mp4.*libx264"):
+            with VideoWriter(tmp_path / "odd.mp4", codec="libx264", pix_fmt="yuv420p", lossless=False) as w:
+                w.write(torch.zeros(3, 17, 33, dtype=torch.uint8))
+
+    def test_lossy_odd_size_default(self, tmp_path):
+        rgb = _chw(_frames(3, 17, 33, seed=10))
+        with VideoWriter(tmp_path / "odd.mp4", lossless=False) as writer:
+            writer.write(rgb)
+        with VideoReader(tmp_path / "odd.mp4", batch_size=10) as reader:
+            (got,) = list(reader)
+        assert got.shape == rgb.shape and (got.float() - rgb.float()).abs().mean() < 10

@@ -1,0 +1,758 @@
+"""Video files and numbered image sequences at the edge: decoding and encoding with PyAV.
+
+:class:`VideoReader` turns a video file (anything FFmpeg demuxes) or a folder of numbered
+images (``input/in000001.jpg`` ...) into uint8 frames ``(C, H, W)`` or batches
+``(T, C, H, W)``. Decoding runs in a background thread that keeps ``prefetch`` decoded
+items ready, so decoding overlaps whatever the consumer computes; an error in that thread is
+re-raised in the consumer. :class:`VideoWriter` writes uint8 (or bool mask) frames to a video
+file, lossless by default (FFV1 in ``.mkv``), or to a numbered PNG sequence.
+
+A damaged file is never returned empty or silently short: the frames before the damage are
+yielded, then :class:`VideoDecodeError` names the file and the frame index. FFmpeg reads a
+truncated Matroska/AVI file to a clean end of stream, so the reader compares the frames it
+decoded with the count the container announces (its header, or its duration for a video-only
+file) and raises when more than one frame (2 % for a duration estimate) is missing. A
+truncated MP4 loses its index and fails when opened.
+
+Shape vocabulary: T frames, C channels (1 grey or 3 RGB), H height, W width.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import queue
+import re
+import threading
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torchgmm._checks import ShapeError, check_positive_int, check_tensor
+
+__all__ = ["VideoDecodeError", "VideoReader", "VideoWriter", "list_image_sequence"]
+
+_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+_END = object()  # end-of-stream sentinel in the prefetch queue
+#: containers whose default lossless codec is FFV1 (the others get H.264 RGB with qp 0)
+_FFV1_CONTAINERS = frozenset({".mkv", ".avi", ".nut", ".mka"})
+
+
+class VideoDecodeError(RuntimeError, ValueError):
+    """A video (or an image of a sequence) could not be decoded.
+
+    Attributes:
+        path: the file.
+        frame_index: the 0-based index of the first frame that could not be read, or None when
+            the file could not be opened at all.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, frame_index: int | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.frame_index = frame_index
+
+
+def _import_av() -> Any:
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "torchgmm.io.video needs PyAV (FFmpeg bindings): install it with `pip install av`."
+        ) from exc
+    return av
+
+
+def _natural_key(path: Path) -> tuple:
+    """Sort key ordering ``in2.jpg`` before ``in10.jpg`` (numbers compared as numbers)."""
+    parts = re.split(r"(\d+)", path.name)
+    return tuple(int(p) if p.isdigit() else p.lower() for p in parts)
+
+
+def list_image_sequence(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a folder, sorted naturally by the numbers in their names.
+
+    Args:
+        folder: a folder of numbered images (``in000001.jpg``, ``in000002.jpg`` ...).
+
+    Returns:
+        the image paths in frame order (hidden files and non-images are ignored).
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image sequence folder {str(folder)!r} does not exist.")
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_EXTENSIONS
+    ]
+    if not files:
+        raise FileNotFoundError(
+            f"no image files in {str(folder)!r}; expected numbered images with extensions "
+            f"{', '.join(sorted(_IMAGE_EXTENSIONS))}."
+        )
+    return sorted(files, key=_natural_key)
+
+
+def _to_index(value: int | float | None, fps: float, name: str, default: int | None) -> int | None:
+    """A frame index from an int (index) or a float (seconds, converted with ``fps``)."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int (frame index) or a float (seconds), got bool.")
+    if isinstance(value, numbers.Integral):  # int, numpy integers
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        return int(value)
+    if isinstance(value, numbers.Real):  # float, numpy floats
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{name}` (seconds) must be finite and >= 0, got {value}.")
+        # first frame whose timestamp index / fps is >= value (tolerant to float rounding)
+        return int(math.ceil(float(value) * fps - 1e-6))
+    raise TypeError(f"`{name}` must be an int (frame index) or a float (seconds), got {type(value).__name__}.")
+
+
+class VideoReader:
+    """Read a video file or a numbered image folder as uint8 frames or batches.
+
+    Frames are decoded by FFmpeg (PyAV) with frame threading, converted to planar RGB (or grey)
+    by swscale, optionally resized, and stacked in a background thread that keeps ``prefetch``
+    items queued. Iterate it inside a ``with`` block (or call :meth:`close`) so the thread and
+    the file are released.
+
+    Selection: frames ``start <= index < end`` (``end`` exclusive) are read, every ``step``-th
+    from ``start``. ``start``/``end`` are frame indices when ``int`` and seconds when ``float``
+    (converted with :attr:`fps`, i.e. constant frame rate is assumed). Frames before ``start``
+    are decoded and skipped (no seeking), so the indices are exact.
+
+    Args:
+        path: a video file, or a folder of numbered images (sorted by the number in the name).
+        start: first frame, as an index (int) or a time in seconds (float). Default: 0.
+        end: stop before this frame (index or seconds). Default: the end of the input.
+        step: keep every ``step``-th frame.
+        gray: decode to one grey channel (C = 1) instead of RGB (C = 3).
+        size: ``(H, W)`` to resize every frame to (bilinear), or None to keep the size.
+        batch_size: yield ``(T, C, H, W)`` batches of up to this many frames instead of single
+            ``(C, H, W)`` frames (the last batch may be shorter).
+        device: where yielded tensors live; with a CUDA device frames are staged in pinned
+            memory and copied with ``non_blocking=True``.
+        threads: let FFmpeg decode with frame/slice threads (``thread_type="AUTO"``).
+        prefetch: how many decoded items (frames or batches) the background thread keeps ready;
+            0 decodes in the consumer's thread.
+        fps: frame rate of an image folder (ignored for video files, which carry their own).
+
+    Note:
+        On a CPU with few cores, leave one core to decoding (``torch.set_num_threads(cores - 1)``):
+        PyTorch's OpenMP workers stall when the decoding thread takes one of their cores.
+
+    Shape:
+        - Output: ``(C, H, W)`` uint8, or ``(T, C, H, W)`` uint8 with ``batch_size``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        VideoDecodeError: ``path`` is not a readable video (at construction), or decoding fails
+            or the file ends early (while iterating; frames before the damage are yielded first).
+        ValueError: the file has no video stream, or an argument is out of range.
+
+    Example:
+        >>> with VideoReader("clip.mp4", batch_size=16, gray=True) as reader:  # doctest: +SKIP
+        ...     for batch in reader:            # (T, 1, H, W) uint8
+        ...         masks = model(batch)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        start: int | float | None = None,
+        end: int | float | None = None,
+        step: int = 1,
+        gray: bool = False,
+        size: tuple[int, int] | None = None,
+        batch_size: int | None = None,
+        device: str | torch.device = "cpu",
+        threads: bool = True,
+        prefetch: int = 2,
+        fps: float = 25.0,
+    ) -> None:
+        self.path = Path(path)
+        self.step = check_positive_int(step, "step")
+        self.gray = bool(gray)
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        self.prefetch = check_positive_int(prefetch, "prefetch", minimum=0)
+        self.device = torch.device(device)
+        self.threads = bool(threads)
+        if size is not None:
+            if len(size) != 2:
+                raise ValueError(f"`size` must be (H, W), got {size!r}.")
+            size = (check_positive_int(int(size[0]), "size[0]"), check_positive_int(int(size[1]), "size[1]"))
+        self.size = size
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"`device` is {str(self.device)!r} but CUDA is not available; use device='cpu'.")
+        # pinned staging buffers make the host-to-device copies asynchronous
+        self._pin = self.device.type == "cuda"
+
+        self._container: Any = None
+        self._stream: Any = None
+        self._files: list[Path] | None = None
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._started = False
+        self._closed = False
+
+        if not self.path.exists():
+            raise FileNotFoundError(f"video {str(self.path)!r} does not exist.")
+        if self.path.is_dir():
+            self._files = list_image_sequence(self.path)
+            if not (isinstance(fps, (int, float)) and fps > 0):
+                raise ValueError(f"`fps` must be a positive number, got {fps!r}.")
+            self._fps = float(fps)
+            first = self._decode_image(self._files[0], 0, resize=False)
+            self._src_h, self._src_w = int(first.shape[-2]), int(first.shape[-1])
+            self._frame_count = len(self._files)
+            self._count_exact = True
+            self._count_reliable = True
+        else:
+            self._open_video()
+        self._start = _to_index(start, self._fps, "start", 0)
+        self._end = _to_index(end, self._fps, "end", None)
+
+    # ------------------------------------------------------------------ opening
+    def _open_video(self) -> None:
+        av = _import_av()
+        try:
+            container = av.open(str(self.path), mode="r")
+        except av.FFmpegError as exc:
+            raise VideoDecodeError(
+                f"cannot open {str(self.path)!r} as a video: {exc}. Is it a complete video file "
+                f"(an .mp4 cut short loses its index and cannot be opened)?",
+                self.path,
+            ) from exc
+        if not container.streams.video:
+            container.close()
+            raise ValueError(f"{str(self.path)!r} has no video stream (it has {len(container.streams)} other stream(s)).")
+        stream = container.streams.video[0]
+        if self.threads:
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = 0  # FFmpeg picks the number of threads
+        if not stream.width or not stream.height:
+            container.close()
+            raise VideoDecodeError(f"{str(self.path)!r}: video stream has no frame size; the file looks damaged.", self.path)
+        self._container, self._stream = container, stream
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self._fps = float(rate) if rate else 25.0
+        self._src_h, self._src_w = int(stream.height), int(stream.width)
+        # frame count: exact from the header when present, else estimated from a duration.
+        # ``_count_reliable``: trusted enough to call a file that ends earlier truncated
+        # (a container duration may include audio, so it is trusted only for video-only files)
+        self._count_exact = bool(stream.frames)
+        self._count_reliable = True
+        if stream.frames:
+            self._frame_count = int(stream.frames)
+        elif stream.duration is not None and stream.time_base is not None:
+            self._frame_count = int(round(float(stream.duration * stream.time_base) * self._fps))
+        elif container.duration is not None:
+            self._frame_count = int(round(container.duration / 1_000_000 * self._fps))
+            self._count_reliable = len(container.streams) == 1
+        else:
+            self._frame_count = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def fps(self) -> float:
+        """Frames per second (the stream's average rate, or the ``fps`` argument for images)."""
+        return self._fps
+
+    @property
+    def frame_count(self) -> int:
+        """Frames in the whole input (before start/end/step); estimated from the duration when
+        the container has no frame count (0 when unknown). See :attr:`frame_count_exact`."""
+        return self._frame_count
+
+    @property
+    def frame_count_exact(self) -> bool:
+        """Whether :attr:`frame_count` comes from a header (or file listing) rather than a duration."""
+        return self._count_exact
+
+    @property
+    def duration(self) -> float:
+        """Duration of the whole input in seconds (``frame_count / fps``)."""
+        return self._frame_count / self._fps
+
+    @property
+    def height(self) -> int:
+        """Height H of the yielded frames (after ``size``)."""
+        return self.size[0] if self.size else self._src_h
+
+    @property
+    def width(self) -> int:
+        """Width W of the yielded frames (after ``size``)."""
+        return self.size[1] if self.size else self._src_w
+
+    @property
+    def channels(self) -> int:
+        """C: 1 with ``gray=True``, else 3."""
+        return 1 if self.gray else 3
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one yielded frame."""
+        return (self.channels, self.height, self.width)
+
+    @property
+    def indices(self) -> range:
+        """Source frame indices that iteration yields (bounded by :attr:`frame_count` when known)."""
+        end = self._end if self._end is not None else self._frame_count
+        if self._end is not None and self._frame_count:
+            end = min(end, self._frame_count)
+        return range(self._start, max(end, self._start), self.step)
+
+    def __len__(self) -> int:
+        """Number of items (frames or batches) iteration yields; estimated for some containers."""
+        n = len(self.indices)
+        return n if self.batch_size is None else -(-n // self.batch_size)
+
+    # ------------------------------------------------------------------ decoding
+    def _decode_image(self, path: Path, index: int, resize: bool = True) -> Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        try:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+            mode = ImageReadMode.GRAY if self.gray else ImageReadMode.RGB
+            if path.suffix.lower() in (".bmp", ".tif", ".tiff"):
+                from torchgmm.io.images import decode_image_file
+
+                img = decode_image_file(path)
+                if img.dtype != torch.uint8:
+                    img = (img.to(torch.int32) >> 8).to(torch.uint8)
+                if self.gray and img.shape[0] == 3:
+                    w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+                    img = (img.float() * w).sum(0, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+                elif not self.gray and img.shape[0] == 1:
+                    img = img.expand(3, -1, -1)
+            else:
+                img = decode_image(data, mode=mode)
+        except Exception as exc:  # torchvision raises RuntimeError, Pillow its own errors
+            raise VideoDecodeError(
+                f"cannot decode frame {index} of the image sequence {str(self.path)!r} "
+                f"({path.name}): {exc}",
+                path,
+                index,
+            ) from exc
+        if resize and self.size is not None and tuple(img.shape[-2:]) != self.size:
+            img = torch.nn.functional.interpolate(
+                img[None].float(), size=self.size, mode="bilinear", align_corners=False, antialias=True
+            )[0].round_().clamp_(0, 255).to(torch.uint8)
+        elif resize and (img.shape[-2], img.shape[-1]) != (self._src_h, self._src_w):
+            raise VideoDecodeError(
+                f"frame {index} of the image sequence {str(self.path)!r} ({path.name}) is "
+                f"{img.shape[-1]}x{img.shape[-2]}, the first frame is {self._src_w}x{self._src_h}; "
+                f"pass `size=(H, W)` to resize all frames.",
+                path,
+                index,
+            )
+        return img.contiguous()
+
+    def _frame_into(self, frame: Any, out: np.ndarray) -> None:
+        """Convert a PyAV frame into ``out`` (C, H, W) uint8: swscale to planar, copy planes."""
+        h, w = self.height, self.width
+        fmt = "gray" if self.gray else "gbrp"
+        f = frame.reformat(width=w, height=h, format=fmt)
+        planes = f.planes
+        # gbrp stores G, B, R planes; out is R, G, B
+        order = (0,) if self.gray else (2, 0, 1)
+        for c, p in enumerate(order):
+            plane = planes[p]
+            arr = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+            out[c] = arr[:h, :w]
+
+    def _source_frames(self) -> Iterator[tuple[int, Any]]:
+        """(index, frame) for the selected frames; frames are PyAV frames or image paths."""
+        start, end, step = self._start, self._end, self.step
+        if self._files is not None:
+            stop = len(self._files) if end is None else min(end, len(self._files))
+            for i in range(start, stop, step):
+                yield i, self._files[i]
+            return
+        av = _import_av()
+        index = -1
+        decoder = self._container.decode(self._stream)
+        while True:
+            try:
+                frame = next(decoder)
+            except StopIteration:
+                break
+            except av.FFmpegError as exc:
+                read = f"frames 0..{index} were read" if index >= 0 else "no frame was read"
+                raise VideoDecodeError(
+                    f"cannot decode {str(self.path)!r} at frame {index + 1}: {exc} ({read}).",
+                    self.path,
+                    index + 1,
+                ) from exc
+            index += 1
+            if end is not None and index >= end:
+                return
+            if index >= start and (index - start) % step == 0:
+                yield index, frame
+        decoded = index + 1
+        # a truncated file ends without an FFmpeg error: compare with the header's promise
+        # tolerance: 1 frame for a header count (edit lists may drop one), 2 % for an estimate
+        expected = self._frame_count
+        slack = 1 if self._count_exact else max(2, int(0.02 * expected))
+        if expected and self._count_reliable and decoded < expected - slack:
+            if end is None or decoded < end:
+                read = f"frames 0..{decoded - 1} were read" if decoded else "no frame could be decoded"
+                raise VideoDecodeError(
+                    f"{str(self.path)!r} ended at frame {decoded} but its header announces "
+                    f"{'' if self._count_exact else 'about '}{expected} frames: the file is truncated "
+                    f"or damaged ({read}).",
+                    self.path,
+                    decoded,
+                )
+
+    def _new_buffer(self, t: int | None) -> tuple[Tensor, np.ndarray]:
+        shape = self.shape if t is None else (t, *self.shape)
+        tensor = torch.empty(shape, dtype=torch.uint8, pin_memory=self._pin)
+        return tensor, tensor.numpy()
+
+    def _produce(self) -> Iterator[Tensor]:
+        """Decoded CPU items (frames or batches), in order."""
+        bs = self.batch_size
+        if bs is None:
+            for index, src in self._source_frames():
+                if self._files is not None:
+                    img = self._decode_image(src, index)
+                    yield img.pin_memory() if self._pin else img
+                else:
+                    tensor, buf = self._new_buffer(None)
+                    self._frame_into(src, buf)
+                    yield tensor
+            return
+        tensor, buf = self._new_buffer(bs)
+        n = 0
+        try:
+            for index, src in self._source_frames():
+                if self._files is not None:
+                    tensor[n] = self._decode_image(src, index)
+                else:
+                    self._frame_into(src, buf[n])
+                n += 1
+                if n == bs:
+                    yield tensor
+                    tensor, buf = self._new_buffer(bs)
+                    n = 0
+        except VideoDecodeError:
+            if n:  # the frames before the damage come first, then the error
+                yield tensor[:n]
+            raise
+        if n:
+            yield tensor[:n]
+
+    def _worker(self) -> None:
+        q = self._queue
+        assert q is not None
+        try:
+            for item in self._produce():
+                while not self._stop.is_set():
+                    try:
+                        q.put(item, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item = _END
+        except BaseException as exc:  # re-raised in the consumer
+            item = exc
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _to_device(self, item: Tensor) -> Tensor:
+        if self.device.type == "cpu":
+            return item
+        return item.to(self.device, non_blocking=self._pin)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self._closed:
+            raise ValueError(f"VideoReader for {str(self.path)!r} is closed.")
+        if self._started:
+            raise ValueError(
+                f"VideoReader for {str(self.path)!r} can be iterated once; open a new reader to read again."
+            )
+        self._started = True
+        if self.prefetch == 0:
+            for item in self._produce():
+                yield self._to_device(item)
+            return
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(target=self._worker, name=f"VideoReader({self.path.name})", daemon=True)
+        self._thread.start()
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield self._to_device(item)
+
+    # ------------------------------------------------------------------ resources
+    def close(self) -> None:
+        """Stop the decoding thread and close the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; prefer ``with`` or ``close()``
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoReader({str(self.path)!r}, frames={self._frame_count}, fps={self._fps:g}, "
+            f"shape={self.shape}, step={self.step}, batch_size={self.batch_size})"
+        )
+
+
+class VideoWriter:
+    """Write uint8 frames (or bool masks) to a video file or a numbered PNG sequence.
+
+    The encoder is set up from the first frame (size and channels). Defaults are lossless:
+
+    - ``.mkv``/``.avi``/``.nut``: FFV1 with ``gray`` (C = 1) or ``bgr0`` (C = 3) pixels;
+    - other containers (``.mp4``, ``.mov``): H.264 RGB (``libx264rgb``, ``qp=0``); grey frames
+      are written as three equal channels (read them back with ``gray=False`` and take one
+      channel to get the exact values).
+
+    With ``lossless=False`` the default is H.264 ``yuv420p`` (``yuv444p`` for odd sizes), CRF 18.
+    A folder path (an existing folder, a path without suffix, or ``format="png"``) writes
+    ``%06d.png`` files, each atomically (temporary file + ``os.replace``).
+
+    The output is finalised (encoder flushed, container closed) when the ``with`` block ends,
+    also through an exception or ``KeyboardInterrupt``, so what was written stays playable.
+
+    Args:
+        path: output file, or folder for a PNG sequence.
+        fps: frame rate written into the file.
+        codec: FFmpeg encoder name (e.g. ``"ffv1"``, ``"libx264"``, ``"mpeg4"``); default above.
+        lossless: choose a lossless default codec and settings.
+        format: ``"png"`` for an image sequence; None infers it from ``path``.
+        pix_fmt: encoder pixel format; default chosen from the codec and C.
+        options: extra encoder options (strings), e.g. ``{"crf": "23"}``.
+        start_number: number of the first PNG file.
+
+    Shape:
+        - Input: ``(C, H, W)`` or ``(T, C, H, W)``, uint8 or bool, C = 1 or 3; bool is written 0/255.
+          Every frame has the first frame's size; after a 3-channel first frame, 1-channel
+          frames are accepted and written as three equal channels.
+
+    Example:
+        >>> with VideoWriter("masks.mkv", fps=25) as writer:  # doctest: +SKIP
+        ...     for batch in reader:
+        ...         writer.write(model(batch))     # (T, 1, H, W) bool
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fps: float = 25,
+        codec: str | None = None,
+        lossless: bool = True,
+        format: Literal["png"] | None = None,
+        pix_fmt: str | None = None,
+        options: dict[str, str] | None = None,
+        start_number: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        if not (isinstance(fps, (int, float, Fraction)) and fps > 0):
+            raise ValueError(f"`fps` must be a positive number, got {fps!r}.")
+        if format not in (None, "png"):
+            raise ValueError(f"`format` must be None or 'png', got {format!r}.")
+        self.fps = fps
+        self.codec = codec
+        self.lossless = bool(lossless)
+        self.pix_fmt = pix_fmt
+        self.options = dict(options or {})
+        self.is_sequence = format == "png" or self.path.is_dir() or self.path.suffix == ""
+        self.frames_written = 0
+        self._start_number = check_positive_int(start_number, "start_number", minimum=0)
+        self._shape: tuple[int, int, int] | None = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._closed = False
+        if self.is_sequence:
+            self.path.mkdir(parents=True, exist_ok=True)
+        else:
+            _import_av()
+            if not self.path.parent.exists():
+                raise FileNotFoundError(f"output folder {str(self.path.parent)!r} does not exist.")
+
+    def _open(self, c: int, h: int, w: int) -> None:
+        av = _import_av()
+        suffix = self.path.suffix.lower()
+        codec, pix_fmt, options = self.codec, self.pix_fmt, dict(self.options)
+        if codec is None:
+            if self.lossless:
+                codec = "ffv1" if suffix in _FFV1_CONTAINERS else "libx264rgb"
+            else:
+                codec = "libx264"
+        if pix_fmt is None:
+            if codec == "ffv1":
+                pix_fmt = "gray" if c == 1 else "bgr0"
+            elif codec == "libx264rgb":
+                pix_fmt = "rgb24"
+            elif codec in ("libx264", "h264") and self.lossless and c == 1:
+                pix_fmt = "gray"
+            elif h % 2 or w % 2:
+                pix_fmt = "yuv444p"
+            else:
+                pix_fmt = "yuv420p"
+        if codec.startswith("libx264"):
+            if self.lossless:
+                options.setdefault("qp", "0")
+            else:
+                options.setdefault("crf", "18")
+        try:
+            container = av.open(str(self.path), mode="w")
+        except av.FFmpegError as exc:
+            raise ValueError(f"cannot create video {str(self.path)!r}: {exc}") from exc
+        try:
+            rate = Fraction(self.fps).limit_denominator(100_000)
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+            if options:
+                stream.options = options
+            if codec == "ffv1":
+                stream.codec_context.thread_count = 0
+        except Exception as exc:
+            container.close()
+            raise ValueError(
+                f"cannot set up encoder {codec!r} ({pix_fmt}, {w}x{h}) for {str(self.path)!r}: {exc}"
+            ) from exc
+        self._container, self._stream = container, stream
+        self._input_format = "gray" if (c == 1 and pix_fmt.startswith("gray")) else "rgb24"
+
+    def write(self, frames: Tensor) -> None:
+        """Append one frame ``(C, H, W)`` or a batch ``(T, C, H, W)`` (uint8 or bool, any device).
+
+        Raises:
+            ShapeError: wrong shape, or a size/channel count differing from the first frame.
+            TypeError: not a uint8/bool tensor.
+            ValueError: the writer is closed.
+        """
+        if self._closed:
+            raise ValueError(f"VideoWriter for {str(self.path)!r} is closed.")
+        check_tensor(frames, "frames")
+        if frames.ndim == 3:
+            frames = frames.unsqueeze(0)
+        if frames.ndim != 4 or frames.shape[1] not in (1, 3):
+            raise ShapeError(
+                f"`frames` must have shape (C, H, W) or (T, C, H, W) with C = 1 or 3, got {tuple(frames.shape)}."
+            )
+        if frames.dtype == torch.bool:
+            frames = frames.to(torch.uint8) * 255
+        elif frames.dtype != torch.uint8:
+            raise TypeError(f"`frames` must be uint8 or bool, got {frames.dtype}; convert with `.to(torch.uint8)`.")
+        shape = tuple(frames.shape[1:])
+        if self._shape is None:
+            if not self.is_sequence:
+                self._open(*shape)
+            self._shape = shape  # type: ignore[assignment]
+        elif shape != self._shape:
+            if shape[0] == 1 and self._shape[0] == 3 and shape[1:] == self._shape[1:]:
+                # grey into an RGB output (e.g. masks appended to frames copied on resume): lossless
+                frames = frames.expand(-1, 3, -1, -1)
+                shape = self._shape
+            else:
+                raise ShapeError(
+                    f"frames written to {str(self.path)!r} must all be {self._shape} (or 1-channel "
+                    f"into a 3-channel output), got {shape}."
+                )
+        frames = frames.cpu()
+        if self.is_sequence:
+            from torchgmm.io.images import write_png
+
+            for frame in frames:
+                write_png(self.path / f"{self._start_number + self.frames_written:06d}.png", frame)
+                self.frames_written += 1
+            return
+        av = _import_av()
+        c = shape[0]
+        array = frames.permute(0, 2, 3, 1).numpy()  # (T, H, W, C)
+        for a in array:
+            if self._input_format == "gray":
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(a[..., 0]), format="gray")
+            else:
+                a = np.repeat(a, 3, axis=2) if c == 1 else np.ascontiguousarray(a)
+                frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+            try:
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+            except av.FFmpegError as exc:
+                raise ValueError(
+                    f"cannot encode frame {self.frames_written} of {str(self.path)!r} with "
+                    f"{self._stream.codec_context.name} ({self._stream.pix_fmt}): {exc}"
+                ) from exc
+            self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and close the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is not None:
+            av = _import_av()
+            try:
+                if self._stream.codec_context.is_open:  # not open when the first encode failed
+                    for packet in self._stream.encode():
+                        self._container.mux(packet)
+            except av.FFmpegError as exc:
+                raise ValueError(f"cannot finish video {str(self.path)!r}: {exc}") from exc
+            finally:
+                self._container.close()
+                self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        # runs for exceptions and KeyboardInterrupt alike: what was written stays playable
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as close_exc:  # keep the original error; report this one with it
+            exc.add_note(f"while closing {str(self.path)!r}: {type(close_exc).__name__}: {close_exc}")
+
+    def __repr__(self) -> str:
+        kind = "png sequence" if self.is_sequence else (self.codec or "default codec")
+        return f"VideoWriter({str(self.path)!r}, {kind}, fps={self.fps}, frames_written={self.frames_written})"
