@@ -255,7 +255,10 @@ def mog_update(
     _check_state(frame, weight, mean, variance)
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     n_components, n_channels = len(ws), len(xs)
-    a = learning_rate
+    # A tensor rate: torch computes `float / tensor` as float * reciprocal, 1 ulp off a / w.
+    a = learning_rate if isinstance(learning_rate, Tensor) else torch.tensor(
+        learning_rate, dtype=xs[0].dtype, device=frame.device
+    )
 
     # 1. Match in rank order.
     hits, d2s, diffs, any_hit = _match(xs, ws, mus, vs, match_sigma)
