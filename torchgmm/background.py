@@ -44,7 +44,9 @@ Written with K and C unrolled and only elementwise ops, inductor fuses it into o
 (OpenMP C++ on CPU, one Triton kernel on CUDA) that reads the state once and writes the new
 state once; the module then rebinds its buffers to the new tensors. Writing in place into
 views of the state inside the compiled function measured about 4x slower on CPU, because
-the aliasing forces extra passes.
+the aliasing forces extra passes. On CPU, call :func:`retain_freed_memory` once in an
+application (the ``torchgmm`` command does): otherwise glibc returns each freed state to the
+kernel and the next frame pays for page faults.
 """
 
 from __future__ import annotations
@@ -699,16 +701,17 @@ def _check_rate(value: object, name: str) -> None:
 
 
 def retain_freed_memory() -> bool:
-    """Keep freed CPU blocks of up to 32 MB in the process instead of returning them to the OS.
+    """Let the process keep and reuse freed CPU memory instead of returning it to the OS.
 
     The fused update allocates a new state every frame and frees the old one (the buffer
-    swap). glibc's ``malloc`` hands large freed blocks back to the kernel, so the next
-    frame's state is built in fresh pages that the kernel must fault in and zero: at 640x480
-    RGB that measured about 1,600 page faults per frame and up to half the frame time with
-    two threads. This sets glibc's ``M_MMAP_THRESHOLD`` to 32 MB and ``M_TRIM_THRESHOLD`` to
-    1 GB, after which the state is recycled with no faults (states above 32 MB per buffer,
-    e.g. 1920x1080 RGB means, are still mapped afresh; jemalloc or tcmalloc via
-    ``LD_PRELOAD``, as PyTorch's CPU performance guide suggests, removes that too).
+    swap). glibc's ``malloc`` serves large blocks with ``mmap`` and hands them back to the
+    kernel when freed, so every frame's state is built in fresh pages that the kernel must
+    fault in and zero: measured 1,200-1,600 page faults per 640x480 RGB frame (about 45% of
+    the frame time with two threads) and 18,000 at 1920x1080. This sets glibc's
+    ``M_MMAP_MAX`` to 0 (large blocks come from the heap) and ``M_TRIM_THRESHOLD`` to 1 GB
+    (freed heap memory stays with the process), after which the state is recycled with no
+    page faults. jemalloc or tcmalloc via ``LD_PRELOAD``, as PyTorch's CPU performance guide
+    suggests, has the same effect.
 
     It changes process-wide allocator settings, so the library never calls it on its own:
     the ``torchgmm`` command and the benchmarks do. CUDA memory is unaffected (PyTorch's
@@ -732,7 +735,7 @@ def retain_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
     ok_trim = mallopt(m_trim_threshold, ctypes.c_int(1 << 30))
-    ok_mmap = mallopt(m_mmap_threshold, ctypes.c_int(32 << 20))
+    ok_mmap = mallopt(m_mmap_max, ctypes.c_int(0))
     return bool(ok_trim and ok_mmap)
