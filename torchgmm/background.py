@@ -239,6 +239,9 @@ def mog_update(
         rho: ``"inverse_weight"`` (``a / w``), ``"paper"`` (``a N(x | mu, sigma)``) or
             ``"constant"`` (``a``).
 
+    The float settings may also be ``()`` tensors (the module passes them so, so that
+    changing a value does not recompile the fused step).
+
     Returns:
         ``(mask, weight, mean, variance)``: ``mask`` ``(B, 1, H, W)`` bool (True =
         foreground) and the new state, same shapes and dtypes as the inputs, computed in
@@ -287,9 +290,9 @@ def mog_update(
     # 4. No match: the least probable component (last in rank order) becomes the pixel.
     no_hit = ~any_hit
     last = n_components - 1
-    ws[last] = torch.where(no_hit, torch.full_like(ws[last], init_weight), ws[last])
+    ws[last] = torch.where(no_hit, init_weight, ws[last])
     mus[last] = [torch.where(no_hit, xc, m) for xc, m in zip(xs, mus[last])]
-    vs[last] = [torch.where(no_hit, torch.full_like(v, init_var), v) for v in vs[last]]
+    vs[last] = [torch.where(no_hit, init_var, v) for v in vs[last]]
     hits[last] = hits[last] | no_hit  # the new component is the one this pixel belongs to
 
     # 5. Renormalise.
@@ -500,7 +503,7 @@ class BackgroundSubtractorMOG(nn.Module):
         self.warmup = bool(warmup)
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         self._compile_failed = False
-        self._rates: dict[tuple, Tensor] = {}
+        self._scalars: dict[tuple, Tensor] = {}
         #: (B, K, H, W) component weights, rank order
         self.register_buffer("weight", torch.empty(0, dtype=state_dtype))
         #: (B, K, C, H, W) component means, 0..255 scale
@@ -589,20 +592,24 @@ class BackgroundSubtractorMOG(nn.Module):
                     f"shaped by earlier frames as {expected}. Call reset() to start a new video."
                 )
 
-    def _rate_tensor(self, value: float) -> Tensor:
-        # Cached so that a constant rate costs no host-to-device copy per frame.
+    def _scalar(self, value: float) -> Tensor:
+        # Settings and rates go to the compiled step as 0-d tensors, so that a new value does
+        # not recompile it; cached so that they cost no host-to-device copy per frame.
         compute = torch.promote_types(self.weight.dtype, torch.float32)
         key = (value, self.weight.device, compute)
-        rate = self._rates.get(key)
+        rate = self._scalars.get(key)
         if rate is None:
-            rate = self._rates[key] = torch.tensor(value, dtype=compute, device=self.weight.device)
+            if len(self._scalars) > 64:  # e.g. a new explicit rate every frame
+                self._scalars.clear()
+            rate = self._scalars[key] = torch.tensor(value, dtype=compute, device=self.weight.device)
         return rate
 
     def _settings(self) -> dict:
-        return dict(
+        floats = dict(
             background_ratio=self.background_ratio, match_sigma=self.match_sigma, init_var=self.init_var,
-            min_var=self.min_var, init_weight=self.init_weight, rho=self.rho,
+            min_var=self.min_var, init_weight=self.init_weight,
         )
+        return {**{k: self._scalar(v) for k, v in floats.items()}, "rho": self.rho}
 
     def forward(self, frames: Tensor, learning_rate: float | None = None) -> Tensor:
         """Learn from one frame per stream and return the foreground masks.
@@ -627,7 +634,7 @@ class BackgroundSubtractorMOG(nn.Module):
                 background_ratio=self.background_ratio, match_sigma=self.match_sigma,
             )
         explicit = learning_rate is not None
-        base = self._rate_tensor(float(learning_rate) if explicit else self.learning_rate)
+        base = self._scalar(float(learning_rate) if explicit else self.learning_rate)
         args = (frames, self.weight, self.mean, self.variance, self.frames_seen, base,
                 self.warmup and not explicit, self._settings())
         mask, self.weight, self.mean, self.variance, self.frames_seen = self._step(*args)
