@@ -150,7 +150,7 @@ def _squared_distance(xs: list[Tensor], mu: list[Tensor]) -> tuple[Tensor, list[
 
 def _match(xs, ws, mus, vs, match_sigma: float):  # noqa: ANN001, ANN202
     """First matching component in rank order: ``(hit (K of (B, H, W) bool), d2, diffs)``."""
-    threshold = match_sigma**2 * len(xs)  # lambda^2 C: OpenCV MOG's scaling of the test
+    threshold = match_sigma * match_sigma * len(xs)  # lambda^2 C: OpenCV MOG's scaling of the test
     hits, d2s, diffs = [], [], []
     matched_before = None
     for w, mu, v in zip(ws, mus, vs):
