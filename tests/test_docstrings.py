@@ -8,7 +8,15 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["torchgmm.mixture"]
+MODULES = [
+    "torchgmm.mixture",
+    "torchgmm.segmentation",
+    "torchgmm.background",
+    "torchgmm.metrics",
+    "torchgmm.postprocess",
+    "torchgmm.io.images",
+    "torchgmm.io.video",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -248,3 +248,33 @@ def test_colourise_matches_palette(device):
     out = colourise(labels, 12)
     assert out.shape == (2, 3, 5, 7) and out.dtype == torch.uint8 and torch.equal(out, ref)
     assert len({tuple(c) for c in palette(12).tolist()}) == 12  # distinct colours beyond tab10
+
+
+class TestPaletteAndPngErrors:
+    def test_palette_rejects_non_positive(self):
+        from torchgmm.segmentation import palette
+
+        with pytest.raises(ValueError, match="n_classes"):
+            palette(0)
+        with pytest.raises(ValueError, match="n_classes"):
+            palette(-3)
+
+    def test_colourise_rejects_wrong_labels(self):
+        from torchgmm.segmentation import colourise
+
+        with pytest.raises(ShapeError, match="labels"):
+            colourise(torch.zeros(4, 4, dtype=torch.int64), 2)
+        with pytest.raises(ShapeError, match="labels"):
+            colourise(torch.zeros(1, 4, 4), 2)
+
+    def test_write_png_bool_mask_is_0_255_and_bad_input_named(self, tmp_path):
+        from torchgmm.io.images import decode_image_file, write_png
+
+        mask = torch.tensor([[True, False], [False, True]])
+        write_png(tmp_path / "m.png", mask)
+        assert decode_image_file(tmp_path / "m.png")[0].tolist() == [[255, 0], [0, 255]]
+        with pytest.raises(TypeError, match="bad.png"):
+            write_png(tmp_path / "bad.png", torch.zeros(2, 2))
+        with pytest.raises(ShapeError, match="C = 1 or 3"):
+            write_png(tmp_path / "bad.png", torch.zeros(2, 2, 2, dtype=torch.uint8))
+        assert not (tmp_path / "bad.png").exists()

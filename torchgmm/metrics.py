@@ -87,6 +87,11 @@ def confusion_counts(
     Returns:
         int64 counts ``[TP, FP, FN, TN]``: shape ``(4,)``, or ``(B, 4)`` with ``per_frame``.
 
+    Raises:
+        TypeError: an input is not a tensor.
+        ShapeError: ``pred`` and ``gt`` differ in shape, a shape is not one of those below, or
+            ``roi`` is not ``(H, W)``.
+
     Shape:
         - pred: ``(B, 1, H, W)``, ``(B, H, W)`` or ``(H, W)``
         - gt: the same shape as ``pred``
@@ -151,6 +156,13 @@ def scores(counts: Tensor) -> dict[str, float]:
         ``"Precision"``, ``"F-measure"`` (Python floats) and the counts ``"TP"``, ``"FP"``,
         ``"FN"``, ``"TN"`` (ints).
 
+    Raises:
+        TypeError: ``counts`` is not a tensor.
+        ShapeError: ``counts`` is not ``(4,)`` or ``(B, 4)``.
+
+    Shape:
+        - counts: ``(4,)`` or ``(B, 4)``, integer (e.g. int64 from :func:`confusion_counts`)
+
     Example:
         >>> s = scores(torch.tensor([8, 2, 2, 88]))
         >>> round(s["F-measure"], 3), s["PWC"]
@@ -193,9 +205,14 @@ class ChangeDetectionCounter:
         temporal_roi: ``(first, last)`` frame numbers, **1-based and inclusive** as in CDnet's
             ``temporalROI.txt``; frames outside are skipped. None scores every frame.
 
+    Raises:
+        TypeError: ``roi`` is not a tensor.
+        ValueError: ``temporal_roi`` is not 1-based with ``first <= last``.
+
     Shape:
         - pred, gt: ``(B, 1, H, W)`` or ``(B, H, W)``; ``frame_index``: int (first frame of the
           batch) or ``(B,)`` tensor; **0-based** (``in000001.jpg`` is index 0).
+        - counts: ``(4,)`` int64 ``[TP, FP, FN, TN]``; frames: ``()`` int64.
 
     Example:
         >>> counter = ChangeDetectionCounter(temporal_roi=(2, 3))
@@ -317,10 +334,18 @@ def read_cdnet_sequence_info(seq_dir: str | os.PathLike) -> CDnetSequenceInfo:
         FileNotFoundError: the folder, ``temporalROI.txt`` or the ROI image is missing.
         ValueError: ``temporalROI.txt`` does not hold two integers ``first <= last``.
 
+    Shape:
+        - roi: ``(H, W)`` bool
+
     Example:
-        >>> info = read_cdnet_sequence_info("cdnet/baseline/highway")  # doctest: +SKIP
-        >>> info.temporal_roi  # doctest: +SKIP
-        (470, 1700)
+        >>> import tempfile
+        >>> from torchgmm.io.images import write_png
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = Path(d, "temporalROI.txt").write_text("470 1700")
+        ...     write_png(f"{d}/ROI.png", torch.tensor([[0, 255, 255]], dtype=torch.uint8))
+        ...     info = read_cdnet_sequence_info(d)
+        >>> info.roi.tolist(), info.temporal_roi
+        ([[False, True, True]], (470, 1700))
     """
     seq = Path(seq_dir)
     if not seq.is_dir():

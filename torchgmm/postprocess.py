@@ -45,6 +45,11 @@ def median_filter_mask(mask: Tensor, kernel_size: int = 5) -> Tensor:
     Returns:
         True where more than half of the ``k * k`` window is foreground.
 
+    Raises:
+        ShapeError: ``mask`` is not ``(B, 1, H, W)``.
+        TypeError: ``mask`` is not a bool tensor, or ``kernel_size`` is not an int.
+        ValueError: ``kernel_size`` is not a positive odd number.
+
     Shape:
         - mask: ``(B, 1, H, W)`` bool
         - Output: ``(B, 1, H, W)`` bool
@@ -63,8 +68,28 @@ def median_filter_mask(mask: Tensor, kernel_size: int = 5) -> Tensor:
 def binary_erosion(mask: Tensor, kernel_size: int = 3) -> Tensor:
     """Erode with a ``k x k`` square (outside the image counts as foreground, as in OpenCV).
 
+    A pixel stays foreground only when its whole ``k x k`` window is foreground.
+
+    Args:
+        mask: foreground masks.
+        kernel_size: odd size k of the square structuring element.
+
+    Returns:
+        the eroded masks.
+
+    Raises:
+        ShapeError: ``mask`` is not ``(B, 1, H, W)``.
+        TypeError: ``mask`` is not a bool tensor, or ``kernel_size`` is not an int.
+        ValueError: ``kernel_size`` is not a positive odd number.
+
     Shape:
-        - mask: ``(B, 1, H, W)`` bool; Output: same.
+        - mask: ``(B, 1, H, W)`` bool
+        - Output: ``(B, 1, H, W)`` bool
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5, dtype=torch.bool); m[0, 0, 1:4, 1:4] = True
+        >>> binary_erosion(m, 3)[0, 0].nonzero().tolist()   # only the centre of the square stays
+        [[2, 2]]
     """
     _check_mask(mask)
     k = _check_kernel(kernel_size)
@@ -73,10 +98,30 @@ def binary_erosion(mask: Tensor, kernel_size: int = 3) -> Tensor:
 
 
 def binary_dilation(mask: Tensor, kernel_size: int = 3) -> Tensor:
-    """Dilate with a ``k x k`` square.
+    """Dilate with a ``k x k`` square (outside the image counts as background).
+
+    A pixel becomes foreground when any pixel of its ``k x k`` window is foreground.
+
+    Args:
+        mask: foreground masks.
+        kernel_size: odd size k of the square structuring element.
+
+    Returns:
+        the dilated masks.
+
+    Raises:
+        ShapeError: ``mask`` is not ``(B, 1, H, W)``.
+        TypeError: ``mask`` is not a bool tensor, or ``kernel_size`` is not an int.
+        ValueError: ``kernel_size`` is not a positive odd number.
 
     Shape:
-        - mask: ``(B, 1, H, W)`` bool; Output: same.
+        - mask: ``(B, 1, H, W)`` bool
+        - Output: ``(B, 1, H, W)`` bool
+
+    Example:
+        >>> m = torch.zeros(1, 1, 5, 5, dtype=torch.bool); m[0, 0, 2, 2] = True
+        >>> int(binary_dilation(m, 3).sum())   # one pixel grows into a 3x3 square
+        9
     """
     _check_mask(mask)
     k = _check_kernel(kernel_size)
@@ -89,6 +134,14 @@ def binary_opening(mask: Tensor, kernel_size: int = 3) -> Tensor:
     Args:
         mask: foreground masks.
         kernel_size: odd size k of the square structuring element.
+
+    Returns:
+        the opened masks.
+
+    Raises:
+        ShapeError: ``mask`` is not ``(B, 1, H, W)``.
+        TypeError: ``mask`` is not a bool tensor, or ``kernel_size`` is not an int.
+        ValueError: ``kernel_size`` is not a positive odd number.
 
     Shape:
         - mask: ``(B, 1, H, W)`` bool
@@ -119,6 +172,11 @@ def remove_small_blobs(mask: Tensor, min_area: int, *, check_every: int = 8) -> 
 
     Returns:
         the mask without small components.
+
+    Raises:
+        ShapeError: ``mask`` is not ``(B, 1, H, W)``.
+        TypeError: ``mask`` is not a bool tensor, or ``min_area``/``check_every`` is not an int.
+        ValueError: ``check_every`` is not positive.
 
     Shape:
         - mask: ``(B, 1, H, W)`` bool

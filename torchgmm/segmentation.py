@@ -98,6 +98,17 @@ def to_uint8(images: Tensor) -> Tensor:
 
     Returns:
         uint8 tensor of the same shape (``images`` itself when already uint8).
+
+    Raises:
+        TypeError: ``images`` is neither uint8 nor uint16.
+
+    Shape:
+        - images: any shape, e.g. ``(B, C, H, W)``, uint8 or uint16
+        - output: the same shape, uint8
+
+    Example:
+        >>> to_uint8(torch.tensor([0, 257, 65535], dtype=torch.uint16)).tolist()
+        [0, 1, 255]
     """
     if images.dtype == torch.uint8:
         return images
@@ -115,9 +126,13 @@ def to_grey_uint8(images: Tensor) -> Tensor:
     Returns:
         uint8 grey images.
 
+    Raises:
+        TypeError: ``images`` is not a uint8/uint16 tensor.
+        ShapeError: ``images`` is not ``(B, C, H, W)`` with C = 1 or 3.
+
     Shape:
-        - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``
-        - output: ``(B, 1, H, W)``
+        - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 or uint16
+        - output: ``(B, 1, H, W)`` uint8
 
     Example:
         >>> rgb = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
@@ -146,8 +161,8 @@ def image_histograms(images: Tensor) -> Tensor:
         int64 pixel counts per grey level.
 
     Shape:
-        - images: ``(B, 1, H, W)``
-        - output: ``(B, 256)``
+        - images: ``(B, 1, H, W)`` uint8
+        - output: ``(B, 256)`` int64
 
     Example:
         >>> img = torch.tensor([[[[0, 0, 255]]]], dtype=torch.uint8)
@@ -290,8 +305,8 @@ def fit_histogram_mixture(
         D = 1, components sorted by mean.
 
     Shape:
-        - hist: ``(B, L)`` or ``(L,)``
-        - weights: ``(B, K)``; means: ``(B, K, 1)``; covariances: ``(B, K, 1, 1)``
+        - hist: ``(B, L)`` or ``(L,)``, any real dtype
+        - weights: ``(B, K)``; means: ``(B, K, 1)``; covariances: ``(B, K, 1, 1)``; all ``dtype``
 
     Example:
         >>> img = torch.cat([torch.full((1, 1, 8, 8), 40), torch.full((1, 1, 8, 8), 200)], 3)
@@ -330,15 +345,25 @@ def fit_histogram_mixture(
 def posterior_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
     """Posterior probability of each class for every grey level.
 
+    A lookup table for :func:`apply_lut`: ``apply_lut(posterior_lut(fit), grey)`` gives the
+    ``(B, K, H, W)`` class posteriors of every pixel.
+
     Args:
         fit: a 1-D full-covariance fit (from :func:`fit_histogram_mixture`).
         n_levels: number of grey levels L.
 
     Returns:
-        ``p(k | v)`` for ``v = 0..L-1``.
+        ``p(k | v)`` for ``v = 0..L-1``, summing to one over K, in the fit's dtype.
 
     Shape:
-        - output: ``(B, K, L)``
+        - fit.means: ``(B, K, 1)``
+        - output: ``(B, K, L)``, the dtype of ``fit.means`` (float64 by default)
+
+    Example:
+        >>> img = torch.cat([torch.full((1, 1, 4, 4), 30), torch.full((1, 1, 4, 4), 220)], 3)
+        >>> post = posterior_lut(fit_histogram_mixture(image_histograms(img.to(torch.uint8)), 2))
+        >>> post.shape, post[0, :, [30, 220]].argmax(dim=0).tolist()
+        (torch.Size([1, 2, 256]), [0, 1])
     """
     # p(k | v) = softmax_k log p(v, k)
     return _log_joint_lut(fit, n_levels).softmax(dim=2).transpose(1, 2)
@@ -355,7 +380,14 @@ def label_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
         int64 class per grey level (argmax posterior).
 
     Shape:
-        - output: ``(B, L)``
+        - fit.means: ``(B, K, 1)``
+        - output: ``(B, L)`` int64, values in ``0..K-1``
+
+    Example:
+        >>> img = torch.cat([torch.full((1, 1, 4, 4), 30), torch.full((1, 1, 4, 4), 220)], 3)
+        >>> lut = label_lut(fit_histogram_mixture(image_histograms(img.to(torch.uint8)), 2))
+        >>> lut.shape, lut[0, [0, 30, 220, 255]].tolist()
+        (torch.Size([1, 256]), [0, 0, 1, 1])
     """
     return _log_joint_lut(fit, n_levels).argmax(dim=2)  # argmax_k p(k | v) = argmax_k p(v, k)
 
@@ -490,8 +522,8 @@ def segment_images(
         ``(labels, fit)``: labels (int64 by default) and the fitted mixtures (D = 1 or 3).
 
     Shape:
-        - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``
-        - labels: ``(B, H, W)``
+        - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 or uint16
+        - labels: ``(B, H, W)`` ``label_dtype`` (int64 by default), values in ``0..K-1``
 
     Example:
         >>> img = torch.cat([torch.full((1, 1, 4, 4), 30), torch.full((1, 1, 4, 4), 220)], 3)
@@ -545,7 +577,7 @@ class HistogramSegmenter(nn.Module):
 
     Shape:
         - Input: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 (or uint16).
-        - Output: ``(B, H, W)`` int64 labels, 0 the darkest class.
+        - Output: ``(B, H, W)`` labels of ``label_dtype`` (int64 by default), 0 the darkest class.
 
     Example:
         >>> seg = HistogramSegmenter(n_classes=2)
@@ -691,7 +723,24 @@ _PALETTE = (
 
 
 def palette(n_classes: int) -> Tensor:
-    """``(K, 3)`` uint8 RGB colour per class: tab10, then evenly spaced hues beyond 10."""
+    """RGB colour per class: matplotlib's tab10, then evenly spaced hues beyond 10 classes.
+
+    Args:
+        n_classes: K, the number of colours.
+
+    Returns:
+        uint8 RGB colours, class ``k`` in row ``k``.
+
+    Shape:
+        - output: ``(K, 3)`` uint8
+
+    Example:
+        >>> palette(2).tolist()
+        [[31, 119, 180], [255, 127, 14]]
+        >>> palette(12).shape
+        torch.Size([12, 3])
+    """
+    check_positive_int(n_classes, "n_classes")
     cols = list(_PALETTE[:n_classes])
     for i in range(len(cols), n_classes):
         hue = (i - 10) / max(n_classes - 10, 1)
@@ -701,7 +750,28 @@ def palette(n_classes: int) -> Tensor:
 
 
 def colourise(labels: Tensor, n_classes: int) -> Tensor:
-    """``(B, H, W)`` integer labels to ``(B, 3, H, W)`` uint8 RGB with :func:`palette` colours."""
+    """Colour integer label maps with the :func:`palette` colours.
+
+    Args:
+        labels: class labels in ``0..n_classes-1`` (any integer dtype, e.g. from
+            :func:`segment_images`), on any device.
+        n_classes: K, the number of palette colours.
+
+    Returns:
+        uint8 RGB images on the device of ``labels``.
+
+    Shape:
+        - labels: ``(B, H, W)`` integer
+        - output: ``(B, 3, H, W)`` uint8
+
+    Example:
+        >>> rgb = colourise(torch.tensor([[[0, 1]]]), 2)
+        >>> rgb.shape, rgb[0, :, 0, 1].tolist()
+        (torch.Size([1, 3, 1, 2]), [255, 127, 14])
+    """
+    check_tensor(labels, "labels")
+    if labels.ndim != 3 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ShapeError(f"`labels` must be a (B, H, W) integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}.")
     b, h, w = labels.shape
     pal = palette(n_classes).to(labels.device).t().contiguous()  # (3, K)
     # colour[b, c, y, x] = palette[labels[b, y, x], c]: one index_select for all channels
@@ -710,20 +780,27 @@ def colourise(labels: Tensor, n_classes: int) -> Tensor:
 
 
 class SegmentSummary(NamedTuple):
-    """What :func:`segment_files` did and where its time went."""
+    """What :func:`segment_files` did and where its time went (times in seconds)."""
 
+    #: image files found in the inputs
     n_found: int
+    #: images segmented and written in this run
     n_done: int
+    #: images skipped because their outputs and record already existed
     n_skipped: int
     #: the files that could not be decoded, with their error messages
     failed: list[tuple[str, str]]
+    #: wall-clock time of the whole call
     wall_s: float
     #: summed decode time of the images (in workers, overlapping when workers > 0)
     decode_s: float
     #: time waiting for the DataLoader in the main process
     wait_s: float
+    #: fitting and labelling, host/device transfers included
     segment_s: float
+    #: colouring, PNG encoding and writing not hidden behind the next batch
     write_s: float
+    #: path of the JSON-lines file of fitted parameters
     jsonl: str
 
 
@@ -791,6 +868,24 @@ def segment_files(
 
     Raises:
         FileNotFoundError: an input is missing or no image file was found.
+        TypeError: ``n_classes``, ``batch_size``, ``workers`` or ``write_threads`` is not an int.
+        ValueError: one of them is out of range, or ``mode`` is not a known mode.
+
+    Shape:
+        - decoded images: ``(C, H, W)`` uint8 or uint16, C = 1 or 3, batched as
+          ``(B, C, H, W)`` by size
+        - ``*_labels.png``: ``(H, W)`` grey uint8 values ``0..K-1``;
+          ``*_colour.png``: ``(3, H, W)`` uint8 RGB
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from torchgmm.io.images import write_png
+        >>> img = torch.cat([torch.full((1, 4, 4), 30), torch.full((1, 4, 4), 220)], 2)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_png(f"{d}/in/a.png", img.to(torch.uint8))
+        ...     summary = segment_files([f"{d}/in"], f"{d}/out", 2, device="cpu", progress=False)
+        ...     print(summary.n_done, sorted(p.name for p in pathlib.Path(d, "out").iterdir()))
+        1 ['a_colour.png', 'a_labels.png', 'segments.jsonl']
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm

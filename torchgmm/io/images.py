@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from torchgmm._checks import ShapeError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageSource",
@@ -75,6 +77,14 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[ImageSource]:
 
     Raises:
         FileNotFoundError: an input does not exist, or no image was found at all.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for name in ("b/2.png", "a.jpg", "notes.txt"):
+        ...         Path(d, name).parent.mkdir(exist_ok=True); Path(d, name).touch()
+        ...     print([src.relative.as_posix() for src in find_images([d])])
+        ['a.jpg', 'b/2.png']
     """
     found: dict[Path, ImageSource] = {}
     inputs = [Path(p) for p in inputs]
@@ -123,6 +133,18 @@ def decode_image_file(path: str | os.PathLike) -> Tensor:
 
     Raises:
         ValueError: the file is not a decodable image (the message names the file).
+        OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
+
+    Shape:
+        - output: ``(C, H, W)``, C = 1 (grey) or 3 (RGB); uint8, or uint16 for 16-bit PNG/TIFF
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_png(f"{d}/x.png", torch.zeros(3, 4, 5, dtype=torch.uint8))
+        ...     img = decode_image_file(f"{d}/x.png")
+        >>> img.shape, img.dtype
+        (torch.Size([3, 4, 5]), torch.uint8)
     """
     path = Path(path)
     data = path.read_bytes()
@@ -147,10 +169,14 @@ def decode_image_file(path: str | os.PathLike) -> Tensor:
 class ImageItem:
     """One decoded file (``image`` is None and ``error`` says why when decoding failed)."""
 
+    #: position of the file in the dataset's sources
     index: int
     source: ImageSource
+    #: ``(C, H, W)`` uint8/uint16 image (see :func:`decode_image_file`), or None on failure
     image: Tensor | None
+    #: the decoding error message, or None on success
     error: str | None
+    #: seconds spent reading and decoding the file
     decode_s: float
 
 
@@ -160,9 +186,16 @@ class ImageFileDataset(Dataset):
     Args:
         sources: from :func:`find_images`.
 
+    Shape:
+        - item.image: ``(C, H, W)`` uint8 or uint16, C = 1 or 3 (None when decoding failed)
+
     Example:
-        >>> loader = torch.utils.data.DataLoader(ImageFileDataset(srcs), batch_size=8,
-        ...                                      collate_fn=collate_items)  # doctest: +SKIP
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_png(f"{d}/a.png", torch.zeros(1, 2, 3, dtype=torch.uint8))
+        ...     _ = Path(d, "b.png").write_text("not a png")
+        ...     print([(item.image is None, item.error is None) for item in ImageFileDataset(find_images([d]))])
+        [(False, True), (True, False)]
     """
 
     def __init__(self, sources: Sequence[ImageSource]) -> None:
@@ -182,14 +215,49 @@ class ImageFileDataset(Dataset):
 
 
 def collate_items(items: list[ImageItem]) -> list[ImageItem]:
-    """DataLoader ``collate_fn`` keeping a list (images of different sizes do not stack)."""
+    """DataLoader ``collate_fn`` keeping a list (images of different sizes do not stack).
+
+    Args:
+        items: the dataset items of one batch.
+
+    Returns:
+        ``items`` itself, unchanged.
+
+    Shape:
+        - item.image: ``(C, H, W)``, the size may differ from item to item
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_png(f"{d}/big.png", torch.zeros(3, 4, 4, dtype=torch.uint8))
+        ...     write_png(f"{d}/small.png", torch.zeros(1, 2, 2, dtype=torch.uint8))
+        ...     loader = torch.utils.data.DataLoader(
+        ...         ImageFileDataset(find_images([d])), batch_size=2, collate_fn=collate_items)
+        ...     print([[tuple(item.image.shape) for item in batch] for batch in loader])
+        [[(3, 4, 4), (1, 2, 2)]]
+    """
     return items
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
-    A reader (or a resumed run) never sees a half-written file.
+    A reader (or a resumed run) never sees a half-written file. Missing parent folders are
+    created; on failure the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the file to write (replaced when it exists).
+        data: its new content.
+
+    Raises:
+        OSError: the folder cannot be created or the file cannot be written.
+
+    Example:
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     atomic_write_bytes(f"{d}/sub/x.bin", b"abc")
+        ...     print(os.listdir(f"{d}/sub"), Path(d, "sub", "x.bin").read_bytes())
+        ['x.bin'] b'abc'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +275,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
+    """:func:`atomic_write_bytes` for UTF-8 text.
+
+    Args:
+        path: the file to write (replaced when it exists).
+        text: its new content, encoded as UTF-8 (newlines written as given).
+
+    Raises:
+        OSError: the folder cannot be created or the file cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     atomic_write_text(f"{d}/x.txt", "héllo")
+        ...     print(Path(d, "x.txt").read_text(encoding="utf-8"), len(Path(d, "x.txt").read_bytes()))
+        héllo 6
+    """
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -215,11 +298,42 @@ def write_png(path: str | os.PathLike, image: Tensor, compression_level: int = 1
     """Encode a ``(C, H, W)`` or ``(H, W)`` uint8 tensor as PNG and write it atomically.
 
     Level 1 (fast) by default: label maps compress almost as well as at level 6, 2-3x faster.
+    The tensor may live on any device; it is copied to the host to be encoded. A bool mask
+    is written as 0/255 (as :class:`~torchgmm.io.VideoWriter` does); other dtypes must be uint8.
+
+    Args:
+        path: the PNG file (parent folders are created).
+        image: grey or RGB image.
+        compression_level: zlib level 0 (none) to 9 (smallest).
+
+    Raises:
+        TypeError: ``image`` is neither uint8 nor bool.
+        ShapeError: ``image`` is not ``(H, W)`` or ``(C, H, W)`` with C = 1 or 3.
+        OSError: the file cannot be written.
+
+    Shape:
+        - image: ``(C, H, W)`` with C = 1 or 3, or ``(H, W)``; uint8
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_png(f"{d}/eye.png", torch.eye(3, dtype=torch.uint8) * 255)
+        ...     print(decode_image_file(f"{d}/eye.png")[0].tolist())
+        [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
     """
+    if image.dtype == torch.bool:
+        image = image.to(torch.uint8) * 255
+    elif image.dtype != torch.uint8:
+        raise TypeError(f"write_png({str(path)!r}): `image` must be uint8 or bool, got {image.dtype}.")
+    if image.ndim == 2:
+        image = image.unsqueeze(0)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ShapeError(
+            f"write_png({str(path)!r}): `image` must have shape (H, W) or (C, H, W) with C = 1 or 3, "
+            f"got {tuple(image.shape)}."
+        )
     with _quiet_torchvision():
         from torchvision.io import encode_png
 
-        if image.ndim == 2:
-            image = image.unsqueeze(0)
-        data = encode_png(image.to("cpu", torch.uint8).contiguous(), compression_level=compression_level)
+        data = encode_png(image.to("cpu").contiguous(), compression_level=compression_level)
     atomic_write_bytes(path, data.numpy().tobytes())

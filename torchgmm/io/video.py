@@ -85,6 +85,14 @@ def list_image_sequence(folder: str | os.PathLike) -> list[Path]:
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no image.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for name in ("in10.png", "in2.png", ".hidden.png", "notes.txt"):
+        ...         Path(d, name).touch()
+        ...     print([path.name for path in list_image_sequence(d)])
+        ['in2.png', 'in10.png']
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -163,9 +171,13 @@ class VideoReader:
         ValueError: the file has no video stream, or an argument is out of range.
 
     Example:
-        >>> with VideoReader("clip.mp4", batch_size=16, gray=True) as reader:  # doctest: +SKIP
-        ...     for batch in reader:            # (T, 1, H, W) uint8
-        ...         masks = model(batch)
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with VideoWriter(f"{d}/clip.mkv", fps=10) as writer:
+        ...         writer.write(torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
+        ...     with VideoReader(f"{d}/clip.mkv", batch_size=2, gray=True) as reader:
+        ...         print(reader.shape, [tuple(batch.shape) for batch in reader])  # (T, 1, H, W) uint8
+        (1, 8, 8) [(2, 1, 8, 8), (2, 1, 8, 8), (1, 1, 8, 8)]
     """
 
     def __init__(
@@ -574,9 +586,15 @@ class VideoWriter:
           frames are accepted and written as three equal channels.
 
     Example:
-        >>> with VideoWriter("masks.mkv", fps=25) as writer:  # doctest: +SKIP
-        ...     for batch in reader:
-        ...         writer.write(model(batch))     # (T, 1, H, W) bool
+        >>> import tempfile
+        >>> frames = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with VideoWriter(f"{d}/clip.mkv", fps=10) as writer:  # lossless FFV1
+        ...         writer.write(frames)
+        ...     with VideoReader(f"{d}/clip.mkv") as reader:
+        ...         back = torch.stack(list(reader))
+        >>> writer.frames_written, back.shape, torch.equal(back, frames)
+        (5, torch.Size([5, 3, 16, 16]), True)
     """
 
     def __init__(
@@ -663,10 +681,17 @@ class VideoWriter:
     def write(self, frames: Tensor) -> None:
         """Append one frame ``(C, H, W)`` or a batch ``(T, C, H, W)`` (uint8 or bool, any device).
 
+        Args:
+            frames: uint8 frames, or bool masks (written as 0/255); C = 1 or 3. The first
+                frame written fixes the size and channel count of the output.
+
+        Shape:
+            - frames: ``(C, H, W)`` or ``(T, C, H, W)``, uint8 or bool
+
         Raises:
             ShapeError: wrong shape, or a size/channel count differing from the first frame.
             TypeError: not a uint8/bool tensor.
-            ValueError: the writer is closed.
+            ValueError: the writer is closed, or the encoder cannot be set up or fails.
         """
         if self._closed:
             raise ValueError(f"VideoWriter for {str(self.path)!r} is closed.")
