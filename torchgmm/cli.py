@@ -30,32 +30,216 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --- segment (issue 3) -------------------------------------------------------------------
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment images by histogram EM")
+    p = sub.add_parser(
+        "segment",
+        help="segment images by histogram EM",
+        description="Segment images into K intensity classes by histogram EM. Writes, per image, "
+        "NAME_labels.png (values 0..K-1, 0 darkest) and NAME_colour.png, and the fitted "
+        "parameters of the run to OUT/segments.jsonl. Finished images are skipped on re-runs.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
+    p.add_argument("--classes", "-k", type=int, default=3, help="number of classes K (default: 3)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=("luminance", "rgb"), default="luminance",
+                   help="colour images: segment BT.601 luminance (default) or fit RGB mixtures")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
+    p.add_argument("--workers", type=int, default=2, help="decoding worker processes (default: 2)")
+    p.add_argument("--tol", type=float, default=1e-3, help="EM convergence threshold (default: 1e-3)")
+    p.add_argument("--max-iter", type=int, default=100, help="most EM iterations (default: 100)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    raise NotImplementedError("torchgmm segment is not implemented yet")
+    from torchgmm.segmentation import segment_files
+
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        print(f"error: --device must be auto, cpu or cuda, got {args.device!r}", file=sys.stderr)
+        return 2
+    try:
+        s = segment_files(
+            args.inputs, args.out, args.classes, mode=args.mode, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
+            tol=args.tol, max_iter=args.max_iter, progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"segmented {s.n_done}, skipped {s.n_skipped} already done, failed {len(s.failed)} "
+        f"of {s.n_found} image(s) in {s.wall_s:.1f} s; parameters in {s.jsonl}",
+        file=sys.stderr,
+    )
+    for path, _ in s.failed:
+        print(f"failed: {path}", file=sys.stderr)
+    return 1 if s.failed else 0
 
 
-# --- background (issue 5) ----------------------------------------------------------------
+# --- background ------------------------------------------------------------------------
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from torchgmm.pipelines import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="named model settings (default: default); the options below override it")
+    p.add_argument("--components", type=int, default=None, metavar="K", help="Gaussians per pixel (preset: 3)")
+    p.add_argument("--learning-rate", type=float, default=None, metavar="ALPHA",
+                   help="learning rate; about 1/ALPHA frames of memory (preset: 0.005)")
+    p.add_argument("--background-ratio", type=float, default=None, metavar="T",
+                   help="share of the weight that is background (preset: 0.7)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--gray", action="store_true", help="model grey frames instead of RGB")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the model eagerly instead of compiling it with torch.compile "
+                   "(no compile time, slower per frame: for short clips)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _model_settings(args: argparse.Namespace) -> dict:
+    """The model's keyword arguments: the preset, overridden by the options given."""
+    from torchgmm.pipelines import PRESETS
+
+    settings = dict(PRESETS[args.preset])
+    for key, value in (("n_components", args.components), ("learning_rate", args.learning_rate),
+                       ("background_ratio", args.background_ratio)):
+        if value is not None:
+            settings[key] = value
+    if args.no_compile:
+        settings["compile"] = False
+    return settings
+
+
+def _leave_a_core_for_decoding(device: str) -> None:
+    """On the CPU, let PyTorch use one core fewer than there are, unless OMP_NUM_THREADS says
+    otherwise: the video decoding thread needs one, and PyTorch's OpenMP workers stall when it
+    takes one of theirs (measured 2 ms/frame with 1 thread, 19 ms with 2, for 64x80 on 2 cores)."""
+    import os
+
+    import torch
+
+    if device != "cpu" and not (device == "auto" and not torch.cuda.is_available()):
+        return
+    cores = os.cpu_count() or 1
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() >= cores:
+        torch.set_num_threads(max(1, cores - 1))
+
+
 def _add_background(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("background", help="per-pixel mixture background subtraction of videos")
+    p = sub.add_parser(
+        "background",
+        help="per-pixel mixture background subtraction of videos",
+        description="Model each pixel of static-camera videos as a mixture of K Gaussians "
+        "(Stauffer-Grimson) and write, per input into OUT/NAME/: the foreground masks "
+        "(mask.mp4, mask.mkv or mask/), the final background image (background.png), "
+        "optionally an overlay, and summary.json. Exit status: 0 when every input was "
+        "processed, 1 when some input failed part-way (its frames before the damage are "
+        "written), 2 on bad arguments or inputs that cannot be opened (nothing is done).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of numbered images")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_model_options(p)
+    p.add_argument("--batch-streams", type=int, default=1, metavar="N",
+                   help="process up to N same-size inputs together as one batch (default 1)")
+    p.add_argument("--mask-format", choices=["mp4", "mkv", "png"], default="mp4",
+                   help="lossless H.264 RGB .mp4 (default), FFV1 .mkv, or a PNG sequence")
+    p.add_argument("--overlay", action="store_true", help="also write the frames with the foreground tinted red")
+    p.add_argument("--checkpoint", type=int, default=0, metavar="N",
+                   help="save the model state every N frames and when interrupted, to --resume from "
+                   "(a killed process can resume from PNG masks only: a video is finalised on errors "
+                   "and Ctrl-C, not on kill -9)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each input from its checkpoint (same settings); the masks equal an "
+                   "uninterrupted run's")
     p.set_defaults(run=_run_background)
 
 
 def _run_background(args: argparse.Namespace) -> int:
-    raise NotImplementedError("torchgmm background is not implemented yet")
+    from torchgmm.background import retain_freed_memory
+    from torchgmm.pipelines import run_background
+
+    settings = _model_settings(args)
+    retain_freed_memory()
+    _leave_a_core_for_decoding(args.device)
+    try:
+        summaries = run_background(
+            args.inputs, args.out, n_components=settings.pop("n_components"),
+            learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
+            model_options=settings, device=args.device, batch_streams=args.batch_streams,
+            mask_format=args.mask_format, overlay=args.overlay, checkpoint_every=args.checkpoint,
+            resume=args.resume, gray=args.gray, progress=not args.no_progress, raise_errors=False,
+        )
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:  # before any work
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for s in summaries:
+        fps = "" if s["fps"] is None else f" at {s['fps']:.1f} frames/s"
+        print(f"{s['input']}: {s['frames']} frames{fps} -> {s['output']}")
+        if s["error"]:
+            failed += 1
+            print(f"error: {s['error']}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(summaries)} input(s) failed; their frames before the error are written.",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
-# --- evaluate (issue 5) ------------------------------------------------------------------
+# --- evaluate ------------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score the background model on CDnet-layout sequences")
+    p = sub.add_parser(
+        "evaluate",
+        help="score the background model on CDnet-layout sequences",
+        description="Run the background model over every category/sequence/ (CDnet layout: "
+        "input/, groundtruth/, temporalROI.txt, ROI.bmp) under DATASET_ROOT and print Recall, "
+        "Precision, F-measure, PWC and fps per sequence, with category and overall means. "
+        "Exit status: 0 ok, 1 a sequence failed to decode, 2 bad arguments or dataset.",
+    )
+    p.add_argument("root", metavar="DATASET_ROOT")
+    p.add_argument("--method", choices=["torchgmm", "mog2", "bgsegm-mog"], action="append",
+                   help="method to score (repeatable; default torchgmm; mog2 and bgsegm-mog need "
+                   "opencv-contrib-python-headless)")
+    _add_model_options(p)
+    p.add_argument("--median", type=int, default=0, metavar="K", help="post-process: median filter window (0 = off)")
+    p.add_argument("--opening", type=int, default=0, metavar="K", help="post-process: opening window (0 = off)")
+    p.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
+                   help="post-process: drop blobs smaller than this (0 = off)")
+    p.add_argument("--out", default=None, help="write results.json and results.csv into this folder")
     p.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    raise NotImplementedError("torchgmm evaluate is not implemented yet")
+    from torchgmm.background import retain_freed_memory
+    from torchgmm.io.video import VideoDecodeError
+    from torchgmm.pipelines import evaluate_dataset, format_table, method_factories
+
+    settings = _model_settings(args)
+    post = dict(median=args.median, opening=args.opening, min_area=args.min_area)
+    retain_freed_memory()
+    _leave_a_core_for_decoding(args.device)
+    try:
+        methods = method_factories(
+            args.method or ["torchgmm"], n_components=settings.pop("n_components"),
+            learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
+            device=args.device, model_options=settings,
+        )
+        rows = evaluate_dataset(
+            args.root, methods=methods, device=args.device, gray=args.gray, out_dir=args.out,
+            postprocess=post if any(post.values()) else None, progress=not args.no_progress,
+        )
+    except VideoDecodeError as exc:  # part-way
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    if any(post.values()):
+        print(f"\nwith post-processing (median {args.median}, opening {args.opening}, min area {args.min_area}):")
+        print(format_table(rows, postprocessed=True))
+    if args.out:
+        print(f"wrote {args.out}/results.json and {args.out}/results.csv")
+    return 0
 
 
 # --- entry point -------------------------------------------------------------------------

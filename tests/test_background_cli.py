@@ -1,0 +1,312 @@
+"""``torchgmm background`` and ``torchgmm evaluate`` end to end on generated data.
+
+A 64x80 clip with a textured static background, sensor noise and a bright square moving on
+a known path is written losslessly with PyAV; the command must find the square (recall and
+precision after the first frames above the thresholds below) and write every output. The
+model runs eagerly (``--no-compile``) to keep the tests fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+
+from torchgmm.cli import main  # noqa: E402
+from torchgmm.demo import synthetic_clip  # noqa: E402
+from torchgmm.io.images import decode_image_file  # noqa: E402
+from torchgmm.io.video import VideoReader  # noqa: E402
+from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
+
+T, H, W, ENTER = 70, 64, 80, 8
+SCORED = ENTER + 2  # the first frames with the square are scored as well; only 2 are skipped
+MIN_RECALL, MIN_PRECISION = 0.9, 0.8
+FAST = ["--no-compile", "--no-progress", "--device", "cpu"]  # eager on the CPU: quick and deterministic
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny frames: one PyTorch thread is ~10x faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_video(path: Path, frames: torch.Tensor, codec: str = "ffv1", fps: int = 25) -> Path:
+    """(T, 3, H, W) uint8 -> a lossless video (FFV1 .mkv or H.264 RGB qp 0 .mp4) via PyAV."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[-1], frames.shape[-2]
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "rgb24"
+        if codec == "libx264rgb":
+            stream.options = {"qp": "0"}
+        for f in frames.permute(0, 2, 3, 1).numpy():
+            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(p)
+        for p in stream.encode():
+            container.mux(p)
+    return path
+
+
+def read_masks(path: str | Path) -> torch.Tensor:
+    with VideoReader(path, batch_size=1000) as reader:
+        return torch.cat(list(reader))[:, :1] > 127
+
+
+def recall_precision(masks: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    m, t = masks[SCORED:], truth[SCORED:]
+    tp = (m & t).sum().item()
+    return tp / t.sum().item(), tp / max(m.sum().item(), 1)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> dict:
+    frames, truth, background = synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=7)
+    d = tmp_path_factory.mktemp("clip")
+    return dict(path=write_video(d / "street.mp4", frames, "libx264rgb"), frames=frames, truth=truth,
+                background=background)
+
+
+@pytest.fixture(scope="module")
+def cli_run(clip, tmp_path_factory) -> dict:
+    """``torchgmm background street.mp4 --out OUT --overlay --no-compile`` in-process."""
+    out = tmp_path_factory.mktemp("out")
+    code = main(["background", str(clip["path"]), "--out", str(out), "--overlay", *FAST])
+    return dict(code=code, out=out / "street")
+
+
+def test_end_to_end_finds_the_square(clip, cli_run):
+    assert cli_run["code"] == 0
+    masks = read_masks(cli_run["out"] / "mask.mp4")
+    assert masks.shape == (T, 1, H, W)
+    recall, precision = recall_precision(masks, clip["truth"])
+    assert recall > MIN_RECALL and precision > MIN_PRECISION, (recall, precision)
+
+
+def test_end_to_end_outputs(clip, cli_run, capsys):
+    out = cli_run["out"]
+    with VideoReader(out / "overlay.mp4") as reader:
+        assert reader.shape == (3, H, W) and len(list(reader)) == T
+    learned = decode_image_file(out / "background.png")
+    assert learned.shape == (3, H, W)
+    assert (learned.float() - clip["background"].float()).abs().mean() < 2.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == T and summary["complete"] and summary["error"] is None
+    assert summary["fps"] > 0 and summary["source_fps"] == pytest.approx(25)
+    assert summary["settings"] == {"n_components": 3, "learning_rate": 0.005, "background_ratio": 0.7,
+                                   "compile": False}
+    assert summary["mask"] == str(out / "mask.mp4") and summary["size"] == [H, W]
+
+
+def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
+    from PIL import Image
+
+    seq = tmp_path / "street" / "input"  # CDnet layout: named after the sequence
+    seq.mkdir(parents=True)
+    for i, f in enumerate(clip["frames"]):
+        Image.fromarray(f.permute(1, 2, 0).numpy()).save(seq / f"in{i + 1:06d}.png")
+    out = tmp_path / "out"
+    argv = ["background", str(seq), "--out", str(out), "--mask-format", "png", "--components", "4",
+            "--learning-rate", "0.01", *FAST]
+    assert main(argv) == 0
+    assert "70 frames" in capsys.readouterr().out
+    masks = read_masks(out / "street" / "mask")
+    assert masks.shape == (T, 1, H, W)
+    recall, precision = recall_precision(masks, clip["truth"])
+    assert recall > MIN_RECALL and precision > MIN_PRECISION, (recall, precision)
+    settings = json.loads((out / "street" / "summary.json").read_text())["settings"]
+    assert settings["n_components"] == 4 and settings["learning_rate"] == 0.01
+
+
+def test_two_inputs_batched_equal_alone(clip, cli_run, tmp_path):
+    other = write_video(tmp_path / "other.mkv", synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=8)[0])
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), str(other), "--out", str(out), "--batch-streams", "2", *FAST]) == 0
+    assert json.loads((out / "street" / "summary.json").read_text())["batch_streams"] == 2
+    assert torch.equal(read_masks(out / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
+    alone = tmp_path / "alone"
+    assert main(["background", str(other), "--out", str(alone), *FAST]) == 0
+    assert torch.equal(read_masks(out / "other" / "mask.mp4"), read_masks(alone / "other" / "mask.mp4"))
+
+
+def test_checkpoint_interrupt_resume(clip, cli_run, tmp_path, monkeypatch, capsys):
+    from torchgmm.background import BackgroundSubtractorMOG
+
+    forward, calls = BackgroundSubtractorMOG.forward, {"n": 0}
+
+    def ctrl_c_at_frame_40(self, frames, learning_rate=None):
+        calls["n"] += 1
+        if calls["n"] == 41:
+            raise KeyboardInterrupt
+        return forward(self, frames, learning_rate)
+
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15", *FAST]
+    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_frame_40)
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert read_masks(tmp_path / "street" / "mask.mp4").shape[0] == 40  # playable
+    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", forward)
+    assert main([*argv, "--resume"]) == 0
+    summary = json.loads((tmp_path / "street" / "summary.json").read_text())
+    assert summary["resumed_from"] == 40 and summary["frames"] == T
+    assert torch.equal(read_masks(tmp_path / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "empty", "no-stream"])
+def test_bad_input_exit_2_before_any_work(clip, tmp_path, capsys, kind):
+    if kind == "missing":
+        bad, pattern = tmp_path / "nothere.mp4", "nothere.mp4' does not exist"
+    elif kind == "text":
+        bad, pattern = tmp_path / "notes.mp4", "cannot open .*notes.mp4' as a video"
+        bad.write_text("this is text, not a video\n" * 40)
+    elif kind == "empty":
+        bad, pattern = tmp_path / "frames", "no image files in .*frames"
+        bad.mkdir()
+    else:
+        bad, pattern = tmp_path / "tone.wav", "tone.wav' has no video stream"
+        with av.open(str(bad), "w") as c:
+            s = c.add_stream("pcm_s16le", rate=8000)
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            f.sample_rate = 8000
+            for p in [*s.encode(f), *s.encode()]:
+                c.mux(p)
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), str(bad), "--out", str(out), "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and __import__("re").search(pattern, err), err
+    assert not out.exists()  # the good input was not processed either
+
+
+def test_bad_arguments_exit_2(clip, tmp_path, capsys):
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--learning-rate", "1.5"]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert main([*argv, "--device", "tpu"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--mask-format", "gif"])
+    assert info.value.code == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_video_writes_frames_then_exit_1(clip, tmp_path, capsys):
+    good = write_video(tmp_path / "good.mkv", clip["frames"][:30])
+    full = write_video(tmp_path / "full.mkv", clip["frames"])
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.5)])
+    out = tmp_path / "out"
+    assert main(["background", str(cut), str(good), "--out", str(out), "--batch-streams", "2", *FAST]) == 1
+    err = capsys.readouterr().err
+    summary = json.loads((out / "cut" / "summary.json").read_text())
+    n = summary["frames"]
+    assert 0 < n < T and summary["error_frame"] == n
+    assert f"error: '{cut}' ended at frame {n}" in err and "1 of 2 input(s) failed" in err
+    masks = read_masks(out / "cut" / "mask.mp4")  # the frames before the damage, playable
+    assert masks.shape[0] == n
+    assert (out / "cut" / "background.png").exists()
+    assert json.loads((out / "good" / "summary.json").read_text())["complete"]
+
+
+def test_console_script_subprocess(clip, tmp_path):
+    script = Path(sys.executable).with_name("torchgmm")
+    if not script.exists():
+        pytest.skip("console script not installed")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(script), "background", str(clip["path"]), "--out", str(out), "--gray", "--mask-format", "mkv", *FAST],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "street.mp4: 70 frames" in proc.stdout
+    masks = read_masks(out / "street" / "mask.mkv")
+    recall, precision = recall_precision(masks, clip["truth"])
+    assert recall > MIN_RECALL and precision > MIN_PRECISION, (recall, precision)
+    assert decode_image_file(out / "street" / "background.png").shape == (1, H, W)
+
+
+# ----------------------------------------------------------------------------------------
+# torchgmm evaluate
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A tiny CDnet-layout dataset: baseline/easy with 0/255 labels, 170 on the object's
+    outline, 85 on the top row, temporalROI 10..40 and a ROI without the left column."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cdnet")
+    seq = root / "baseline" / "easy"
+    (seq / "input").mkdir(parents=True)
+    (seq / "groundtruth").mkdir()
+    frames, truth, _ = synthetic_clip(40, 48, 64, square=10, enter=5, noise=3.0, seed=11)
+    labels = torch.where(truth, 255, 0).to(torch.uint8)[:, 0]
+    outline = (torch.nn.functional.max_pool2d(truth.float(), 3, 1, 1)[:, 0] > 0) & ~truth[:, 0]
+    labels[outline] = 170
+    labels[:, 0, :] = 85
+    for i in range(40):
+        Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(seq / "input" / f"in{i + 1:06d}.jpg", quality=95)
+        Image.fromarray(labels[i].numpy()).save(seq / "groundtruth" / f"gt{i + 1:06d}.png")
+    (seq / "temporalROI.txt").write_text("10 40\n")
+    roi = np.full((48, 64), 255, np.uint8)
+    roi[:, 0] = 0
+    Image.fromarray(roi).save(seq / "ROI.bmp")
+    return root
+
+
+def test_evaluate_cli(dataset, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["evaluate", str(dataset), "--out", str(out), *FAST, "--median", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline/easy" in printed and "baseline/mean" in printed and "overall/mean" in printed
+    assert "with post-processing" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    row = rows[0]
+    assert (row["method"], row["sequence"], row["frames"]) == ("torchgmm", "baseline/easy", 40)
+    # the F-measure is the metrics module's on the model's masks
+    from torchgmm.background import BackgroundSubtractorMOG
+
+    seq = dataset / "baseline" / "easy"
+    with VideoReader(seq / "input") as r:
+        frames = torch.stack(list(r))
+    with VideoReader(seq / "groundtruth", gray=True) as r:
+        labels = torch.stack(list(r))
+    info = read_cdnet_sequence_info(seq)
+    counter = ChangeDetectionCounter(roi=info.roi, temporal_roi=info.temporal_roi)
+    counter.update(BackgroundSubtractorMOG(compile=False).process(frames), labels)
+    expected = counter.compute()
+    assert row["F-measure"] == expected["F-measure"] and row["TP"] == expected["TP"]
+    assert row["F-measure"] > 0.9
+    assert f"{row['F-measure']:7.4f}" in printed
+    with open(out / "results.csv", newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert [line["sequence"] for line in lines] == ["baseline/easy", "baseline/mean", "overall/mean"]
+    assert float(lines[0]["F-measure"]) == pytest.approx(row["F-measure"])
+    assert float(lines[0]["post_F-measure"]) == pytest.approx(row["postprocessed"]["F-measure"])
+
+
+def test_evaluate_cli_errors(dataset, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "no CDnet sequences" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(dataset), "--method", "nope"])
+
+
+def test_demo_background_part(tmp_path):
+    from torchgmm.demo import run_background_demo
+
+    result = run_background_demo(tmp_path, n_frames=50, height=48, width=64)  # CPU, eager
+    assert (tmp_path / "clip.mkv").exists()
+    assert read_masks(tmp_path / "clip" / "mask.mp4").shape == (50, 1, 48, 64)
+    assert Path(result["background"]) == tmp_path / "clip" / "background.png"
+    assert result["recall"] > MIN_RECALL and result["precision"] > MIN_PRECISION
+    assert result["background_error"] < 2.0

@@ -1,0 +1,372 @@
+"""``torchgmm.pipelines``: run_background on generated videos, and the CDnet evaluation helpers.
+
+The videos are written here with PyAV directly (FFV1, lossless), so the frames the pipeline
+decodes are exactly the generated ones and the true foreground is known per pixel. The model
+runs eagerly (``compile=False``) to keep the tests fast; compiled equals eager is tested in
+``test_background.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+
+from torchgmm import pipelines  # noqa: E402
+from torchgmm.background import BackgroundSubtractorMOG  # noqa: E402
+from torchgmm.demo import synthetic_clip  # noqa: E402
+from torchgmm.io.images import decode_image_file  # noqa: E402
+from torchgmm.io.video import VideoDecodeError, VideoReader  # noqa: E402
+from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
+from torchgmm.pipelines import (  # noqa: E402
+    evaluate_dataset,
+    evaluate_sequence,
+    find_cdnet_sequences,
+    format_table,
+    method_factories,
+    run_background,
+)
+
+T, H, W, ENTER = 50, 64, 80, 8
+EAGER = dict(compile=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny frames: one PyTorch thread is ~10x faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(inputs, out, **kwargs) -> list[dict]:
+    """run_background on the CPU, eagerly, quietly (unless told otherwise)."""
+    kwargs = {"device": "cpu", "model_options": EAGER, "progress": False, **kwargs}
+    return run_background(inputs, out, **kwargs)
+
+
+def write_video(path: Path, frames: torch.Tensor, fps: int = 25) -> Path:
+    """(T, 3, H, W) uint8 -> lossless FFV1 video, written with PyAV directly."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[-1], frames.shape[-2], "bgr0"
+        for f in frames.permute(0, 2, 3, 1).numpy():
+            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(p)
+        for p in stream.encode():
+            container.mux(p)
+    return path
+
+
+def read_masks(path: str | Path) -> torch.Tensor:
+    """A mask video or PNG folder -> (T, 1, H, W) bool."""
+    with VideoReader(path, batch_size=1000) as reader:
+        return torch.cat(list(reader))[:, :1] > 127
+
+
+def eager_masks(frames: torch.Tensor, **settings) -> torch.Tensor:
+    """The reference: the model itself, fed frame by frame."""
+    return BackgroundSubtractorMOG(**settings, compile=False).process(frames)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    """Two generated clips of the same size (different lengths) and their true foreground."""
+    d = tmp_path_factory.mktemp("clips")
+    a, truth_a, bg_a = synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=1)
+    b, truth_b, _ = synthetic_clip(40, H, W, enter=ENTER, noise=4.0, seed=2)
+    return dict(
+        a=write_video(d / "a.mkv", a), b=write_video(d / "b.mkv", b), frames_a=a, frames_b=b,
+        truth_a=truth_a, truth_b=truth_b, background_a=bg_a,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(clips, tmp_path_factory) -> dict:
+    """One uninterrupted run on clip a (PNG masks)."""
+    out = tmp_path_factory.mktemp("ref")
+    (summary,) = run([clips["a"]], out, mask_format="png")
+    return dict(summary=summary, masks=read_masks(summary["mask"]))
+
+
+class TestRunBackground:
+    def test_masks_match_truth_and_model(self, clips, reference):
+        masks = reference["masks"]
+        assert masks.shape == (T, 1, H, W)
+        # what the pipeline writes is exactly what the model computes on the decoded frames
+        assert torch.equal(masks, eager_masks(clips["frames_a"]))
+        truth = clips["truth_a"]
+        tp = (masks & truth)[ENTER + 2 :].sum().item()
+        assert tp / truth[ENTER + 2 :].sum().item() > 0.9  # recall
+        assert tp / masks[ENTER + 2 :].sum().item() > 0.8  # precision
+
+    def test_outputs_and_summary(self, clips, reference):
+        s = reference["summary"]
+        out = Path(s["output"])
+        assert out.name == "a" and s["input"] == str(clips["a"])
+        assert sorted(p.name for p in (out / "mask").iterdir()) == [f"{i:06d}.png" for i in range(T)]
+        assert s["frames"] == T and s["complete"] and s["error"] is None and s["fps"] > 0
+        assert s["settings"]["learning_rate"] == 0.005 and s["settings"]["compile"] is False
+        assert json.loads((out / "summary.json").read_text()) == s
+        learned = decode_image_file(out / "background.png")
+        assert learned.shape == (3, H, W)
+        assert (learned.float() - clips["background_a"].float()).abs().mean() < 2
+        assert not (out / "checkpoint.pt").exists()
+
+    def test_batched_equals_separate(self, clips, reference, tmp_path):
+        # b is shorter: it leaves the batch after 40 frames while a goes on
+        summaries = run([clips["a"], clips["b"]], tmp_path, batch_streams=2, mask_format="mkv")
+        assert [s["batch_streams"] for s in summaries] == [2, 2]
+        assert [s["frames"] for s in summaries] == [T, 40]
+        assert torch.equal(read_masks(summaries[0]["mask"]), reference["masks"])
+        assert torch.equal(read_masks(summaries[1]["mask"]), eager_masks(clips["frames_b"]))
+        learned = decode_image_file(tmp_path / "b" / "background.png")
+        alone = BackgroundSubtractorMOG(compile=False)
+        alone.process(clips["frames_b"])
+        assert torch.equal(learned, alone.background_image()[0])
+
+    def test_resume_after_stop_equals_uninterrupted(self, clips, reference, tmp_path, monkeypatch):
+        saved = {}
+        original = pipelines._save_checkpoint
+
+        def keep_copies(path, state, frames_done, *args):
+            original(path, state, frames_done, *args)
+            saved[frames_done] = path.read_bytes()
+
+        monkeypatch.setattr(pipelines, "_save_checkpoint", keep_copies)
+        kwargs = dict(mask_format="mp4", checkpoint_every=20)
+        (s,) = run([clips["a"]], tmp_path, stop_after=37, **kwargs)
+        assert s["frames"] == 37 and not s["complete"]
+        assert sorted(saved) == [20, 37]  # every 20 frames, and where it stopped
+        # a single-stream checkpoint holds that stream's state only
+        state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state"]
+        assert state["weight"].shape == (1, 3, H, W) and int(state["frames_seen"]) == 37
+
+        # a crash (no final checkpoint): the mask video holds 37 frames, the checkpoint says 20
+        (tmp_path / "a" / "checkpoint.pt").write_bytes(saved[20])
+        (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
+        assert s["resumed_from"] == 20 and s["frames"] == T and s["complete"]
+        assert torch.equal(read_masks(tmp_path / "a" / "mask.mp4"), reference["masks"])
+
+    def test_resume_png_from_final_checkpoint(self, clips, reference, tmp_path):
+        kwargs = dict(mask_format="png", checkpoint_every=25)
+        run([clips["a"]], tmp_path, stop_after=33, **kwargs)
+        (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
+        assert s["resumed_from"] == 33
+        assert torch.equal(read_masks(tmp_path / "a" / "mask"), reference["masks"])
+
+    def test_resume_batched(self, clips, reference, tmp_path):
+        kwargs = dict(batch_streams=2, mask_format="png", checkpoint_every=10)
+        run([clips["b"], clips["a"]], tmp_path, stop_after=30, **kwargs)
+        for name, n in (("a", 30), ("b", 30)):
+            ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+            assert ckpt["frames_done"] == n and ckpt["state"]["mean"].shape[0] == 1
+        summaries = run([clips["b"], clips["a"]], tmp_path, resume=True, **kwargs)
+        assert [s["resumed_from"] for s in summaries] == [30, 30]
+        assert torch.equal(read_masks(tmp_path / "a" / "mask"), reference["masks"])
+        assert torch.equal(read_masks(tmp_path / "b" / "mask"), eager_masks(clips["frames_b"]))
+
+    def test_resume_with_other_settings_refused(self, clips, tmp_path):
+        run([clips["b"]], tmp_path, stop_after=5, checkpoint_every=5)
+        with pytest.raises(ValueError, match=r"checkpoint.*settings"):
+            run([clips["b"]], tmp_path, learning_rate=0.01, resume=True)
+        with pytest.raises(FileNotFoundError, match=r"overlay\.mp4' of the interrupted run is missing"):
+            run([clips["b"]], tmp_path, overlay=True, resume=True)
+        (tmp_path / "b" / "mask.mp4").unlink()
+        with pytest.raises(FileNotFoundError, match=r"mask\.mp4' of the interrupted run is missing"):
+            run([clips["b"]], tmp_path, resume=True)
+
+    def test_keyboard_interrupt_leaves_playable_outputs(self, clips, reference, tmp_path, monkeypatch):
+        calls = {"n": 0}
+        forward = BackgroundSubtractorMOG.forward
+
+        def interrupted(self, frames, learning_rate=None):
+            calls["n"] += 1
+            if calls["n"] == 26:
+                raise KeyboardInterrupt
+            return forward(self, frames, learning_rate)
+
+        monkeypatch.setattr(BackgroundSubtractorMOG, "forward", interrupted)
+        kwargs = dict(mask_format="mkv", overlay=True, checkpoint_every=100)
+        with pytest.raises(KeyboardInterrupt):
+            run([clips["a"]], tmp_path, **kwargs)
+        out = tmp_path / "a"
+        assert torch.equal(read_masks(out / "mask.mkv"), reference["masks"][:25])  # finalised, playable
+        with VideoReader(out / "overlay.mkv") as reader:
+            assert len(list(reader)) == 25
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["error"] == "interrupted" and summary["frames"] == 25 and not summary["complete"]
+        monkeypatch.setattr(BackgroundSubtractorMOG, "forward", forward)
+        (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
+        assert s["resumed_from"] == 25 and s["complete"]
+        assert torch.equal(read_masks(out / "mask.mkv"), reference["masks"])
+
+    def test_truncated_video(self, clips, reference, tmp_path):
+        data = clips["a"].read_bytes()
+        cut = tmp_path / "cut.mkv"
+        cut.write_bytes(data[: int(len(data) * 0.6)])
+        with pytest.raises(VideoDecodeError, match=r"cut\.mkv.*frame \d+") as info:
+            run([cut, clips["b"]], tmp_path / "out")
+        n = info.value.frame_index
+        assert 0 < n < T
+        masks = read_masks(tmp_path / "out" / "cut" / "mask.mp4")  # written and playable
+        assert torch.equal(masks, reference["masks"][:n])
+        summary = json.loads((tmp_path / "out" / "cut" / "summary.json").read_text())
+        assert summary["frames"] == n and summary["error_frame"] == n and "cut.mkv" in summary["error"]
+        assert summary["error_type"] == "VideoDecodeError"
+        # the other input is processed all the same
+        assert json.loads((tmp_path / "out" / "b" / "summary.json").read_text())["complete"]
+        # without raise_errors, the error is in the summary
+        summaries = run([cut], tmp_path / "out2", raise_errors=False)
+        assert summaries[0]["error_frame"] == n and not summaries[0]["complete"]
+
+    def test_errors_before_any_work(self, clips, tmp_path):
+        out = tmp_path / "out"
+        text = tmp_path / "notes.mp4"
+        text.write_text("not a video\n" * 100)
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(FileNotFoundError, match=r"missing\.mkv"):
+            run([clips["a"], tmp_path / "missing.mkv"], out)
+        with pytest.raises(VideoDecodeError, match=r"notes\.mp4"):
+            run([clips["a"], text], out)
+        with pytest.raises(FileNotFoundError, match=r"no image files in .*empty"):
+            run([empty], out)
+        with pytest.raises(ValueError, match="learning_rate"):
+            run([clips["a"]], out, learning_rate=2.0)
+        with pytest.raises(ValueError, match="mask_format"):
+            run([clips["a"]], out, mask_format="gif")
+        with pytest.raises(ValueError, match="batch_streams"):
+            run([clips["a"]], out, batch_streams=0)
+        assert not out.exists()  # nothing was done
+
+    def test_mixed_sizes_are_batched_by_size(self, clips, reference, tmp_path):
+        small = write_video(tmp_path / "small.mkv", synthetic_clip(12, 32, 48, enter=4, seed=3)[0])
+        summaries = run([clips["a"], small, clips["b"]], tmp_path / "out", batch_streams=3, stop_after=12)
+        assert [s["batch_streams"] for s in summaries] == [2, 1, 2]
+        assert [s["size"] for s in summaries] == [[H, W], [32, 48], [H, W]]
+        assert torch.equal(read_masks(summaries[0]["mask"]), reference["masks"][:12])
+
+    @pytest.mark.cuda
+    def test_cuda_compiled(self, clips, tmp_path):
+        # device "auto" picks the GPU; compiled model; same-device batched == alone
+        both = run([clips["a"], clips["b"]], tmp_path / "both", device="auto", model_options=None, batch_streams=2)
+        (alone,) = run([clips["b"]], tmp_path / "alone", device="auto", model_options=None)
+        assert both[0]["device"].startswith("cuda")
+        assert torch.equal(read_masks(both[1]["mask"]), read_masks(alone["mask"]))
+        masks, truth = read_masks(both[0]["mask"]), clips["truth_a"]
+        tp = (masks & truth)[ENTER + 2 :].sum().item()
+        assert tp / truth[ENTER + 2 :].sum().item() > 0.9 and tp / masks[ENTER + 2 :].sum().item() > 0.8
+
+    def test_output_names_do_not_collide(self, clips, tmp_path):
+        (tmp_path / "x").mkdir()
+        other = shutil.copy(clips["b"], tmp_path / "x" / "b.mkv")
+        summaries = run([clips["b"], other], tmp_path / "out", stop_after=3)
+        assert [Path(s["output"]).name for s in summaries] == ["b", "b-2"]
+
+
+# ----------------------------------------------------------------------------------------
+# CDnet evaluation
+# ----------------------------------------------------------------------------------------
+def write_cdnet_sequence(root: Path, category: str, name: str, n: int = 40, first: int = 12, seed: int = 3) -> None:
+    """A CDnet-layout sequence of a generated clip: input/in%06d.png, groundtruth/gt%06d.png
+    (0 static, 255 motion, 170 on the object's outline, 85 on the top row), temporalROI.txt,
+    ROI.bmp (left column outside)."""
+    from PIL import Image
+
+    frames, truth, _ = synthetic_clip(n, 48, 64, square=10, enter=6, noise=3.0, seed=seed)
+    labels = torch.where(truth, 255, 0).to(torch.uint8)[:, 0]
+    grown = torch.nn.functional.max_pool2d(truth.float(), 3, 1, 1)[:, 0] > 0
+    labels[grown & ~truth[:, 0]] = 170  # unknown: the motion boundary
+    labels[:, 0, :] = 85  # outside the ROI
+    seq = root / category / name
+    (seq / "input").mkdir(parents=True)
+    (seq / "groundtruth").mkdir()
+    for i in range(n):
+        Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(seq / "input" / f"in{i + 1:06d}.png")
+        Image.fromarray(labels[i].numpy()).save(seq / "groundtruth" / f"gt{i + 1:06d}.png")
+    (seq / "temporalROI.txt").write_text(f"{first} {n}\n")
+    roi = np.full((48, 64), 255, np.uint8)
+    roi[:, 0] = 0
+    Image.fromarray(roi).save(seq / "ROI.bmp")
+
+
+@pytest.fixture(scope="module")
+def cdnet(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cdnet")
+    write_cdnet_sequence(root, "baseline", "easy", seed=3)
+    write_cdnet_sequence(root, "baseline", "other", seed=4)
+    write_cdnet_sequence(root, "shadow", "third", seed=5)
+    return root
+
+
+class TestEvaluation:
+    def test_find_sequences(self, cdnet, tmp_path):
+        assert [p.relative_to(cdnet).as_posix() for p in find_cdnet_sequences(cdnet)] == [
+            "baseline/easy", "baseline/other", "shadow/third"]
+        with pytest.raises(FileNotFoundError, match="nope"):
+            find_cdnet_sequences(tmp_path / "nope")
+        with pytest.raises(ValueError, match="no CDnet sequences"):
+            find_cdnet_sequences(tmp_path)
+
+    def test_sequence_scores_match_metrics(self, cdnet):
+        seq = cdnet / "baseline" / "easy"
+        factory = method_factories(["torchgmm"], device="cpu")["torchgmm"]
+        row = evaluate_sequence(seq, factory, postprocess=dict(median=3))
+        # independent: the model over the decoded frames, counted with the metrics module
+        frames = torch.stack(list(VideoReader(seq / "input")))
+        labels = torch.stack(list(VideoReader(seq / "groundtruth", gray=True)))
+        info = read_cdnet_sequence_info(seq)
+        counter = ChangeDetectionCounter(roi=info.roi, temporal_roi=info.temporal_roi)
+        counter.update(eager_masks(frames), labels, frame_index=0)
+        expected = counter.compute()
+        assert row["sequence"] == "baseline/easy" and row["frames"] == 40
+        for key in ("TP", "FP", "FN", "TN", "F-measure", "Recall", "Precision", "PWC"):
+            assert row[key] == expected[key], key
+        assert row["F-measure"] > 0.95  # an easy sequence
+        assert row["postprocessed"]["F-measure"] > 0.9
+
+    def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
+        pytest.importorskip("cv2")
+        methods = method_factories(["torchgmm", "mog2", "bgsegm-mog"], learning_rate=0.01, device="cpu",
+                                   model_options=EAGER)
+        rows = evaluate_dataset(cdnet, methods=methods, device="cpu", out_dir=tmp_path, progress=False,
+                                postprocess=dict(opening=3))
+        names = [(r["method"], r["sequence"]) for r in rows]
+        for m in ("torchgmm", "mog2", "bgsegm-mog"):
+            assert (m, "baseline/easy") in names and (m, "baseline/mean") in names
+            assert (m, "shadow/mean") in names and (m, "overall/mean") in names
+        by = {(r["method"], r["sequence"]): r for r in rows}
+        for m in ("torchgmm", "mog2", "bgsegm-mog"):
+            mean = (by[(m, "baseline/easy")]["F-measure"] + by[(m, "baseline/other")]["F-measure"]) / 2
+            assert by[(m, "baseline/mean")]["F-measure"] == pytest.approx(mean)
+            assert by[(m, "baseline/easy")]["F-measure"] > 0.8, m
+            assert "postprocessed" in by[(m, "overall/mean")]
+        saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+        assert len(saved) == len(rows) == 3 * (3 + 3)
+        with open(tmp_path / "results.csv", newline="") as f:
+            lines = list(csv.DictReader(f))
+        assert len(lines) == len(rows) and "post_F-measure" in lines[0]
+        assert float(lines[0]["F-measure"]) == pytest.approx(rows[0]["F-measure"])
+        table = format_table(rows)
+        assert "overall/mean" in table and "bgsegm-mog" in table
+        assert len(format_table(rows, postprocessed=True).splitlines()) == len(rows) + 1
+
+    def test_bad_sequence_fails_before_work(self, cdnet, tmp_path):
+        bad = tmp_path / "data"
+        shutil.copytree(cdnet / "baseline" / "easy", bad / "cat" / "seq")
+        (bad / "cat" / "seq" / "temporalROI.txt").write_text("1 400\n")
+        with pytest.raises(ValueError, match=r"holds 40 images but temporalROI.txt scores frames up to 400"):
+            evaluate_dataset(bad, methods={"x": lambda: pytest.fail("ran")}, device="cpu", progress=False)
+
+    def test_unknown_method(self):
+        with pytest.raises(ValueError, match="unknown method 'nope'"):
+            method_factories(["nope"], device="cpu")

@@ -1,0 +1,825 @@
+"""End-to-end jobs on files: background subtraction of videos and CDnet evaluation.
+
+These are the library functions behind ``torchgmm background`` and ``torchgmm evaluate``;
+the command line only parses arguments and calls them. Decoding and writing happen here,
+at the edge; the model (:class:`torchgmm.background.BackgroundSubtractorMOG`) only sees
+tensors.
+
+Error handling follows one rule: what can be checked before any work is checked first (every
+input is opened, every setting validated, every checkpoint read), and an input that fails
+part-way keeps what was done (its masks up to the damage are written and playable, its
+``summary.json`` names the error) while the other inputs carry on.
+
+Shape vocabulary: B streams, T frames, C channels, H height, W width.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from torchgmm import postprocess as pp
+from torchgmm.background import BackgroundSubtractorMOG
+from torchgmm.io.images import atomic_write_bytes, atomic_write_text, write_png
+from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
+from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info
+
+__all__ = [
+    "PRESETS",
+    "MaskFormat",
+    "resolve_device",
+    "run_background",
+    "apply_postprocess",
+    "find_cdnet_sequences",
+    "evaluate_sequence",
+    "evaluate_dataset",
+    "write_results",
+    "format_table",
+    "method_factories",
+]
+
+MaskFormat = Literal["mp4", "mkv", "png"]
+
+#: Named settings of :class:`BackgroundSubtractorMOG` (any of its keyword arguments).
+#: ``"default"`` is the module's defaults; ``"cdnet-baseline"`` the setting of the published
+#: Stauffer-Grimson CDnet 2014 entry (K = 3, alpha = 0.001).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(n_components=3, learning_rate=0.005, background_ratio=0.7),
+    "cdnet-baseline": dict(n_components=3, learning_rate=0.001, background_ratio=0.7),
+}
+
+#: RGB tint of foreground pixels in overlay videos.
+OVERLAY_TINT = (255, 0, 0)
+
+_CHECKPOINT = "checkpoint.pt"
+_CHECKPOINT_FORMAT = 1
+_PNG_FRAME = re.compile(r"^(\d{6})\.png$")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available, or the name is not a device.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA device; use 'cpu' or 'auto'.")
+    return device
+
+
+def apply_postprocess(masks: Tensor, *, median: int = 0, opening: int = 0, min_area: int = 0) -> Tensor:
+    """Optional mask clean-up practitioners use; every step is off at 0.
+
+    Args:
+        masks: foreground masks.
+        median: median-filter window (odd), 0 = off.
+        opening: morphological opening window (odd), 0 = off.
+        min_area: drop connected blobs smaller than this many pixels, 0 = off.
+
+    Returns:
+        the cleaned masks, in the order median, opening, small-blob removal.
+
+    Shape:
+        - masks: ``(B, 1, H, W)`` bool
+        - Output: ``(B, 1, H, W)`` bool
+    """
+    if median:
+        masks = pp.median_filter_mask(masks, median)
+    if opening:
+        masks = pp.binary_opening(masks, opening)
+    if min_area:
+        masks = pp.remove_small_blobs(masks, min_area)
+    return masks
+
+
+# ----------------------------------------------------------------------------------------
+# torchgmm background
+# ----------------------------------------------------------------------------------------
+def _overlay(frames: Tensor, masks: Tensor) -> Tensor:
+    """Tint foreground pixels half-way to :data:`OVERLAY_TINT`.
+
+    (B, C, H, W) uint8, (B, 1, H, W) bool -> (B, 3, H, W) uint8; integer arithmetic
+    ``x // 2 + tint // 2`` (no float copy of the frames).
+    """
+    rgb = frames.expand(-1, 3, -1, -1) if frames.shape[1] == 1 else frames
+    half_tint = torch.tensor([v // 2 for v in OVERLAY_TINT], dtype=torch.uint8).to(frames.device).view(1, 3, 1, 1)
+    return torch.where(masks, (rgb >> 1) + half_tint, rgb)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One input of :func:`run_background` and everything known about it before work starts."""
+
+    path: Path
+    out: Path
+    height: int
+    width: int
+    frame_count: int
+    fps: float
+    start: int = 0  #: frames already done (from a checkpoint)
+    state: dict | None = None  #: the checkpoint's model state (one stream), when resuming
+
+
+@dataclasses.dataclass
+class _Stream:
+    """A job while it runs: its reader, writers and progress."""
+
+    job: _Job
+    reader: VideoReader
+    frames: Iterator[Tensor]
+    mask: VideoWriter
+    overlay: VideoWriter | None
+    done: int  #: frames written (including those of an interrupted run)
+    finished: bool = False
+
+
+def _output_name(path: Path) -> str:
+    # a CDnet-style ``sequence/input`` folder is named after its sequence
+    if path.is_dir():
+        return path.resolve().parent.name if path.name == "input" else path.name
+    return path.stem
+
+
+def _settings_json(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _state_settings(settings: dict) -> str:
+    """The settings a checkpoint must agree with (how the update runs, compiled or not, may change)."""
+    return _settings_json({k: v for k, v in settings.items() if k != "compile"})
+
+
+def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool) -> tuple[int, dict]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        frames_done, state = int(ckpt["frames_done"]), ckpt["state"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {exc}; delete it or run without resuming.") from exc
+    if ckpt.get("settings") != _state_settings(settings) or ckpt.get("gray") != gray:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was made with settings {ckpt.get('settings')} (gray={ckpt.get('gray')}); "
+            f"this run has {_state_settings(settings)} (gray={gray}). Resume with the same settings, or run "
+            "without resuming to start over."
+        )
+    if tuple(ckpt.get("size", ())) != (job.height, job.width) or int(state["frames_seen"]) != frames_done:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not belong to {str(job.path)!r} ({job.width}x{job.height}); "
+            "run without resuming to start over."
+        )
+    return frames_done, state
+
+
+def _save_checkpoint(path: Path, state: dict, frames_done: int, settings: dict, job: _Job, gray: bool) -> None:
+    buffer = io.BytesIO()
+    torch.save(
+        dict(
+            format=_CHECKPOINT_FORMAT, frames_done=frames_done, state=state, settings=_state_settings(settings),
+            gray=gray, size=[job.height, job.width], input=str(job.path),
+        ),
+        buffer,
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _stream_state(model: BackgroundSubtractorMOG, index: int) -> dict[str, Tensor]:
+    """The model state of stream ``index`` alone (batch-first buffers sliced; ``frames_seen`` is
+    shared by the batch). Cloned to CPU so that a saved checkpoint holds only this stream."""
+    state = model.state_dict()
+    return {k: (v[index : index + 1] if v.ndim else v).detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _keep_streams(model: BackgroundSubtractorMOG, keep: list[int]) -> None:
+    """Drop finished streams from the batch: keep the state of streams ``keep`` (in order)."""
+    if not model.is_initialized or not keep:
+        return
+    index = torch.tensor(keep, dtype=torch.int64, device=model.weight.device)
+    model.load_state_dict({k: v.index_select(0, index) if v.ndim else v for k, v in model.state_dict().items()})
+
+
+def _clear_png_frames(folder: Path, first: int) -> None:
+    """Delete the numbered frames ``first`` and later of an earlier run (stale otherwise)."""
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = _PNG_FRAME.match(p.name)
+            if m and int(m.group(1)) >= first:
+                p.unlink()
+
+
+def _open_writer(path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool) -> VideoWriter:
+    """A writer that already holds the first ``start`` frames of an interrupted run.
+
+    PNG sequences continue at number ``start``. Video containers cannot be appended to, so the
+    first ``start`` frames of the earlier file are copied into a new one (``channel``: keep one
+    channel, for masks).
+    """
+    if mask_format == "png":
+        _clear_png_frames(path, start)
+        return VideoWriter(path, fps=fps, format="png", start_number=start)
+    previous = None
+    if start:
+        previous = path.with_name(path.stem + ".previous" + path.suffix)
+        os.replace(path, previous)
+    writer = VideoWriter(path, fps=fps, lossless=lossless)
+    if previous is None:
+        return writer
+    try:
+        copied = 0
+        with VideoReader(previous, end=start, prefetch=0) as old:
+            for frame in old:
+                writer.write(frame[:1] if channel else frame)
+                copied += 1
+        if copied < start:
+            raise ValueError(
+                f"cannot resume: {str(previous)!r} holds {copied} frames but the checkpoint is at frame "
+                f"{start}; run without resuming to start over."
+            )
+    except BaseException:
+        writer.close()
+        os.replace(previous, path)  # leave the earlier output as it was
+        raise
+    previous.unlink()
+    return writer
+
+
+def run_background(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    n_components: int = 3,
+    learning_rate: float = 0.005,
+    background_ratio: float = 0.7,
+    device: str | torch.device = "auto",
+    batch_streams: int = 1,
+    mask_format: MaskFormat = "mp4",
+    overlay: bool = False,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    gray: bool = False,
+    model_options: dict | None = None,
+    progress: bool = True,
+    raise_errors: bool = True,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Run the background model over videos or image-sequence folders and write the results.
+
+    Per input, in ``out_dir/<name>/`` (``<name>``: the file's stem or the folder's name; a
+    CDnet ``sequence/input`` folder is named after the sequence):
+
+    - ``mask.mp4`` / ``mask.mkv`` (lossless: H.264 RGB qp 0 / FFV1) or ``mask/000000.png`` ...:
+      the foreground masks, 255 = foreground;
+    - ``background.png``: the background image at the end (mean of each pixel's most
+      probable component);
+    - ``overlay.mp4`` / ``overlay.mkv`` (H.264 CRF 18) or ``overlay/``, with ``overlay``: the
+      frames with foreground tinted red;
+    - ``summary.json``: frames, frames/s achieved, settings, ``complete`` and ``error``;
+    - ``checkpoint.pt``, with ``checkpoint_every``: the model state every N frames and when
+      the run ends or is interrupted.
+
+    Inputs of the same size (and, when resuming, the same checkpoint frame) are processed
+    together, ``batch_streams`` at a time, as one batch of streams on one device; the masks
+    equal those of separate runs. A stream that ends (or fails) leaves the batch and the
+    others go on.
+
+    Args:
+        inputs: video files or folders of numbered images.
+        out_dir: output folder (created).
+        n_components: K.
+        learning_rate: alpha.
+        background_ratio: T.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        batch_streams: how many same-size inputs share one batch.
+        mask_format: ``"mp4"``, ``"mkv"`` or ``"png"``.
+        overlay: also write the overlay.
+        checkpoint_every: save the model state every this many frames (0 = never).
+        resume: continue each input from its ``checkpoint.pt`` (inputs without one start from
+            the beginning); the masks then equal those of an uninterrupted run. The settings
+            must be those of the interrupted run.
+        gray: model grey frames (C = 1) instead of RGB.
+        model_options: further keyword arguments of :class:`BackgroundSubtractorMOG`
+            (e.g. ``compile=False``, ``rho="paper"``).
+        progress: show a progress bar (frames/s) per batch of streams on stderr.
+        raise_errors: when an input fails part-way, raise its error once every other input
+            is done; False returns instead, with the error in that input's summary.
+        stop_after: stop each batch once this many frames of its inputs are done (counted
+            from the start of the input, as checkpoints are); the summaries say
+            ``complete: false``. For tests of interrupted runs.
+
+    Returns:
+        One summary dict per input, in the order of ``inputs`` (as written to ``summary.json``).
+
+    Raises:
+        FileNotFoundError: an input does not exist, or a folder holds no image (before any work).
+        VideoDecodeError: an input is not a readable video (before any work), or decoding fails
+            part-way (after every input is done, and what was decoded is written; with
+            ``raise_errors``).
+        ValueError: a bad setting, an input without a video stream, or a checkpoint that does
+            not fit (before any work).
+        KeyboardInterrupt: re-raised after the outputs are finalised (and, with
+            ``checkpoint_every``, a checkpoint saved to resume from).
+
+    Example:
+        >>> run_background(["cam1.mp4", "cam2.mp4"], "out", batch_streams=2)  # doctest: +SKIP
+    """
+    from tqdm import tqdm
+
+    if mask_format not in ("mp4", "mkv", "png"):
+        raise ValueError(f"`mask_format` must be 'mp4', 'mkv' or 'png', got {mask_format!r}.")
+    if isinstance(batch_streams, bool) or not isinstance(batch_streams, int) or batch_streams < 1:
+        raise ValueError(f"`batch_streams` must be an int >= 1, got {batch_streams!r}.")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"`checkpoint_every` must be an int >= 0 (0 = never), got {checkpoint_every!r}.")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise ValueError("no inputs given: name video files or image-sequence folders.")
+    device = resolve_device(device)
+    settings = dict(
+        n_components=n_components, learning_rate=learning_rate, background_ratio=background_ratio,
+        **(model_options or {}),
+    )
+    BackgroundSubtractorMOG(**settings)  # validate the settings before any work
+    out_dir = Path(out_dir)
+
+    # Open (and so validate) every input, and read every checkpoint, before any work.
+    jobs: list[_Job] = []
+    used: set[str] = set()
+    for path in inputs:
+        path = Path(path)
+        with VideoReader(path, gray=gray, prefetch=0) as reader:
+            job = _Job(path, out_dir, reader.height, reader.width, reader.frame_count, reader.fps)
+        name, i = _output_name(path), 1
+        while name in used:
+            i += 1
+            name = f"{_output_name(path)}-{i}"
+        used.add(name)
+        job.out = out_dir / name
+        checkpoint = job.out / _CHECKPOINT
+        if resume and checkpoint.exists():
+            job.start, job.state = _read_checkpoint(checkpoint, settings, job, gray)
+            for kind, wanted in (("mask", True), ("overlay", overlay)):
+                previous = job.out / (kind + ("" if mask_format == "png" else f".{mask_format}"))
+                if wanted and job.start and not previous.exists():
+                    hint = "another mask format" + (" or without the overlay" if kind == "overlay" else "")
+                    raise FileNotFoundError(
+                        f"cannot resume {str(path)!r}: {str(previous)!r} of the interrupted run is missing "
+                        f"(was it run with {hint}?). Run without resuming to start over."
+                    )
+        jobs.append(job)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    groups: dict[tuple, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.height, job.width, job.start), []).append(job)
+    batches = [g[i : i + batch_streams] for g in groups.values() for i in range(0, len(g), batch_streams)]
+
+    summaries: dict[Path, dict] = {}
+    errors: list[BaseException] = []
+    for batch in batches:
+        for job, summary, error in _run_batch(
+            batch, device=device, settings=settings, mask_format=mask_format, overlay=overlay,
+            checkpoint_every=checkpoint_every, gray=gray, progress=progress, tqdm=tqdm, stop_after=stop_after,
+        ):
+            summaries[job.out] = summary
+            if error is not None:
+                errors.append(error)
+    if errors and raise_errors:
+        for other in errors[1:]:
+            errors[0].add_note(f"another input failed as well: {other}")
+        raise errors[0]
+    return [summaries[job.out] for job in jobs]
+
+
+def _run_batch(
+    jobs: list[_Job], *, device: torch.device, settings: dict, mask_format: str, overlay: bool,
+    checkpoint_every: int, gray: bool, progress: bool, tqdm: Callable, stop_after: int | None,
+) -> list[tuple[_Job, dict, BaseException | None]]:
+    """Process same-size inputs as one batch of streams; one (job, summary, error) per input."""
+    start = jobs[0].start
+    model = BackgroundSubtractorMOG(**settings).to(device)
+    if start:
+        states = [job.state for job in jobs]
+        # batch-first buffers are concatenated; frames_seen (0-d) is shared and equal (== start)
+        model.load_state_dict({k: torch.cat([s[k] for s in states]) if v.ndim else v for k, v in states[0].items()})
+    results: list[tuple[_Job, dict, BaseException | None]] = []
+    active: list[_Stream] = []
+    t0 = time.perf_counter()
+    frames_done = start  # frames fully processed and written for every active stream
+    suffix = "" if mask_format == "png" else f".{mask_format}"
+    lengths = [job.frame_count for job in jobs]
+    bar = tqdm(
+        total=max(lengths) if all(lengths) else None, initial=start, unit="frame", dynamic_ncols=True,
+        desc=", ".join(job.path.name for job in jobs)[:60], disable=not progress, file=sys.stderr,
+    )
+
+    def finish(stream: _Stream, position: int, error: BaseException | None, complete: bool) -> None:
+        """Close one stream's files, then write its background, checkpoint and summary."""
+        job, stream.finished = stream.job, True
+        stream.reader.close()
+        try:
+            stream.mask.close()
+        finally:
+            if stream.overlay is not None:
+                stream.overlay.close()
+        elapsed = time.perf_counter() - t0
+        consistent = model.is_initialized and int(model.frames_seen) == stream.done
+        if model.is_initialized:
+            write_png(job.out / "background.png", model.background_image()[position].cpu())
+        if checkpoint_every and consistent and stream.done > start:
+            _save_checkpoint(job.out / _CHECKPOINT, _stream_state(model, position), stream.done, settings, job, gray)
+        message = "interrupted" if isinstance(error, KeyboardInterrupt) else (None if error is None else str(error))
+        summary = dict(
+            input=str(job.path), output=str(job.out), frames=stream.done, resumed_from=start,
+            complete=complete and error is None, error=message,
+            error_type=None if error is None else type(error).__name__, error_frame=getattr(error, "frame_index", None),
+            fps=round((stream.done - start) / elapsed, 2) if elapsed > 0 else None,
+            seconds=round(elapsed, 3), size=[job.height, job.width], source_fps=job.fps, device=str(device),
+            batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
+            mask=str(stream.mask.path), overlay=None if stream.overlay is None else str(stream.overlay.path),
+            background=str(job.out / "background.png") if model.is_initialized else None,
+        )
+        atomic_write_text(job.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        results.append((job, summary, None if isinstance(error, KeyboardInterrupt) else error))
+
+    interrupt: BaseException | None = None
+    try:
+        with ExitStack() as stack:
+            for job in jobs:
+                job.out.mkdir(parents=True, exist_ok=True)
+                if not start:
+                    (job.out / _CHECKPOINT).unlink(missing_ok=True)  # stale, from an earlier run
+                mask = stack.enter_context(_open_writer(
+                    job.out / f"mask{suffix}", job.fps, start, mask_format, lossless=True, channel=True))
+                over = None
+                if overlay:
+                    over = stack.enter_context(_open_writer(
+                        job.out / f"overlay{suffix}", job.fps, start, mask_format, lossless=False, channel=False))
+                reader = stack.enter_context(VideoReader(job.path, gray=gray, start=start, device=device))
+                active.append(_Stream(job, reader, iter(reader), mask, over, start))
+            while active:
+                if stop_after is not None and frames_done >= stop_after:
+                    break
+                frames, ended = [], []
+                for position, stream in enumerate(active):
+                    try:
+                        frames.append(next(stream.frames))
+                    except StopIteration:
+                        ended.append((position, stream, None))
+                    except VideoDecodeError as exc:  # frames before the damage are done
+                        ended.append((position, stream, exc))
+                if ended:
+                    if len(ended) == len(active):
+                        bar.close()
+                    for position, stream, error in ended:
+                        finish(stream, position, error, complete=error is None)
+                    keep = [i for i, s in enumerate(active) if not s.finished]
+                    active = [active[i] for i in keep]
+                    _keep_streams(model, keep)
+                if not active:
+                    break
+                batch = torch.stack(frames)  # (B, C, H, W)
+                masks = model(batch)  # (B, 1, H, W) bool
+                tinted = _overlay(batch, masks) if overlay else None
+                for i, stream in enumerate(active):
+                    stream.mask.write(masks[i])
+                    if tinted is not None:
+                        stream.overlay.write(tinted[i])
+                    stream.done += 1
+                frames_done += 1
+                bar.update(1)
+                if checkpoint_every and frames_done % checkpoint_every == 0:
+                    for i, stream in enumerate(active):
+                        _save_checkpoint(stream.job.out / _CHECKPOINT, _stream_state(model, i), frames_done,
+                                         settings, stream.job, gray)
+    except BaseException as exc:  # outputs are closed by now; summarise, then re-raise
+        interrupt = exc
+        raise
+    finally:
+        bar.close()
+        for position, stream in enumerate(active):
+            if stream.finished:
+                continue
+            try:
+                finish(stream, position, interrupt, complete=False)
+            except Exception as exc:  # noqa: BLE001 - keep the original error
+                if interrupt is None:
+                    raise
+                interrupt.add_note(f"while finishing {str(stream.job.path)!r}: {type(exc).__name__}: {exc}")
+    return results
+
+
+# ----------------------------------------------------------------------------------------
+# CDnet evaluation
+# ----------------------------------------------------------------------------------------
+def find_cdnet_sequences(root: str | os.PathLike) -> list[Path]:
+    """Every folder under ``root`` (or ``root`` itself) holding ``input/`` and ``groundtruth/``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: no sequence under ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {str(root)!r} does not exist or is not a folder.")
+    found = sorted({p.parent for p in root.rglob("input") if p.is_dir() and (p.parent / "groundtruth").is_dir()})
+    if not found:
+        raise ValueError(
+            f"no CDnet sequences under {str(root)!r}: expected category/sequence/ folders holding "
+            "input/, groundtruth/, temporalROI.txt and ROI.bmp."
+        )
+    return found
+
+
+def _sequence_name(seq_dir: Path) -> str:
+    return f"{seq_dir.parent.name}/{seq_dir.name}"
+
+
+def _check_sequence(seq_dir: Path) -> None:
+    """Everything :func:`evaluate_sequence` needs is there (raises before any work)."""
+    info = read_cdnet_sequence_info(seq_dir)
+    last = info.temporal_roi[1]
+    for sub in ("input", "groundtruth"):
+        n = len(list_image_sequence(seq_dir / sub))
+        if n < last:
+            raise ValueError(
+                f"{str(seq_dir / sub)!r} holds {n} images but temporalROI.txt scores frames up to {last}."
+            )
+
+
+def evaluate_sequence(
+    seq_dir: str | os.PathLike,
+    make_model: Callable[[], Callable[[Tensor], Tensor]],
+    *,
+    device: str | torch.device = "cpu",
+    postprocess: dict | None = None,
+    gray: bool = False,
+) -> dict:
+    """Run one model over one CDnet sequence and score it, with and without post-processing.
+
+    Frames 1 .. last of the temporal ROI are fed in order (the frames before its start warm
+    the model up); scores count frames inside the temporal ROI and pixels inside ``ROI.bmp``.
+
+    Args:
+        seq_dir: a CDnet sequence folder (``input/``, ``groundtruth/``, ``temporalROI.txt``,
+            ``ROI.bmp``).
+        make_model: returns a fresh callable mapping ``(1, C, H, W)`` uint8 frames to
+            ``(1, 1, H, W)`` bool masks (see :func:`method_factories`).
+        device: where frames, masks and counts live.
+        postprocess: keyword arguments of :func:`apply_postprocess`; the row then also holds
+            ``"postprocessed"`` scores.
+        gray: feed grey frames (C = 1).
+
+    Returns:
+        ``{"sequence": "category/name", "frames", "fps", "Recall", ..., "F-measure", "TP", ...}``.
+    """
+    seq_dir = Path(seq_dir)
+    device = resolve_device(device)
+    info = read_cdnet_sequence_info(seq_dir)
+    roi = info.roi.to(device)
+    raw = ChangeDetectionCounter(roi=roi, temporal_roi=info.temporal_roi)
+    cleaned = ChangeDetectionCounter(roi=roi, temporal_roi=info.temporal_roi) if postprocess else None
+    model = make_model()
+    last = info.temporal_roi[1]
+    frames = 0
+    t0 = time.perf_counter()
+    with VideoReader(seq_dir / "input", gray=gray, end=last, device=device) as inputs, VideoReader(
+        seq_dir / "groundtruth", gray=True, end=last, device=device
+    ) as truth:
+        for index, (frame, gt) in enumerate(zip(inputs, truth, strict=True)):
+            mask = model(frame.unsqueeze(0))
+            raw.update(mask, gt.unsqueeze(0), frame_index=index)
+            if cleaned is not None:
+                cleaned.update(apply_postprocess(mask, **postprocess), gt.unsqueeze(0), frame_index=index)
+            frames += 1
+    elapsed = time.perf_counter() - t0
+    row = dict(sequence=_sequence_name(seq_dir), frames=frames, fps=frames / elapsed, **raw.compute())
+    if cleaned is not None:
+        row["postprocessed"] = cleaned.compute()
+    return row
+
+
+SCORE_KEYS = ("Recall", "Specificity", "FPR", "FNR", "PWC", "Precision", "F-measure")
+
+
+def evaluate_dataset(
+    root: str | os.PathLike,
+    *,
+    methods: dict[str, Callable[[], Callable[[Tensor], Tensor]]],
+    device: str | torch.device = "auto",
+    postprocess: dict | None = None,
+    gray: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Evaluate each method on every CDnet sequence under ``root``.
+
+    Every sequence is checked (ROI, temporal ROI, enough input and ground-truth images)
+    before any model runs.
+
+    Args:
+        root: dataset root (``category/sequence/`` folders), or one sequence folder.
+        methods: name -> model factory (see :func:`method_factories`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        postprocess: keyword arguments of :func:`apply_postprocess`; each row then holds
+            ``"postprocessed"`` scores as well.
+        gray: feed grey frames.
+        out_dir: write ``results.json`` and ``results.csv`` there (see :func:`write_results`).
+        progress: a progress bar per method on stderr.
+
+    Returns:
+        One row per (method, sequence), then per method the per-category and overall means
+        (``sequence`` = ``"category/mean"``, ``"overall/mean"``; means of the per-sequence
+        scores, as CDnet averages).
+    """
+    from tqdm import tqdm
+
+    device = resolve_device(device)
+    sequences = find_cdnet_sequences(root)
+    for seq in sequences:
+        _check_sequence(seq)
+    rows = []
+    for name, make_model in methods.items():
+        for seq in tqdm(sequences, desc=name, disable=not progress, file=sys.stderr):
+            row = evaluate_sequence(seq, make_model, device=device, postprocess=postprocess, gray=gray)
+            rows.append(dict(method=name, **row))
+    rows += _mean_rows(rows)
+    if out_dir is not None:
+        write_results(rows, out_dir)
+    return rows
+
+
+def write_results(
+    rows: list[dict], out_dir: str | os.PathLike, stem: str = "results", **extra: Any
+) -> tuple[Path, Path]:
+    """Write evaluation rows as ``<stem>.json`` (``{"rows": [...], **extra}``) and ``<stem>.csv``.
+
+    The CSV has one line per row; post-processed scores appear as ``post_<score>`` columns.
+
+    Returns:
+        the JSON and CSV paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
+    atomic_write_text(json_path, json.dumps(dict(extra, rows=rows), indent=2, default=str) + "\n")
+    flat = []
+    for r in rows:
+        line = {k: v for k, v in r.items() if not isinstance(v, dict)}
+        line.update({f"post_{k}": v for k, v in r.get("postprocessed", {}).items()})
+        flat.append(line)
+    fields = list(dict.fromkeys(k for line in flat for k in line))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(csv_path, text.getvalue())
+    return json_path, csv_path
+
+
+def _mean_rows(rows: list[dict]) -> list[dict]:
+    """Per-category and overall means of the scores, per method (CDnet averages videos)."""
+
+    def mean(members: list[dict]) -> dict:
+        return {k: sum(float(r[k]) for r in members) / len(members) for k in SCORE_KEYS}
+
+    means = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        categories = dict.fromkeys(r["sequence"].split("/")[0] for r in mine)
+        groups = [(f"{c}/mean", [r for r in mine if r["sequence"].split("/")[0] == c]) for c in categories]
+        for label, members in groups + [("overall/mean", mine)]:
+            row = dict(
+                method=method, sequence=label, frames=sum(r["frames"] for r in members),
+                fps=sum(r["fps"] for r in members) / len(members), **mean(members),
+            )
+            if all("postprocessed" in r for r in members):
+                row["postprocessed"] = mean([r["postprocessed"] for r in members])
+            means.append(row)
+    return means
+
+
+def format_table(rows: Iterable[dict], *, postprocessed: bool = False) -> str:
+    """A plain-text table of Recall, Precision, F-measure, PWC and fps per row.
+
+    Args:
+        rows: rows of :func:`evaluate_dataset`.
+        postprocessed: show the post-processed scores (rows without them are left out).
+    """
+    lines = [f"{'method':12} {'sequence':26} {'Recall':>7} {'Precision':>9} {'F':>7} {'PWC':>7} {'fps':>8}"]
+    for r in rows:
+        scores = r
+        if postprocessed:
+            if "postprocessed" not in r:
+                continue
+            scores = r["postprocessed"]
+        lines.append(
+            f"{r['method'][:12]:12} {r['sequence'][:26]:26} {float(scores['Recall']):7.4f} "
+            f"{float(scores['Precision']):9.4f} {float(scores['F-measure']):7.4f} {float(scores['PWC']):7.3f} "
+            f"{float(r['fps']):8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _opencv_subtractor(subtractor: Any) -> Callable[[Tensor], Tensor]:
+    """Wrap an OpenCV BackgroundSubtractor as (1, C, H, W) uint8 -> (1, 1, H, W) bool.
+
+    OpenCV applies its own rate schedule (``learningRate=-1``): see :func:`method_factories`.
+    """
+
+    def apply(frames: Tensor) -> Tensor:
+        image = frames[0].permute(1, 2, 0).cpu().numpy()
+        if image.shape[-1] == 3:
+            image = image[..., ::-1].copy()  # RGB -> OpenCV's BGR
+        else:
+            image = image[..., 0].copy()
+        mask = subtractor.apply(image, learningRate=-1)
+        return torch.from_numpy(mask > 0).to(frames.device)[None, None]
+
+    return apply
+
+
+def method_factories(
+    names: Sequence[str],
+    *,
+    n_components: int = 3,
+    learning_rate: float = 0.005,
+    background_ratio: float = 0.7,
+    device: str | torch.device = "auto",
+    model_options: dict | None = None,
+) -> dict[str, Callable[[], Callable[[Tensor], Tensor]]]:
+    """Factories of fresh background subtractors, by name, with matched settings.
+
+    - ``"torchgmm"``: :class:`BackgroundSubtractorMOG` (rate ``max(alpha, 1/t)`` with its
+      default ``warmup``), plus ``model_options``.
+    - ``"mog2"``: OpenCV ``createBackgroundSubtractorMOG2(history=round(1/alpha),
+      detectShadows=False)`` with K mixtures and background ratio T (its rate is
+      ``1/min(2t, history)``).
+    - ``"bgsegm-mog"``: OpenCV contrib ``bgsegm.createBackgroundSubtractorMOG(history=
+      round(1/alpha), nmixtures=K, backgroundRatio=T)`` (rate ``1/min(t, history)``, the same
+      schedule as torchgmm's warmup).
+
+    OpenCV's other settings stay at their defaults. All methods see the same frames.
+
+    Raises:
+        ValueError: an unknown name.
+        ImportError: an OpenCV method without ``opencv-contrib-python(-headless)``.
+    """
+    device = resolve_device(device)
+    options = dict(model_options or {})
+    history = max(1, round(1 / learning_rate)) if learning_rate > 0 else 1_000_000
+    factories: dict[str, Callable[[], Callable[[Tensor], Tensor]]] = {}
+    for name in names:
+        if name == "torchgmm":
+            BackgroundSubtractorMOG(n_components, learning_rate, background_ratio, **options)  # validate now
+
+            def make_torchgmm() -> Callable[[Tensor], Tensor]:
+                return BackgroundSubtractorMOG(n_components, learning_rate, background_ratio, **options).to(device)
+
+            factories[name] = make_torchgmm
+        elif name in ("mog2", "bgsegm-mog"):
+            try:
+                import cv2
+
+                if name == "bgsegm-mog":
+                    cv2.bgsegm  # noqa: B018 - contrib module present?
+            except (ImportError, AttributeError) as exc:
+                raise ImportError(
+                    f"method {name!r} needs OpenCV with the contrib modules: "
+                    "pip install opencv-contrib-python-headless"
+                ) from exc
+            if name == "mog2":
+
+                def make_mog2() -> Callable[[Tensor], Tensor]:
+                    sub = cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=False)
+                    sub.setNMixtures(n_components)
+                    sub.setBackgroundRatio(background_ratio)
+                    return _opencv_subtractor(sub)
+
+                factories[name] = make_mog2
+            else:
+
+                def make_mog() -> Callable[[Tensor], Tensor]:
+                    return _opencv_subtractor(cv2.bgsegm.createBackgroundSubtractorMOG(
+                        history=history, nmixtures=n_components, backgroundRatio=background_ratio))
+
+                factories[name] = make_mog
+        else:
+            raise ValueError(f"unknown method {name!r}; choose from torchgmm, mog2, bgsegm-mog.")
+    return factories
