@@ -1,0 +1,38 @@
+"""The example notebooks execute top to bottom."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executes(path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    # the kernel imports torchgmm from this checkout even when it is not installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit without outputs"
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+
+def test_notebooks_exist():
+    assert {p.name for p in NOTEBOOKS} >= {"01_cameraman_em.ipynb", "02_synthetic_clustering.ipynb"}
+
+
+def test_figures_script(tmp_path):
+    import runpy
+
+    mod = runpy.run_path(str(ROOT / "scripts" / "figures.py"), run_name="figures")
+    assert mod["main"](["--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("*.png"))) == 6
