@@ -71,6 +71,8 @@ class RunningAverage(torch.nn.Module):
             self.mean.lerp_(x[t], self.alpha)
         return out
 
+    process = forward  # frames of one stream, like BackgroundSubtractorMOG.process
+
 
 def load_model(device: torch.device, name: str = "mog"):
     """A factory building a fresh model (state is per clip), or None and the reason."""
@@ -102,14 +104,14 @@ def time_model(model, path: Path, args, max_frames: int, repeats: int = 2) -> fl
         batches = list(reader)
     best = 0.0
     with torch.inference_mode():
-        model(batches[0])  # warm-up (allocations, lazy state)
+        model.process(batches[0])  # warm-up (compilation, allocations, lazy state)
         for _ in range(repeats):
             if args.device.type == "cuda":
                 torch.cuda.synchronize()
             n = 0
             t0 = time.perf_counter()
             for b in batches:
-                model(b)
+                model.process(b)  # the frames of one stream, in order
                 n += b.shape[0]
             if args.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -125,7 +127,7 @@ def time_end_to_end(model, path: Path, args, max_frames: int) -> tuple[float, in
         with VideoReader(path, batch_size=args.batch_size, gray=args.gray, end=max_frames,
                          prefetch=args.prefetch, device=args.device) as reader:
             for batch in reader:
-                mask = model(batch)
+                mask = model.process(batch)
                 fg += mask.sum()
                 n += batch.shape[0]
         if args.device.type == "cuda":
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = max(1, (os.cpu_count() or 2) - 1)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from torchgmm.background import retain_freed_memory
+
+    retain_freed_memory()  # as the torchgmm command does
 
     model, why = load_model(args.device, args.model)
     if model is None:
