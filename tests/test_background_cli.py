@@ -27,6 +27,8 @@ from torchgmm.io.images import decode_image_file  # noqa: E402
 from torchgmm.io.video import VideoReader  # noqa: E402
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
 
+from _videos import read_masks, write_video  # noqa: E402
+
 T, H, W, ENTER = 70, 64, 80, 8
 SCORED = ENTER + 2  # the first frames with the square are scored as well; only 2 are skipped
 MIN_RECALL, MIN_PRECISION = 0.9, 0.8
@@ -40,27 +42,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_video(path: Path, frames: torch.Tensor, codec: str = "ffv1", fps: int = 25) -> Path:
-    """(T, 3, H, W) uint8 -> a lossless video (FFV1 .mkv or H.264 RGB qp 0 .mp4) via PyAV."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[-1], frames.shape[-2]
-        stream.pix_fmt = "bgr0" if codec == "ffv1" else "rgb24"
-        if codec == "libx264rgb":
-            stream.options = {"qp": "0"}
-        for f in frames.permute(0, 2, 3, 1).numpy():
-            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(p)
-        for p in stream.encode():
-            container.mux(p)
-    return path
-
-
-def read_masks(path: str | Path) -> torch.Tensor:
-    with VideoReader(path, batch_size=1000) as reader:
-        return torch.cat(list(reader))[:, :1] > 127
 
 
 def recall_precision(masks: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:

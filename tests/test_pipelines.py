@@ -25,6 +25,7 @@ from torchgmm.demo import synthetic_clip  # noqa: E402
 from torchgmm.io.images import decode_image_file  # noqa: E402
 from torchgmm.io.video import VideoDecodeError, VideoReader  # noqa: E402
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
+from _videos import read_masks, write_video  # noqa: E402
 from torchgmm.pipelines import (  # noqa: E402
     evaluate_dataset,
     evaluate_sequence,
@@ -51,25 +52,6 @@ def run(inputs, out, **kwargs) -> list[dict]:
     """run_background on the CPU, eagerly, quietly (unless told otherwise)."""
     kwargs = {"device": "cpu", "model_options": EAGER, "progress": False, **kwargs}
     return run_background(inputs, out, **kwargs)
-
-
-def write_video(path: Path, frames: torch.Tensor, fps: int = 25) -> Path:
-    """(T, 3, H, W) uint8 -> lossless FFV1 video, written with PyAV directly."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[-1], frames.shape[-2], "bgr0"
-        for f in frames.permute(0, 2, 3, 1).numpy():
-            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(p)
-        for p in stream.encode():
-            container.mux(p)
-    return path
-
-
-def read_masks(path: str | Path) -> torch.Tensor:
-    """A mask video or PNG folder -> (T, 1, H, W) bool."""
-    with VideoReader(path, batch_size=1000) as reader:
-        return torch.cat(list(reader))[:, :1] > 127
 
 
 def eager_masks(frames: torch.Tensor, **settings) -> torch.Tensor:
