@@ -21,6 +21,7 @@ __all__ = [
     "check_finite",
     "check_choice",
     "check_positive_int",
+    "resolve_device",
 ]
 
 
@@ -80,3 +81,23 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
     return value
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given.
+
+    The one place where the file-level jobs (``segment_files``, ``run_background``,
+    evaluation) turn their ``device`` argument into a device.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available, or the name is not a device.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA device; use 'cpu' or 'auto'.")
+    return device

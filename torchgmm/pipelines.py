@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from torchgmm import postprocess as pp
+from torchgmm._checks import resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
 from torchgmm.io.images import atomic_write_bytes, atomic_write_text, write_png
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
@@ -69,23 +70,6 @@ OVERLAY_TINT = (255, 0, 0)
 _CHECKPOINT = "checkpoint.pt"
 _CHECKPOINT_FORMAT = 1
 _PNG_FRAME = re.compile(r"^(\d{6})\.png$")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given.
-
-    Raises:
-        ValueError: CUDA was asked for but is not available, or the name is not a device.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA device; use 'cpu' or 'auto'.")
-    return device
 
 
 def apply_postprocess(masks: Tensor, *, median: int = 0, opening: int = 0, min_area: int = 0) -> Tensor:

@@ -38,7 +38,14 @@ from typing import Iterable, Literal, NamedTuple, TextIO
 import torch
 from torch import Tensor, nn
 
-from torchgmm._checks import ShapeError, check_choice, check_ndim, check_positive_int, check_tensor
+from torchgmm._checks import (
+    ShapeError,
+    check_choice,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+    resolve_device,
+)
 from torchgmm.mixture import (
     ConvergenceWarning,
     GaussianMixtureFit,
@@ -903,9 +910,7 @@ def segment_files(
     check_positive_int(batch_size, "batch_size")
     check_positive_int(workers, "workers", minimum=0)
     check_positive_int(write_threads, "write_threads", minimum=0)
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     sources = find_images(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
