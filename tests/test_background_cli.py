@@ -35,13 +35,7 @@ MIN_RECALL, MIN_PRECISION = 0.9, 0.8
 FAST = ["--no-compile", "--no-progress", "--device", "cpu"]  # eager on the CPU: quick and deterministic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny frames: one PyTorch thread is ~10x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny frames: see conftest
 
 
 def recall_precision(masks: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:

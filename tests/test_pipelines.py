@@ -39,13 +39,7 @@ T, H, W, ENTER = 50, 64, 80, 8
 EAGER = dict(compile=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny frames: one PyTorch thread is ~10x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny frames: see conftest
 
 
 def run(inputs, out, **kwargs) -> list[dict]:
