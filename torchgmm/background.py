@@ -274,7 +274,7 @@ def mog_update(
     # 3. The matched component's mean and variance (eqs. 6-7), with the old mean's diff.
     for k in range(n_components):
         if rho == "constant":
-            r = a * torch.ones_like(ws[k])
+            r = a  # () tensor, broadcast in the updates below
         elif rho == "inverse_weight":
             r = a / ws[k]
         else:
