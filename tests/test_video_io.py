@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -342,6 +346,30 @@ class TestVideoWriter:
         with VideoReader(path, batch_size=100) as reader:
             (got,) = list(reader)
         assert torch.equal(got, rgb[:4])
+
+    @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+    @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+    def test_playable_after_sigkill(self, tmp_path, suffix):
+        # a process killed outright never closes the file: the fragmented MP4 / short Matroska
+        # clusters must still leave every frame older than about a second readable
+        path = tmp_path / f"killed{suffix}"
+        script = textwrap.dedent(f"""
+            import os, signal, torch
+            from torchgmm.io import VideoWriter
+            writer = VideoWriter({str(path)!r}, fps=25)
+            for i in range(200):
+                frame = torch.zeros(1, 1, 32, 48, dtype=torch.uint8)
+                frame[..., i % 32, :] = 255  # a bar whose row encodes the frame index
+                writer.write(frame)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+        with VideoReader(path, batch_size=1000) as reader:
+            (got,) = list(reader)
+        assert 200 - 25 - 50 <= len(got) <= 200  # at most ~1 s (25 frames) plus encoder delay lost
+        rows = got[:, 0].float().mean(dim=2).argmax(dim=1)
+        assert torch.equal(rows, torch.arange(len(got)) % 32)
 
     def test_gray_after_rgb_is_replicated(self, tmp_path):
         # the resume pattern: copy an earlier (RGB-decoded) mask video, then append masks
