@@ -364,6 +364,18 @@ class TestCompiled:
         assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
 
 
+    def test_many_configurations_stay_compiled(self):
+        # Dynamo allows `recompile_limit` graphs per code object; with one compiled function
+        # for every configuration, the third configuration here would fail (compile=True raises).
+        frames = torch.randint(0, 256, (2, 3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        with torch._dynamo.config.patch(recompile_limit=2):
+            for n_components, channels in [(2, 1), (2, 3), (4, 1)]:
+                clip = frames[:, :channels]
+                compiled = BackgroundSubtractorMOG(n_components=n_components, learning_rate=0.2, compile=True)
+                eager = BackgroundSubtractorMOG(n_components=n_components, learning_rate=0.2, compile=False)
+                assert torch.equal(compiled.process(clip), eager.process(clip))
+                assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
+
 # ----------------------------------------------------------------------------------------
 # OpenCV contrib bgsegm MOG
 # ----------------------------------------------------------------------------------------

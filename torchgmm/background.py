@@ -52,6 +52,7 @@ kernel and the next frame pays for page faults.
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from typing import Literal
 
@@ -384,16 +385,26 @@ def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, set
     return mask, weight, mean, variance, frames_seen + 1
 
 
-_compiled_step = None
+#: compiled steps by configuration (see _get_compiled_step), shared by all modules
+_compiled_steps: dict[tuple, object] = {}
 
 
-def _get_compiled_step():  # noqa: ANN202
-    global _compiled_step  # one compiled function shared by all modules (its own guards per shape)
-    if _compiled_step is None:
+def _get_compiled_step(config: tuple):  # noqa: ANN202
+    """The compiled step for one configuration (K, C, dtypes, device type, rho, ...).
+
+    Dynamo keeps its compiled graphs on the function's code object and allows at most
+    ``recompile_limit`` (8) of them per code object; one process running more configurations
+    (K = 3 and 5, grey and RGB, float32 and float16, ...) through one compiled function hits
+    the limit and fails. Each configuration therefore compiles its own copy of the code
+    object, whose budget only shape changes use (the first change makes H and W dynamic).
+    """
+    step = _compiled_steps.get(config)
+    if step is None:
+        fresh = types.FunctionType(_mog_step.__code__.replace(), _mog_step.__globals__, _mog_step.__name__)
         # Inductor caps a fused kernel at 64 nodes by default; K = 5 exceeds it and was split
         # into 4 loops with (B, H, W) temporaries, 7-10x slower than K = 3. One loop: 1.6x.
-        _compiled_step = torch.compile(_mog_step, fullgraph=True, options={"max_fusion_size": 4096})
-    return _compiled_step
+        step = _compiled_steps[config] = torch.compile(fresh, fullgraph=True, options={"max_fusion_size": 4096})
+    return step
 
 
 # ----------------------------------------------------------------------------------------
@@ -637,16 +648,19 @@ class BackgroundSubtractorMOG(nn.Module):
             )
         explicit = learning_rate is not None
         base = self._scalar(float(learning_rate) if explicit else self.learning_rate)
-        args = (frames, self.weight, self.mean, self.variance, self.frames_seen, base,
-                self.warmup and not explicit, self._settings())
-        mask, self.weight, self.mean, self.variance, self.frames_seen = self._step(*args)
+        warmup = self.warmup and not explicit
+        args = (frames, self.weight, self.mean, self.variance, self.frames_seen, base, warmup, self._settings())
+        # what changes the compiled graph beyond shapes (K and C are unrolled)
+        config = (frames.dtype, self.weight.dtype, frames.device.type, tuple(self.mean.shape[1:3]),
+                  self.covariance_type, self.rho, warmup)
+        mask, self.weight, self.mean, self.variance, self.frames_seen = self._step(config, args)
         return mask
 
-    def _step(self, *args):  # noqa: ANN002, ANN202
+    def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
             return _mog_step(*args)
         try:
-            return _get_compiled_step()(*args)
+            return _get_compiled_step(config)(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure
             if self.use_compile:
                 raise
