@@ -488,9 +488,8 @@ def main() -> None:
     parser.add_argument("--no-retain-memory", action="store_true",
                         help="do not call torchgmm.background.retain_freed_memory()")
     parser.add_argument("--no-dynamo-reset", action="store_true",
-                        help="keep torch.compile caches between cases (shape changes then recompile, "
-                             "possibly with dynamic shapes; past dynamo's recompile limit, 8, "
-                             "compile=True models fail)")
+                        help="keep torch.compile caches between cases (a configuration's second "
+                             "frame size then recompiles it with dynamic shapes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda: GPU section only)")
     parser.add_argument("--gpu-batches", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--gpu-frames", type=int, default=50, help="measured steps per GPU batch size")

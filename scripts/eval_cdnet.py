@@ -5,8 +5,10 @@ same K, background ratio T and rate schedule (history = 1 / alpha: OpenCV's ``le
 schedule; torchgmm's warmup ``max(alpha, 1/t)``), and the same optional post-processing;
 scores follow CDnet 2014 (temporal ROI, spatial ROI, shadows count as negatives, unknown and
 outside-ROI pixels not scored). Methods: ``torchgmm`` (BackgroundSubtractorMOG with the
-preset), ``mog2`` (OpenCV ``createBackgroundSubtractorMOG2(detectShadows=False)``) and
-``bgsegm-mog`` (OpenCV contrib ``bgsegm.createBackgroundSubtractorMOG``).
+preset), ``mog2`` (OpenCV ``createBackgroundSubtractorMOG2(detectShadows=False)``),
+``mog2-defaults`` (the same at OpenCV's own defaults: history 500, K = 5, T = 0.9; it
+shares only the frames and the post-processing) and ``bgsegm-mog`` (OpenCV contrib
+``bgsegm.createBackgroundSubtractorMOG``).
 
     python scripts/eval_cdnet.py                                  # ../shared/data/cdnet, preset default
     python scripts/eval_cdnet.py --preset cdnet-baseline --median 5
@@ -37,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="CDnet-layout dataset root or one sequence")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    parser.add_argument("--methods", default="torchgmm,mog2,bgsegm-mog", help="comma-separated")
+    parser.add_argument("--methods", default="torchgmm,mog2,mog2-defaults,bgsegm-mog", help="comma-separated")
     parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="run torchgmm eagerly")

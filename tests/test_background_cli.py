@@ -103,6 +103,23 @@ def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
     assert settings["n_components"] == 4 and settings["learning_rate"] == 0.01
 
 
+def test_preset_with_override_reaches_the_model(clip, tmp_path):
+    from torchgmm.background import BackgroundSubtractorMOG
+    from torchgmm.pipelines import PRESETS
+
+    out = tmp_path / "out"
+    argv = ["background", str(clip["path"]), "--out", str(out), "--preset", "cdnet-baseline",
+            "--background-ratio", "0.6", "--mask-format", "png", *FAST]
+    assert main(argv) == 0
+    expected = {**PRESETS["cdnet-baseline"], "background_ratio": 0.6, "compile": False}
+    assert expected["rho"] == "constant" and expected["min_var"] == 100.0  # the preset is not the default
+    assert json.loads((out / "street" / "summary.json").read_text())["settings"] == expected
+    with VideoReader(clip["path"], batch_size=T) as reader:
+        (frames,) = list(reader)
+    reference = BackgroundSubtractorMOG(**expected).process(frames)
+    assert torch.equal(read_masks(out / "street" / "mask"), reference)
+
+
 def test_two_inputs_batched_equal_alone(clip, cli_run, tmp_path):
     other = write_video(tmp_path / "other.mkv", synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=8)[0])
     out = tmp_path / "out"

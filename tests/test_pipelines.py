@@ -312,22 +312,23 @@ class TestEvaluation:
 
     def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
         pytest.importorskip("cv2")
-        methods = method_factories(["torchgmm", "mog2", "bgsegm-mog"], learning_rate=0.01, device="cpu",
+        all_methods = ("torchgmm", "mog2", "mog2-defaults", "bgsegm-mog")
+        methods = method_factories(all_methods, learning_rate=0.01, device="cpu",
                                    model_options=EAGER)
         rows = evaluate_dataset(cdnet, methods=methods, device="cpu", out_dir=tmp_path, progress=False,
                                 postprocess=dict(opening=3))
         names = [(r["method"], r["sequence"]) for r in rows]
-        for m in ("torchgmm", "mog2", "bgsegm-mog"):
+        for m in all_methods:
             assert (m, "baseline/easy") in names and (m, "baseline/mean") in names
             assert (m, "shadow/mean") in names and (m, "overall/mean") in names
         by = {(r["method"], r["sequence"]): r for r in rows}
-        for m in ("torchgmm", "mog2", "bgsegm-mog"):
+        for m in all_methods:
             mean = (by[(m, "baseline/easy")]["F-measure"] + by[(m, "baseline/other")]["F-measure"]) / 2
             assert by[(m, "baseline/mean")]["F-measure"] == pytest.approx(mean)
             assert by[(m, "baseline/easy")]["F-measure"] > 0.8, m
             assert "postprocessed" in by[(m, "overall/mean")]
         saved = json.loads((tmp_path / "results.json").read_text())["rows"]
-        assert len(saved) == len(rows) == 3 * (3 + 3)
+        assert len(saved) == len(rows) == len(all_methods) * (3 + 3)
         with open(tmp_path / "results.csv", newline="") as f:
             lines = list(csv.DictReader(f))
         assert len(lines) == len(rows) and "post_F-measure" in lines[0]

@@ -196,8 +196,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "Exit status: 0 ok, 1 a sequence failed to decode, 2 bad arguments or dataset.",
     )
     p.add_argument("root", metavar="DATASET_ROOT")
-    p.add_argument("--method", choices=["torchgmm", "mog2", "bgsegm-mog"], action="append",
-                   help="method to score (repeatable; default torchgmm; mog2 and bgsegm-mog need "
+    p.add_argument("--method", choices=["torchgmm", "mog2", "mog2-defaults", "bgsegm-mog"], action="append",
+                   help="method to score (repeatable; default torchgmm; the OpenCV methods need "
                    "opencv-contrib-python-headless)")
     _add_model_options(p)
     p.add_argument("--median", type=int, default=0, metavar="K", help="post-process: median filter window (0 = off)")
