@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,37 @@ def test_checkpoint_interrupt_resume(clip, cli_run, tmp_path, monkeypatch, capsy
     summary = json.loads((tmp_path / "street" / "summary.json").read_text())
     assert summary["resumed_from"] == 40 and summary["frames"] == T
     assert torch.equal(read_masks(tmp_path / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+@pytest.mark.parametrize("mask_format", ["mp4", "mkv"])
+def test_checkpoint_sigkill_resume(clip, cli_run, tmp_path, mask_format):
+    # A run killed outright (OOM killer, preemption) never closes its files: the checkpoint
+    # must not be ahead of the frames that reached the mask video, or it could not resume.
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15",
+            "--mask-format", mask_format, *FAST]
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from torchgmm.background import BackgroundSubtractorMOG
+        from torchgmm.cli import main
+        forward, calls = BackgroundSubtractorMOG.forward, [0]
+        def killed_at_frame_40(self, frames, learning_rate=None):
+            calls[0] += 1
+            if calls[0] == 41:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return forward(self, frames, learning_rate)
+        BackgroundSubtractorMOG.forward = killed_at_frame_40
+        sys.exit(main({argv!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    mask = tmp_path / "street" / f"mask.{mask_format}"
+    assert read_masks(mask).shape[0] >= 39  # playable; at most the last frame written is lost
+    assert main([*argv, "--resume"]) == 0
+    summary = json.loads((tmp_path / "street" / "summary.json").read_text())
+    assert summary["resumed_from"] == 29 and summary["frames"] == T  # the checkpoint at frame 30, one behind
+    assert torch.equal(read_masks(mask), read_masks(cli_run["out"] / "mask.mp4"))
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "empty", "no-stream"])

@@ -9,6 +9,7 @@ runs eagerly (``compile=False``) to keep the tests fast; compiled equals eager i
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -121,15 +122,18 @@ class TestRunBackground:
         kwargs = dict(mask_format="mp4", checkpoint_every=20)
         (s,) = run([clips["a"]], tmp_path, stop_after=37, **kwargs)
         assert s["frames"] == 37 and not s["complete"]
-        assert sorted(saved) == [20, 37]  # every 20 frames, and where it stopped
+        # at frame 20 the state after 19 (one frame behind what is written), and where it stopped
+        assert sorted(saved) == [19, 37]
+        early = torch.load(io.BytesIO(saved[19]), weights_only=True)
+        assert early["frames_done"] == 19 and int(early["state"]["frames_seen"]) == 19
         # a single-stream checkpoint holds that stream's state only
         state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state"]
         assert state["weight"].shape == (1, 3, H, W) and int(state["frames_seen"]) == 37
 
-        # a crash (no final checkpoint): the mask video holds 37 frames, the checkpoint says 20
-        (tmp_path / "a" / "checkpoint.pt").write_bytes(saved[20])
+        # a crash (no final checkpoint): the mask video holds 37 frames, the checkpoint says 19
+        (tmp_path / "a" / "checkpoint.pt").write_bytes(saved[19])
         (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
-        assert s["resumed_from"] == 20 and s["frames"] == T and s["complete"]
+        assert s["resumed_from"] == 19 and s["frames"] == T and s["complete"]
         assert torch.equal(read_masks(tmp_path / "a" / "mask.mp4"), reference["masks"])
 
     def test_resume_png_from_final_checkpoint(self, clips, reference, tmp_path):

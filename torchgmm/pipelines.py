@@ -215,21 +215,23 @@ def _clear_png_frames(folder: Path, first: int) -> None:
                 p.unlink()
 
 
-def _open_writer(path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool) -> VideoWriter:
+def _open_writer(
+    path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool
+) -> VideoWriter:
     """A writer that already holds the first ``start`` frames of an interrupted run.
 
     PNG sequences continue at number ``start``. Video containers cannot be appended to, so the
     first ``start`` frames of the earlier file are copied into a new one (``channel``: keep one
-    channel, for masks).
+    channel, for masks). ``durable``: see :class:`VideoWriter` (runs that checkpoint).
     """
     if mask_format == "png":
         _clear_png_frames(path, start)
-        return VideoWriter(path, fps=fps, format="png", start_number=start)
+        return VideoWriter(path, fps=fps, format="png", start_number=start, durable=durable)
     previous = None
     if start:
         previous = path.with_name(path.stem + ".previous" + path.suffix)
         os.replace(path, previous)
-    writer = VideoWriter(path, fps=fps, lossless=lossless)
+    writer = VideoWriter(path, fps=fps, lossless=lossless, durable=durable)
     if previous is None:
         return writer
     try:
@@ -282,8 +284,9 @@ def run_background(
     - ``overlay.mp4`` / ``overlay.mkv`` (H.264 CRF 18) or ``overlay/``, with ``overlay``: the
       frames with foreground tinted red;
     - ``summary.json``: frames, frames/s achieved, settings, ``complete`` and ``error``;
-    - ``checkpoint.pt``, with ``checkpoint_every``: the model state every N frames and when
-      the run ends or is interrupted.
+    - ``checkpoint.pt``, with ``checkpoint_every``: the model state every N frames (saved one
+      frame behind, with the videos written ``durable``, so that even after a hard kill the
+      outputs hold every frame the checkpoint has seen) and when the run ends or is interrupted.
 
     Inputs of the same size (and, when resuming, the same checkpoint frame) are processed
     together, ``batch_streams`` at a time, as one batch of streams on one device; the masks
@@ -458,11 +461,13 @@ def _run_batch(
                 if not start:
                     (job.out / _CHECKPOINT).unlink(missing_ok=True)  # stale, from an earlier run
                 mask = stack.enter_context(_open_writer(
-                    job.out / f"mask{suffix}", job.fps, start, mask_format, lossless=True, channel=True))
+                    job.out / f"mask{suffix}", job.fps, start, mask_format, lossless=True, channel=True,
+                    durable=bool(checkpoint_every)))
                 over = None
                 if overlay:
                     over = stack.enter_context(_open_writer(
-                        job.out / f"overlay{suffix}", job.fps, start, mask_format, lossless=False, channel=False))
+                        job.out / f"overlay{suffix}", job.fps, start, mask_format, lossless=False, channel=False,
+                        durable=bool(checkpoint_every)))
                 reader = stack.enter_context(VideoReader(job.path, gray=gray, start=start, device=device))
                 active.append(_Stream(job, reader, iter(reader), mask, over, start))
             while active:
@@ -487,6 +492,13 @@ def _run_batch(
                 if not active:
                     break
                 batch = torch.stack(frames)  # (B, C, H, W)
+                # A checkpoint trails the written frames by one: the (durable) writers hand a
+                # frame to the file only when the next one arrives, so after a hard kill the
+                # outputs hold every frame but the last written, and the checkpoint must not be
+                # ahead of them. The state before this frame's update stays intact (the module
+                # swaps in new buffers), so it is taken now and saved once this frame is written.
+                due = checkpoint_every and (frames_done + 1) % checkpoint_every == 0 and model.is_initialized
+                before = [_stream_state(model, i) for i in range(len(active))] if due else None
                 masks = model(batch)  # (B, 1, H, W) bool
                 tinted = _overlay(batch, masks) if overlay else None
                 for i, stream in enumerate(active):
@@ -496,9 +508,9 @@ def _run_batch(
                     stream.done += 1
                 frames_done += 1
                 bar.update(1)
-                if checkpoint_every and frames_done % checkpoint_every == 0:
+                if before is not None:
                     for i, stream in enumerate(active):
-                        _save_checkpoint(stream.job.out / _CHECKPOINT, _stream_state(model, i), frames_done,
+                        _save_checkpoint(stream.job.out / _CHECKPOINT, before[i], frames_done - 1,
                                          settings, stream.job, gray)
     except BaseException as exc:  # outputs are closed by now; summarise, then re-raise
         interrupt = exc
