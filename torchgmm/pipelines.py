@@ -495,8 +495,8 @@ def _run_batch(
                 # A checkpoint trails the written frames by one: the (durable) writers hand a
                 # frame to the file only when the next one arrives, so after a hard kill the
                 # outputs hold every frame but the last written, and the checkpoint must not be
-                # ahead of them. The state before this frame's update stays intact (the module
-                # swaps in new buffers), so it is taken now and saved once this frame is written.
+                # ahead of them. The state before this frame's update is copied now and saved
+                # once this frame is written.
                 due = checkpoint_every and (frames_done + 1) % checkpoint_every == 0 and model.is_initialized
                 before = [_stream_state(model, i) for i in range(len(active))] if due else None
                 masks = model(batch)  # (B, 1, H, W) bool
