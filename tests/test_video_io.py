@@ -140,6 +140,19 @@ class TestVideoReader:
         err = (got.float() - ref.float()).abs().mean().item()
         assert err <= tol, f"{codec}/{pix_fmt}: mean abs error {err}"
 
+    @pytest.mark.parametrize("w", [48, 50, 52, 56, 58, 63])
+    def test_yuv420p_any_width_equals_pyav_rgb(self, tmp_path, w):
+        # Frames equal PyAV's own RGB conversion of the same stream at every width (swscale's
+        # planar conversion once corrupted the last columns when W mod 16 was 2..8).
+        frames = _frames(4, 36, w, seed=2)
+        path = tmp_path / "clip.mkv"
+        _write_av(path, frames, "ffv1", "yuv420p")
+        with VideoReader(path, batch_size=4) as reader:
+            (got,) = list(reader)
+        with av.open(str(path)) as container:
+            ref = [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in container.decode(video=0)]
+        assert torch.equal(got, torch.stack(ref))
+
     def test_image_folder(self, tmp_path):
         from torchvision.io import encode_png
 

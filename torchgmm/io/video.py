@@ -392,6 +392,11 @@ class VideoReader:
     def _frame_into(self, frame: Any, out: np.ndarray) -> None:
         """Convert a PyAV frame into ``out`` (C, H, W) uint8: swscale to planar, copy planes."""
         h, w = self.height, self.width
+        if not self.gray and w % 16:
+            # swscale's YUV -> planar gbrp (libswscale 9.5) corrupts the last columns when
+            # W mod 16 is 2..8 (e.g. 854x480); packed rgb24 is exact, at 2-3x the cost
+            out[:] = frame.to_ndarray(width=w, height=h, format="rgb24").transpose(2, 0, 1)
+            return
         fmt = "gray" if self.gray else "gbrp"
         f = frame.reformat(width=w, height=h, format=fmt)
         planes = f.planes
