@@ -156,35 +156,54 @@ def test_checkpoint_interrupt_resume(clip, cli_run, tmp_path, monkeypatch, capsy
     assert torch.equal(read_masks(tmp_path / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
-@pytest.mark.parametrize("mask_format", ["mp4", "mkv"])
-def test_checkpoint_sigkill_resume(clip, cli_run, tmp_path, mask_format):
-    # A run killed outright (OOM killer, preemption) never closes its files: the checkpoint
-    # must not be ahead of the frames that reached the mask video, or it could not resume.
-    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15",
-            "--mask-format", mask_format, *FAST]
+def _killed_cli_run(argv: list[str], target: str, method: str, call: int) -> None:
+    """``torchgmm`` with ``argv`` in a subprocess that SIGKILLs itself at the ``call``-th call of
+    ``target.method`` (a class path), as the OOM killer or a preemption would."""
+    module, cls = target.rsplit(".", 1)
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from torchgmm.background import BackgroundSubtractorMOG
+        from {module} import {cls} as target
         from torchgmm.cli import main
-        forward, calls = BackgroundSubtractorMOG.forward, [0]
-        def killed_at_frame_40(self, frames, learning_rate=None):
+        original, calls = target.{method}, [0]
+        def killed(self, *args, **kwargs):
             calls[0] += 1
-            if calls[0] == 41:
+            if calls[0] == {call}:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return forward(self, frames, learning_rate)
-        BackgroundSubtractorMOG.forward = killed_at_frame_40
+            return original(self, *args, **kwargs)
+        target.{method} = killed
         sys.exit(main({argv!r}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+MODEL, WRITER = "torchgmm.background.BackgroundSubtractorMOG", "torchgmm.io.video.VideoWriter"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+@pytest.mark.parametrize("mask_format", ["mp4", "mkv"])
+@pytest.mark.parametrize("second_kill", [None, "during-copy", "after-copy"])
+def test_checkpoint_sigkill_resume(clip, cli_run, tmp_path, mask_format, second_kill):
+    # A run killed outright never closes its files: the checkpoint must not be ahead of the
+    # frames that reached the mask video. A resume killed while it copies the earlier masks
+    # into a new file (or just after, before the copy is flushed) must not lose them either.
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15",
+            "--mask-format", mask_format, *FAST]
+    _killed_cli_run(argv, MODEL, "forward", 41)  # before frame 41: checkpoint at frame 30, one behind
     mask = tmp_path / "street" / f"mask.{mask_format}"
     assert read_masks(mask).shape[0] >= 39  # playable; at most the last frame written is lost
+    if second_kill == "during-copy":
+        _killed_cli_run([*argv, "--resume"], WRITER, "write", 10)
+    elif second_kill == "after-copy":
+        _killed_cli_run([*argv, "--resume"], MODEL, "forward", 1)
+    if second_kill:
+        assert (tmp_path / "street" / f"mask.previous.{mask_format}").exists()
     assert main([*argv, "--resume"]) == 0
     summary = json.loads((tmp_path / "street" / "summary.json").read_text())
-    assert summary["resumed_from"] == 29 and summary["frames"] == T  # the checkpoint at frame 30, one behind
+    assert summary["resumed_from"] == 29 and summary["frames"] == T
     assert torch.equal(read_masks(mask), read_masks(cli_run["out"] / "mask.mp4"))
+    assert not (tmp_path / "street" / f"mask.previous.{mask_format}").exists()
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "empty", "no-stream"])

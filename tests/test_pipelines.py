@@ -24,7 +24,7 @@ from torchgmm import pipelines  # noqa: E402
 from torchgmm.background import BackgroundSubtractorMOG  # noqa: E402
 from torchgmm.demo import synthetic_clip  # noqa: E402
 from torchgmm.io.images import decode_image_file  # noqa: E402
-from torchgmm.io.video import VideoDecodeError, VideoReader  # noqa: E402
+from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter  # noqa: E402
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
 from _videos import read_masks, write_video  # noqa: E402
 from torchgmm.pipelines import (  # noqa: E402
@@ -188,6 +188,22 @@ class TestRunBackground:
         (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
         assert s["resumed_from"] == 25 and s["complete"]
         assert torch.equal(read_masks(out / "mask.mkv"), reference["masks"])
+
+    def test_close_failure_fails_that_input_only(self, clips, tmp_path, monkeypatch):
+        # e.g. a full disk while b's mask video is finalised: b fails, a (same batch) completes
+        original = VideoWriter.close
+
+        def close(self):
+            first = not self._closed
+            original(self)
+            if first and self.path.parent.name == "b" and self.path.name.startswith("mask"):
+                raise OSError("No space left on device")
+
+        monkeypatch.setattr(VideoWriter, "close", close)
+        a, b = run([clips["a"], clips["b"]], tmp_path, batch_streams=2, checkpoint_every=10, raise_errors=False)
+        assert a["complete"] and a["error"] is None and a["frames"] == T
+        assert not b["complete"] and b["error"] == "No space left on device" and b["error_type"] == "OSError"
+        assert json.loads((tmp_path / "b" / "summary.json").read_text())["error_type"] == "OSError"
 
     def test_truncated_video(self, clips, reference, tmp_path):
         data = clips["a"].read_bytes()

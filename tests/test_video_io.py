@@ -386,6 +386,20 @@ class TestVideoWriter:
         rows = got[:, 0].float().mean(dim=2).argmax(dim=1)
         assert torch.equal(rows, torch.arange(len(got)) % 32)
 
+    def test_container_options_replace_crash_safe_defaults(self, tmp_path):
+        rgb = _chw(_frames(6, 16, 16, seed=9))
+        paths = {}
+        for name, options in (("fragmented", None), ("classic", {"movflags": "faststart"})):
+            paths[name] = tmp_path / f"{name}.mp4"
+            with VideoWriter(paths[name], container_options=options) as writer:
+                writer.write(rgb)
+            with VideoReader(paths[name], batch_size=100) as reader:
+                (got,) = list(reader)
+            assert torch.equal(got, rgb)
+        assert b"moof" in paths["fragmented"].read_bytes()
+        data = paths["classic"].read_bytes()
+        assert b"moof" not in data and data.index(b"moov") < data.index(b"mdat")  # index first
+
     def test_gray_after_rgb_is_replicated(self, tmp_path):
         # the resume pattern: copy an earlier (RGB-decoded) mask video, then append masks
         masks = torch.rand(6, 1, 8, 10, generator=torch.Generator().manual_seed(3)) > 0.5

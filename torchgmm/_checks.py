@@ -22,6 +22,7 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "resolve_device",
+    "add_note",
 ]
 
 
@@ -101,3 +102,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA device; use 'cpu' or 'auto'.")
     return device
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``: Python >= 3.11 prints it with the traceback; on 3.10 (no
+    ``add_note``) the note is kept in the same ``__notes__`` list.
+
+    Example:
+        >>> err = ValueError("first")
+        >>> add_note(err, "and another")
+        >>> err.__notes__
+        ['and another']
+    """
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]

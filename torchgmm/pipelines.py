@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from torchgmm import postprocess as pp
-from torchgmm._checks import resolve_device
+from torchgmm._checks import add_note, resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
 from torchgmm.io.images import atomic_write_bytes, atomic_write_text, write_png
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
@@ -141,6 +141,8 @@ class _Stream:
     overlay: VideoWriter | None
     done: int  #: frames written (including those of an interrupted run)
     finished: bool = False
+    #: outputs of the interrupted run, deleted once their copies are safely written
+    previous: list[Path] = dataclasses.field(default_factory=list)
 
 
 def _output_name(path: Path) -> str:
@@ -215,25 +217,35 @@ def _clear_png_frames(folder: Path, first: int) -> None:
                 p.unlink()
 
 
+def _previous_path(path: Path) -> Path:
+    """Where an output file waits while a resumed run copies its first frames."""
+    return path.with_name(path.stem + ".previous" + path.suffix)
+
+
 def _open_writer(
     path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool
-) -> VideoWriter:
+) -> tuple[VideoWriter, Path | None]:
     """A writer that already holds the first ``start`` frames of an interrupted run.
 
     PNG sequences continue at number ``start``. Video containers cannot be appended to, so the
-    first ``start`` frames of the earlier file are copied into a new one (``channel``: keep one
-    channel, for masks). ``durable``: see :class:`VideoWriter` (runs that checkpoint).
+    earlier file is renamed ``*.previous*`` and its first ``start`` frames are copied into a
+    new one (``channel``: keep one channel, for masks). ``durable``: see :class:`VideoWriter`.
+
+    Returns ``(writer, previous)``: the caller deletes ``previous`` (None for PNG and fresh
+    runs) once the copy is safely in the new file, i.e. after the next frame is written or the
+    writer is closed. A ``*.previous*`` file that already exists is the complete output of a
+    run killed during its copy and is copied from again; a fresh run deletes a stale one.
     """
     if mask_format == "png":
         _clear_png_frames(path, start)
-        return VideoWriter(path, fps=fps, format="png", start_number=start, durable=durable)
-    previous = None
-    if start:
-        previous = path.with_name(path.stem + ".previous" + path.suffix)
+        return VideoWriter(path, fps=fps, format="png", start_number=start, durable=durable), None
+    previous = _previous_path(path)
+    if not start:
+        previous.unlink(missing_ok=True)
+        return VideoWriter(path, fps=fps, lossless=lossless, durable=durable), None
+    if not previous.exists():
         os.replace(path, previous)
     writer = VideoWriter(path, fps=fps, lossless=lossless, durable=durable)
-    if previous is None:
-        return writer
     try:
         copied = 0
         with VideoReader(previous, end=start, prefetch=0) as old:
@@ -249,8 +261,7 @@ def _open_writer(
         writer.close()
         os.replace(previous, path)  # leave the earlier output as it was
         raise
-    previous.unlink()
-    return writer
+    return writer, previous
 
 
 def run_background(
@@ -371,7 +382,7 @@ def run_background(
             job.start, job.state = _read_checkpoint(checkpoint, settings, job, gray)
             for kind, wanted in (("mask", True), ("overlay", overlay)):
                 previous = job.out / (kind + ("" if mask_format == "png" else f".{mask_format}"))
-                if wanted and job.start and not previous.exists():
+                if wanted and job.start and not (previous.exists() or _previous_path(previous).exists()):
                     hint = "another mask format" + (" or without the overlay" if kind == "overlay" else "")
                     raise FileNotFoundError(
                         f"cannot resume {str(path)!r}: {str(previous)!r} of the interrupted run is missing "
@@ -397,7 +408,7 @@ def run_background(
                 errors.append(error)
     if errors and raise_errors:
         for other in errors[1:]:
-            errors[0].add_note(f"another input failed as well: {other}")
+            add_note(errors[0], f"another input failed as well: {other}")
         raise errors[0]
     return [summaries[job.out] for job in jobs]
 
@@ -428,16 +439,23 @@ def _run_batch(
         """Close one stream's files, then write its background, checkpoint and summary."""
         job, stream.finished = stream.job, True
         stream.reader.close()
-        try:
-            stream.mask.close()
-        finally:
-            if stream.overlay is not None:
-                stream.overlay.close()
+        close_error: Exception | None = None
+        for writer in (stream.mask, stream.overlay):
+            try:
+                if writer is not None:
+                    writer.close()
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk: this input fails, the others go on
+                close_error = close_error or exc
+        if close_error is None:
+            for leftover in stream.previous:  # the copies are complete now
+                leftover.unlink(missing_ok=True)
+        elif error is None:
+            error, complete = close_error, False
         elapsed = time.perf_counter() - t0
         consistent = model.is_initialized and int(model.frames_seen) == stream.done
         if model.is_initialized:
             write_png(job.out / "background.png", model.background_image()[position].cpu())
-        if checkpoint_every and consistent and stream.done > start:
+        if checkpoint_every and consistent and stream.done > start and close_error is None:
             _save_checkpoint(job.out / _CHECKPOINT, _stream_state(model, position), stream.done, settings, job, gray)
         message = "interrupted" if isinstance(error, KeyboardInterrupt) else (None if error is None else str(error))
         summary = dict(
@@ -460,16 +478,22 @@ def _run_batch(
                 job.out.mkdir(parents=True, exist_ok=True)
                 if not start:
                     (job.out / _CHECKPOINT).unlink(missing_ok=True)  # stale, from an earlier run
-                mask = stack.enter_context(_open_writer(
-                    job.out / f"mask{suffix}", job.fps, start, mask_format, lossless=True, channel=True,
-                    durable=bool(checkpoint_every)))
+                # durable when a checkpoint may be resumed from: see _open_writer and the trailing
+                # checkpoints below
+                durable = bool(checkpoint_every) or start > 0
+                mask, previous = _open_writer(job.out / f"mask{suffix}", job.fps, start, mask_format,
+                                              lossless=True, channel=True, durable=durable)
+                stack.enter_context(mask)
+                leftovers = [previous]
                 over = None
                 if overlay:
-                    over = stack.enter_context(_open_writer(
-                        job.out / f"overlay{suffix}", job.fps, start, mask_format, lossless=False, channel=False,
-                        durable=bool(checkpoint_every)))
+                    over, previous = _open_writer(job.out / f"overlay{suffix}", job.fps, start, mask_format,
+                                                  lossless=False, channel=False, durable=durable)
+                    stack.enter_context(over)
+                    leftovers.append(previous)
                 reader = stack.enter_context(VideoReader(job.path, gray=gray, start=start, device=device))
-                active.append(_Stream(job, reader, iter(reader), mask, over, start))
+                active.append(_Stream(job, reader, iter(reader), mask, over, start,
+                                      previous=[p for p in leftovers if p is not None]))
             while active:
                 if stop_after is not None and frames_done >= stop_after:
                     break
@@ -506,6 +530,10 @@ def _run_batch(
                     if tinted is not None:
                         stream.overlay.write(tinted[i])
                     stream.done += 1
+                    if stream.previous:  # a durable writer has now passed on the last copied frame
+                        for leftover in stream.previous:
+                            leftover.unlink(missing_ok=True)
+                        stream.previous.clear()
                 frames_done += 1
                 bar.update(1)
                 if before is not None:
@@ -525,7 +553,7 @@ def _run_batch(
             except Exception as exc:  # noqa: BLE001 - keep the original error
                 if interrupt is None:
                     raise
-                interrupt.add_note(f"while finishing {str(stream.job.path)!r}: {type(exc).__name__}: {exc}")
+                add_note(interrupt, f"while finishing {str(stream.job.path)!r}: {type(exc).__name__}: {exc}")
     return results
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchgmm._checks import ShapeError, check_positive_int, check_tensor
+from torchgmm._checks import ShapeError, add_note, check_positive_int, check_tensor
 
 __all__ = ["VideoDecodeError", "VideoReader", "VideoWriter", "list_image_sequence"]
 
@@ -607,8 +607,9 @@ class VideoWriter:
         format: ``"png"`` for an image sequence; None infers it from ``path``.
         pix_fmt: encoder pixel format; default chosen from the codec and C.
         options: extra encoder options (strings), e.g. ``{"crf": "23"}``.
-        container_options: muxer options (strings), merged over the crash-safe defaults above,
-            e.g. ``{"movflags": "faststart"}`` for a classic (not fragmented) MP4.
+        container_options: muxer options (strings); when given they replace the crash-safe
+            defaults above, e.g. ``{"movflags": "faststart"}`` for a classic (not fragmented)
+            MP4 with its index at the front.
         durable: lose at most the last frame on a hard kill (above); MP4 files grow by about
             120 bytes per frame, Matroska by about 15.
         start_number: number of the first PNG file.
@@ -700,7 +701,7 @@ class VideoWriter:
                 options.setdefault("crf", "18")
                 options.setdefault("preset", "veryfast")
         safe = (_DURABLE_MUXER_OPTIONS if self.durable else _CRASH_SAFE_MUXER_OPTIONS).get(suffix, {})
-        muxer_options = {"flush_packets": "1", **safe, **self.container_options}
+        muxer_options = {"flush_packets": "1", **(self.container_options or safe)}
         try:
             container = av.open(str(self.path), mode="w", options=muxer_options)
         except av.FFmpegError as exc:
@@ -819,7 +820,7 @@ class VideoWriter:
         try:
             self.close()
         except Exception as close_exc:  # keep the original error; report this one with it
-            exc.add_note(f"while closing {str(self.path)!r}: {type(close_exc).__name__}: {close_exc}")
+            add_note(exc, f"while closing {str(self.path)!r}: {type(close_exc).__name__}: {close_exc}")
 
     def __repr__(self) -> str:
         kind = "png sequence" if self.is_sequence else (self.codec or "default codec")
