@@ -136,6 +136,22 @@ class TestRunBackground:
         assert s["resumed_from"] == 19 and s["frames"] == T and s["complete"]
         assert torch.equal(read_masks(tmp_path / "a" / "mask.mp4"), reference["masks"])
 
+    def test_resumed_overlay_equals_uninterrupted(self, clips, tmp_path):
+        # The lossy overlay's first frames are rebuilt from the input and the lossless masks on
+        # resume, not decoded and re-encoded (which lost about one grey level per resume).
+        kwargs = dict(overlay=True, checkpoint_every=10)
+        run([clips["a"]], tmp_path / "full", **kwargs)
+        run([clips["a"]], tmp_path / "cut", stop_after=25, **kwargs)
+        for _ in range(3):  # later resumes start from the final checkpoint: everything is copied
+            (summary,) = run([clips["a"]], tmp_path / "cut", resume=True, **kwargs)
+        assert summary["complete"] and summary["resumed_from"] == T
+
+        def overlay(root):
+            with VideoReader(root / "a" / "overlay.mp4", batch_size=1000) as reader:
+                return next(iter(reader))
+
+        assert torch.equal(overlay(tmp_path / "cut"), overlay(tmp_path / "full"))
+
     def test_resume_png_from_final_checkpoint(self, clips, reference, tmp_path):
         kwargs = dict(mask_format="png", checkpoint_every=25)
         run([clips["a"]], tmp_path, stop_after=33, **kwargs)

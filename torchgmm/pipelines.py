@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -222,14 +223,26 @@ def _previous_path(path: Path) -> Path:
     return path.with_name(path.stem + ".previous" + path.suffix)
 
 
+def _rebuild_overlay(job: _Job, start: int, gray: bool, masks: Path) -> Iterator[Tensor]:
+    """The first ``start`` overlay frames of ``job``, made again from its input and the
+    interrupted run's lossless masks (a video file): ``(3, H, W)`` uint8 each."""
+    with VideoReader(job.path, end=start, gray=gray, prefetch=0) as frames, \
+            VideoReader(masks, end=start, prefetch=0) as mask_frames:
+        for frame, mask in zip(frames, mask_frames):
+            yield _overlay(frame[None], mask[None, :1] > 127)[0]
+
+
 def _open_writer(
-    path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool
+    path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool,
+    source: Callable[[], Iterator[Tensor]] | None = None,
 ) -> tuple[VideoWriter, Path | None]:
     """A writer that already holds the first ``start`` frames of an interrupted run.
 
     PNG sequences continue at number ``start``. Video containers cannot be appended to, so the
     earlier file is renamed ``*.previous*`` and its first ``start`` frames are copied into a
-    new one (``channel``: keep one channel, for masks). ``durable``: see :class:`VideoWriter`.
+    new one (``channel``: keep one channel, for masks), or taken from ``source()`` when given
+    (a lossy overlay is rebuilt rather than decoded and re-encoded, which would lose quality
+    at every resume). ``durable``: see :class:`VideoWriter`.
 
     Returns ``(writer, previous)``: the caller deletes ``previous`` (None for PNG and fresh
     runs) once the copy is safely in the new file, i.e. after the next frame is written or the
@@ -248,10 +261,15 @@ def _open_writer(
     writer = VideoWriter(path, fps=fps, lossless=lossless, durable=durable)
     try:
         copied = 0
-        with VideoReader(previous, end=start, prefetch=0) as old:
-            for frame in old:
-                writer.write(frame[:1] if channel else frame)
+        if source is not None:
+            for frame in source():
+                writer.write(frame)
                 copied += 1
+        else:
+            with VideoReader(previous, end=start, prefetch=0) as old:
+                for frame in old:
+                    writer.write(frame[:1] if channel else frame)
+                    copied += 1
         if copied < start:
             raise ValueError(
                 f"cannot resume: {str(previous)!r} holds {copied} frames but the checkpoint is at frame "
@@ -487,8 +505,10 @@ def _run_batch(
                 leftovers = [previous]
                 over = None
                 if overlay:
+                    # video masks of an interrupted run: the lossy overlay is rebuilt from them
+                    rebuild = functools.partial(_rebuild_overlay, job, start, gray, previous) if previous else None
                     over, previous = _open_writer(job.out / f"overlay{suffix}", job.fps, start, mask_format,
-                                                  lossless=False, channel=False, durable=durable)
+                                                  lossless=False, channel=False, durable=durable, source=rebuild)
                     stack.enter_context(over)
                     leftovers.append(previous)
                 reader = stack.enter_context(VideoReader(job.path, gray=gray, start=start, device=device))
