@@ -400,6 +400,21 @@ class TestVideoWriter:
         data = paths["classic"].read_bytes()
         assert b"moof" not in data and data.index(b"moov") < data.index(b"mdat")  # index first
 
+    @pytest.mark.parametrize("codec,suffix,lossless,tol", [
+        ("mjpeg", ".avi", False, 12.0),  # needs full-range yuvj420p, its native format
+        ("libx264", ".mp4", True, 1.0),  # lossless: 4:4:4, no chroma subsampling
+        ("mpeg4", ".avi", False, 12.0),
+    ])
+    def test_explicit_codec_gets_a_working_pixel_format(self, tmp_path, codec, suffix, lossless, tol):
+        rgb = _chw(_frames(6, 32, 48, seed=3))
+        path = tmp_path / f"clip{suffix}"
+        with VideoWriter(path, codec=codec, lossless=lossless) as writer:
+            writer.write(rgb)
+        with VideoReader(path, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert got.shape == rgb.shape
+        assert (got.float() - rgb.float()).abs().mean() < tol
+
     def test_gray_after_rgb_is_replicated(self, tmp_path):
         # the resume pattern: copy an earlier (RGB-decoded) mask video, then append masks
         masks = torch.rand(6, 1, 8, 10, generator=torch.Generator().manual_seed(3)) > 0.5

@@ -605,7 +605,8 @@ class VideoWriter:
         codec: FFmpeg encoder name (e.g. ``"ffv1"``, ``"libx264"``, ``"mpeg4"``); default above.
         lossless: choose a lossless default codec and settings.
         format: ``"png"`` for an image sequence; None infers it from ``path``.
-        pix_fmt: encoder pixel format; default chosen from the codec and C.
+        pix_fmt: encoder pixel format; default chosen from the codec and C (an explicit
+            codec gets its native format, ``yuv444p`` for odd sizes where it has it).
         options: extra encoder options (strings), e.g. ``{"crf": "23"}``.
         container_options: muxer options (strings); when given they replace the crash-safe
             defaults above, e.g. ``{"movflags": "faststart"}`` for a classic (not fragmented)
@@ -681,14 +682,21 @@ class VideoWriter:
             else:
                 codec = "libx264"
         if pix_fmt is None:
+            try:
+                supported = [f.name for f in (av.Codec(codec, "w").video_formats or ())]
+            except Exception:  # noqa: BLE001 - an unknown codec is reported by add_stream below
+                supported = []
             if codec == "ffv1":
                 pix_fmt = "gray" if c == 1 else "bgr0"
             elif codec == "libx264rgb":
                 pix_fmt = "rgb24"
-            elif codec in ("libx264", "h264") and self.lossless and c == 1:
-                pix_fmt = "gray"
-            elif h % 2 or w % 2:
+            elif codec in ("libx264", "h264") and self.lossless:
+                # no chroma subsampling (RGB -> YUV still rounds; libx264rgb is exact)
+                pix_fmt = "gray" if c == 1 else "yuv444p"
+            elif (h % 2 or w % 2) and (not supported or "yuv444p" in supported):
                 pix_fmt = "yuv444p"
+            elif supported:
+                pix_fmt = supported[0]  # the encoder's native format (libx264 yuv420p, mjpeg yuvj420p)
             else:
                 pix_fmt = "yuv420p"
         if codec.startswith("libx264"):
