@@ -569,6 +569,9 @@ class TestModule:
         assert masks.shape == (25, 1, 6, 5) and masks.dtype == torch.bool
         assert torch.equal(masks, torch.cat([b(f[None]) for f in clip]))
         assert_state_close(state_of(a), state_of(b), rtol=0, atol=0)
+        empty = a.process(clip[:0])
+        assert empty.shape == (0, 1, 6, 5) and empty.dtype == torch.bool
+        assert_state_close(state_of(a), state_of(b), rtol=0, atol=0)  # nothing learned
 
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_state_dict_resume_in_fresh_module(self, covariance_type):

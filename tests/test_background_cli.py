@@ -343,6 +343,13 @@ def test_evaluate_cli_errors(dataset, tmp_path, capsys):
     assert "no CDnet sequences" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", str(dataset), "--method", "nope"])
+    assert main(["evaluate", str(dataset), "--median", "4", "--out", str(tmp_path / "r")]) == 2
+    assert "`median` must be 0 (off) or an odd window size >= 1, got 4" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before any work
+    assert main(["evaluate", str(dataset), "--min-area", "-5"]) == 2
+    assert "`min_area` must be an int >= 0" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--classes", "0"]) == 2
+    assert "n_classes" in capsys.readouterr().err
 
 
 def test_demo_background_part(tmp_path):

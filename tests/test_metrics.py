@@ -105,6 +105,8 @@ class TestConfusionCounts:
             confusion_counts(PRED[None, None].expand(1, 2, 3, 4), GT[None, None].expand(1, 2, 3, 4))
         with pytest.raises(TypeError, match="pred"):
             confusion_counts(PRED.numpy(), GT)
+        with pytest.raises(TypeError, match="integer labels"):  # 0..1 floats would score nothing
+            confusion_counts(PRED, GT.float() / 255)
 
 
 class TestScores:

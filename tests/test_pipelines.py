@@ -379,6 +379,17 @@ class TestEvaluation:
         (bad / "cat" / "seq" / "temporalROI.txt").write_text("1 400\n")
         with pytest.raises(ValueError, match=r"holds 40 images but temporalROI.txt scores frames up to 400"):
             evaluate_dataset(bad, methods={"x": lambda: pytest.fail("ran")}, device="cpu", progress=False)
+        # a second sequence whose ROI.bmp does not fit its frames fails before the first one runs
+        (bad / "cat" / "seq" / "temporalROI.txt").write_text("10 40\n")
+        shutil.copytree(cdnet / "baseline" / "easy", bad / "cat" / "seq2")
+        from PIL import Image
+
+        Image.new("L", (5, 4), 255).save(bad / "cat" / "seq2" / "ROI.bmp")
+        with pytest.raises(ValueError, match=r"seq2.ROI\.bmp' is \(4, 5\)"):
+            evaluate_dataset(bad, methods={"x": lambda: pytest.fail("ran")}, device="cpu", progress=False)
+        with pytest.raises(ValueError, match="`median` must be 0 .off. or an odd window"):
+            evaluate_dataset(cdnet, methods={"x": lambda: pytest.fail("ran")}, device="cpu", progress=False,
+                             postprocess=dict(median=4))
 
     def test_unknown_method(self):
         with pytest.raises(ValueError, match="unknown method 'nope'"):

@@ -697,6 +697,8 @@ class BackgroundSubtractorMOG(nn.Module):
         check_tensor(clip, "clip")
         if clip.ndim != 4:
             raise ShapeError(f"`clip` must have shape (T, C, H, W), got shape {tuple(clip.shape)}.")
+        if clip.shape[0] == 0:  # nothing to learn; the masks of no frames
+            return torch.empty((0, 1, *clip.shape[2:]), dtype=torch.bool, device=clip.device)
         return torch.cat([self(clip[t : t + 1], learning_rate) for t in range(clip.shape[0])])
 
     def background_image(self) -> Tensor:

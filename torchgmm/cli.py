@@ -25,7 +25,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from torchgmm.demo import run_demo
 
-    return run_demo(args.out, n_classes=args.classes)
+    try:
+        return run_demo(args.out, n_classes=args.classes)
+    except (ValueError, TypeError, OSError) as exc:  # bad arguments or an unwritable folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 # --- segment (issue 3) -------------------------------------------------------------------

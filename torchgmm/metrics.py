@@ -106,6 +106,8 @@ def confusion_counts(
     """
     check_tensor(pred, "pred")
     check_tensor(gt, "gt")
+    if gt.is_floating_point() or gt.dtype == torch.bool:
+        raise TypeError(f"`gt` must hold CDnet's integer labels (0, 50, 85, 170, 255), got dtype {gt.dtype}.")
     p = _as_bhw(pred, "pred")
     g = _as_bhw(gt, "gt")
     if p.shape != g.shape:

@@ -34,7 +34,7 @@ from torch import Tensor
 from torchgmm import postprocess as pp
 from torchgmm._checks import add_note, resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
-from torchgmm.io.images import atomic_write_bytes, atomic_write_text, write_png
+from torchgmm.io.images import atomic_write_bytes, atomic_write_text, decode_image_file, write_png
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info
 
@@ -94,6 +94,7 @@ def apply_postprocess(masks: Tensor, *, median: int = 0, opening: int = 0, min_a
         - masks: ``(B, 1, H, W)`` bool
         - Output: ``(B, 1, H, W)`` bool
     """
+    _check_postprocess(median=median, opening=opening, min_area=min_area)
     if median:
         masks = pp.median_filter_mask(masks, median)
     if opening:
@@ -101,6 +102,15 @@ def apply_postprocess(masks: Tensor, *, median: int = 0, opening: int = 0, min_a
     if min_area:
         masks = pp.remove_small_blobs(masks, min_area)
     return masks
+
+
+def _check_postprocess(*, median: int = 0, opening: int = 0, min_area: int = 0) -> None:
+    """Post-processing settings are valid (named errors, before any work)."""
+    for name, value in (("median", median), ("opening", opening)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value and value % 2 == 0):
+            raise ValueError(f"`{name}` must be 0 (off) or an odd window size >= 1, got {value!r}.")
+    if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 0:
+        raise ValueError(f"`min_area` must be an int >= 0 (0 = off), got {min_area!r}.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -608,10 +618,16 @@ def _check_sequence(seq_dir: Path) -> None:
     info = read_cdnet_sequence_info(seq_dir)
     last = info.temporal_roi[1]
     for sub in ("input", "groundtruth"):
-        n = len(list_image_sequence(seq_dir / sub))
-        if n < last:
+        images = list_image_sequence(seq_dir / sub)
+        if len(images) < last:
             raise ValueError(
-                f"{str(seq_dir / sub)!r} holds {n} images but temporalROI.txt scores frames up to {last}."
+                f"{str(seq_dir / sub)!r} holds {len(images)} images but temporalROI.txt scores frames up to {last}."
+            )
+        size = tuple(decode_image_file(images[0]).shape[-2:])
+        if info.roi is not None and tuple(info.roi.shape[-2:]) != size:
+            raise ValueError(
+                f"{str(seq_dir / 'ROI.bmp')!r} is {tuple(info.roi.shape[-2:])} (H, W) but {str(images[0])!r} "
+                f"is {size}."
             )
 
 
@@ -704,6 +720,8 @@ def evaluate_dataset(
 
     device = resolve_device(device)
     sequences = find_cdnet_sequences(root)
+    if postprocess:
+        _check_postprocess(**postprocess)
     for seq in sequences:
         _check_sequence(seq)
     rows = []
