@@ -422,7 +422,10 @@ class BackgroundSubtractorMOG(nn.Module):
         n_components: K Gaussians per pixel.
         learning_rate: ``alpha``; about ``1 / alpha`` frames of memory.
         background_ratio: ``T``: the background is the first components (in ``w / sigma``
-            rank order) whose cumulative weight exceeds ``T``.
+            rank order) whose cumulative weight exceeds ``T``. Above ``1 - init_weight / (1 +
+            init_weight)`` (0.952 by default) even the component just created for an
+            unmatched pixel is inside it while learning, so new objects read as background
+            (as in OpenCV bgsegm); inference at ``learning_rate=0`` still calls them foreground.
         match_sigma: ``lambda``: a pixel matches a component when ``|x - mu|^2 < lambda^2 C
             sigma^2``.
         init_var: variance of a new component (pixel units on the 0..255 scale); default
