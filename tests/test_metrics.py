@@ -215,6 +215,18 @@ class TestPostprocess:
         assert bool(out[0, 0, 3, 3]) and not bool(out[0, 0, 1, 1])  # corner of the square: 4/9
         assert out.dtype == torch.bool and out.shape == m.shape
 
+    @pytest.mark.parametrize("k", [3, 5])
+    def test_median_matches_opencv_including_borders(self, k):
+        cv2 = pytest.importorskip("cv2")
+        g = torch.Generator().manual_seed(k)
+        m = torch.rand(2, 1, 20, 25, generator=g) > 0.5
+        m[0, 0, :6, :6] = True  # an object in the corner keeps its corner pixel
+        got = median_filter_mask(m, k)
+        assert bool(got[0, 0, 0, 0])
+        for b in range(2):
+            ref = cv2.medianBlur(m[b, 0].numpy().astype(np.uint8) * 255, k) > 127
+            assert np.array_equal(got[b, 0].numpy(), ref)
+
     def test_opening_matches_opencv(self):
         cv2 = pytest.importorskip("cv2")
         g = torch.Generator().manual_seed(1)

@@ -36,7 +36,8 @@ def _check_kernel(kernel_size: int) -> int:
 def median_filter_mask(mask: Tensor, kernel_size: int = 5) -> Tensor:
     """Median (majority) filter of a binary mask over a ``k x k`` window.
 
-    Pixels outside the image count as background (zero padding), like a constant zero border.
+    The border is replicated (as ``cv2.medianBlur`` does), so an object touching the frame
+    edge keeps its corners.
 
     Args:
         mask: foreground masks.
@@ -61,7 +62,9 @@ def median_filter_mask(mask: Tensor, kernel_size: int = 5) -> Tensor:
     """
     _check_mask(mask)
     k = _check_kernel(kernel_size)
-    counts = F.avg_pool2d(mask.to(torch.float32), k, stride=1, padding=k // 2, count_include_pad=True) * (k * k)
+    r = k // 2
+    padded = F.pad(mask.to(torch.float32), (r, r, r, r), mode="replicate")
+    counts = F.avg_pool2d(padded, k, stride=1) * (k * k)
     return counts > (k * k) / 2
 
 
