@@ -155,6 +155,12 @@ class _Stream:
     #: outputs of the interrupted run, deleted once their copies are safely written
     previous: list[Path] = dataclasses.field(default_factory=list)
 
+    def drop_previous(self) -> None:
+        """Delete the interrupted run's outputs: their copies are safely in the new files."""
+        for leftover in self.previous:
+            leftover.unlink(missing_ok=True)
+        self.previous.clear()
+
 
 def _output_name(path: Path) -> str:
     # a CDnet-style ``sequence/input`` folder is named after its sequence
@@ -475,8 +481,7 @@ def _run_batch(
             except Exception as exc:  # noqa: BLE001 - e.g. a full disk: this input fails, the others go on
                 close_error = close_error or exc
         if close_error is None:
-            for leftover in stream.previous:  # the copies are complete now
-                leftover.unlink(missing_ok=True)
+            stream.drop_previous()  # closed: the copies are complete
         elif error is None:
             error, complete = close_error, False
         elapsed = time.perf_counter() - t0
@@ -561,9 +566,7 @@ def _run_batch(
                         stream.overlay.write(tinted[i])
                     stream.done += 1
                     if stream.previous:  # a durable writer has now passed on the last copied frame
-                        for leftover in stream.previous:
-                            leftover.unlink(missing_ok=True)
-                        stream.previous.clear()
+                        stream.drop_previous()
                 frames_done += 1
                 bar.update(1)
                 if before is not None:

@@ -44,17 +44,13 @@ _FFV1_CONTAINERS = frozenset({".mkv", ".avi", ".nut", ".mka"})
 #: muxer options that keep a file playable when the process dies without closing it (SIGKILL,
 #: OOM killer): fragmented MP4 (no index at the end) and Matroska clusters of at most 1 s,
 #: each handed to the OS as soon as it is muxed. Costs a few hundred bytes per second.
-_CRASH_SAFE_MUXER_OPTIONS = {
-    ".mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"},
-    ".mov": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"},
-    ".mkv": {"cluster_time_limit": "1000"},
-}
+_FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
+_CRASH_SAFE_MUXER_OPTIONS = {".mp4": _FRAGMENTED_MP4, ".mov": _FRAGMENTED_MP4, ".mkv": {"cluster_time_limit": "1000"}}
 #: ``durable=True``: a fragment / cluster per frame (the muxer closes it when the next frame
 #: arrives, so a hard kill loses at most the last frame written)
+_MP4_FRAGMENT_PER_FRAME = {"movflags": "frag_every_frame+empty_moov+default_base_moof"}
 _DURABLE_MUXER_OPTIONS = {
-    ".mp4": {"movflags": "frag_every_frame+empty_moov+default_base_moof"},
-    ".mov": {"movflags": "frag_every_frame+empty_moov+default_base_moof"},
-    ".mkv": {"cluster_time_limit": "0"},
+    ".mp4": _MP4_FRAGMENT_PER_FRAME, ".mov": _MP4_FRAGMENT_PER_FRAME, ".mkv": {"cluster_time_limit": "0"}
 }
 
 
