@@ -318,6 +318,12 @@ class TestBadInput:
             fit_gaussian_mixture(np.zeros((20, 2)), 2)
         with pytest.raises(ShapeError, match="`means_init` must have shape"):
             fit_gaussian_mixture(x, 2, means_init=torch.zeros(3, 2))
+        with pytest.raises(ValueError, match="`weights_init` must be >= 0 with a positive sum"):
+            fit_gaussian_mixture(x, 2, weights_init=torch.zeros(2))
+        with pytest.raises(ValueError, match="`weights_init` must be >= 0"):
+            fit_gaussian_mixture(x, 2, weights_init=torch.tensor([1.5, -0.5]))
+        with pytest.raises(ValueError, match="`means_init` contains 1 NaN"):
+            fit_gaussian_mixture(x, 2, means_init=torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
 
     def test_unfitted_and_mismatched(self):
         with pytest.raises(RuntimeError, match="not fitted"):
@@ -325,6 +331,8 @@ class TestBadInput:
         gm = GaussianMixture(2, random_state=0).fit(torch.randn(50, 2))
         with pytest.raises(ShapeError, match="D=3"):
             gm.predict(torch.randn(5, 3))
+        with pytest.raises(ValueError, match="`x` contains 1 NaN"):  # scikit-learn refuses too
+            gm.predict(torch.tensor([[float("nan"), 0.0]]))
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
