@@ -224,6 +224,20 @@ class TestInitialisation:
         torch.testing.assert_close(fit.covariances[0, :, 0, 0], expected_var.repeat(2))
         torch.testing.assert_close(fit.weights[0], torch.tensor([0.5, 0.5], dtype=torch.float64))
 
+    def test_range_init_axis_sign_is_fixed(self, device):
+        # The principal axis's sign is arbitrary (LAPACK and cuSOLVER differ), which would
+        # reverse the component order: it is oriented so its largest coordinate is positive,
+        # so component 0 holds the points lowest along that coordinate, on every device.
+        g = torch.Generator().manual_seed(0)
+        angles = torch.rand(40, generator=g, dtype=torch.float64) * 2 * math.pi
+        t = torch.linspace(-1, 1, 30, dtype=torch.float64)
+        for angle in angles:
+            direction = torch.stack([angle.cos(), angle.sin()])
+            x = (t[:, None] * direction + 0.01 * torch.randn(30, 2, generator=g, dtype=torch.float64)).to(device)
+            fit = fit_gaussian_mixture(x, 3, init_params="range", max_iter=0)
+            lead = fit.means[0, :, direction.abs().argmax()].cpu()
+            assert lead[0] < lead[1] < lead[2], float(angle)
+
     def test_seeded_generator_is_reproducible(self):
         x = torch.tensor(three_blobs(7))
         a = GaussianMixture(3, random_state=3).fit(x)

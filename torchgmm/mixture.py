@@ -392,7 +392,13 @@ def _range_resp(x: Tensor, sample_weight: Tensor | None, k: int) -> Tensor:
         w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
         cov = torch.einsum("bn,bni,bnj->bij", w, x, x) / w.sum(1)[:, None, None]
         _, vectors = torch.linalg.eigh(cov)
-        projection = (x @ vectors[..., -1:]).squeeze(-1)
+        axis = vectors[..., -1]  # (B, D)
+        # An eigenvector's sign is arbitrary and LAPACK (CPU) and cuSOLVER (CUDA) pick
+        # differently, which would reverse the intervals and so the component order. Fix it
+        # as scikit-learn's svd_flip does: the largest-magnitude coordinate is positive.
+        largest = axis.gather(-1, axis.abs().argmax(-1, keepdim=True))
+        axis = torch.where(largest < 0, -axis, axis)
+        projection = (x @ axis.unsqueeze(-1)).squeeze(-1)
     if sample_weight is not None:
         present = sample_weight > 0
         low = projection.masked_fill(~present, math.inf).amin(1, keepdim=True)
@@ -508,8 +514,9 @@ def fit_gaussian_mixture(
         reg_covar: added to the covariance diagonals (variance floor).
         max_iter: maximum EM iterations.
         init_params: ``"range"`` (cut [min, max] into K equal intervals, along the first
-            principal axis when D > 1, and take each interval's weighted mean, variance and
-            share), ``"kmeans++"`` (k-means++ seeding plus a few Lloyd iterations) or
+            principal axis when D > 1, oriented so that its largest-magnitude coordinate is
+            positive (the same intervals on every device), and take each interval's weighted
+            mean, variance and share), ``"kmeans++"`` (k-means++ seeding plus a few Lloyd iterations) or
             ``"random"`` responsibilities.
         weights_init, means_init, precisions_init: explicit starting parameters,
             ``(B, K)``/``(K,)``, ``(B, K, D)``/``(K, D)`` and precisions (not their
