@@ -87,6 +87,16 @@ class TestVideoReader:
         with VideoReader(path, batch_size=7, prefetch=prefetch, threads=False) as reader:
             assert torch.equal(torch.cat(list(reader)), ref)
 
+    @pytest.mark.parametrize("prefetch", [0, 2])
+    def test_frames_are_ordinary_tensors_under_inference_mode(self, ffv1_video, prefetch, device):
+        # A compiled model fed inference tensors after ordinary ones compiles again (dispatch
+        # keys differ): the reader yields ordinary tensors whatever the consumer's mode.
+        path, ref = ffv1_video
+        with torch.inference_mode(), VideoReader(path, batch_size=7, prefetch=prefetch, device=device) as reader:
+            batches = list(reader)
+        assert not any(b.is_inference() for b in batches)
+        assert torch.equal(torch.cat(batches).cpu(), ref)
+
     def test_step_start_end_indices(self, ffv1_video):
         path, ref = ffv1_video
         with VideoReader(path, start=3, end=20, step=4) as reader:

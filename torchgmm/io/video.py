@@ -511,7 +511,20 @@ class VideoReader:
     def _to_device(self, item: Tensor) -> Tensor:
         if self.device.type == "cpu":
             return item
-        return item.to(self.device, non_blocking=self._pin)
+        with torch.inference_mode(False):  # an ordinary tensor (see _next_item)
+            return item.to(self.device, non_blocking=self._pin)
+
+    @staticmethod
+    def _next_item(items: Iterator[Tensor]) -> Any:
+        """The next decoded item (or ``_END``), made as an ordinary tensor.
+
+        Frames are ordinary tensors whatever the consumer's context: one read under
+        ``torch.inference_mode()`` would otherwise be an inference tensor (other dispatch
+        keys), and a compiled model fed both kinds compiles twice (measured: ~1 s lost per
+        process on CUDA). The prefetch thread is outside inference mode anyway.
+        """
+        with torch.inference_mode(False):
+            return next(items, _END)
 
     def __iter__(self) -> Iterator[Tensor]:
         if self._closed:
@@ -522,7 +535,8 @@ class VideoReader:
             )
         self._started = True
         if self.prefetch == 0:
-            for item in self._produce():
+            items = self._produce()
+            while (item := self._next_item(items)) is not _END:
                 yield self._to_device(item)
             return
         self._queue = queue.Queue(maxsize=self.prefetch)
