@@ -46,6 +46,7 @@ Examples:
     python scripts/bench_background.py --threads 2                 # full CPU run, several minutes
     python scripts/bench_background.py --sizes 640x480 --channels 3 --components 3 5
     python scripts/bench_background.py --skip-eager-above 1000000  # no eager run at 1080p
+    python scripts/bench_background.py --quick --cpu-streams 1 2 4  # + B streams per step on the CPU
 
 Prints a table and writes JSON (``--json``, default ``bench_out/bench_background.json``).
 Target: torchgmm / MOG2 <= 1.5 at 640x480 RGB K=3.
@@ -341,10 +342,11 @@ def _torch_step(model, frames_t):
 # ----------------------------------------------------------------------------------------
 # GPU section
 # ----------------------------------------------------------------------------------------
-def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, w: int = 3840) -> list[dict]:
+def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, w: int = 3840,
+              batches: list[int] | None = None) -> list[dict]:
     """Compiled model at 3840x2160 RGB K=3, B = 1, 4, 16 streams, frames already on the GPU.
 
-    (``device`` and the size are parameters only so that the code can be smoke-tested on a CPU.)
+    Also the CPU batch-of-streams section (``--cpu-streams``: ``device`` cpu, a smaller size).
     """
     cuda = device.type == "cuda"
     c, k = 3, 3
@@ -353,7 +355,7 @@ def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, 
     yy = torch.linspace(0, 1, h, device=device)[:, None]
     xx = torch.linspace(0, 1, w, device=device)[None, :]
     rows = []
-    for b in args.gpu_batches:
+    for b in batches or args.gpu_batches:
         row = dict(case=f"{w}x{h} C={c} K={k}", streams=b, method="torchgmm",
                    device=torch.cuda.get_device_name(device) if cuda else str(device))
         try:
@@ -394,7 +396,7 @@ def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, 
             torch.cuda.reset_peak_memory_stats(device)
         rows.append(row)
         msg = f"{row['fps_all_streams']:9.1f} frames/s" if "fps_all_streams" in row else row["error"]
-        print(f"  GPU {row['case']:20} B={b:<3} {msg}", flush=True)
+        print(f"  {'GPU' if cuda else 'CPU'} {row['case']:20} B={b:<3} {msg}", flush=True)
     return rows
 
 
@@ -492,6 +494,9 @@ def main() -> None:
                              "frame size then recompiles it with dynamic shapes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda: GPU section only)")
     parser.add_argument("--gpu-batches", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--cpu-streams", nargs="+", type=int, default=[],
+                        help="also time B streams per step on the CPU (first --sizes, RGB, K=3), e.g. 1 2 4: "
+                             "per-stream cost of batching")
     parser.add_argument("--gpu-frames", type=int, default=50, help="measured steps per GPU batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
@@ -514,6 +519,7 @@ def main() -> None:
     run_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
 
     rows: list[dict] = []
+    cpu_stream_rows: list[dict] = []
     gpu_rows: list[dict] = []
     gpu_note = None
     others = OtherLoad()
@@ -535,6 +541,9 @@ def main() -> None:
                             r["other_processes_cpus"] = busy
                         rows += case_rows
                     del video
+            if args.cpu_streams:
+                w, h = parse_size(args.sizes[0])
+                cpu_stream_rows = bench_gpu(args, cpu, h, w, batches=args.cpu_streams)
         if run_gpu:
             if torch.cuda.is_available():
                 gpu_rows = bench_gpu(args)
@@ -551,6 +560,10 @@ def main() -> None:
         print(f"CPU, {args.threads} threads (torch and OpenCV), {args.frames} measured frames after "
               f"{args.warmup} warm-up frames")
         print_table(rows)
+    if cpu_stream_rows:
+        print()
+        print(f"CPU, batches of streams ({args.threads} threads; frames/s counts every stream's frame)")
+        print_gpu_table(cpu_stream_rows)
     if gpu_rows:
         print()
         print(f"GPU: {torch.cuda.get_device_name()}")
@@ -580,7 +593,7 @@ def main() -> None:
     )
     target = dict(text=line, ratio=ratio, threshold=TARGET_RATIO,
                   passed=None if ratio is None else ratio <= TARGET_RATIO)
-    out.write_text(json.dumps(dict(meta=meta, target=target, cpu=rows, gpu=gpu_rows, gpu_note=gpu_note), indent=2))
+    out.write_text(json.dumps(dict(meta=meta, target=target, cpu=rows, cpu_streams=cpu_stream_rows, gpu=gpu_rows, gpu_note=gpu_note), indent=2))
     print(f"wrote {out}")
 
 

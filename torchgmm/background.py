@@ -67,6 +67,7 @@ __all__ = [
     "mog_learning_rate",
     "mog_update",
     "mog_foreground",
+    "component_major",
     "BackgroundSubtractorMOG",
     "retain_freed_memory",
 ]
@@ -246,7 +247,9 @@ def mog_update(
     Returns:
         ``(mask, weight, mean, variance)``: ``mask`` ``(B, 1, H, W)`` bool (True =
         foreground) and the new state, same shapes and dtypes as the inputs, computed in
-        float32 (float64 for a float64 state).
+        float32 (float64 for a float64 state), laid out component-major (see
+        :func:`component_major`; on the CPU pass B > 1 frames through it too, for one
+        fused loop).
 
     Example:
         >>> frame = torch.full((1, 1, 2, 2), 100, dtype=torch.uint8)
@@ -321,12 +324,53 @@ def mog_update(
     mask = ~background
 
     # One flat stack per buffer: a nested stack would make inductor write (B, C, H, W)
-    # temporaries and copy them, an extra pass over the means.
+    # temporaries and copy them, an extra pass over the means. Stacked component-major
+    # (see component_major).
     state_dtype = weight.dtype
-    new_weight = torch.stack(ws, dim=1).to(state_dtype)
-    new_mean = torch.stack([m for mu in mus for m in mu], dim=1).to(state_dtype).view(mean.shape)
-    new_variance = torch.stack([u for v in vs for u in v], dim=1).to(state_dtype).view(variance.shape)
+    new_weight = _from_planes(ws, weight.shape, state_dtype)
+    new_mean = _from_planes([m for mu in mus for m in mu], mean.shape, state_dtype)
+    new_variance = _from_planes([u for v in vs for u in v], variance.shape, state_dtype)
     return mask[:, None], new_weight, new_mean, new_variance
+
+
+def _from_planes(planes: list[Tensor], shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """K (or K*C) ``(B, H, W)`` planes -> one state tensor of ``shape``, component-major."""
+    b, *middle = shape[:-2]
+    stacked = torch.stack(planes).to(dtype)  # (K*C, B, H, W), contiguous
+    return stacked.view(*middle, b, *shape[-2:]).movedim(len(middle), 0)
+
+
+def component_major(state: Tensor) -> Tensor:
+    """``state`` ``(B, K, ..., H, W)`` laid out in memory as ``(K, ..., B, H, W)`` (same values).
+
+    The layout the update returns and the module keeps. For B > 1 each per-component
+    (per-channel) plane ``state[:, k, c]`` is then one contiguous run of B*H*W values, as
+    every temporary of the update is, so ``torch.compile`` fuses the step into one loop over
+    B*H*W. Batch-major state (``state[:, k]`` strided by K*H*W) gives it loops over (B, H*W)
+    and B*H*W that it cannot fuse: three passes with temporaries. Measured in one run
+    (640x480 RGB, K = 3, 2 CPU threads): B = 2 streams 86 -> 242 frames/s, B = 4 66 -> 232.
+    On CUDA (H200, 3840x2160) the layout is neutral: 2,509 vs 2,532 frames/s at B = 4.
+    For B = 1 both layouts are the same memory.
+
+    Args:
+        state: ``(B, K, H, W)`` or ``(B, K, C, H, W)`` (also frames ``(B, C, H, W)``), any dtype.
+
+    Returns:
+        The same values; ``state`` itself when already so laid out, else a copy.
+
+    Example:
+        >>> w = component_major(torch.zeros(4, 3, 2, 2))  # (B, K, H, W)
+        >>> w.shape, w.stride()
+        (torch.Size([4, 3, 2, 2]), (4, 16, 2, 1))
+    """
+    if _is_component_major(state):
+        return state
+    order = (*range(1, state.ndim - 2), 0, state.ndim - 2, state.ndim - 1)  # B just before H, W
+    return state.permute(order).contiguous().movedim(state.ndim - 3, 0)
+
+
+def _is_component_major(state: Tensor) -> bool:
+    return state.movedim(0, state.ndim - 3).is_contiguous()
 
 
 def _swap_where(swap: Tensor, first, second):  # noqa: ANN001, ANN202
@@ -552,10 +596,11 @@ class BackgroundSubtractorMOG(nn.Module):
 
     def _initialise(self, b: int, c: int, h: int, w: int) -> None:
         # Fresh state: no component has weight, so the first frame (rate 1) fills component 0.
+        # component-major, as the update returns it (see component_major)
         shapes = self._state_shapes(b, c, h, w)
-        self.weight = self.weight.new_zeros(shapes["weight"])
-        self.mean = self.weight.new_zeros(shapes["mean"])
-        self.variance = self.weight.new_full(shapes["variance"], self.init_var)
+        self.weight = component_major(self.weight.new_zeros(shapes["weight"]))
+        self.mean = component_major(self.weight.new_zeros(shapes["mean"]))
+        self.variance = component_major(self.weight.new_full(shapes["variance"], self.init_var))
         self.frames_seen = torch.zeros_like(self.frames_seen)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001, E501
@@ -572,8 +617,8 @@ class BackgroundSubtractorMOG(nn.Module):
                     f"covariance_type={self.covariance_type!r}): expected {expected}."
                 )
                 return
-            for name, shape in expected.items():
-                setattr(self, name, self.weight.new_empty(shape))
+            for name, shape in expected.items():  # copied into below, keeping the layout
+                setattr(self, name, component_major(self.weight.new_empty(shape)))
         elif all(isinstance(t, Tensor) and t.numel() == 0 for t in incoming.values()):
             for name in incoming:
                 setattr(self, name, self.weight.new_empty(0))
@@ -653,6 +698,12 @@ class BackgroundSubtractorMOG(nn.Module):
                 frames, self.weight, self.mean, self.variance,
                 background_ratio=self.background_ratio, match_sigma=self.match_sigma,
             )
+        if frames.device.type == "cpu":
+            # Channel-major frames for B > 1, like the state (see component_major): one cheap
+            # copy of the uint8 frames keeps the fused C++ update a single loop. Not on CUDA:
+            # Triton's kernel reads batch-major frames fastest (H200, 4K RGB K = 3, B = 4 and
+            # 16: 2,530 frames/s, channel-major 2,220).
+            frames = component_major(frames)
         explicit = learning_rate is not None
         base = self._scalar(float(learning_rate) if explicit else self.learning_rate)
         warmup = self.warmup and not explicit
