@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+import time
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from reference_background import reference_mog, reference_pixel_step
+import torchgmm.background as background_module
 from torchgmm.background import BackgroundSubtractorMOG, component_major
 
 RHO_MODES = ["inverse_weight", "constant", "paper"]
@@ -384,6 +388,69 @@ class TestCompiled:
                 eager = BackgroundSubtractorMOG(n_components=n_components, learning_rate=0.2, compile=False)
                 assert torch.equal(compiled.process(clip), eager.process(clip))
                 assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
+
+    def test_cpu_step_releases_the_gil(self, monkeypatch):
+        # A thread that wakes every 0.2 ms and needs the GIL for a moment (like a decoder's
+        # Python glue) must keep running while the model steps. Measured on 2 cores with
+        # 320x240 RGB K = 3: 0.90-0.93 of its idle rate with the C++ wrapper, 0.12-0.13 with
+        # Inductor's Python wrapper, which runs the fused kernel with the GIL held.
+        frames = torch.randint(0, 256, (1, 3, 240, 320), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        model = BackgroundSubtractorMOG(compile=True)
+
+        def ticks_per_second(work) -> float:
+            ticks, stop = 0, threading.Event()
+
+            def tick() -> None:
+                nonlocal ticks
+                while not stop.is_set():
+                    time.sleep(0.0002)
+                    ticks += 1
+
+            thread = threading.Thread(target=tick)
+            thread.start()
+            start = time.perf_counter()
+            work()
+            elapsed = time.perf_counter() - start
+            stop.set()
+            thread.join()
+            return ticks / elapsed
+
+        threads = torch.get_num_threads()
+        # One OpenMP thread leaves a core to the ticking thread; Inductor bakes the thread
+        # count into the kernel, so compile afresh (not a step cached by an earlier test).
+        torch.set_num_threads(1)
+        monkeypatch.setattr(background_module, "_compiled_steps", {})
+        try:
+            model(frames), model(frames)  # compile outside the measurement
+            idle = ticks_per_second(lambda: time.sleep(0.2))
+            busy = ticks_per_second(lambda: [model(frames) for _ in range(60)])
+        finally:
+            torch.set_num_threads(threads)
+        assert busy > 0.5 * idle, f"a GIL-needing thread ran at {busy / idle:.0%} of its idle rate beside the model"
+
+    def test_cpp_wrapper_failure_falls_back_to_the_python_wrapper(self, monkeypatch):
+        compiled_step = background_module._get_compiled_step
+        calls = []
+
+        def failing_cpp_wrapper(config, cpp_wrapper=False):  # noqa: ANN001, ANN202
+            calls.append(cpp_wrapper)
+            if cpp_wrapper:
+                raise RuntimeError("no C++ wrapper here")
+            return compiled_step(config, cpp_wrapper)
+
+        monkeypatch.setattr(background_module, "_get_compiled_step", failing_cpp_wrapper)
+        monkeypatch.setattr(background_module, "_cpp_wrapper_failures", set())
+        clip = torch.randint(0, 256, (4, 3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        compiled = BackgroundSubtractorMOG(n_components=2, learning_rate=0.2, compile=True)
+        eager = BackgroundSubtractorMOG(n_components=2, learning_rate=0.2, compile=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the Python wrapper is still compiled: nothing to warn about
+            assert torch.equal(compiled.process(clip), eager.process(clip))
+        assert calls == [True, False, False, False, False]  # tried once, then remembered
+        first = BackgroundSubtractorMOG(n_components=2, compile=True)(clip[:1])
+        assert torch.equal(first, BackgroundSubtractorMOG(n_components=2, compile=False)(clip[:1]))
+        assert calls[5:] == [False]  # remembered for every module with this configuration
+        assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
 
 # ----------------------------------------------------------------------------------------
 # OpenCV contrib bgsegm MOG
