@@ -19,6 +19,7 @@ from torchgmm.postprocess import (
     binary_dilation,
     binary_erosion,
     binary_opening,
+    connected_component_labels,
     median_filter_mask,
     remove_small_blobs,
 )
@@ -215,28 +216,31 @@ class TestPostprocess:
         assert bool(out[0, 0, 3, 3]) and not bool(out[0, 0, 1, 1])  # corner of the square: 4/9
         assert out.dtype == torch.bool and out.shape == m.shape
 
-    @pytest.mark.parametrize("k", [3, 5])
+    @pytest.mark.parametrize("k", [3, 5, 7, 17])  # 17: window counts above 255
     def test_median_matches_opencv_including_borders(self, k):
         cv2 = pytest.importorskip("cv2")
         g = torch.Generator().manual_seed(k)
         m = torch.rand(2, 1, 20, 25, generator=g) > 0.5
         m[0, 0, :6, :6] = True  # an object in the corner keeps its corner pixel
+        m[1, 0, :, :13] = True  # more than half of a 17x17 window, counted exactly
         got = median_filter_mask(m, k)
-        assert bool(got[0, 0, 0, 0])
+        assert bool(got[0, 0, 0, 0]) or k > 7
         for b in range(2):
             ref = cv2.medianBlur(m[b, 0].numpy().astype(np.uint8) * 255, k) > 127
             assert np.array_equal(got[b, 0].numpy(), ref)
 
-    def test_opening_matches_opencv(self):
+    @pytest.mark.parametrize("size", [3, 5])
+    def test_opening_matches_opencv(self, size):
         cv2 = pytest.importorskip("cv2")
         g = torch.Generator().manual_seed(1)
-        m = torch.rand(2, 1, 20, 25, generator=g) > 0.4
-        got = binary_opening(m, 3)
-        k = np.ones((3, 3), np.uint8)
+        m = torch.rand(2, 1, 20, 25, generator=g) > (0.4 if size == 3 else 0.2)
+        got = binary_opening(m, size)
+        assert got.any() and (got != m).any()
+        k = np.ones((size, size), np.uint8)
         for b in range(2):
             ref = cv2.morphologyEx(m[b, 0].numpy().astype(np.uint8), cv2.MORPH_OPEN, k)
             assert np.array_equal(got[b, 0].numpy(), ref.astype(bool))
-        assert torch.equal(binary_dilation(binary_erosion(m)), got)
+        assert torch.equal(binary_dilation(binary_erosion(m, size), size), got)
 
     def test_remove_small_blobs_matches_opencv(self):
         cv2 = pytest.importorskip("cv2")
@@ -247,6 +251,57 @@ class TestPostprocess:
             n, lab, stats, _ = cv2.connectedComponentsWithStats(m[b, 0].numpy().astype(np.uint8), connectivity=8)
             keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 6]
             assert np.array_equal(got[b, 0].numpy(), np.isin(lab, keep))
+
+    @staticmethod
+    def snakes(h: int, w: int) -> list[np.ndarray]:
+        """Masks whose components have long paths: the case plain max propagation is slow on."""
+        def serpentine(h: int, w: int) -> np.ndarray:  # one path of about h * w / 2 pixels
+            m = np.zeros((h, w), bool)
+            m[::2] = True
+            m[1::4, -1] = m[3::4, 0] = True
+            return m
+
+        zigzag = np.zeros((h, w), bool)  # anti-diagonal stripes, 8-connected only
+        yy, xx = np.mgrid[:h, :w]
+        zigzag[(xx + yy) % 4 == 0] = True
+        zigzag[0, 1::8] = zigzag[0, 2::8] = zigzag[0, 3::8] = True  # join stripes in pairs
+        walk = np.zeros((h, w), bool)  # a random 8-connected walk: one component
+        rng = np.random.default_rng(5)
+        y, x = h // 2, w // 2
+        for dy, dx in rng.integers(-1, 2, size=(4 * h * w, 2)):
+            y, x = min(max(y + dy, 0), h - 1), min(max(x + dx, 0), w - 1)
+            walk[y, x] = True
+        return [serpentine(h, w), serpentine(w, h).T.copy(), zigzag, walk, rng.random((h, w)) > 0.5]
+
+    def test_component_labels_on_snakes(self, device):
+        h, w = 96, 128
+        masks = self.snakes(h, w)
+        batch = torch.from_numpy(np.stack(masks)[:, None]).to(device)
+        labels = connected_component_labels(batch).cpu().numpy()[:, 0]
+        index = np.arange(1, h * w + 1).reshape(h, w)
+        # closed forms: the serpentines and the walk are one component each, named by their
+        # largest flat index + 1
+        for b in (0, 1, 3):
+            assert set(np.unique(labels[b][masks[b]])) == {index[masks[b]].max()}
+        for b, m in enumerate(masks):
+            assert np.all(labels[b][~m] == 0)
+            cv2 = pytest.importorskip("cv2")
+            n, ref = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+            pairs = set(zip(labels[b][m].tolist(), ref[m].tolist()))
+            assert len(pairs) == n - 1 == len({label for label, _ in pairs}), f"mask {b}: partition differs"
+            for label, component in pairs:  # each component named by its largest index + 1
+                assert label == index[ref == component].max()
+
+    def test_remove_small_blobs_on_a_long_snake(self, device):
+        # one component of 28,800 pixels along a path of ~14,000: plain max propagation
+        # needed a host sync and a pooling pass per step of that path
+        h, w = 240, 240
+        serpentine = torch.zeros(1, 1, h, w, dtype=torch.bool, device=device)
+        serpentine[0, 0, ::2] = True
+        serpentine[0, 0, 1::4, -1] = serpentine[0, 0, 3::4, 0] = True
+        area = int(serpentine.sum())
+        assert torch.equal(remove_small_blobs(serpentine, area), serpentine)
+        assert not remove_small_blobs(serpentine, area + 1).any()
 
     def test_errors(self):
         with pytest.raises(TypeError, match="bool"):
