@@ -122,6 +122,24 @@ def test_preset_with_override_reaches_the_model(clip, tmp_path):
     assert torch.equal(read_masks(out / "street" / "mask"), reference)
 
 
+def test_postprocess_options_reach_the_masks(clip, tmp_path):
+    from torchgmm.background import BackgroundSubtractorMOG
+    from torchgmm.pipelines import apply_postprocess
+
+    out = tmp_path / "out"
+    argv = ["background", str(clip["path"]), "--out", str(out), "--mask-format", "png",
+            "--median", "5", "--min-area", "30", *FAST]
+    assert main(argv) == 0
+    summary = json.loads((out / "street" / "summary.json").read_text())
+    assert summary["postprocess"] == {"median": 5, "opening": 0, "min_area": 30}
+    with VideoReader(clip["path"], batch_size=T) as reader:
+        (frames,) = list(reader)
+    raw = BackgroundSubtractorMOG(compile=False).process(frames)
+    cleaned = apply_postprocess(raw, median=5, min_area=30)
+    assert not torch.equal(cleaned, raw)
+    assert torch.equal(read_masks(out / "street" / "mask"), cleaned)
+
+
 def test_two_inputs_batched_equal_alone(clip, cli_run, tmp_path):
     other = write_video(tmp_path / "other.mkv", synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=8)[0])
     out = tmp_path / "out"
@@ -236,6 +254,8 @@ def test_bad_arguments_exit_2(clip, tmp_path, capsys):
     assert main([*argv, "--learning-rate", "1.5"]) == 2
     assert "learning_rate" in capsys.readouterr().err
     assert main([*argv, "--device", "tpu"]) == 2
+    assert main([*argv, "--median", "4"]) == 2
+    assert "`median` must be 0 (off) or an odd window size" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main([*argv, "--mask-format", "gif"])
     assert info.value.code == 2

@@ -170,6 +170,25 @@ class TestRunBackground:
         assert torch.equal(read_masks(tmp_path / "a" / "mask"), reference["masks"])
         assert torch.equal(read_masks(tmp_path / "b" / "mask"), eager_masks(clips["frames_b"]))
 
+    def test_postprocessed_masks_resume_alike(self, clips, reference, tmp_path):
+        post = dict(median=3, opening=3, min_area=12)
+        kwargs = dict(mask_format="png", checkpoint_every=10, postprocess=post)
+        run([clips["a"]], tmp_path, stop_after=23, **kwargs)
+        (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
+        assert s["resumed_from"] == 23 and s["complete"] and s["postprocess"] == post
+        masks = read_masks(tmp_path / "a" / "mask")
+        # the model learns as without post-processing; only what is written is cleaned
+        expected = pipelines.apply_postprocess(reference["masks"], **post)
+        assert torch.equal(masks, expected)
+        assert not torch.equal(expected, reference["masks"])  # the clean-up did something
+        learned = decode_image_file(tmp_path / "a" / "background.png")
+        assert torch.equal(learned, decode_image_file(Path(reference["summary"]["output"]) / "background.png"))
+        with pytest.raises(ValueError, match=r"post-processing \{'median': 3"):
+            run([clips["a"]], tmp_path, resume=True, **{**kwargs, "postprocess": dict(median=5)})
+        with pytest.raises(ValueError, match="median"):
+            run([clips["a"]], tmp_path / "bad", postprocess=dict(median=4))
+        assert not (tmp_path / "bad").exists()
+
     def test_resume_with_other_settings_refused(self, clips, tmp_path):
         run([clips["b"]], tmp_path, stop_after=5, checkpoint_every=5)
         with pytest.raises(ValueError, match=r"checkpoint.*settings"):

@@ -114,6 +114,19 @@ def _model_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _add_postprocess_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--median", type=int, default=0, metavar="K", help="post-process: median filter window (0 = off)")
+    p.add_argument("--opening", type=int, default=0, metavar="K", help="post-process: opening window (0 = off)")
+    p.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
+                   help="post-process: drop blobs smaller than this (0 = off)")
+
+
+def _postprocess_settings(args: argparse.Namespace) -> dict | None:
+    """Keyword arguments of ``apply_postprocess``, or None when every step is off."""
+    post = dict(median=args.median, opening=args.opening, min_area=args.min_area)
+    return post if any(post.values()) else None
+
+
 def _leave_a_core_for_decoding(device: str) -> None:
     """On the CPU, let PyTorch use one core fewer than there are, unless OMP_NUM_THREADS says
     otherwise: the video decoding thread needs one, and PyTorch's OpenMP workers stall when it
@@ -148,6 +161,7 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-format", choices=["mp4", "mkv", "png"], default="mp4",
                    help="lossless H.264 RGB .mp4 (default), FFV1 .mkv, or a PNG sequence")
     p.add_argument("--overlay", action="store_true", help="also write the frames with the foreground tinted red")
+    _add_postprocess_options(p)
     p.add_argument("--checkpoint", type=int, default=0, metavar="N",
                    help="save the model state every N frames and when interrupted, to --resume from "
                    "(a killed process can resume from PNG masks only: a video is finalised on errors "
@@ -171,7 +185,8 @@ def _run_background(args: argparse.Namespace) -> int:
             learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
             model_options=settings, device=args.device, batch_streams=args.batch_streams,
             mask_format=args.mask_format, overlay=args.overlay, checkpoint_every=args.checkpoint,
-            resume=args.resume, gray=args.gray, progress=not args.no_progress, raise_errors=False,
+            resume=args.resume, gray=args.gray, postprocess=_postprocess_settings(args),
+            progress=not args.no_progress, raise_errors=False,
         )
     except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:  # before any work
         print(f"error: {exc}", file=sys.stderr)
@@ -204,10 +219,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="method to score (repeatable; default torchgmm; the OpenCV methods need "
                    "opencv-contrib-python-headless)")
     _add_model_options(p)
-    p.add_argument("--median", type=int, default=0, metavar="K", help="post-process: median filter window (0 = off)")
-    p.add_argument("--opening", type=int, default=0, metavar="K", help="post-process: opening window (0 = off)")
-    p.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
-                   help="post-process: drop blobs smaller than this (0 = off)")
+    _add_postprocess_options(p)
     p.add_argument("--out", default=None, help="write results.json and results.csv into this folder")
     p.set_defaults(run=_run_evaluate)
 
@@ -218,7 +230,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from torchgmm.pipelines import evaluate_dataset, format_table, method_factories
 
     settings = _model_settings(args)
-    post = dict(median=args.median, opening=args.opening, min_area=args.min_area)
+    post = _postprocess_settings(args)
     retain_freed_memory()
     _leave_a_core_for_decoding(args.device)
     try:
@@ -229,7 +241,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
         rows = evaluate_dataset(
             args.root, methods=methods, device=args.device, gray=args.gray, out_dir=args.out,
-            postprocess=post if any(post.values()) else None, progress=not args.no_progress,
+            postprocess=post, progress=not args.no_progress,
         )
     except VideoDecodeError as exc:  # part-way
         print(f"error: {exc}", file=sys.stderr)

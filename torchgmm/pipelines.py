@@ -178,7 +178,7 @@ def _state_settings(settings: dict) -> str:
     return _settings_json({k: v for k, v in settings.items() if k != "compile"})
 
 
-def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool) -> tuple[int, dict]:
+def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postprocess: dict) -> tuple[int, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         frames_done, state = int(ckpt["frames_done"]), ckpt["state"]
@@ -190,6 +190,11 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool) -> tuple
             f"this run has {_state_settings(settings)} (gray={gray}). Resume with the same settings, or run "
             "without resuming to start over."
         )
+    if ckpt.get("postprocess", {}) != postprocess:  # the written masks must continue alike
+        raise ValueError(
+            f"checkpoint {str(path)!r} was made with post-processing {ckpt.get('postprocess', {})}; this run "
+            f"has {postprocess}. Resume with the same post-processing, or run without resuming to start over."
+        )
     if tuple(ckpt.get("size", ())) != (job.height, job.width) or int(state["frames_seen"]) != frames_done:
         raise ValueError(
             f"checkpoint {str(path)!r} does not belong to {str(job.path)!r} ({job.width}x{job.height}); "
@@ -198,12 +203,14 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool) -> tuple
     return frames_done, state
 
 
-def _save_checkpoint(path: Path, state: dict, frames_done: int, settings: dict, job: _Job, gray: bool) -> None:
+def _save_checkpoint(
+    path: Path, state: dict, frames_done: int, settings: dict, job: _Job, gray: bool, postprocess: dict
+) -> None:
     buffer = io.BytesIO()
     torch.save(
         dict(
             format=_CHECKPOINT_FORMAT, frames_done=frames_done, state=state, settings=_state_settings(settings),
-            gray=gray, size=[job.height, job.width], input=str(job.path),
+            gray=gray, size=[job.height, job.width], input=str(job.path), postprocess=postprocess,
         ),
         buffer,
     )
@@ -313,6 +320,7 @@ def run_background(
     resume: bool = False,
     gray: bool = False,
     model_options: dict | None = None,
+    postprocess: dict | None = None,
     progress: bool = True,
     raise_errors: bool = True,
     stop_after: int | None = None,
@@ -355,6 +363,9 @@ def run_background(
         gray: model grey frames (C = 1) instead of RGB.
         model_options: further keyword arguments of :class:`BackgroundSubtractorMOG`
             (e.g. ``compile=False``, ``rho="paper"``).
+        postprocess: keyword arguments of :func:`apply_postprocess` (e.g. ``{"median": 5,
+            "min_area": 50}``): the masks and the overlay are cleaned before writing; the
+            model learns from the frames as without it. Off by default.
         progress: show a progress bar (frames/s) per batch of streams on stderr.
         raise_errors: when an input fails part-way, raise its error once every other input
             is done; False returns instead, with the error in that input's summary.
@@ -396,6 +407,8 @@ def run_background(
         **(model_options or {}),
     )
     BackgroundSubtractorMOG(**settings)  # validate the settings before any work
+    postprocess = dict(postprocess or {})
+    _check_postprocess(**postprocess)
     out_dir = Path(out_dir)
 
     # Open (and so validate) every input, and read every checkpoint, before any work.
@@ -413,7 +426,7 @@ def run_background(
         job.out = out_dir / name
         checkpoint = job.out / _CHECKPOINT
         if resume and checkpoint.exists():
-            job.start, job.state = _read_checkpoint(checkpoint, settings, job, gray)
+            job.start, job.state = _read_checkpoint(checkpoint, settings, job, gray, postprocess)
             for kind, wanted in (("mask", True), ("overlay", overlay)):
                 previous = job.out / (kind + ("" if mask_format == "png" else f".{mask_format}"))
                 if wanted and job.start and not (previous.exists() or _previous_path(previous).exists()):
@@ -435,7 +448,8 @@ def run_background(
     for batch in batches:
         for job, summary, error in _run_batch(
             batch, device=device, settings=settings, mask_format=mask_format, overlay=overlay,
-            checkpoint_every=checkpoint_every, gray=gray, progress=progress, tqdm=tqdm, stop_after=stop_after,
+            checkpoint_every=checkpoint_every, gray=gray, postprocess=postprocess, progress=progress, tqdm=tqdm,
+            stop_after=stop_after,
         ):
             summaries[job.out] = summary
             if error is not None:
@@ -449,7 +463,7 @@ def run_background(
 
 def _run_batch(
     jobs: list[_Job], *, device: torch.device, settings: dict, mask_format: str, overlay: bool,
-    checkpoint_every: int, gray: bool, progress: bool, tqdm: Callable, stop_after: int | None,
+    checkpoint_every: int, gray: bool, postprocess: dict, progress: bool, tqdm: Callable, stop_after: int | None,
 ) -> list[tuple[_Job, dict, BaseException | None]]:
     """Process same-size inputs as one batch of streams; one (job, summary, error) per input."""
     start = jobs[0].start
@@ -489,7 +503,8 @@ def _run_batch(
         if model.is_initialized:
             write_png(job.out / "background.png", model.background_image()[position].cpu())
         if checkpoint_every and consistent and stream.done > start and close_error is None:
-            _save_checkpoint(job.out / _CHECKPOINT, _stream_state(model, position), stream.done, settings, job, gray)
+            _save_checkpoint(job.out / _CHECKPOINT, _stream_state(model, position), stream.done, settings, job, gray,
+                             postprocess)
         message = "interrupted" if isinstance(error, KeyboardInterrupt) else (None if error is None else str(error))
         summary = dict(
             input=str(job.path), output=str(job.out), frames=stream.done, resumed_from=start,
@@ -498,6 +513,7 @@ def _run_batch(
             fps=round((stream.done - start) / elapsed, 2) if elapsed > 0 else None,
             seconds=round(elapsed, 3), size=[job.height, job.width], source_fps=job.fps, device=str(device),
             batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
+            postprocess=postprocess or None,
             mask=str(stream.mask.path), overlay=None if stream.overlay is None else str(stream.overlay.path),
             background=str(job.out / "background.png") if model.is_initialized else None,
         )
@@ -561,6 +577,8 @@ def _run_batch(
                 due = checkpoint_every and (frames_done + 1) % checkpoint_every == 0 and model.is_initialized
                 before = [_stream_state(model, i) for i in range(len(active))] if due else None
                 masks = model(batch)  # (B, 1, H, W) bool
+                if postprocess:
+                    masks = apply_postprocess(masks, **postprocess)
                 tinted = _overlay(batch, masks) if overlay else None
                 for i, stream in enumerate(active):
                     stream.mask.write(masks[i])
@@ -574,7 +592,7 @@ def _run_batch(
                 if before is not None:
                     for i, stream in enumerate(active):
                         _save_checkpoint(stream.job.out / _CHECKPOINT, before[i], frames_done - 1,
-                                         settings, stream.job, gray)
+                                         settings, stream.job, gray, postprocess)
     except BaseException as exc:  # outputs are closed by now; summarise, then re-raise
         interrupt = exc
         raise
