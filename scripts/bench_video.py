@@ -74,15 +74,29 @@ class RunningAverage(torch.nn.Module):
     process = forward  # frames of one stream, like BackgroundSubtractorMOG.process
 
 
-def load_model(device: torch.device, name: str = "mog"):
+class _EveryConfiguration:
+    """Stands in for ``torchgmm.background._cpp_wrapper_failures``: every configuration has
+    'failed', so the CPU step is compiled with Inductor's Python wrapper (``--python-wrapper``)."""
+
+    def __contains__(self, config: object) -> bool:
+        return True
+
+    def add(self, config: object) -> None:
+        pass
+
+
+def load_model(device: torch.device, name: str = "mog", n_components: int = 3, python_wrapper: bool = False):
     """A factory building a fresh model (state is per clip), or None and the reason."""
     if name == "running-average":
         return (lambda: RunningAverage().to(device)), None
     try:
+        from torchgmm import background
         from torchgmm.background import BackgroundSubtractorMOG
     except Exception as exc:  # the model may not exist yet in this checkout
         return None, f"{type(exc).__name__}: {exc}"
-    return (lambda: BackgroundSubtractorMOG(n_components=3, learning_rate=0.005).to(device)), None
+    if python_wrapper and hasattr(background, "_cpp_wrapper_failures"):
+        background._cpp_wrapper_failures = _EveryConfiguration()
+    return (lambda: BackgroundSubtractorMOG(n_components=n_components, learning_rate=0.005).to(device)), None
 
 
 def time_decode(path: Path, args, max_frames: int) -> tuple[float, int]:
@@ -148,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", choices=["mog", "running-average"], default="mog",
                    help="BackgroundSubtractorMOG, or a cheap stand-in to check decode/compute overlap")
+    p.add_argument("--components", type=int, default=3, metavar="K", help="Gaussians per pixel (default 3)")
+    p.add_argument("--python-wrapper", action="store_true",
+                   help="compile the CPU step with Inductor's Python wrapper, which holds the GIL during "
+                        "the kernel (the default C++ wrapper releases it): to measure what that costs")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the model; default on CPU: cores - 1 (one core is left "
                         "to the decoding thread: OpenMP workers competing with it for cores stall badly)")
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     retain_freed_memory()  # as the torchgmm command does
 
-    model, why = load_model(args.device, args.model)
+    model, why = load_model(args.device, args.model, args.components, args.python_wrapper)
     if model is None:
         print(f"[bench_video] torchgmm.background.BackgroundSubtractorMOG is not importable ({why}); "
               "measuring decoding only.")
@@ -206,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
         machine=platform.machine(), cpu_count=os.cpu_count(),
         load_average_after=os.getloadavg() if hasattr(os, "getloadavg") else None, model=None if model is None else (
-            "BackgroundSubtractorMOG(n_components=3, learning_rate=0.005)" if args.model == "mog" else args.model),
+            f"BackgroundSubtractorMOG(n_components={args.components}, learning_rate=0.005)"
+            if args.model == "mog" else args.model),
+        inductor_wrapper="python" if args.python_wrapper else "c++ (CPU)",
         model_unavailable=why, rows=rows,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
