@@ -615,6 +615,23 @@ class TestModule:
         spherical(torch.zeros(1, 1, 5, 7, dtype=torch.uint8))
         assert spherical.variance.shape == (1, 2, 5, 7)
 
+    def test_settings_changed_between_frames_take_effect(self, device):
+        # The module caches its settings as tensors; a changed attribute must reach the update.
+        clip = torch.from_numpy(random_sequence(4, 3, n_frames=24, height=9, width=8)).to(device)
+        changed = BackgroundSubtractorMOG(learning_rate=0.1, compile=False).to(device)
+        changed.process(clip[:12])
+        fresh = BackgroundSubtractorMOG(learning_rate=0.1, background_ratio=0.95, match_sigma=1.5,
+                                        min_var=4.0, compile=False).to(device)
+        fresh(clip[:1])  # shape the state, then take the other model's
+        fresh.load_state_dict(changed.state_dict())
+        changed.background_ratio, changed.match_sigma, changed.min_var = 0.95, 1.5, 4.0
+        masks_changed, masks_fresh = changed.process(clip[12:]), fresh.process(clip[12:])
+        assert torch.equal(masks_changed, masks_fresh)
+        assert torch.equal(changed.variance, fresh.variance)
+        unchanged = BackgroundSubtractorMOG(learning_rate=0.1, compile=False).to(device)
+        unchanged.process(clip[:12])
+        assert not torch.equal(unchanged.process(clip[12:]), masks_fresh)  # the settings matter here
+
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_batch_equals_streams_alone(self, device, covariance_type):
         streams = [torch.from_numpy(random_sequence(20 + s, 3, n_frames=30, height=7, width=6)) for s in range(3)]
