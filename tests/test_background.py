@@ -457,6 +457,23 @@ class TestCompiled:
         assert calls[5:] == [False]  # remembered for every module with this configuration
         assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
 
+    def test_both_wrappers_failing_names_both_errors(self, monkeypatch):
+        def failing(config, cpp_wrapper=False):  # noqa: ANN001, ANN202
+            def step(*args):  # noqa: ANN002, ANN202
+                raise RuntimeError("C++ wrapper broken" if cpp_wrapper else "Python wrapper broken")
+            return step
+
+        monkeypatch.setattr(background_module, "_get_compiled_step", failing)
+        monkeypatch.setattr(background_module, "_cpp_wrapper_failures", set())
+        clip = torch.randint(0, 256, (3, 1, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+        with pytest.raises(RuntimeError, match="Python wrapper broken") as info:
+            BackgroundSubtractorMOG(compile=True)(clip[:1])
+        assert any("C++ wrapper broken" in note for note in getattr(info.value, "__notes__", []))
+        fallback = BackgroundSubtractorMOG()  # compile=None: warns, runs eagerly, same masks
+        with pytest.warns(RuntimeWarning, match="running eagerly"):
+            masks = fallback.process(clip)
+        assert torch.equal(masks, BackgroundSubtractorMOG(compile=False).process(clip))
+
 # ----------------------------------------------------------------------------------------
 # OpenCV contrib bgsegm MOG
 # ----------------------------------------------------------------------------------------

@@ -303,6 +303,14 @@ class TestPostprocess:
         assert torch.equal(remove_small_blobs(serpentine, area), serpentine)
         assert not remove_small_blobs(serpentine, area + 1).any()
 
+    @pytest.mark.parametrize("shape", [(2, 1, 0, 5), (1, 1, 4, 0), (0, 1, 3, 3)])
+    def test_empty_masks(self, shape):
+        m = torch.zeros(shape, dtype=torch.bool)
+        for op in (median_filter_mask, binary_erosion, binary_dilation, binary_opening):
+            assert op(m, 5).shape == shape
+        assert remove_small_blobs(m, 5).shape == shape
+        assert connected_component_labels(m).shape == shape
+
     def test_errors(self):
         with pytest.raises(TypeError, match="bool"):
             binary_opening(torch.zeros(1, 1, 4, 4))

@@ -185,8 +185,21 @@ class TestRunBackground:
         assert torch.equal(learned, decode_image_file(Path(reference["summary"]["output"]) / "background.png"))
         with pytest.raises(ValueError, match=r"post-processing \{'median': 3"):
             run([clips["a"]], tmp_path, resume=True, **{**kwargs, "postprocess": dict(median=5)})
-        with pytest.raises(ValueError, match="median"):
-            run([clips["a"]], tmp_path / "bad", postprocess=dict(median=4))
+        # steps that change nothing (0 or 1) do not count: the same clean-up resumes
+        run([clips["b"]], tmp_path / "m", stop_after=5, checkpoint_every=5, postprocess=dict(median=3))
+        (s,) = run([clips["b"]], tmp_path / "m", resume=True, checkpoint_every=5,
+                   postprocess=dict(min_area=1, opening=0, median=3))
+        assert s["resumed_from"] == 5 and s["postprocess"] == {"median": 3}
+        run([clips["b"]], tmp_path / "off", stop_after=5, checkpoint_every=5, postprocess=dict(median=1, opening=0))
+        (s,) = run([clips["b"]], tmp_path / "off", resume=True, checkpoint_every=5)
+        assert s["resumed_from"] == 5 and s["postprocess"] is None
+        for bad, error, match in [
+            (dict(median=4), ValueError, "median"),
+            (dict(medain=3), ValueError, r"takes the keys \('median', 'opening', 'min_area'\); unknown: \['medain'\]"),
+            ("median", TypeError, "must be a dict"),
+        ]:
+            with pytest.raises(error, match=match):
+                run([clips["a"]], tmp_path / "bad", postprocess=bad)
         assert not (tmp_path / "bad").exists()
 
     def test_resume_with_other_settings_refused(self, clips, tmp_path):

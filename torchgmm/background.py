@@ -59,7 +59,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from torchgmm._checks import ShapeError, check_choice, check_finite, check_positive_int, check_tensor
+from torchgmm._checks import (
+    ShapeError,
+    add_note,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_tensor,
+)
 
 __all__ = [
     "RhoMode",
@@ -738,14 +745,19 @@ class BackgroundSubtractorMOG(nn.Module):
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
             return _mog_step(*args)
+        cpp_error: Exception | None = None
         try:
             if config[2] == "cpu" and config not in _cpp_wrapper_failures:
                 try:
                     return _get_compiled_step(config, cpp_wrapper=True)(*args)
-                except Exception:  # noqa: BLE001 - the C++ wrapper only adds decode overlap
+                except Exception as exc:  # noqa: BLE001 - the C++ wrapper only adds decode overlap
                     _cpp_wrapper_failures.add(config)
+                    cpp_error = exc
             return _get_compiled_step(config)(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure
+            if cpp_error is not None:
+                add_note(exc, f"compiling with Inductor's C++ wrapper failed first: {type(cpp_error).__name__}: "
+                              f"{cpp_error}")
             if self.use_compile:
                 raise
             self._compile_failed = True

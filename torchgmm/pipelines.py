@@ -104,6 +104,23 @@ def apply_postprocess(masks: Tensor, *, median: int = 0, opening: int = 0, min_a
     return masks
 
 
+_POSTPROCESS_STEPS = ("median", "opening", "min_area")
+
+
+def _normalise_postprocess(postprocess: Any) -> dict:
+    """Checked post-processing settings, keeping only the steps that change a mask (a window
+    or area of 0 or 1 does not), so that equal clean-ups compare equal on resume."""
+    if postprocess is None:
+        return {}
+    if not isinstance(postprocess, dict):
+        raise TypeError(f"`postprocess` must be a dict with keys {_POSTPROCESS_STEPS}, got {postprocess!r}.")
+    unknown = sorted(set(postprocess) - set(_POSTPROCESS_STEPS), key=str)
+    if unknown:
+        raise ValueError(f"`postprocess` takes the keys {_POSTPROCESS_STEPS}; unknown: {unknown}.")
+    _check_postprocess(**postprocess)
+    return {step: postprocess[step] for step in _POSTPROCESS_STEPS if postprocess.get(step, 0) > 1}
+
+
 def _check_postprocess(*, median: int = 0, opening: int = 0, min_area: int = 0) -> None:
     """Post-processing settings are valid (named errors, before any work)."""
     for name, value in (("median", median), ("opening", opening)):
@@ -365,7 +382,9 @@ def run_background(
             (e.g. ``compile=False``, ``rho="paper"``).
         postprocess: keyword arguments of :func:`apply_postprocess` (e.g. ``{"median": 5,
             "min_area": 50}``): the masks and the overlay are cleaned before writing; the
-            model learns from the frames as without it. Off by default.
+            model learns from the frames as without it. Off by default. The steps that are
+            on (window or area > 1) go into ``summary.json`` and the checkpoint, and a
+            resume must have the same ones.
         progress: show a progress bar (frames/s) per batch of streams on stderr.
         raise_errors: when an input fails part-way, raise its error once every other input
             is done; False returns instead, with the error in that input's summary.
@@ -407,8 +426,7 @@ def run_background(
         **(model_options or {}),
     )
     BackgroundSubtractorMOG(**settings)  # validate the settings before any work
-    postprocess = dict(postprocess or {})
-    _check_postprocess(**postprocess)
+    postprocess = _normalise_postprocess(postprocess)
     out_dir = Path(out_dir)
 
     # Open (and so validate) every input, and read every checkpoint, before any work.
@@ -743,8 +761,7 @@ def evaluate_dataset(
 
     device = resolve_device(device)
     sequences = find_cdnet_sequences(root)
-    if postprocess:
-        _check_postprocess(**postprocess)
+    _normalise_postprocess(postprocess)  # checked before any work; applied as given
     for seq in sequences:
         _check_sequence(seq)
     rows = []

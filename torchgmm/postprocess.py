@@ -101,6 +101,8 @@ def median_filter_mask(mask: Tensor, kernel_size: int = 5) -> Tensor:
     """
     _check_mask(mask)
     k = _check_kernel(kernel_size)
+    if mask.numel() == 0:  # H or W = 0: nothing to index the border from
+        return mask.clone()
     return _window_count(mask, k) > (k * k) // 2
 
 
