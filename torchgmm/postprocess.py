@@ -200,16 +200,16 @@ def remove_small_blobs(mask: Tensor, min_area: int, *, check_every: int = 1) -> 
 
     Components are labelled by max-label hooking with pointer jumping (a variant of the
     data-parallel connected-components scheme of Shiloach and Vishkin): every foreground
-    pixel starts with a unique label, its flat index + 1, which always names a pixel of its
-    own component.
-    Each iteration (1) takes the best label in the 3x3 neighbourhood, (2) *hooks*: raises the
-    label of the pixel that each pixel's label names (its root) to that neighbour label, so
-    a whole labelled region joins its neighbour at once, and (3) *jumps*: replaces each label
-    by the label of the pixel it names, a few times. At the fixed point every pixel holds its
-    component's largest index. Plain max propagation needs as many iterations as the longest
-    path inside a component (thousands for a snake-like mask); this converged in 4-6 on
-    640x480 masks: noise, blobs, serpentines, spirals, diagonal zig-zags. Areas are then
-    counted per label with ``scatter_add``.
+    pixel starts with a unique label, its rank among the foreground pixels, which always
+    names a pixel of its own component. Each iteration (1) takes the best label in the 3x3
+    neighbourhood, (2) *hooks*: raises the label of the pixel that each pixel's label names
+    (its root) to that neighbour label, so a whole labelled region joins its neighbour at
+    once, and (3) *jumps*: replaces each label by the label of the pixel it names, a few
+    times. At the fixed point every pixel holds its component's last pixel. Plain max
+    propagation needs as many iterations as the longest path inside a component (thousands
+    for a snake-like mask); this converged in 4-6 on 640x480 masks (noise, blobs,
+    serpentines, spirals, diagonal zig-zags); the worst shape found, a Hilbert curve, needs
+    about log2 of its side (12 at 2048x2048). Areas are then counted per label.
 
     Args:
         mask: foreground masks.
@@ -239,13 +239,11 @@ def remove_small_blobs(mask: Tensor, min_area: int, *, check_every: int = 1) -> 
     check_positive_int(check_every, "check_every")
     if min_area <= 1 or mask.numel() == 0:
         return mask
-    labels = connected_component_labels(mask, check_every=check_every)
-    b, _, h, w = mask.shape
-    flat = labels.view(b, h * w)  # 0 = background, else 1..H*W
-    area = torch.zeros(b, h * w + 1, dtype=torch.int64, device=mask.device)
-    area.scatter_add_(1, flat, torch.ones_like(flat))
-    keep = torch.gather(area, 1, flat) >= min_area
-    return (keep & (flat > 0)).view(b, 1, h, w)
+    pixels, labels = _label_foreground(mask, check_every=check_every, jumps=4)
+    area = torch.bincount(labels, minlength=pixels.numel())  # pixels per root
+    keep = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    keep[pixels] = area[labels] >= min_area
+    return keep.view(mask.shape)
 
 
 def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int = 4) -> Tensor:
@@ -281,25 +279,42 @@ def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int
     check_positive_int(check_every, "check_every")
     check_positive_int(jumps, "jumps")
     b, _, h, w = mask.shape
-    # float32 holds the labels (integers up to H*W) exactly below 2**24 pixels
-    # float32 holds the labels (integers up to H*W) exactly below 2**24 pixels, and moves
-    # half the bytes of int64 (whole labelling 1.6x faster, 8 x 640x480, 2 threads)
-    dtype = torch.float32 if h * w < 2**24 else torch.float64
-    fg = mask.reshape(b, h * w).to(dtype)
-    labels = torch.arange(1, h * w + 1, device=mask.device, dtype=dtype) * fg  # (B, HW)
+    pixels, labels = _label_foreground(mask, check_every=check_every, jumps=jumps)
+    out = torch.zeros(mask.numel(), dtype=torch.int64, device=mask.device)
+    out[pixels] = pixels[labels] % (h * w) + 1  # the root is the component's last pixel
+    return out.view(b, 1, h, w)
+
+
+def _label_foreground(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Tensor, Tensor]:
+    """Components of the foreground pixels, by hooking and pointer jumping.
+
+    Returns ``pixels``, the ``(n,)`` flat indices of the foreground pixels in ascending
+    order, and ``labels``, ``(n,)`` int64: for each of them the position (in ``pixels``) of
+    the last pixel of its component, its root. The labels live in this compact form, so the
+    hooks and jumps cost O(n), not O(B H W); only the 3x3 neighbourhood maximum is taken on
+    the dense image (on masks with 13% foreground 2x faster than labelling every pixel).
+    """
+    b, _, h, w = mask.shape
+    pixels = mask.reshape(-1).nonzero().squeeze(1)  # one host sync, for n
+    n = pixels.numel()
+    labels = torch.arange(n, device=mask.device)  # each names a pixel of its own component
+    if n == 0:
+        return pixels, labels
+    # the dense image holds label + 1 (0 = background); float32 is exact below 2**24
+    dtype = torch.float32 if n < 2**24 else torch.float64
+    image = torch.zeros(b * h * w, dtype=dtype, device=mask.device)
     iteration = 0
     while True:
-        neighbour = _window_max(labels.view(b, h, w), 3).view(b, h * w) * fg
-        # hook: the pixel a label names (its root) takes the best neighbour label of any
-        # pixel pointing at it; background points at pixel 0 with 0, which changes nothing
-        root = (labels.long() - 1).clamp_(min=0)
-        new = torch.maximum(labels.scatter_reduce(1, root, neighbour, reduce="amax"), neighbour)
+        image[pixels] = (labels + 1).to(dtype)
+        # best label in the 3x3 neighbourhood (its own included, so never below its own)
+        neighbour = _window_max(image.view(b, h, w), 3).view(-1)[pixels].long() - 1
+        # hook: the root a label names takes the best neighbour label of any pixel naming it
+        new = torch.maximum(labels.scatter_reduce(0, labels, neighbour, reduce="amax"), neighbour)
         for _ in range(jumps):
-            new = torch.gather(new, 1, (new.long() - 1).clamp_(min=0)) * fg
+            new = new[new]
         iteration += 1
         # labels only grow and stay inside their component, so no change means every pixel
         # holds the maximum of its neighbourhood: one label per component
         if iteration % check_every == 0 and torch.equal(new, labels):
-            break
+            return pixels, labels
         labels = new
-    return labels.to(torch.int64).view(b, 1, h, w)
