@@ -148,6 +148,29 @@ def background() -> nbformat.NotebookNode:
             "torch.equal(batched[:, 0], masks), torch.equal(batched[:, 1], alone)"
         ),
         new_markdown_cell(
+            "## Cleaning the masks\n\n"
+            "`torchgmm.postprocess` has the clean-ups practitioners use, as batched tensor ops "
+            "on the masks' device: a median (majority) filter, a morphological opening, and "
+            "small-blob removal by 8-connected components (`torchgmm background --median 5 "
+            "--min-area 20` applies them to the masks it writes; the model learns as before)."
+        ),
+        new_code_cell(
+            "from torchgmm.postprocess import connected_component_labels, median_filter_mask, remove_small_blobs\n\n"
+            "noisy, noisy_truth, _ = synthetic_clip(120, 96, 128, enter=8, noise=8.0, seed=0)  # twice the noise\n"
+            "raw = BackgroundSubtractorMOG(n_components=3, learning_rate=0.01, compile=False).process(noisy)\n\n\n"
+            "def recall_precision(m):\n"
+            "    tp = (m[scored] & noisy_truth[scored]).sum().item()\n"
+            "    return round(tp / noisy_truth[scored].sum().item(), 3), round(tp / m[scored].sum().item(), 3)\n\n\n"
+            "for name, m in [('raw', raw), ('small blobs removed', remove_small_blobs(raw, 20)),\n"
+            "                ('3x3 median', median_filter_mask(raw, 3))]:\n"
+            "    components = len(connected_component_labels(m[60:61]).unique()) - 1\n"
+            "    print(f'{name:20s} recall, precision {recall_precision(m)}; components in frame 60: {components}')"
+        ),
+        new_markdown_cell(
+            "Removing blobs under 20 pixels drops the noise specks and keeps the square whole; "
+            "the median drops them too but also rounds the square's corners (lower recall)."
+        ),
+        new_markdown_cell(
             "For video files, `torchgmm background VIDEO --out DIR` decodes with PyAV, runs the "
             "model and writes the mask video, the background image and a summary; "
             "`torchgmm evaluate` scores CDnet sequences (see the README)."
