@@ -453,9 +453,9 @@ def _get_compiled_step(config: tuple, cpp_wrapper: bool = False):  # noqa: ANN20
 
     ``cpp_wrapper`` (CPU only) has Inductor emit the step's wrapper in C++. Its Python
     wrapper calls the fused C++ kernel with the GIL held, so a decoder thread's Python glue
-    stalls for the whole step; the C++ wrapper releases it (2 cores, 640x480 RGB K = 3: a
-    PyAV decode thread ran at 100-240 frames/s beside the model, 1,900 with it; the step's
-    own time and the compile time are unchanged).
+    stalls for the whole step; the C++ wrapper releases it (torch >= 2.4, pytorch/pytorch
+    #123897. 2 cores, 640x480 RGB K = 3: a PyAV decode thread ran at 100-240 frames/s
+    beside the model, 1,900 with it; the step's own time and the compile time unchanged).
     """
     key = (config, cpp_wrapper)
     step = _compiled_steps.get(key)
