@@ -292,7 +292,7 @@ def _label_foreground(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Te
     order, and ``labels``, ``(n,)`` int64: for each of them the position (in ``pixels``) of
     the last pixel of its component, its root. The labels live in this compact form, so the
     hooks and jumps cost O(n), not O(B H W); only the 3x3 neighbourhood maximum is taken on
-    the dense image (on masks with 13% foreground 2x faster than labelling every pixel).
+    the dense image (on masks with 13% foreground 3x faster than labelling every pixel).
     """
     b, _, h, w = mask.shape
     pixels = mask.reshape(-1).nonzero().squeeze(1)  # one host sync, for n
