@@ -470,6 +470,29 @@ class TestCompiled:
         assert calls[5:] == [False]  # remembered for every module with this configuration
         assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
 
+    @pytest.mark.parametrize("streams", [1, 2])
+    def test_one_compile_per_configuration(self, monkeypatch, streams):
+        # A fresh state, the step's own output and a loaded state must look alike to dynamo's
+        # guards (strides, even of size-1 dimensions; views or not): a B = 1 state with
+        # batch-major strides recompiled the step on the second frame (4.8 s, cold cache).
+        from torch._dynamo.utils import counters
+
+        monkeypatch.setattr(background_module, "_compiled_steps", {})
+        monkeypatch.setattr(background_module, "_cpp_wrapper_failures", set())
+        clip = torch.randint(0, 256, (5, streams, 3, 12, 16), dtype=torch.uint8,
+                             generator=torch.Generator().manual_seed(3))
+        graphs = counters["stats"]["unique_graphs"]
+        first = BackgroundSubtractorMOG(compile=True)
+        for frame in clip[:3]:
+            first(frame)
+        resumed = BackgroundSubtractorMOG(compile=True)
+        resumed.load_state_dict(first.state_dict())
+        for frame in clip[3:]:
+            resumed(frame)
+        assert int(resumed.frames_seen) == 5
+        assert counters["stats"]["unique_graphs"] - graphs == 1
+        assert not background_module._cpp_wrapper_failures
+
     def test_both_wrappers_failing_names_both_errors(self, monkeypatch):
         def failing(config, cpp_wrapper=False):  # noqa: ANN001, ANN202
             def step(*args):  # noqa: ANN002, ANN202
@@ -707,7 +730,9 @@ class TestModule:
         assert torch.equal(moved, state) and moved.movedim(0, -3).is_contiguous()
         assert component_major(moved) is moved  # already laid out: no copy
         single = torch.randn(1, 3, 5, 6)
-        assert component_major(single) is single  # B = 1: both layouts are the same memory
+        same = component_major(single)  # B = 1: the same memory, the update's strides
+        assert same.data_ptr() == single.data_ptr() and torch.equal(same, single)
+        assert same.stride() == (30, 30, 6, 1) and single.stride() == (90, 30, 6, 1)
 
     def test_non_contiguous_frames(self):
         frames = torch.from_numpy(random_sequence(4, 3, n_frames=15))

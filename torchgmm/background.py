@@ -357,23 +357,49 @@ def component_major(state: Tensor) -> Tensor:
     and B*H*W that it cannot fuse: three passes with temporaries. Measured in one run
     (640x480 RGB, K = 3, 2 CPU threads): B = 2 streams 86 -> 242 frames/s, B = 4 66 -> 232.
     On CUDA (H200, 3840x2160) the layout is neutral: 2,509 vs 2,532 frames/s at B = 4.
-    For B = 1 both layouts are the same memory.
+    For B = 1 both layouts are the same memory, but not the same strides: the result always
+    has the strides the update returns, since ``torch.compile`` guards on strides, even of
+    size-1 dimensions (a fresh B = 1 state with batch-major strides recompiled the step on
+    the second frame: 4.8 s more per process with a cold cache, and dynamic strides after).
 
     Args:
         state: ``(B, K, H, W)`` or ``(B, K, C, H, W)`` (also frames ``(B, C, H, W)``), any dtype.
 
     Returns:
-        The same values; ``state`` itself when already so laid out, else a copy.
+        The same values: ``state`` itself when already so laid out, a view when only the
+        strides of size-1 dimensions differ, else a copy.
 
     Example:
         >>> w = component_major(torch.zeros(4, 3, 2, 2))  # (B, K, H, W)
         >>> w.shape, w.stride()
         (torch.Size([4, 3, 2, 2]), (4, 16, 2, 1))
+        >>> component_major(torch.zeros(1, 3, 2, 2)).stride()   # B = 1: same memory, same strides
+        (4, 4, 2, 1)
     """
-    if _is_component_major(state):
+    strides = _component_major_strides(state.shape)
+    if state.stride() == strides:
         return state
-    order = (*range(1, state.ndim - 2), 0, state.ndim - 2, state.ndim - 1)  # B just before H, W
-    return state.permute(order).contiguous().movedim(state.ndim - 3, 0)
+    if _is_component_major(state):  # the same memory; only strides of size-1 dimensions differ
+        return state.as_strided(state.shape, strides)
+    return _empty_component_major(state.shape, state).copy_(state)
+
+
+def _component_major_strides(shape: torch.Size) -> tuple[int, ...]:
+    """Strides of a ``(B, K, ..., H, W)`` tensor stored as ``(K, ..., B, H, W)``: contiguous
+    strides of that order, put back in the original dimension order."""
+    ndim = len(shape)
+    order = (*range(1, ndim - 2), 0, ndim - 2, ndim - 1)  # B just before H, W
+    strides = [0] * ndim
+    step = 1
+    for dim in reversed(order):
+        strides[dim] = step
+        step *= shape[dim]
+    return tuple(strides)
+
+
+def _empty_component_major(shape: torch.Size, like: Tensor) -> Tensor:
+    """A new (not a view) uninitialised tensor of ``shape`` with component-major strides."""
+    return torch.empty_strided(shape, _component_major_strides(shape), dtype=like.dtype, device=like.device)
 
 
 def _is_component_major(state: Tensor) -> bool:
@@ -616,9 +642,11 @@ class BackgroundSubtractorMOG(nn.Module):
         # Fresh state: no component has weight, so the first frame (rate 1) fills component 0.
         # component-major, as the update returns it (see component_major)
         shapes = self._state_shapes(b, c, h, w)
-        self.weight = component_major(self.weight.new_zeros(shapes["weight"]))
-        self.mean = component_major(self.weight.new_zeros(shapes["mean"]))
-        self.variance = component_major(self.weight.new_full(shapes["variance"], self.init_var))
+        # New tensors, not views: compiled steps guard on whether an input is a view, so
+        # state that is a view on the first frame only would recompile the step on the second.
+        self.weight = _empty_component_major(shapes["weight"], self.weight).zero_()
+        self.mean = _empty_component_major(shapes["mean"], self.weight).zero_()
+        self.variance = _empty_component_major(shapes["variance"], self.weight).fill_(self.init_var)
         self.frames_seen = torch.zeros_like(self.frames_seen)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001, E501
@@ -636,7 +664,7 @@ class BackgroundSubtractorMOG(nn.Module):
                 )
                 return
             for name, shape in expected.items():  # copied into below, keeping the layout
-                setattr(self, name, component_major(self.weight.new_empty(shape)))
+                setattr(self, name, _empty_component_major(shape, self.weight))
         elif all(isinstance(t, Tensor) and t.numel() == 0 for t in incoming.values()):
             for name in incoming:
                 setattr(self, name, self.weight.new_empty(0))
