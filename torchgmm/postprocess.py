@@ -21,6 +21,10 @@ __all__ = [
     "connected_component_labels",
 ]
 
+#: pointer jumps per labelling iteration (4 measured converging in 4-6 iterations on noise,
+#: blobs and serpentines; see _label_foreground)
+_POINTER_JUMPS = 4
+
 
 def _check_mask(mask: Tensor, name: str = "mask") -> None:
     check_tensor(mask, name)
@@ -239,14 +243,14 @@ def remove_small_blobs(mask: Tensor, min_area: int, *, check_every: int = 1) -> 
     check_positive_int(check_every, "check_every")
     if min_area <= 1 or mask.numel() == 0:
         return mask
-    pixels, labels = _label_foreground(mask, check_every=check_every, jumps=4)
+    pixels, labels = _label_foreground(mask, check_every=check_every, jumps=_POINTER_JUMPS)
     area = torch.bincount(labels, minlength=pixels.numel())  # pixels per root
     keep = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
     keep[pixels] = area[labels] >= min_area
     return keep.view(mask.shape)
 
 
-def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int = 4) -> Tensor:
+def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int = _POINTER_JUMPS) -> Tensor:
     """Label the 8-connected foreground components of a batch of masks.
 
     See :func:`remove_small_blobs` for the scheme. Labels are not consecutive: each
