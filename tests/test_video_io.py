@@ -182,6 +182,21 @@ class TestVideoReader:
             first = next(iter(reader))
         assert first.shape == (1, 10, 14)
 
+    def test_image_folder_16_bit_png(self, tmp_path):
+        # 16-bit frames are read as their high byte (uint8), as 8-bit frames of the same scene
+        from PIL import Image
+
+        values = np.array([[0, 255, 256, 4095], [32768, 40000, 65280, 65535]], dtype=np.uint16)
+        for i in range(2):
+            Image.fromarray(values + i).save(tmp_path / f"in{i + 1:06d}.png")
+        with VideoReader(tmp_path, batch_size=2) as reader:
+            (got,) = list(reader)
+        assert got.dtype == torch.uint8 and got.shape == (2, 3, 2, 4)
+        expected = torch.from_numpy((values >> 8).astype(np.uint8))
+        assert torch.equal(got[0, 0], expected) and torch.equal(got[0, 2], expected)
+        with VideoReader(tmp_path, gray=True) as reader:
+            assert torch.equal(next(iter(reader))[0], expected)
+
     def test_image_folder_jpeg_and_corrupt(self, tmp_path):
         from torchvision.io import encode_jpeg
 

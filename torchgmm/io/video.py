@@ -261,8 +261,9 @@ class VideoReader:
                 self.path,
             ) from exc
         if not container.streams.video:
+            n_streams = len(container.streams)  # read before closing: a closed container has none
             container.close()
-            raise ValueError(f"{str(self.path)!r} has no video stream (it has {len(container.streams)} other stream(s)).")
+            raise ValueError(f"{str(self.path)!r} has no video stream (it has {n_streams} other stream(s)).")
         stream = container.streams.video[0]
         if self.threads:
             stream.thread_type = "AUTO"
@@ -364,6 +365,8 @@ class VideoReader:
                     img = img.expand(3, -1, -1)
             else:
                 img = decode_image(data, mode=mode)
+                if img.dtype != torch.uint8:  # 16-bit PNG: the high byte, as for TIFF above
+                    img = (img.to(torch.int32) >> 8).to(torch.uint8)
         except Exception as exc:  # torchvision raises RuntimeError, Pillow its own errors
             raise VideoDecodeError(
                 f"cannot decode frame {index} of the image sequence {str(self.path)!r} "
