@@ -895,11 +895,47 @@ class TestErrors:
             (dict(learning_rate=-0.1), "learning_rate"),
             (dict(rho="sqrt"), "rho"),
             (dict(covariance_type="full"), "covariance_type"),
+            (dict(background_ratio=float("nan")), "background_ratio"),
+            (dict(min_var=float("inf"), init_var=float("inf")), "min_var"),
+            (dict(init_var=float("inf")), "init_var"),
+            (dict(match_sigma=float("nan")), "match_sigma"),
+            (dict(init_weight=0.0), "init_weight"),
         ],
     )
     def test_constructor(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             BackgroundSubtractorMOG(**kwargs)
+
+    def test_constructor_type(self):
+        with pytest.raises(TypeError, match="`background_ratio` must be a real number, got str"):
+            BackgroundSubtractorMOG(background_ratio="0.5")
+
+    def test_float_frames_on_the_255_scale(self):
+        # 0..255 values as float would be scaled by 255 again: every mean far out of range
+        model = BackgroundSubtractorMOG(compile=False)
+        with pytest.raises(ValueError, match=r"\[0, 1\] scale, got values in \[0, 200\]"):
+            model(torch.tensor([0.0, 200.0]).view(1, 1, 1, 2))
+        assert not model.is_initialized
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(torch.tensor([0.5, float("inf")]).view(1, 1, 1, 2))
+        model(torch.tensor([0.0, 1.0]).view(1, 1, 1, 2))  # the bounds themselves are fine
+
+    @pytest.mark.parametrize("name, value, match", [
+        ("variance", float("nan"), "`variance` holds NaN"),
+        ("variance", -1.0, "`variance` holds values <= 0"),
+        ("weight", 2.0, r"`weight` holds values outside \[0, 1\]"),
+        ("mean", float("inf"), "`mean` holds NaN or infinite"),
+    ])
+    def test_load_unusable_state(self, name, value, match):
+        model = BackgroundSubtractorMOG(compile=False)
+        model(torch.full((1, 1, 2, 2), 50, dtype=torch.uint8))
+        state = model.state_dict()
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] = value
+        fresh = BackgroundSubtractorMOG(compile=False)
+        with pytest.raises(RuntimeError, match=match):
+            fresh.load_state_dict(state)
+        assert not fresh.is_initialized
 
     def test_negative_learning_rate_in_forward(self):
         model = BackgroundSubtractorMOG(compile=False)

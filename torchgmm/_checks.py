@@ -21,6 +21,7 @@ __all__ = [
     "check_finite",
     "check_choice",
     "check_positive_int",
+    "check_real",
     "resolve_device",
     "add_note",
 ]
@@ -81,6 +82,33 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    return value
+
+
+def check_real(
+    value: object, name: str, *, minimum: float | None = None, maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> float:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is a finite real number in range; return it as float.
+
+    Args:
+        value: the setting (int or float; bool is refused).
+        name: the argument's name.
+        minimum, maximum: inclusive bounds (``exclusive_minimum``: ``value > minimum``).
+
+    Example:
+        >>> check_real(0.5, "background_ratio", minimum=0, maximum=1, exclusive_minimum=True)
+        0.5
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    low_ok = minimum is None or (value > minimum if exclusive_minimum else value >= minimum)
+    if value != value or value in (float("inf"), float("-inf")) or not low_ok or (maximum is not None and value > maximum):
+        low = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum}"
+        high = "" if maximum is None else f"<= {maximum}"
+        bounds = " and ".join(b for b in (low, high) if b)
+        raise ValueError(f"`{name}` must be a finite number{' ' + bounds if bounds else ''}, got {value}.")
     return value
 
 

@@ -67,6 +67,7 @@ from torchgmm._checks import (
     check_choice,
     check_finite,
     check_positive_int,
+    check_real,
     check_tensor,
 )
 
@@ -635,16 +636,11 @@ class BackgroundSubtractorMOG(nn.Module):
         super().__init__()
         check_positive_int(n_components, "n_components")
         _check_rate(learning_rate, "learning_rate")
-        if not 0 < background_ratio <= 1:
-            raise ValueError(f"`background_ratio` must be in (0, 1], got {background_ratio}.")
-        if not match_sigma > 0:
-            raise ValueError(f"`match_sigma` must be > 0, got {match_sigma}.")
-        if not min_var > 0:
-            raise ValueError(f"`min_var` must be > 0, got {min_var}.")
-        if not init_var >= min_var:
-            raise ValueError(f"`init_var` must be >= `min_var` ({min_var}), got {init_var}.")
-        if not 0 < init_weight <= 1:
-            raise ValueError(f"`init_weight` must be in (0, 1], got {init_weight}.")
+        check_real(background_ratio, "background_ratio", minimum=0, maximum=1, exclusive_minimum=True)
+        check_real(match_sigma, "match_sigma", minimum=0, exclusive_minimum=True)
+        check_real(min_var, "min_var", minimum=0, exclusive_minimum=True)
+        check_real(init_var, "init_var", minimum=min_var)
+        check_real(init_weight, "init_weight", minimum=0, maximum=1, exclusive_minimum=True)
         check_choice(rho, "rho", _RHO_MODES)
         check_choice(covariance_type, "covariance_type", _COVARIANCE_TYPES)
         if not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
@@ -714,6 +710,10 @@ class BackgroundSubtractorMOG(nn.Module):
                     f"covariance_type={self.covariance_type!r}): expected {expected}."
                 )
                 return
+            problem = _state_problem(incoming)
+            if problem:
+                error_msgs.append(f"cannot load this BackgroundSubtractorMOG state: {problem}.")
+                return
             for name, shape in expected.items():  # copied into below, keeping the layout
                 setattr(self, name, _empty_component_major(shape, self.weight))
         elif all(isinstance(t, Tensor) and t.numel() == 0 for t in incoming.values()):
@@ -743,8 +743,17 @@ class BackgroundSubtractorMOG(nn.Module):
                 f"`frames` are on {frames.device} but the model is on {self.weight.device}: "
                 "move one of them (model.to(device) or frames.to(device))."
             )
-        if frames.is_floating_point():
-            check_finite(frames, "frames")
+        if frames.is_floating_point() and frames.numel():
+            # one reduction and sync (as a NaN check alone would cost): a 0..255 float frame
+            # would otherwise be scaled by 255 again and silently give wrong masks
+            low, high = torch.stack(torch.aminmax(frames)).tolist()
+            if not (math.isfinite(low) and math.isfinite(high)):
+                check_finite(frames, "frames")
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"floating `frames` must be on torchvision's [0, 1] scale, got values in [{low:g}, {high:g}]: "
+                    "divide 0..255 values by 255, or pass uint8 frames."
+                )
         if self.is_initialized:
             b, c, h, w = frames.shape
             expected = (self.mean.shape[0], self.mean.shape[2], *self.mean.shape[3:])
@@ -891,6 +900,20 @@ class BackgroundSubtractorMOG(nn.Module):
             f"background_ratio={self.background_ratio}, rho={self.rho!r}, "
             f"covariance_type={self.covariance_type!r}, warmup={self.warmup}"
         )
+
+
+def _state_problem(state: dict[str, Tensor]) -> str | None:
+    """What makes a loaded state unusable (None when it is fine): non-finite values, weights
+    outside [0, 1], variances <= 0. One reduction per buffer, at load time only."""
+    for name, tensor in state.items():
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            return f"`{name}` holds NaN or infinite values"
+    weight, variance = state["weight"], state["variance"]
+    if weight.numel() and not bool(((weight >= 0) & (weight <= 1 + 1e-3)).all()):  # renormalised: may pass 1 by an ulp
+        return "`weight` holds values outside [0, 1]"
+    if variance.numel() and not bool((variance > 0).all()):
+        return "`variance` holds values <= 0"
+    return None
 
 
 def _check_rate(value: object, name: str) -> None:
