@@ -235,7 +235,7 @@ def test_bad_input_exit_2_before_any_work(clip, tmp_path, capsys, kind):
         bad, pattern = tmp_path / "frames", "no image files in .*frames"
         bad.mkdir()
     else:
-        bad, pattern = tmp_path / "tone.wav", "tone.wav' has no video stream"
+        bad, pattern = tmp_path / "tone.wav", r"tone.wav' has no video stream \(it has 1 other stream"
         with av.open(str(bad), "w") as c:
             s = c.add_stream("pcm_s16le", rate=8000)
             f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
@@ -300,28 +300,34 @@ def test_console_script_subprocess(clip, tmp_path):
 # ----------------------------------------------------------------------------------------
 # torchgmm evaluate
 # ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """A tiny CDnet-layout dataset: baseline/easy with 0/255 labels, 170 on the object's
-    outline, 85 on the top row, temporalROI 10..40 and a ROI without the left column."""
+def make_sequence(seq: Path, n: int = 40, seed: int = 11, gt_scale: int = 1) -> Path:
+    """A tiny CDnet sequence in ``seq``: 0/255 labels (divided by ``gt_scale``: 255 -> 0/1
+    coding), 170 on the object's outline, 85 on the top row, temporalROI 10..n and a ROI
+    without the left column."""
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("cdnet")
-    seq = root / "baseline" / "easy"
     (seq / "input").mkdir(parents=True)
     (seq / "groundtruth").mkdir()
-    frames, truth, _ = synthetic_clip(40, 48, 64, square=10, enter=5, noise=3.0, seed=11)
-    labels = torch.where(truth, 255, 0).to(torch.uint8)[:, 0]
+    frames, truth, _ = synthetic_clip(n, 48, 64, square=10, enter=5, noise=3.0, seed=seed)
+    labels = torch.where(truth, 255 // gt_scale, 0).to(torch.uint8)[:, 0]
     outline = (torch.nn.functional.max_pool2d(truth.float(), 3, 1, 1)[:, 0] > 0) & ~truth[:, 0]
     labels[outline] = 170
     labels[:, 0, :] = 85
-    for i in range(40):
+    for i in range(n):
         Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(seq / "input" / f"in{i + 1:06d}.jpg", quality=95)
         Image.fromarray(labels[i].numpy()).save(seq / "groundtruth" / f"gt{i + 1:06d}.png")
-    (seq / "temporalROI.txt").write_text("10 40\n")
+    (seq / "temporalROI.txt").write_text(f"10 {n}\n")
     roi = np.full((48, 64), 255, np.uint8)
     roi[:, 0] = 0
     Image.fromarray(roi).save(seq / "ROI.bmp")
+    return seq
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A tiny CDnet-layout dataset with one sequence, baseline/easy (see make_sequence)."""
+    root = tmp_path_factory.mktemp("cdnet")
+    make_sequence(root / "baseline" / "easy")
     return root
 
 
@@ -370,6 +376,102 @@ def test_evaluate_cli_errors(dataset, tmp_path, capsys):
     assert "`min_area` must be an int >= 0" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "d"), "--classes", "0"]) == 2
     assert "n_classes" in capsys.readouterr().err
+
+
+def test_evaluate_cli_without_postprocessing(dataset, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["evaluate", str(dataset), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline/easy" in printed and "with post-processing" not in printed
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert "postprocessed" not in row and row["F-measure"] > 0.9
+
+
+def test_evaluate_out_is_a_file_exit_2_before_any_work(dataset, tmp_path, capsys, monkeypatch):
+    import torchgmm.pipelines as pipelines
+
+    ran = []
+    monkeypatch.setattr(pipelines, "evaluate_sequence", lambda *a, **k: ran.append(a))
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    assert main(["evaluate", str(dataset), "--out", str(blocker), *FAST]) == 2
+    assert "results" in capsys.readouterr().err and not ran
+
+
+def test_evaluate_keeps_finished_sequences_when_one_fails(tmp_path, capsys):
+    root = tmp_path / "cdnet"
+    make_sequence(root / "a" / "good", n=24)
+    bad = make_sequence(root / "b" / "corrupt", n=24, seed=12)
+    (bad / "input" / "in000015.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "res"
+    assert main(["evaluate", str(root), "--out", str(out), *FAST]) == 1
+    captured = capsys.readouterr()
+    assert "a/good" in captured.out and "b/corrupt" in captured.out and "failed" in captured.out
+    assert "in000015.jpg" in captured.err and "1 sequence run(s) failed" in captured.err
+    rows = {r["sequence"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["a/good"]["F-measure"] > 0.8 and rows["b/corrupt"]["error_type"] == "VideoDecodeError"
+    assert rows["overall/mean"]["F-measure"] == rows["a/good"]["F-measure"]  # the failed one is left out
+
+
+def test_evaluate_refuses_a_numbering_gap_before_any_work(tmp_path, capsys):
+    seq = make_sequence(tmp_path / "cdnet" / "baseline" / "gap", n=24)
+    (seq / "input" / "in000012.jpg").unlink()
+    (seq / "input" / "in000025.jpg").write_bytes((seq / "input" / "in000024.jpg").read_bytes())  # same count
+    assert main(["evaluate", str(tmp_path / "cdnet"), "--out", str(tmp_path / "r"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "jump from 11 to 13 (in000013.jpg)" in err and not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_ground_truth_that_is_not_cdnet_coded(tmp_path, capsys):
+    make_sequence(tmp_path / "cdnet" / "baseline" / "binary", n=24, gt_scale=255)  # motion stored as 1
+    assert main(["evaluate", str(tmp_path / "cdnet"), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "hold values other than CDnet's labels" in err and "groundtruth" in err
+
+
+def test_evaluate_refuses_an_empty_roi(tmp_path, capsys):
+    from PIL import Image
+
+    seq = make_sequence(tmp_path / "cdnet" / "baseline" / "noroi", n=12)
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(seq / "ROI.bmp")
+    assert main(["evaluate", str(tmp_path / "cdnet"), *FAST]) == 2
+    assert "selects no pixel" in capsys.readouterr().err
+
+
+def test_output_folder_that_is_a_file_exit_2_before_any_work(clip, tmp_path, capsys):
+    other = write_video(tmp_path / "other.mkv", clip["frames"][:5])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "street").write_text("in the way")
+    assert main(["background", str(other), str(clip["path"]), "--out", str(out), *FAST]) == 2
+    assert "street' is a file" in capsys.readouterr().err
+    assert not (out / "other").exists()  # nothing was run
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["background", str(other), "--out", str(blocker), *FAST]) == 2
+    assert "afile" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_checkpoint_of_another_input(clip, tmp_path, capsys):
+    (tmp_path / "long").mkdir()
+    long_clip = write_video(tmp_path / "long" / "cam.mkv", clip["frames"][:30])
+    (tmp_path / "short").mkdir()
+    short_clip = write_video(tmp_path / "short" / "cam.mkv", clip["frames"][:5])
+    out = tmp_path / "out"
+    assert main(["background", str(long_clip), "--out", str(out), "--checkpoint", "12", *FAST]) == 0
+    assert main(["background", str(short_clip), "--out", str(out), "--checkpoint", "12", "--resume", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to another input" in err and "at frame 30" in err and "has 5 frames" in err
+
+
+def test_png_resume_refuses_missing_frames(clip, tmp_path, capsys):
+    short = write_video(tmp_path / "cam.mkv", clip["frames"][:20])
+    argv = ["background", str(short), "--out", str(tmp_path / "out"), "--checkpoint", "6", "--mask-format", "png",
+            *FAST]
+    assert main([*argv, "--gray"]) == 0  # checkpoint at frame 20: a complete run
+    (tmp_path / "out" / "cam" / "mask" / "000005.png").unlink()
+    assert main([*argv, "--gray", "--resume"]) == 2
+    assert "first: 000005.png" in capsys.readouterr().err
 
 
 def test_demo_background_part(tmp_path):

@@ -36,7 +36,15 @@ from torchgmm._checks import add_note, resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
 from torchgmm.io.images import atomic_write_bytes, atomic_write_text, decode_image_file, write_png
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
-from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info
+from torchgmm.metrics import (
+    GT_MOTION,
+    GT_OUTSIDE_ROI,
+    GT_SHADOW,
+    GT_STATIC,
+    GT_UNKNOWN,
+    ChangeDetectionCounter,
+    read_cdnet_sequence_info,
+)
 
 __all__ = [
     "PRESETS",
@@ -154,6 +162,7 @@ class _Job:
     width: int
     frame_count: int
     fps: float
+    count_exact: bool = True  #: frame_count from a header or file listing, not a duration estimate
     start: int = 0  #: frames already done (from a checkpoint)
     state: dict | None = None  #: the checkpoint's model state (one stream), when resuming
 
@@ -217,6 +226,21 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postproc
             f"checkpoint {str(path)!r} does not belong to {str(job.path)!r} ({job.width}x{job.height}); "
             "run without resuming to start over."
         )
+    stored_count = ckpt.get("frame_count")
+    # a count estimated from the duration (e.g. Matroska) may be a frame or so off
+    most = job.frame_count if job.count_exact else job.frame_count + 1 + job.frame_count // 100
+    if job.frame_count and (
+        frames_done > most or (job.count_exact and stored_count is not None and stored_count != job.frame_count)
+    ):
+        made_for = f" made for an input of {stored_count} frames" if stored_count is not None else ""
+        raise ValueError(
+            f"checkpoint {str(path)!r}{made_for} is at frame {frames_done}, but {str(job.path)!r} has "
+            f"{job.frame_count} frames: it belongs to another input. Run without resuming to start over."
+        )
+    try:  # the state itself (finite, positive variances, ...): checked by the module
+        BackgroundSubtractorMOG(**{**settings, "compile": False}).load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} holds an unusable model state: {exc}") from exc
     return frames_done, state
 
 
@@ -228,6 +252,7 @@ def _save_checkpoint(
         dict(
             format=_CHECKPOINT_FORMAT, frames_done=frames_done, state=state, settings=_state_settings(settings),
             gray=gray, size=[job.height, job.width], input=str(job.path), postprocess=postprocess,
+            frame_count=job.frame_count if job.count_exact else None,
         ),
         buffer,
     )
@@ -256,6 +281,17 @@ def _clear_png_frames(folder: Path, first: int) -> None:
             m = _PNG_FRAME.match(p.name)
             if m and int(m.group(1)) >= first:
                 p.unlink()
+
+
+def _check_png_frames(folder: Path, start: int, source: Path) -> None:
+    """The numbered frames ``0 .. start - 1`` of an interrupted PNG run are all there."""
+    present = {int(m.group(1)) for p in folder.iterdir() if (m := _PNG_FRAME.match(p.name))}
+    missing = [i for i in range(start) if i not in present]
+    if missing:
+        raise FileNotFoundError(
+            f"cannot resume {str(source)!r}: {len(missing)} of the {start} frames the checkpoint has seen are "
+            f"missing from {str(folder)!r} (first: {missing[0]:06d}.png). Run without resuming to start over."
+        )
 
 
 def _previous_path(path: Path) -> Path:
@@ -435,13 +471,16 @@ def run_background(
     for path in inputs:
         path = Path(path)
         with VideoReader(path, gray=gray, prefetch=0) as reader:
-            job = _Job(path, out_dir, reader.height, reader.width, reader.frame_count, reader.fps)
+            job = _Job(path, out_dir, reader.height, reader.width, reader.frame_count, reader.fps,
+                       count_exact=reader.frame_count_exact)
         name, i = _output_name(path), 1
         while name in used:
             i += 1
             name = f"{_output_name(path)}-{i}"
         used.add(name)
         job.out = out_dir / name
+        if job.out.exists() and not job.out.is_dir():
+            raise NotADirectoryError(f"cannot write the outputs of {str(path)!r}: {str(job.out)!r} is a file.")
         checkpoint = job.out / _CHECKPOINT
         if resume and checkpoint.exists():
             job.start, job.state = _read_checkpoint(checkpoint, settings, job, gray, postprocess)
@@ -453,8 +492,14 @@ def run_background(
                         f"cannot resume {str(path)!r}: {str(previous)!r} of the interrupted run is missing "
                         f"(was it run with {hint}?). Run without resuming to start over."
                     )
+                if wanted and job.start and mask_format == "png":
+                    _check_png_frames(previous, job.start, path)
         jobs.append(job)
+    # Every output folder is made now: a file in the way or a missing permission fails here,
+    # before any work, not part-way with other inputs' results half written.
     out_dir.mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        job.out.mkdir(exist_ok=True)
 
     groups: dict[tuple, list[_Job]] = {}
     for job in jobs:
@@ -654,10 +699,24 @@ def _sequence_name(seq_dir: Path) -> str:
     return f"{seq_dir.parent.name}/{seq_dir.name}"
 
 
+def _frame_number(path: Path) -> int | None:
+    """The number in a frame file's name (``in000012.jpg`` -> 12), None without digits."""
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else None
+
+
 def _check_sequence(seq_dir: Path) -> None:
-    """Everything :func:`evaluate_sequence` needs is there (raises before any work)."""
+    """Everything :func:`evaluate_sequence` needs is there (raises before any work).
+
+    Frames are paired by position, so the input and ground-truth files of the scored frames
+    must be numbered alike and without gaps: a missing ``in000012.jpg`` would otherwise
+    score every later frame against the ground truth of the next one.
+    """
     info = read_cdnet_sequence_info(seq_dir)
     last = info.temporal_roi[1]
+    if info.roi is not None and not bool(info.roi.any()):
+        raise ValueError(f"the ROI image of {str(seq_dir)!r} selects no pixel (all zero): nothing would be scored.")
+    listed = {}
     for sub in ("input", "groundtruth"):
         images = list_image_sequence(seq_dir / sub)
         if len(images) < last:
@@ -670,6 +729,29 @@ def _check_sequence(seq_dir: Path) -> None:
                 f"{str(seq_dir / 'ROI.bmp')!r} is {tuple(info.roi.shape[-2:])} (H, W) but {str(images[0])!r} "
                 f"is {size}."
             )
+        numbers = [_frame_number(p) for p in images[:last]]
+        if None not in numbers:
+            for prev, cur, path in zip(numbers, numbers[1:], images[1:]):
+                if cur != prev + 1:
+                    raise ValueError(
+                        f"{str(seq_dir / sub)!r}: frame numbers jump from {prev} to {cur} ({path.name}); "
+                        "frames are paired with the ground truth by position, so every frame up to the "
+                        "end of the temporal ROI must be there."
+                    )
+        listed[sub] = (numbers, images)
+    (in_numbers, in_images), (gt_numbers, gt_images) = listed["input"], listed["groundtruth"]
+    if None not in in_numbers and None not in gt_numbers and in_numbers[0] != gt_numbers[0]:
+        raise ValueError(
+            f"{str(seq_dir)!r}: the input starts at {in_images[0].name} but the ground truth at "
+            f"{gt_images[0].name}; frames are paired by position and must be numbered alike."
+        )
+
+
+#: every value a CDnet ground-truth pixel may hold
+_GT_LABELS = (GT_STATIC, GT_SHADOW, GT_OUTSIDE_ROI, GT_UNKNOWN, GT_MOTION)
+#: share of the scored pixels that may hold other values (anti-aliased edges in a few
+#: CDnet files) before the ground truth is taken for another coding (0/1, 0/255 RGB, ...)
+_MAX_UNLABELLED_SHARE = 0.01
 
 
 def evaluate_sequence(
@@ -705,7 +787,9 @@ def evaluate_sequence(
     raw = ChangeDetectionCounter(roi=roi, temporal_roi=info.temporal_roi)
     cleaned = ChangeDetectionCounter(roi=roi, temporal_roi=info.temporal_roi) if postprocess else None
     model = make_model()
-    last = info.temporal_roi[1]
+    first, last = info.temporal_roi
+    labels = torch.tensor(_GT_LABELS, dtype=torch.uint8, device=device)
+    unlabelled = torch.zeros((), dtype=torch.int64, device=device)  # scored pixels with other values
     frames = 0
     t0 = time.perf_counter()
     with VideoReader(seq_dir / "input", gray=gray, end=last, device=device) as inputs, VideoReader(
@@ -716,8 +800,18 @@ def evaluate_sequence(
             raw.update(mask, gt.unsqueeze(0), frame_index=index)
             if cleaned is not None:
                 cleaned.update(apply_postprocess(mask, **postprocess), gt.unsqueeze(0), frame_index=index)
+            if index + 1 >= first:  # no host sync: checked once at the end
+                unlabelled += (~torch.isin(gt[0], labels) & roi).sum()
             frames += 1
     elapsed = time.perf_counter() - t0
+    scored = int(roi.sum()) * (last - first + 1)
+    if int(unlabelled) > _MAX_UNLABELLED_SHARE * scored:
+        raise ValueError(
+            f"{str(seq_dir / 'groundtruth')!r}: {int(unlabelled)} of the {scored} scored pixels "
+            f"({100 * int(unlabelled) / scored:.1f}%) hold values other than CDnet's labels {_GT_LABELS} "
+            "(0 static, 50 shadow, 85 outside the ROI, 170 unknown, 255 motion) and would not be scored; "
+            "is the ground truth coded otherwise (e.g. 0/1)?"
+        )
     row = dict(sequence=_sequence_name(seq_dir), frames=frames, fps=frames / elapsed, **raw.compute())
     if cleaned is not None:
         row["postprocessed"] = cleaned.compute()
@@ -736,11 +830,14 @@ def evaluate_dataset(
     gray: bool = False,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    raise_errors: bool = True,
 ) -> list[dict]:
     """Evaluate each method on every CDnet sequence under ``root``.
 
-    Every sequence is checked (ROI, temporal ROI, enough input and ground-truth images)
-    before any model runs.
+    Every sequence is checked (ROI, temporal ROI, input and ground-truth images numbered
+    alike) and ``out_dir`` created before any model runs. A sequence that fails part-way (a
+    corrupt frame, ground truth that is not CDnet-coded) does not stop the others: its row
+    holds the error instead of scores, and the results of the others are written.
 
     Args:
         root: dataset root (``category/sequence/`` folders), or one sequence folder.
@@ -749,13 +846,24 @@ def evaluate_dataset(
         postprocess: keyword arguments of :func:`apply_postprocess`; each row then holds
             ``"postprocessed"`` scores as well.
         gray: feed grey frames.
-        out_dir: write ``results.json`` and ``results.csv`` there (see :func:`write_results`).
+        out_dir: write ``results.json`` and ``results.csv`` there (see :func:`write_results`),
+            also when a sequence failed or the run is interrupted (the rows done so far).
         progress: a progress bar per method on stderr.
+        raise_errors: once every sequence is done and the results are written, raise the
+            first sequence's error (the others as notes); False returns the rows instead.
 
     Returns:
         One row per (method, sequence), then per method the per-category and overall means
         (``sequence`` = ``"category/mean"``, ``"overall/mean"``; means of the per-sequence
-        scores, as CDnet averages).
+        scores, as CDnet averages, over the sequences that did not fail). A failed sequence's
+        row has ``"error"`` (the message) and ``"error_type"`` instead of scores.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing or malformed sequence, or a bad setting
+            (before any work).
+        OSError: ``out_dir`` cannot be created (before any work).
+        Exception: with ``raise_errors``, the first failed sequence's error, after the
+            results are written.
     """
     from tqdm import tqdm
 
@@ -764,14 +872,27 @@ def evaluate_dataset(
     _normalise_postprocess(postprocess)  # checked before any work; applied as given
     for seq in sequences:
         _check_sequence(seq)
-    rows = []
-    for name, make_model in methods.items():
-        for seq in tqdm(sequences, desc=name, disable=not progress, file=sys.stderr):
-            row = evaluate_sequence(seq, make_model, device=device, postprocess=postprocess, gray=gray)
-            rows.append(dict(method=name, **row))
-    rows += _mean_rows(rows)
     if out_dir is not None:
-        write_results(rows, out_dir)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # a file in the way fails now, not after the work
+    rows: list[dict] = []
+    errors: list[Exception] = []
+    try:
+        for name, make_model in methods.items():
+            for seq in tqdm(sequences, desc=name, disable=not progress, file=sys.stderr):
+                try:
+                    row = evaluate_sequence(seq, make_model, device=device, postprocess=postprocess, gray=gray)
+                except Exception as exc:  # noqa: BLE001 - this sequence fails, the others go on
+                    errors.append(exc)
+                    row = dict(sequence=_sequence_name(seq), error=str(exc), error_type=type(exc).__name__)
+                rows.append(dict(method=name, **row))
+    finally:  # also on Ctrl-C: the rows done so far are not lost
+        rows += _mean_rows(rows)
+        if out_dir is not None:
+            write_results(rows, out_dir)
+    if errors and raise_errors:
+        for other in errors[1:]:
+            add_note(errors[0], f"another sequence failed as well: {other}")
+        raise errors[0]
     return rows
 
 
@@ -811,7 +932,9 @@ def _mean_rows(rows: list[dict]) -> list[dict]:
 
     means = []
     for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
+        mine = [r for r in rows if r["method"] == method and "error" not in r]
+        if not mine:
+            continue
         categories = dict.fromkeys(r["sequence"].split("/")[0] for r in mine)
         groups = [(f"{c}/mean", [r for r in mine if r["sequence"].split("/")[0] == c]) for c in categories]
         for label, members in groups + [("overall/mean", mine)]:
@@ -837,6 +960,10 @@ def format_table(rows: Iterable[dict], *, postprocessed: bool = False) -> str:
     lines = [f"{'method':{width}} {'sequence':26} {'Recall':>7} {'Precision':>9} {'F':>7} {'PWC':>7} {'fps':>8}"]
     for r in rows:
         scores = r
+        if "error" in r:
+            if not postprocessed:
+                lines.append(f"{r['method']:{width}} {r['sequence'][:26]:26} failed: {r['error_type']}")
+            continue
         if postprocessed:
             if "postprocessed" not in r:
                 continue
