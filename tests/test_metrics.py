@@ -136,6 +136,10 @@ class TestScores:
     def test_errors(self):
         with pytest.raises(ShapeError, match="counts"):
             scores(torch.zeros(3))
+        with pytest.raises(TypeError, match="integer counts"):
+            scores(torch.tensor([2.5, 0.0, 1.0, 3.0]))  # int() would truncate 2.5 silently
+        with pytest.raises(ValueError, match=r"\[TP, FP, FN, TN\] = \[1, -2, 0, 3\]"):
+            scores(torch.tensor([1, -2, 0, 3]))
 
 
 class TestChangeDetectionCounter:
@@ -174,6 +178,9 @@ class TestChangeDetectionCounter:
             ChangeDetectionCounter(temporal_roi=(0, 5))
         with pytest.raises(ValueError, match="1-based"):
             ChangeDetectionCounter(temporal_roi=(5, 4))
+        with pytest.raises(TypeError, match="two int frame numbers"):
+            ChangeDetectionCounter(temporal_roi=(1.5, 2))  # int() would make it (1, 2) silently
+        assert ChangeDetectionCounter(temporal_roi=(np.int64(2), 3)).temporal_roi == (2, 3)
 
 
 class TestReadCDnetSequenceInfo:

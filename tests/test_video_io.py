@@ -15,6 +15,7 @@ import torch
 
 av = pytest.importorskip("av")
 
+from torchgmm._checks import ShapeError  # noqa: E402
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence  # noqa: E402
 
 
@@ -182,6 +183,17 @@ class TestVideoReader:
             first = next(iter(reader))
         assert first.shape == (1, 10, 14)
 
+    def test_image_folder_numbering_gap_warns(self, tmp_path):
+        from torchvision.io import encode_png
+
+        frames = _chw(_frames(3, 4, 4, seed=5))
+        for number, f in zip((1, 2, 4), frames):
+            (tmp_path / f"in{number:06d}.png").write_bytes(encode_png(f).numpy().tobytes())
+        with pytest.warns(UserWarning, match=r"jumps from frame number 2 to 4 \(in000004.png\)"):
+            reader = VideoReader(tmp_path)
+        with reader:
+            assert torch.equal(torch.stack(list(reader)), frames)  # read in order all the same
+
     def test_image_folder_16_bit_png(self, tmp_path):
         # 16-bit frames are read as their high byte (uint8), as 8-bit frames of the same scene
         from PIL import Image
@@ -323,6 +335,22 @@ class TestVideoReader:
 
 
 class TestVideoWriter:
+    def test_bad_paths_and_frames_are_named(self, tmp_path):
+        (tmp_path / "mask.mp4").mkdir()  # a folder named like a video: not silently a PNG sequence
+        with pytest.raises(IsADirectoryError, match="mask.mp4': it is an existing folder"):
+            VideoWriter(tmp_path / "mask.mp4")
+        with VideoWriter(tmp_path / "mask.mp4", format="png") as writer:  # unless asked for
+            writer.write(torch.zeros(1, 2, 2, dtype=torch.uint8))
+        assert (tmp_path / "mask.mp4" / "000000.png").exists()
+        with pytest.raises(ValueError, match="cannot create video .*clip.xyz"):
+            with VideoWriter(tmp_path / "clip.xyz") as writer:
+                writer.write(torch.zeros(3, 4, 4, dtype=torch.uint8))
+        with pytest.raises(ShapeError, match=r"H, W >= 1, got \(1, 3, 0, 4\)"):
+            with VideoWriter(tmp_path / "empty.mkv") as writer:
+                writer.write(torch.zeros(3, 0, 4, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="positive finite"):
+            VideoWriter(tmp_path / "x.mkv", fps=float("inf"))
+
     def test_mkv_roundtrip_rgb_and_mask(self, tmp_path):
         rgb = _chw(_frames(9, 17, 33, seed=5))
         path = tmp_path / "out.mkv"

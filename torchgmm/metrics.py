@@ -23,6 +23,7 @@ Shape vocabulary: B frames (batch), H height, W width.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -159,8 +160,9 @@ def scores(counts: Tensor) -> dict[str, float]:
         ``"FN"``, ``"TN"`` (ints).
 
     Raises:
-        TypeError: ``counts`` is not a tensor.
+        TypeError: ``counts`` is not an integer tensor.
         ShapeError: ``counts`` is not ``(4,)`` or ``(B, 4)``.
+        ValueError: a count is negative.
 
     Shape:
         - counts: ``(4,)`` or ``(B, 4)``, integer (e.g. int64 from :func:`confusion_counts`)
@@ -173,9 +175,13 @@ def scores(counts: Tensor) -> dict[str, float]:
     check_tensor(counts, "counts")
     if counts.shape[-1:] != (4,) or counts.ndim not in (1, 2):
         raise ShapeError(f"`counts` must have shape (4,) or (B, 4), got {tuple(counts.shape)}.")
+    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
+        raise TypeError(f"`counts` must hold integer counts, got dtype {counts.dtype}.")
     if counts.ndim == 2:
         counts = counts.sum(0)
     tp, fp, fn, tn = (int(v) for v in counts.tolist())
+    if min(tp, fp, fn, tn) < 0:
+        raise ValueError(f"`counts` must be >= 0, got [TP, FP, FN, TN] = {[tp, fp, fn, tn]}.")
 
     def ratio(num: float, den: float) -> float:
         return num / den if den else 0.0
@@ -208,7 +214,7 @@ class ChangeDetectionCounter:
             ``temporalROI.txt``; frames outside are skipped. None scores every frame.
 
     Raises:
-        TypeError: ``roi`` is not a tensor.
+        TypeError: ``roi`` is not a tensor, or ``temporal_roi`` is not two ints.
         ValueError: ``temporal_roi`` is not 1-based with ``first <= last``.
 
     Shape:
@@ -229,6 +235,10 @@ class ChangeDetectionCounter:
         if roi is not None:
             check_tensor(roi, "roi")
         if temporal_roi is not None:
+            if len(temporal_roi) != 2 or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in temporal_roi
+            ):
+                raise TypeError(f"`temporal_roi` must be two int frame numbers (first, last), got {temporal_roi!r}.")
             first, last = (int(v) for v in temporal_roi)
             if first < 1 or last < first:
                 raise ValueError(

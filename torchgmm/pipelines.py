@@ -35,7 +35,7 @@ from torchgmm import postprocess as pp
 from torchgmm._checks import add_note, resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
 from torchgmm.io.images import atomic_write_bytes, atomic_write_text, decode_image_file, write_png
-from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
+from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, _frame_number, list_image_sequence
 from torchgmm.metrics import (
     GT_MOTION,
     GT_OUTSIDE_ROI,
@@ -697,12 +697,6 @@ def find_cdnet_sequences(root: str | os.PathLike) -> list[Path]:
 
 def _sequence_name(seq_dir: Path) -> str:
     return f"{seq_dir.parent.name}/{seq_dir.name}"
-
-
-def _frame_number(path: Path) -> int | None:
-    """The number in a frame file's name (``in000012.jpg`` -> 12), None without digits."""
-    digits = re.findall(r"\d+", path.stem)
-    return int(digits[-1]) if digits else None
 
 
 def _check_sequence(seq_dir: Path) -> None:

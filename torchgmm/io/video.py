@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import threading
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -119,6 +120,28 @@ def list_image_sequence(folder: str | os.PathLike) -> list[Path]:
             f"{', '.join(sorted(_IMAGE_EXTENSIONS))}."
         )
     return sorted(files, key=_natural_key)
+
+
+def _frame_number(path: Path) -> int | None:
+    """The frame number in an image file's name (the last run of digits: ``in000012.jpg`` ->
+    12), or None when it has none."""
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else None
+
+
+def _warn_on_numbering_gap(files: list[Path]) -> None:
+    """Warn once when a numbered sequence skips numbers: its frames are read as consecutive."""
+    numbers = [_frame_number(p) for p in files]
+    if None in numbers:
+        return
+    for prev, cur, path in zip(numbers, numbers[1:], files[1:]):
+        if cur != prev + 1:
+            warnings.warn(
+                f"the image sequence {str(path.parent)!r} jumps from frame number {prev} to {cur} "
+                f"({path.name}); its frames are read one after the other as if consecutive.",
+                stacklevel=3,
+            )
+            return
 
 
 def _to_index(value: int | float | None, fps: float, name: str, default: int | None) -> int | None:
@@ -236,8 +259,9 @@ class VideoReader:
             raise FileNotFoundError(f"video {str(self.path)!r} does not exist.")
         if self.path.is_dir():
             self._files = list_image_sequence(self.path)
-            if not (isinstance(fps, (int, float)) and fps > 0):
-                raise ValueError(f"`fps` must be a positive number, got {fps!r}.")
+            _warn_on_numbering_gap(self._files)
+            if not (isinstance(fps, (int, float)) and 0 < fps < float("inf")):
+                raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
             self._fps = float(fps)
             first = self._decode_image(self._files[0], 0, resize=False)
             self._src_h, self._src_w = int(first.shape[-2]), int(first.shape[-1])
@@ -660,8 +684,8 @@ class VideoWriter:
         start_number: int = 0,
     ) -> None:
         self.path = Path(path)
-        if not (isinstance(fps, (int, float, Fraction)) and fps > 0):
-            raise ValueError(f"`fps` must be a positive number, got {fps!r}.")
+        if not (isinstance(fps, (int, float, Fraction)) and 0 < fps < float("inf")):
+            raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
         if format not in (None, "png"):
             raise ValueError(f"`format` must be None or 'png', got {format!r}.")
         self.fps = fps
@@ -671,6 +695,12 @@ class VideoWriter:
         self.options = dict(options or {})
         self.container_options = dict(container_options or {})
         self.durable = bool(durable)
+        if format is None and self.path.suffix and self.path.is_dir():
+            # a folder named like a video file: the caller meant a file (or should say format="png")
+            raise IsADirectoryError(
+                f"cannot write the video {str(self.path)!r}: it is an existing folder; remove it, or pass "
+                "format='png' to write a numbered PNG sequence into it."
+            )
         self.is_sequence = format == "png" or self.path.is_dir() or self.path.suffix == ""
         self.frames_written = 0
         self._start_number = check_positive_int(start_number, "start_number", minimum=0)
@@ -725,7 +755,7 @@ class VideoWriter:
         muxer_options = {"flush_packets": "1", **(self.container_options or safe)}
         try:
             container = av.open(str(self.path), mode="w", options=muxer_options)
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:  # ValueError: PyAV knows no container for the suffix
             raise ValueError(f"cannot create video {str(self.path)!r}: {exc}") from exc
         try:
             rate = Fraction(self.fps).limit_denominator(100_000)
@@ -763,9 +793,10 @@ class VideoWriter:
         check_tensor(frames, "frames")
         if frames.ndim == 3:
             frames = frames.unsqueeze(0)
-        if frames.ndim != 4 or frames.shape[1] not in (1, 3):
+        if frames.ndim != 4 or frames.shape[1] not in (1, 3) or not (frames.shape[2] and frames.shape[3]):
             raise ShapeError(
-                f"`frames` must have shape (C, H, W) or (T, C, H, W) with C = 1 or 3, got {tuple(frames.shape)}."
+                f"`frames` must have shape (C, H, W) or (T, C, H, W) with C = 1 or 3 and H, W >= 1, "
+                f"got {tuple(frames.shape)} (writing {str(self.path)!r})."
             )
         if frames.dtype == torch.bool:
             frames = frames.to(torch.uint8) * 255
