@@ -53,6 +53,17 @@ def test_find_images_ignores_non_images(image_dir):
     assert names == ["corrupt.png", "deep16.png", "grey.png", "rgb.bmp", "sub/rgb.png", "sub/rgba.png"]
 
 
+def test_find_images_single_path_and_exclude(image_dir):
+    # a str is one input, not a sequence of one-letter names
+    assert len(find_images(str(image_dir))) == 6
+    assert [s.relative.as_posix() for s in find_images(image_dir / "grey.png")] == ["grey.png"]
+    # folders in `exclude` are left out of the search (an output folder inside an input)
+    kept = sorted(s.relative.as_posix() for s in find_images(image_dir, exclude=[image_dir / "sub"]))
+    assert kept == ["corrupt.png", "deep16.png", "grey.png", "rgb.bmp"]
+    with pytest.raises(FileNotFoundError, match=r"2 image\(s\) left out because they lie in .*sub"):
+        find_images(image_dir / "sub", exclude=[image_dir / "sub"])
+
+
 def test_cli_end_to_end(image_dir, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [str(image_dir), "--classes", "2", "--out", str(out), "--workers", "0", "--no-progress"]

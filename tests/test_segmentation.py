@@ -278,3 +278,16 @@ class TestPaletteAndPngErrors:
         with pytest.raises(ShapeError, match="C = 1 or 3"):
             write_png(tmp_path / "bad.png", torch.zeros(2, 2, 2, dtype=torch.uint8))
         assert not (tmp_path / "bad.png").exists()
+
+
+def test_write_png_refuses_empty_image_before_encoding(tmp_path):
+    from torchgmm.io.images import write_png
+
+    # libpng used to crash the interpreter on these; now a ShapeError names the file
+    for shape in ((1, 0, 4), (3, 4, 0), (0, 4)):
+        with pytest.raises(ShapeError, match=r"empty\.png.*H >= 1 and W >= 1"):
+            write_png(tmp_path / "empty.png", torch.zeros(shape, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        write_png(tmp_path / "empty.png", np.zeros((2, 2), np.uint8))
+    assert not list(tmp_path.iterdir())
+
