@@ -97,6 +97,44 @@ def _check_images(images: object, name: str = "images") -> Tensor:
     return images
 
 
+def _check_not_empty(images: Tensor, name: str = "images") -> None:
+    """Raise :class:`ShapeError` for B = 0, H = 0 or W = 0 (EM has nothing to fit)."""
+    b, _, h, w = images.shape
+    if b == 0 or h == 0 or w == 0:
+        raise ShapeError(
+            f"`{name}` must hold at least one image of at least one pixel (B, H, W >= 1), "
+            f"got shape {tuple(images.shape)}."
+        )
+
+
+def _check_em_settings(tol: object, max_iter: object) -> None:
+    """scikit-learn's ``GaussianMixture`` rules: ``tol`` a finite number >= 0, ``max_iter`` >= 1.
+
+    ``max_iter=0`` would return the initialisation with a lower bound of -inf (not JSON).
+    """
+    check_positive_int(max_iter, "max_iter", minimum=1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
+
+
+def _check_label_dtype(label_dtype: object, n_classes: int) -> None:
+    """Raise ``TypeError`` unless ``label_dtype`` is an integer dtype that holds ``0..K-1``."""
+    if (
+        not isinstance(label_dtype, torch.dtype)
+        or label_dtype == torch.bool
+        or label_dtype.is_floating_point
+        or label_dtype.is_complex
+    ):
+        raise TypeError(
+            f"`label_dtype` must be an integer torch dtype (torch.uint8, torch.int64, ...), got {label_dtype!r}."
+        )
+    if torch.iinfo(label_dtype).max < n_classes - 1:
+        raise ValueError(
+            f"`label_dtype` {label_dtype} cannot hold label {n_classes - 1} of n_classes={n_classes}; "
+            "use torch.int64."
+        )
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """Return uint8 images; uint16 images lose their low byte (``v >> 8``).
 
@@ -299,8 +337,8 @@ def fit_histogram_mixture(
     Args:
         hist: non-negative counts per grey level (from :func:`image_histograms`).
         n_classes: K, the number of classes.
-        tol: convergence threshold on the change of the mean log-likelihood.
-        max_iter: most EM iterations.
+        tol: convergence threshold on the change of the mean log-likelihood (>= 0).
+        max_iter: most EM iterations (>= 1, as in scikit-learn).
         reg_covar: added to every variance at each M-step.
         init: ``"range"`` (default, :func:`range_init`: equal grey-level intervals) or one
             of the engine's random inits.
@@ -323,6 +361,7 @@ def fit_histogram_mixture(
     """
     hist = _check_hist(hist)
     check_choice(init, "init", ("range", "kmeans++", "random"))
+    _check_em_settings(tol, max_iter)
     b, levels = hist.shape
     x = torch.arange(levels, device=hist.device, dtype=dtype).view(1, levels, 1).expand(b, -1, -1)
     w = hist.to(dtype)
@@ -523,10 +562,18 @@ def segment_images(
         reg_covar: added to the variances at each M-step.
         n_samples: pixels sampled per image for ``mode="rgb"``.
         generator: randomness for the ``"rgb"`` pixel sample and init.
-        label_dtype: dtype of the labels; ``torch.uint8`` writes 8x less memory (K <= 256).
+        label_dtype: integer dtype of the labels that holds ``K - 1``; ``torch.uint8`` writes
+            8x less memory (K <= 256).
 
     Returns:
         ``(labels, fit)``: labels (int64 by default) and the fitted mixtures (D = 1 or 3).
+
+    Raises:
+        TypeError: ``images`` is not uint8/uint16, or ``label_dtype`` is not an integer dtype.
+        ShapeError: ``images`` is not ``(B, 1 or 3, H, W)`` with B, H, W >= 1.
+        ValueError: ``n_classes``, ``tol`` or ``max_iter`` is out of range (``max_iter >= 1``,
+            ``tol >= 0``), ``label_dtype`` cannot hold ``n_classes - 1``, or
+            ``mode="rgb"`` gets fewer pixels (or ``n_samples``) than ``n_classes``.
 
     Shape:
         - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 or uint16
@@ -540,11 +587,24 @@ def segment_images(
     """
     images = _check_images(images)
     check_choice(mode, "mode", ("luminance", "rgb"))
+    k = check_positive_int(n_classes, "n_classes")
+    _check_em_settings(tol, max_iter)
+    _check_label_dtype(label_dtype, k)
+    _check_not_empty(images)
     if mode == "rgb":
         if images.shape[1] != 3:
             raise ShapeError(
                 f'`mode="rgb"` needs (B, 3, H, W) images, got shape {tuple(images.shape)}; '
                 'use mode="luminance" for grey images.'
+            )
+        # EM on pixels needs at least one sample per component (the histogram mode does not:
+        # it always fits the 256 grey levels)
+        n_pix = images.shape[2] * images.shape[3]
+        if min(n_pix, n_samples) < k:
+            raise ValueError(
+                f'`mode="rgb"` needs at least n_classes={k} pixels per image, got '
+                f"H x W = {n_pix} and n_samples = {n_samples}; use fewer classes, "
+                'larger images or mode="luminance".'
             )
         images = to_uint8(images)
         fit = _fit_rgb(
@@ -767,6 +827,10 @@ def colourise(labels: Tensor, n_classes: int) -> Tensor:
     Returns:
         uint8 RGB images on the device of ``labels``.
 
+    Raises:
+        ShapeError: ``labels`` is not a ``(B, H, W)`` integer tensor.
+        ValueError: a label is negative or ``>= n_classes`` (the message gives the range found).
+
     Shape:
         - labels: ``(B, H, W)`` integer
         - output: ``(B, 3, H, W)`` uint8
@@ -781,6 +845,14 @@ def colourise(labels: Tensor, n_classes: int) -> Tensor:
         raise ShapeError(f"`labels` must be a (B, H, W) integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}.")
     b, h, w = labels.shape
     pal = palette(n_classes).to(labels.device).t().contiguous()  # (3, K)
+    if labels.numel():
+        # one host sync: an out-of-range label would otherwise be a raw index error
+        lo, hi = (int(v) for v in torch.aminmax(labels))
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"`labels` must lie in 0..{n_classes - 1} for n_classes={n_classes}, got values "
+                f"from {lo} to {hi}; pass the n_classes the labels were made with."
+            )
     # colour[b, c, y, x] = palette[labels[b, y, x], c]: one index_select for all channels
     rgb = pal.index_select(1, labels.reshape(-1).to(torch.int32))  # (3, B*H*W)
     return rgb.view(3, b, h, w).transpose(0, 1).contiguous()
