@@ -867,7 +867,7 @@ class SegmentSummary(NamedTuple):
     n_done: int
     #: images skipped because their outputs and record already existed
     n_skipped: int
-    #: the files that could not be decoded, with their error messages
+    #: the files that could not be decoded, segmented or written, with their error messages
     failed: list[tuple[str, str]]
     #: wall-clock time of the whole call
     wall_s: float
@@ -881,6 +881,11 @@ class SegmentSummary(NamedTuple):
     write_s: float
     #: path of the JSON-lines file of fitted parameters
     jsonl: str
+
+
+def _finite_or_none(value: float) -> float | None:
+    """``value``, or None (JSON null) for infinity and NaN, which strict JSON cannot hold."""
+    return value if math.isfinite(value) else None
 
 
 def _output_paths(out_dir: Path, rel: Path) -> tuple[Path, Path]:
@@ -898,8 +903,95 @@ def _write_outputs(labels: Tensor, n_classes: int, paths: tuple[Path, Path], rec
     return {**record, "labels": str(paths[0]), "colour": str(paths[1])}
 
 
+#: record fields that must equal this run's settings for a finished image to be skipped
+_RECORD_SETTINGS = ("n_classes", "mode", "tol", "max_iter")
+
+
+def _read_records(jsonl: Path) -> dict[str, dict]:
+    """Records of ``segments.jsonl`` by input path; a damaged file is an error naming the line.
+
+    The file is only ever replaced whole (:func:`~torchgmm.io.images.atomic_write_text`), so
+    an interrupted run cannot leave a truncated last line: a line that does not parse means
+    the file was damaged or edited, and guessing which results it vouched for could keep
+    stale outputs. It is refused rather than repaired.
+    """
+    if not jsonl.exists():
+        return {}
+    hint = "repair or remove it (its images are then segmented again), or choose another output folder."
+    try:
+        text = jsonl.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(jsonl)!r} is not UTF-8 text ({exc.reason}); {hint}") from exc
+    records: dict[str, dict] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{str(jsonl)!r} line {n} is not valid JSON ({exc.msg} at column {exc.colno}); {hint}"
+            ) from exc
+        if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
+            raise ValueError(
+                f"{str(jsonl)!r} line {n} is not a segmentation record (a JSON object with an "
+                f'"input" path); {hint}'
+            )
+        records[rec["input"]] = rec
+    return records
+
+
+def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, settings: dict) -> None:
+    """Refuse (``ValueError``) when a record of one of ``keys`` was made with other settings.
+
+    Skipping such an image would silently keep results made with, e.g., another number of
+    classes. ``settings["mode"]`` is the requested mode; a grey image is always segmented on
+    luminance, so its record matches either mode. Records written before ``channels``,
+    ``tol`` and ``max_iter`` were stored count as colour images with unknown EM settings:
+    they are refused rather than trusted.
+    """
+    missing = object()
+    diffs: dict[str, tuple[set, int, str]] = {}  # setting -> (old values, images, an example)
+    for key in keys:
+        rec = records.get(key)
+        if rec is None:
+            continue
+        for name in _RECORD_SETTINGS:
+            new = settings[name]
+            if name == "mode" and rec.get("channels", 3) != 3:
+                new = "luminance"
+            old = rec.get(name, missing)
+            if old is missing or old != new:
+                olds, count, example = diffs.get(name, (set(), 0, key))
+                olds.add("not recorded" if old is missing else repr(old))
+                diffs[name] = (olds, count + 1, example)
+    if diffs:
+        what = "; ".join(
+            f"{name} {' / '.join(sorted(olds))} there, {settings[name]!r} in this run "
+            f"({count} image(s), e.g. {example!r})"
+            for name, (olds, count, example) in diffs.items()
+        )
+        raise ValueError(
+            f"output folder {str(jsonl.parent)!r} holds results made with other settings "
+            f"(recorded in {str(jsonl)!r}): {what}. Nothing was changed: choose another output "
+            "folder, remove the old results, or pass overwrite=True (--overwrite) to redo them."
+        )
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``; a file in its place is a ``NotADirectoryError`` naming it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(
+            f"output folder {str(out_dir)!r} exists and is not a folder; choose another output folder."
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a parent folder must be
+        raise NotADirectoryError(f"cannot create output folder {str(out_dir)!r}: {exc}") from exc
+
+
 def segment_files(
-    inputs: Iterable[str | os.PathLike],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     n_classes: int = 3,
     *,
@@ -922,21 +1014,25 @@ def segment_files(
     every few seconds and at the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
     ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
     temporary file and ``os.replace``. Images whose outputs and record already exist are skipped unless ``overwrite``, so an interrupted run
-    resumes. Files are decoded in ``workers`` DataLoader processes; images of the same size
-    in a batch are segmented together, on ``device``. A file that cannot be decoded is named
-    on ``log``, skipped and listed in the summary.
+    resumes; if such a record was made with other settings (``n_classes``, ``mode``, ``tol``,
+    ``max_iter``) the call refuses before any work instead of keeping stale results. Images
+    inside ``out_dir`` are never taken as input, so ``out_dir`` may lie inside an input
+    folder. Files are decoded in ``workers`` DataLoader processes; images of the same size
+    in a batch are segmented together, on ``device``. A file that cannot be decoded,
+    segmented (e.g. fewer pixels than classes with ``mode="rgb"``) or written is named on
+    ``log``, skipped and listed in the summary; the other files are processed.
 
     Args:
-        inputs: image files and folders (searched recursively).
+        inputs: image files and folders (searched recursively); a single path is one input.
         out_dir: output folder (created).
         n_classes: K.
         mode: ``"luminance"`` or ``"rgb"`` (see :func:`segment_images`).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a device.
         batch_size: images decoded and segmented per step.
         workers: DataLoader worker processes (0 decodes in this process).
-        overwrite: redo images whose outputs exist.
-        tol: EM convergence threshold.
-        max_iter: most EM iterations.
+        overwrite: redo images whose outputs exist, whatever settings they were made with.
+        tol: EM convergence threshold (>= 0).
+        max_iter: most EM iterations (>= 1).
         write_threads: threads encoding and writing PNGs while the next batch is processed
             (0: write in this thread, one image after the other).
         progress: show a tqdm progress bar (images/s).
@@ -947,8 +1043,12 @@ def segment_files(
 
     Raises:
         FileNotFoundError: an input is missing or no image file was found.
+        NotADirectoryError: ``out_dir`` (or a folder above it) is a file.
         TypeError: ``n_classes``, ``batch_size``, ``workers`` or ``write_threads`` is not an int.
-        ValueError: one of them is out of range, or ``mode`` is not a known mode.
+        ValueError: one of them is out of range (``n_classes`` <= 256: label maps are 8-bit),
+            ``mode`` is not a known mode, ``tol``/``max_iter`` are out of range,
+            ``OUT/segments.jsonl`` is damaged (the message gives the line), or it records
+            results of these inputs made with other settings and ``overwrite`` is False.
 
     Shape:
         - decoded images: ``(C, H, W)`` uint8 or uint16, C = 1 or 3, batched as
@@ -979,20 +1079,25 @@ def segment_files(
     t_start = time.perf_counter()
     log = sys.stderr if log is None else log
     check_positive_int(n_classes, "n_classes")
+    if n_classes > N_LEVELS:
+        raise ValueError(f"`n_classes` must be <= {N_LEVELS} (label maps are 8-bit PNGs), got {n_classes}.")
+    check_choice(mode, "mode", ("luminance", "rgb"))
+    _check_em_settings(tol, max_iter)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(workers, "workers", minimum=0)
     check_positive_int(write_threads, "write_threads", minimum=0)
     device = resolve_device(device)
-    sources = find_images(inputs)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        _prepare_out_dir(out_dir)  # raises, naming it, before the inputs are searched
+    # our own outputs are not inputs (an out_dir inside an input folder)
+    sources = find_images(inputs, exclude=[out_dir])
     jsonl = out_dir / "segments.jsonl"
-    records: dict[str, dict] = {}
-    if jsonl.exists():
-        for line in jsonl.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                records[rec["input"]] = rec
+    records = _read_records(jsonl)
+    if not overwrite:
+        settings = {"n_classes": n_classes, "mode": mode, "tol": tol, "max_iter": max_iter}
+        _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
+    _prepare_out_dir(out_dir)
     todo = [
         s for s in sources
         if overwrite
@@ -1015,18 +1120,36 @@ def segment_files(
     # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
     # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
     pool = ThreadPoolExecutor(write_threads, "torchgmm-write") if write_threads > 0 else None
-    pending: deque[Future] = deque()
+    pending: deque[tuple[str, Future]] = deque()  # (input path, write of its outputs)
+
+    def fail(path: str, message: str) -> None:  # one image failed; the run goes on
+        failed.append((path, message))
+        tqdm.write(f"error: {message}", file=log)  # keeps the bar intact
+        bar.update(1)
 
     def save_records() -> None:  # the whole file, atomically; throttled to every few seconds
         atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
 
     def collect(block_until: int) -> None:  # finished writes -> records; wait while too many
         nonlocal dirty, n_done
-        while pending and (len(pending) > block_until or pending[0].done()):
-            rec = pending.popleft().result()  # re-raises a write error (disk full, ...)
+        while pending and (len(pending) > block_until or pending[0][1].done()):
+            path, future = pending.popleft()
+            try:
+                rec = future.result()
+            except OSError as exc:  # e.g. a folder where its PNG must go: this image fails
+                fail(path, f"cannot write the outputs of {path!r}: {exc}")
+                continue
             records[rec["input"]] = rec
             dirty, n_done = True, n_done + 1
             bar.update(1)
+
+    def segment_group(group: list) -> tuple[list, Tensor, dict, str]:  # images of one size
+        batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
+        seg_mode = mode if batch.shape[1] == 3 else "luminance"
+        segmenter.mode = seg_mode
+        labels = segmenter(batch)
+        fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+        return group, labels.cpu(), fit, seg_mode
 
     it = iter(loader)
     try:
@@ -1041,44 +1164,55 @@ def segment_files(
             for item in items:
                 decode_s += item.decode_s
                 if item.image is None:
-                    failed.append((str(item.source.path), item.error or "unknown error"))
-                    tqdm.write(f"error: {item.error}", file=log)  # keeps the bar intact
-                    bar.update(1)
+                    fail(str(item.source.path), item.error or "unknown error")
                     continue
                 img = item.image  # grey/RGB conversion happens on `device`, in the segmenter
                 groups.setdefault((tuple(img.shape), img.dtype), []).append((item, img))
             for group in groups.values():
                 t0 = time.perf_counter()
-                batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
-                seg_mode = mode if batch.shape[1] == 3 else "luminance"
-                segmenter.mode = seg_mode
-                labels = segmenter(batch)
-                fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
-                labels = labels.cpu()
+                try:
+                    parts = [segment_group(group)]
+                except ValueError:
+                    # an image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must
+                    # not take its batch, or the run, down: redo the group one image at a time
+                    parts = []
+                    for one in group:
+                        try:
+                            parts.append(segment_group([one]))
+                        except ValueError as exc:
+                            path = str(one[0].source.path)
+                            fail(path, f"cannot segment {path!r}: {exc}")
                 t1 = time.perf_counter()
                 segment_s += t1 - t0  # fit + labels, transfers included; colouring is output
-                for j, (item, _) in enumerate(group):
-                    key = str(item.source.path.resolve())
-                    record = {
-                        "input": key,
-                        "height": int(labels.shape[1]),
-                        "width": int(labels.shape[2]),
-                        "mode": seg_mode,
-                        "n_classes": n_classes,
-                        "weights": fit["weights_"][j].tolist(),
-                        "means": fit["means_"][j].tolist(),
-                        "covariances": fit["covariances_"][j].tolist(),
-                        "lower_bound": float(fit["lower_bound_"][j]),
-                        "n_iter": int(fit["n_iter_"][j]),
-                        "converged": bool(fit["converged_"][j]),
-                    }
-                    paths = _output_paths(out_dir, item.source.relative)
-                    if pool is None:  # write_threads=0: write here, synchronously
-                        done: Future = Future()
-                        done.set_result(_write_outputs(labels[j], n_classes, paths, record))
-                        pending.append(done)
-                    else:
-                        pending.append(pool.submit(_write_outputs, labels[j], n_classes, paths, record))
+                for part, labels, fit, seg_mode in parts:
+                    for j, (item, img) in enumerate(part):
+                        record = {
+                            "input": str(item.source.path.resolve()),
+                            "height": int(labels.shape[1]),
+                            "width": int(labels.shape[2]),
+                            "channels": int(img.shape[0]),
+                            "mode": seg_mode,
+                            "n_classes": n_classes,
+                            "tol": float(tol),
+                            "max_iter": max_iter,
+                            "weights": fit["weights_"][j].tolist(),
+                            "means": fit["means_"][j].tolist(),
+                            "covariances": fit["covariances_"][j].tolist(),
+                            # strict JSON has no -Infinity/NaN: write null for a non-finite bound
+                            "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
+                            "n_iter": int(fit["n_iter_"][j]),
+                            "converged": bool(fit["converged_"][j]),
+                        }
+                        paths = _output_paths(out_dir, item.source.relative)
+                        if pool is None:  # write_threads=0: write here, synchronously
+                            done: Future = Future()
+                            try:
+                                done.set_result(_write_outputs(labels[j], n_classes, paths, record))
+                            except OSError as exc:  # reported by collect(), like a pool's error
+                                done.set_exception(exc)
+                        else:
+                            done = pool.submit(_write_outputs, labels[j], n_classes, paths, record)
+                        pending.append((str(item.source.path), done))
                 collect(block_until=2 * batch_size)
                 write_s += time.perf_counter() - t1
             t0 = time.perf_counter()
