@@ -53,6 +53,17 @@ def test_find_images_ignores_non_images(image_dir):
     assert names == ["corrupt.png", "deep16.png", "grey.png", "rgb.bmp", "sub/rgb.png", "sub/rgba.png"]
 
 
+def test_find_images_single_path_and_exclude(image_dir):
+    # a str is one input, not a sequence of one-letter names
+    assert len(find_images(str(image_dir))) == 6
+    assert [s.relative.as_posix() for s in find_images(image_dir / "grey.png")] == ["grey.png"]
+    # folders in `exclude` are left out of the search (an output folder inside an input)
+    kept = sorted(s.relative.as_posix() for s in find_images(image_dir, exclude=[image_dir / "sub"]))
+    assert kept == ["corrupt.png", "deep16.png", "grey.png", "rgb.bmp"]
+    with pytest.raises(FileNotFoundError, match=r"2 image\(s\) left out because they lie in .*sub"):
+        find_images(image_dir / "sub", exclude=[image_dir / "sub"])
+
+
 def test_cli_end_to_end(image_dir, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [str(image_dir), "--classes", "2", "--out", str(out), "--workers", "0", "--no-progress"]
@@ -125,3 +136,163 @@ def test_cli_rgb_mode(image_dir, tmp_path):
     assert records["grey.png"]["mode"] == "luminance"
     labels = np.asarray(Image.open(out / "rgb_labels.png"))
     assert (labels[:, :10] == 0).mean() > 0.95 and (labels[:, -10:] == 1).mean() > 0.95
+
+
+# --- re-runs, damaged records, awkward output folders ------------------------------------
+def _save(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8), "L" if arr.ndim == 2 else "RGB").save(path)
+    return path
+
+
+@pytest.fixture()
+def small_dir(tmp_path: Path) -> Path:
+    """Two tiny grey images and one tiny RGB image."""
+    d = tmp_path / "small"
+    _save(d / "a.png", _two_tone(6, 8))
+    _save(d / "b.png", _two_tone(6, 8, seed=1))
+    _save(d / "c.png", np.stack([_two_tone(6, 8, seed=s) for s in range(3)], -1))
+    return d
+
+
+def _run(inputs, out, k=2, **kw):
+    kw = {"device": "cpu", "progress": False, "write_threads": 0, **kw}
+    return segment_files(inputs, out, k, **kw)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_other_settings_is_refused(small_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _run(small_dir, out, 2).n_done == 3
+    before = _snapshot(out)
+    for kw, match in (
+        ({"k": 3}, r"n_classes 2 there, 3 in this run \(3 image"),
+        ({"max_iter": 7}, r"max_iter 100 there, 7 in this run"),
+        ({"tol": 0.5}, r"tol 0.001 there, 0.5 in this run"),
+        # only the RGB image c.png would change: grey images are segmented on luminance anyway
+        ({"mode": "rgb"}, r"mode 'luminance' there, 'rgb' in this run \(1 image\(s\), e\.g\. '.*c\.png'"),
+    ):
+        with pytest.raises(ValueError, match=match) as err:
+            _run(small_dir, out, **kw)
+        assert "segments.jsonl" in str(err.value) and "another output folder" in str(err.value)
+        assert _snapshot(out) == before  # nothing overwritten
+    # same settings resume; grey images alone accept mode="rgb"; --overwrite redoes
+    assert _run(small_dir, out, 2).n_skipped == 3
+    assert _run([small_dir / "a.png", small_dir / "b.png"], out, 2, mode="rgb").n_skipped == 2
+    assert _run(small_dir, out, 3, overwrite=True).n_done == 3
+    recs = [json.loads(line) for line in (out / "segments.jsonl").read_text().splitlines()]
+    assert {r["n_classes"] for r in recs} == {3} and {r["channels"] for r in recs} == {1, 3}
+
+
+def test_records_without_settings_are_not_trusted(small_dir, tmp_path):
+    out = tmp_path / "out"
+    _run(small_dir / "a.png", out)
+    rec = json.loads((out / "segments.jsonl").read_text())
+    del rec["tol"], rec["max_iter"]  # as written before these were recorded
+    (out / "segments.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match="tol not recorded there"):
+        _run(small_dir / "a.png", out)
+
+
+def test_cli_rerun_with_other_k_exits_2(small_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["segment", str(small_dir), "--out", str(out), "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "-k", "2"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "-k", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "n_classes 2 there, 4 in this run" in err and "skipped" not in err
+
+
+def test_damaged_segments_jsonl_names_file_and_line(small_dir, tmp_path):
+    out = tmp_path / "out"
+    _run(small_dir, out)
+    jsonl = out / "segments.jsonl"
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text(lines[0] + "\n" + lines[1][:60])  # truncated second line
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=r"segments\.jsonl' line 2 is not valid JSON"):
+        _run(small_dir, out)
+    jsonl.write_text(lines[0] + "\n\n" + '{"foo": 1}\n')
+    with pytest.raises(ValueError, match=r"segments\.jsonl' line 3 is not a segmentation record"):
+        _run(small_dir, out)
+    jsonl.write_text(lines[0] + "\n" + lines[1][:60])
+    assert _snapshot(out) == before  # refused before any work
+
+
+def test_output_folder_inside_input_is_not_read_back(small_dir):
+    out = small_dir / "seg"
+    assert _run(small_dir, out).n_done == 3
+    again = _run(small_dir, out)
+    assert again.n_found == 3 and again.n_skipped == 3 and again.n_done == 0
+    assert not (out / "seg").exists()
+
+
+def test_segment_files_single_path_is_one_input(small_dir, tmp_path):
+    assert _run(str(small_dir), tmp_path / "o").n_done == 3
+
+
+def test_output_folder_that_is_a_file_is_refused_before_work(small_dir, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out in (afile, afile / "sub"):
+        with pytest.raises(NotADirectoryError, match="afile"):
+            _run(small_dir, out)
+    assert afile.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("write_threads", [0, 2])
+def test_unwritable_output_fails_that_image_only(small_dir, tmp_path, write_threads):
+    out = tmp_path / "out"
+    (out / "b_labels.png").mkdir(parents=True)  # a folder where b's label map must go
+    s = _run(small_dir, out, write_threads=write_threads)
+    assert s.n_done == 2 and [Path(p).name for p, _ in s.failed] == ["b.png"]
+    assert "b_labels.png" in s.failed[0][1]
+    assert (out / "a_labels.png").is_file() and (out / "c_colour.png").is_file()
+    recs = [json.loads(line)["input"] for line in (out / "segments.jsonl").read_text().splitlines()]
+    assert sorted(Path(r).name for r in recs) == ["a.png", "c.png"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_rgb_image_with_fewer_pixels_than_k_fails_alone(tmp_path, capsys, batch_size):
+    d = tmp_path / "rgbsmall"
+    _save(d / "a_big.png", np.stack([_two_tone(8, 8, seed=s) for s in range(3)], -1))
+    _save(d / "b_tiny.png", np.array([[[0, 0, 0], [255, 255, 255]]]))  # 1x2 RGB: 2 pixels < K=3
+    _save(d / "c_big.png", np.stack([_two_tone(8, 8, seed=s + 3) for s in range(3)], -1))
+    out = tmp_path / "out"
+    argv = ["segment", str(d), "--out", str(out), "--mode", "rgb", "-k", "3", "--batch-size",
+            str(batch_size), "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "b_tiny.png" in err and "n_classes=3 pixels" in err and "segmented 2" in err
+    assert (out / "a_big_labels.png").exists() and (out / "c_big_labels.png").exists()
+    assert not (out / "b_tiny_labels.png").exists()
+
+
+def test_failing_group_names_each_image(tmp_path):
+    # a batch of same-size images EM cannot fit is retried image by image: each one is named
+    d = tmp_path / "pair"
+    _save(d / "ok.png", np.stack([_two_tone(1, 4, seed=s) for s in range(3)], -1))  # 4 pixels
+    _save(d / "ok2.png", np.stack([_two_tone(1, 4, seed=s + 3) for s in range(3)], -1))
+    s = _run(d, tmp_path / "o", 4, mode="rgb", batch_size=2)
+    assert s.n_done == 2 and not s.failed  # 4 pixels, K = 4: fits
+    s = _run(d, tmp_path / "o5", 5, mode="rgb", batch_size=2)
+    assert s.n_done == 0 and sorted(Path(p).name for p, _ in s.failed) == ["ok.png", "ok2.png"]
+
+
+@pytest.mark.filterwarnings("ignore::torchgmm.mixture.ConvergenceWarning")
+def test_records_are_strict_json_and_max_iter_0_refused(small_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="max_iter"):
+        _run(small_dir, out, max_iter=0)
+    assert not out.exists()  # refused before any work
+
+    def no_constants(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    _run(small_dir, out, max_iter=1)
+    for line in (out / "segments.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=no_constants)

@@ -278,3 +278,66 @@ class TestPaletteAndPngErrors:
         with pytest.raises(ShapeError, match="C = 1 or 3"):
             write_png(tmp_path / "bad.png", torch.zeros(2, 2, 2, dtype=torch.uint8))
         assert not (tmp_path / "bad.png").exists()
+
+
+def test_write_png_refuses_empty_image_before_encoding(tmp_path):
+    from torchgmm.io.images import write_png
+
+    # libpng used to crash the interpreter on these; now a ShapeError names the file
+    for shape in ((1, 0, 4), (3, 4, 0), (0, 4)):
+        with pytest.raises(ShapeError, match=r"empty\.png.*H >= 1 and W >= 1"):
+            write_png(tmp_path / "empty.png", torch.zeros(shape, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        write_png(tmp_path / "empty.png", np.zeros((2, 2), np.uint8))
+    assert not list(tmp_path.iterdir())
+
+
+class TestSegmentImagesErrors:
+    def test_empty_batch_or_image(self):
+        for shape in ((0, 1, 8, 8), (1, 1, 0, 8), (1, 1, 8, 0), (1, 3, 0, 8)):
+            with pytest.raises(ShapeError, match=r"B, H, W >= 1"):
+                segment_images(torch.zeros(shape, dtype=torch.uint8), 2)
+        with pytest.raises(ShapeError, match=r"B, H, W >= 1"):
+            segment_images(torch.zeros(1, 3, 8, 0, dtype=torch.uint8), 2, mode="rgb")
+
+    def test_label_dtype_must_hold_all_classes(self):
+        imgs = _images(1)
+        for bad in (torch.bool, torch.float32):
+            with pytest.raises(TypeError, match="label_dtype"):
+                segment_images(imgs, 3, label_dtype=bad)
+        with pytest.raises(TypeError, match="label_dtype"):
+            HistogramSegmenter(3, label_dtype=torch.bool)(imgs)
+        rgb = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+        with pytest.raises(ValueError, match="cannot hold label 199"):
+            segment_images(rgb, 200, mode="rgb", label_dtype=torch.int8)
+        labels, _ = segment_images(imgs, 3, label_dtype=torch.int16)
+        assert labels.dtype == torch.int16 and labels.max() == 2
+
+    def test_em_settings_as_in_sklearn(self):
+        # scikit-learn's GaussianMixture: max_iter >= 1, tol >= 0
+        imgs = _images(1)
+        with pytest.raises(ValueError, match="max_iter"):
+            segment_images(imgs, 3, max_iter=0)
+        with pytest.raises(ValueError, match="max_iter"):
+            fit_histogram_mixture(image_histograms(imgs), 3, max_iter=0)
+        for tol in (float("nan"), -1.0):
+            with pytest.raises(ValueError, match="tol"):
+                HistogramSegmenter(3, tol=tol)(imgs)
+
+    def test_rgb_needs_k_pixels(self):
+        tiny = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)  # (1, 3, 1, 2)
+        with pytest.raises(ValueError, match=r"n_classes=3 pixels.*H x W = 2"):
+            segment_images(tiny, 3, mode="rgb")
+        assert segment_images(tiny, 2, mode="rgb")[0].shape == (1, 1, 2)
+        # the histogram mode always fits 256 grey levels: fewer pixels than K is fine
+        assert segment_images(tiny[:, :1], 3)[0].shape == (1, 1, 2)
+
+
+def test_colourise_rejects_labels_outside_0_to_k():
+    from torchgmm.segmentation import colourise
+
+    with pytest.raises(ValueError, match=r"0\.\.2 for n_classes=3, got values from 0 to 7"):
+        colourise(torch.tensor([[[0, 7]]]), 3)
+    with pytest.raises(ValueError, match="from -1 to 0"):
+        colourise(torch.tensor([[[-1, 0]]]), 3)
+    assert colourise(torch.zeros(1, 0, 4, dtype=torch.uint8), 3).shape == (1, 3, 0, 4)

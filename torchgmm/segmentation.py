@@ -97,6 +97,44 @@ def _check_images(images: object, name: str = "images") -> Tensor:
     return images
 
 
+def _check_not_empty(images: Tensor, name: str = "images") -> None:
+    """Raise :class:`ShapeError` for B = 0, H = 0 or W = 0 (EM has nothing to fit)."""
+    b, _, h, w = images.shape
+    if b == 0 or h == 0 or w == 0:
+        raise ShapeError(
+            f"`{name}` must hold at least one image of at least one pixel (B, H, W >= 1), "
+            f"got shape {tuple(images.shape)}."
+        )
+
+
+def _check_em_settings(tol: object, max_iter: object) -> None:
+    """scikit-learn's ``GaussianMixture`` rules: ``tol`` a finite number >= 0, ``max_iter`` >= 1.
+
+    ``max_iter=0`` would return the initialisation with a lower bound of -inf (not JSON).
+    """
+    check_positive_int(max_iter, "max_iter", minimum=1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
+
+
+def _check_label_dtype(label_dtype: object, n_classes: int) -> None:
+    """Raise ``TypeError`` unless ``label_dtype`` is an integer dtype that holds ``0..K-1``."""
+    if (
+        not isinstance(label_dtype, torch.dtype)
+        or label_dtype == torch.bool
+        or label_dtype.is_floating_point
+        or label_dtype.is_complex
+    ):
+        raise TypeError(
+            f"`label_dtype` must be an integer torch dtype (torch.uint8, torch.int64, ...), got {label_dtype!r}."
+        )
+    if torch.iinfo(label_dtype).max < n_classes - 1:
+        raise ValueError(
+            f"`label_dtype` {label_dtype} cannot hold label {n_classes - 1} of n_classes={n_classes}; "
+            "use torch.int64."
+        )
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """Return uint8 images; uint16 images lose their low byte (``v >> 8``).
 
@@ -299,8 +337,8 @@ def fit_histogram_mixture(
     Args:
         hist: non-negative counts per grey level (from :func:`image_histograms`).
         n_classes: K, the number of classes.
-        tol: convergence threshold on the change of the mean log-likelihood.
-        max_iter: most EM iterations.
+        tol: convergence threshold on the change of the mean log-likelihood (>= 0).
+        max_iter: most EM iterations (>= 1, as in scikit-learn).
         reg_covar: added to every variance at each M-step.
         init: ``"range"`` (default, :func:`range_init`: equal grey-level intervals) or one
             of the engine's random inits.
@@ -323,6 +361,7 @@ def fit_histogram_mixture(
     """
     hist = _check_hist(hist)
     check_choice(init, "init", ("range", "kmeans++", "random"))
+    _check_em_settings(tol, max_iter)
     b, levels = hist.shape
     x = torch.arange(levels, device=hist.device, dtype=dtype).view(1, levels, 1).expand(b, -1, -1)
     w = hist.to(dtype)
@@ -523,10 +562,18 @@ def segment_images(
         reg_covar: added to the variances at each M-step.
         n_samples: pixels sampled per image for ``mode="rgb"``.
         generator: randomness for the ``"rgb"`` pixel sample and init.
-        label_dtype: dtype of the labels; ``torch.uint8`` writes 8x less memory (K <= 256).
+        label_dtype: integer dtype of the labels that holds ``K - 1``; ``torch.uint8`` writes
+            8x less memory (K <= 256).
 
     Returns:
         ``(labels, fit)``: labels (int64 by default) and the fitted mixtures (D = 1 or 3).
+
+    Raises:
+        TypeError: ``images`` is not uint8/uint16, or ``label_dtype`` is not an integer dtype.
+        ShapeError: ``images`` is not ``(B, 1 or 3, H, W)`` with B, H, W >= 1.
+        ValueError: ``n_classes``, ``tol`` or ``max_iter`` is out of range (``max_iter >= 1``,
+            ``tol >= 0``), ``label_dtype`` cannot hold ``n_classes - 1``, or
+            ``mode="rgb"`` gets fewer pixels (or ``n_samples``) than ``n_classes``.
 
     Shape:
         - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 or uint16
@@ -540,11 +587,24 @@ def segment_images(
     """
     images = _check_images(images)
     check_choice(mode, "mode", ("luminance", "rgb"))
+    k = check_positive_int(n_classes, "n_classes")
+    _check_em_settings(tol, max_iter)
+    _check_label_dtype(label_dtype, k)
+    _check_not_empty(images)
     if mode == "rgb":
         if images.shape[1] != 3:
             raise ShapeError(
                 f'`mode="rgb"` needs (B, 3, H, W) images, got shape {tuple(images.shape)}; '
                 'use mode="luminance" for grey images.'
+            )
+        # EM on pixels needs at least one sample per component (the histogram mode does not:
+        # it always fits the 256 grey levels)
+        n_pix = images.shape[2] * images.shape[3]
+        if min(n_pix, n_samples) < k:
+            raise ValueError(
+                f'`mode="rgb"` needs at least n_classes={k} pixels per image, got '
+                f"H x W = {n_pix} and n_samples = {n_samples}; use fewer classes, "
+                'larger images or mode="luminance".'
             )
         images = to_uint8(images)
         fit = _fit_rgb(
@@ -767,6 +827,10 @@ def colourise(labels: Tensor, n_classes: int) -> Tensor:
     Returns:
         uint8 RGB images on the device of ``labels``.
 
+    Raises:
+        ShapeError: ``labels`` is not a ``(B, H, W)`` integer tensor.
+        ValueError: a label is negative or ``>= n_classes`` (the message gives the range found).
+
     Shape:
         - labels: ``(B, H, W)`` integer
         - output: ``(B, 3, H, W)`` uint8
@@ -781,6 +845,14 @@ def colourise(labels: Tensor, n_classes: int) -> Tensor:
         raise ShapeError(f"`labels` must be a (B, H, W) integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}.")
     b, h, w = labels.shape
     pal = palette(n_classes).to(labels.device).t().contiguous()  # (3, K)
+    if labels.numel():
+        # one host sync: an out-of-range label would otherwise be a raw index error
+        lo, hi = (int(v) for v in torch.aminmax(labels))
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"`labels` must lie in 0..{n_classes - 1} for n_classes={n_classes}, got values "
+                f"from {lo} to {hi}; pass the n_classes the labels were made with."
+            )
     # colour[b, c, y, x] = palette[labels[b, y, x], c]: one index_select for all channels
     rgb = pal.index_select(1, labels.reshape(-1).to(torch.int32))  # (3, B*H*W)
     return rgb.view(3, b, h, w).transpose(0, 1).contiguous()
@@ -795,7 +867,7 @@ class SegmentSummary(NamedTuple):
     n_done: int
     #: images skipped because their outputs and record already existed
     n_skipped: int
-    #: the files that could not be decoded, with their error messages
+    #: the files that could not be decoded, segmented or written, with their error messages
     failed: list[tuple[str, str]]
     #: wall-clock time of the whole call
     wall_s: float
@@ -809,6 +881,11 @@ class SegmentSummary(NamedTuple):
     write_s: float
     #: path of the JSON-lines file of fitted parameters
     jsonl: str
+
+
+def _finite_or_none(value: float) -> float | None:
+    """``value``, or None (JSON null) for infinity and NaN, which strict JSON cannot hold."""
+    return value if math.isfinite(value) else None
 
 
 def _output_paths(out_dir: Path, rel: Path) -> tuple[Path, Path]:
@@ -826,8 +903,95 @@ def _write_outputs(labels: Tensor, n_classes: int, paths: tuple[Path, Path], rec
     return {**record, "labels": str(paths[0]), "colour": str(paths[1])}
 
 
+#: record fields that must equal this run's settings for a finished image to be skipped
+_RECORD_SETTINGS = ("n_classes", "mode", "tol", "max_iter")
+
+
+def _read_records(jsonl: Path) -> dict[str, dict]:
+    """Records of ``segments.jsonl`` by input path; a damaged file is an error naming the line.
+
+    The file is only ever replaced whole (:func:`~torchgmm.io.images.atomic_write_text`), so
+    an interrupted run cannot leave a truncated last line: a line that does not parse means
+    the file was damaged or edited, and guessing which results it vouched for could keep
+    stale outputs. It is refused rather than repaired.
+    """
+    if not jsonl.exists():
+        return {}
+    hint = "repair or remove it (its images are then segmented again), or choose another output folder."
+    try:
+        text = jsonl.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(jsonl)!r} is not UTF-8 text ({exc.reason}); {hint}") from exc
+    records: dict[str, dict] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{str(jsonl)!r} line {n} is not valid JSON ({exc.msg} at column {exc.colno}); {hint}"
+            ) from exc
+        if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
+            raise ValueError(
+                f"{str(jsonl)!r} line {n} is not a segmentation record (a JSON object with an "
+                f'"input" path); {hint}'
+            )
+        records[rec["input"]] = rec
+    return records
+
+
+def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, settings: dict) -> None:
+    """Refuse (``ValueError``) when a record of one of ``keys`` was made with other settings.
+
+    Skipping such an image would silently keep results made with, e.g., another number of
+    classes. ``settings["mode"]`` is the requested mode; a grey image is always segmented on
+    luminance, so its record matches either mode. Records written before ``channels``,
+    ``tol`` and ``max_iter`` were stored count as colour images with unknown EM settings:
+    they are refused rather than trusted.
+    """
+    missing = object()
+    diffs: dict[str, tuple[set, int, str]] = {}  # setting -> (old values, images, an example)
+    for key in keys:
+        rec = records.get(key)
+        if rec is None:
+            continue
+        for name in _RECORD_SETTINGS:
+            new = settings[name]
+            if name == "mode" and rec.get("channels", 3) != 3:
+                new = "luminance"
+            old = rec.get(name, missing)
+            if old is missing or old != new:
+                olds, count, example = diffs.get(name, (set(), 0, key))
+                olds.add("not recorded" if old is missing else repr(old))
+                diffs[name] = (olds, count + 1, example)
+    if diffs:
+        what = "; ".join(
+            f"{name} {' / '.join(sorted(olds))} there, {settings[name]!r} in this run "
+            f"({count} image(s), e.g. {example!r})"
+            for name, (olds, count, example) in diffs.items()
+        )
+        raise ValueError(
+            f"output folder {str(jsonl.parent)!r} holds results made with other settings "
+            f"(recorded in {str(jsonl)!r}): {what}. Nothing was changed: choose another output "
+            "folder, remove the old results, or pass overwrite=True (--overwrite) to redo them."
+        )
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``; a file in its place is a ``NotADirectoryError`` naming it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(
+            f"output folder {str(out_dir)!r} exists and is not a folder; choose another output folder."
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a parent folder must be
+        raise NotADirectoryError(f"cannot create output folder {str(out_dir)!r}: {exc}") from exc
+
+
 def segment_files(
-    inputs: Iterable[str | os.PathLike],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     n_classes: int = 3,
     *,
@@ -850,21 +1014,25 @@ def segment_files(
     every few seconds and at the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
     ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
     temporary file and ``os.replace``. Images whose outputs and record already exist are skipped unless ``overwrite``, so an interrupted run
-    resumes. Files are decoded in ``workers`` DataLoader processes; images of the same size
-    in a batch are segmented together, on ``device``. A file that cannot be decoded is named
-    on ``log``, skipped and listed in the summary.
+    resumes; if such a record was made with other settings (``n_classes``, ``mode``, ``tol``,
+    ``max_iter``) the call refuses before any work instead of keeping stale results. Images
+    inside ``out_dir`` are never taken as input, so ``out_dir`` may lie inside an input
+    folder. Files are decoded in ``workers`` DataLoader processes; images of the same size
+    in a batch are segmented together, on ``device``. A file that cannot be decoded,
+    segmented (e.g. fewer pixels than classes with ``mode="rgb"``) or written is named on
+    ``log``, skipped and listed in the summary; the other files are processed.
 
     Args:
-        inputs: image files and folders (searched recursively).
+        inputs: image files and folders (searched recursively); a single path is one input.
         out_dir: output folder (created).
         n_classes: K.
         mode: ``"luminance"`` or ``"rgb"`` (see :func:`segment_images`).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a device.
         batch_size: images decoded and segmented per step.
         workers: DataLoader worker processes (0 decodes in this process).
-        overwrite: redo images whose outputs exist.
-        tol: EM convergence threshold.
-        max_iter: most EM iterations.
+        overwrite: redo images whose outputs exist, whatever settings they were made with.
+        tol: EM convergence threshold (>= 0).
+        max_iter: most EM iterations (>= 1).
         write_threads: threads encoding and writing PNGs while the next batch is processed
             (0: write in this thread, one image after the other).
         progress: show a tqdm progress bar (images/s).
@@ -875,8 +1043,12 @@ def segment_files(
 
     Raises:
         FileNotFoundError: an input is missing or no image file was found.
+        NotADirectoryError: ``out_dir`` (or a folder above it) is a file.
         TypeError: ``n_classes``, ``batch_size``, ``workers`` or ``write_threads`` is not an int.
-        ValueError: one of them is out of range, or ``mode`` is not a known mode.
+        ValueError: one of them is out of range (``n_classes`` <= 256: label maps are 8-bit),
+            ``mode`` is not a known mode, ``tol``/``max_iter`` are out of range,
+            ``OUT/segments.jsonl`` is damaged (the message gives the line), or it records
+            results of these inputs made with other settings and ``overwrite`` is False.
 
     Shape:
         - decoded images: ``(C, H, W)`` uint8 or uint16, C = 1 or 3, batched as
@@ -907,20 +1079,25 @@ def segment_files(
     t_start = time.perf_counter()
     log = sys.stderr if log is None else log
     check_positive_int(n_classes, "n_classes")
+    if n_classes > N_LEVELS:
+        raise ValueError(f"`n_classes` must be <= {N_LEVELS} (label maps are 8-bit PNGs), got {n_classes}.")
+    check_choice(mode, "mode", ("luminance", "rgb"))
+    _check_em_settings(tol, max_iter)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(workers, "workers", minimum=0)
     check_positive_int(write_threads, "write_threads", minimum=0)
     device = resolve_device(device)
-    sources = find_images(inputs)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        _prepare_out_dir(out_dir)  # raises, naming it, before the inputs are searched
+    # our own outputs are not inputs (an out_dir inside an input folder)
+    sources = find_images(inputs, exclude=[out_dir])
     jsonl = out_dir / "segments.jsonl"
-    records: dict[str, dict] = {}
-    if jsonl.exists():
-        for line in jsonl.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                records[rec["input"]] = rec
+    records = _read_records(jsonl)
+    if not overwrite:
+        settings = {"n_classes": n_classes, "mode": mode, "tol": tol, "max_iter": max_iter}
+        _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
+    _prepare_out_dir(out_dir)
     todo = [
         s for s in sources
         if overwrite
@@ -943,18 +1120,36 @@ def segment_files(
     # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
     # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
     pool = ThreadPoolExecutor(write_threads, "torchgmm-write") if write_threads > 0 else None
-    pending: deque[Future] = deque()
+    pending: deque[tuple[str, Future]] = deque()  # (input path, write of its outputs)
+
+    def fail(path: str, message: str) -> None:  # one image failed; the run goes on
+        failed.append((path, message))
+        tqdm.write(f"error: {message}", file=log)  # keeps the bar intact
+        bar.update(1)
 
     def save_records() -> None:  # the whole file, atomically; throttled to every few seconds
         atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
 
     def collect(block_until: int) -> None:  # finished writes -> records; wait while too many
         nonlocal dirty, n_done
-        while pending and (len(pending) > block_until or pending[0].done()):
-            rec = pending.popleft().result()  # re-raises a write error (disk full, ...)
+        while pending and (len(pending) > block_until or pending[0][1].done()):
+            path, future = pending.popleft()
+            try:
+                rec = future.result()
+            except OSError as exc:  # e.g. a folder where its PNG must go: this image fails
+                fail(path, f"cannot write the outputs of {path!r}: {exc}")
+                continue
             records[rec["input"]] = rec
             dirty, n_done = True, n_done + 1
             bar.update(1)
+
+    def segment_group(group: list) -> tuple[list, Tensor, dict, str]:  # images of one size
+        batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
+        seg_mode = mode if batch.shape[1] == 3 else "luminance"
+        segmenter.mode = seg_mode
+        labels = segmenter(batch)
+        fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+        return group, labels.cpu(), fit, seg_mode
 
     it = iter(loader)
     try:
@@ -969,44 +1164,55 @@ def segment_files(
             for item in items:
                 decode_s += item.decode_s
                 if item.image is None:
-                    failed.append((str(item.source.path), item.error or "unknown error"))
-                    tqdm.write(f"error: {item.error}", file=log)  # keeps the bar intact
-                    bar.update(1)
+                    fail(str(item.source.path), item.error or "unknown error")
                     continue
                 img = item.image  # grey/RGB conversion happens on `device`, in the segmenter
                 groups.setdefault((tuple(img.shape), img.dtype), []).append((item, img))
             for group in groups.values():
                 t0 = time.perf_counter()
-                batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
-                seg_mode = mode if batch.shape[1] == 3 else "luminance"
-                segmenter.mode = seg_mode
-                labels = segmenter(batch)
-                fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
-                labels = labels.cpu()
+                try:
+                    parts = [segment_group(group)]
+                except ValueError:
+                    # an image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must
+                    # not take its batch, or the run, down: redo the group one image at a time
+                    parts = []
+                    for one in group:
+                        try:
+                            parts.append(segment_group([one]))
+                        except ValueError as exc:
+                            path = str(one[0].source.path)
+                            fail(path, f"cannot segment {path!r}: {exc}")
                 t1 = time.perf_counter()
                 segment_s += t1 - t0  # fit + labels, transfers included; colouring is output
-                for j, (item, _) in enumerate(group):
-                    key = str(item.source.path.resolve())
-                    record = {
-                        "input": key,
-                        "height": int(labels.shape[1]),
-                        "width": int(labels.shape[2]),
-                        "mode": seg_mode,
-                        "n_classes": n_classes,
-                        "weights": fit["weights_"][j].tolist(),
-                        "means": fit["means_"][j].tolist(),
-                        "covariances": fit["covariances_"][j].tolist(),
-                        "lower_bound": float(fit["lower_bound_"][j]),
-                        "n_iter": int(fit["n_iter_"][j]),
-                        "converged": bool(fit["converged_"][j]),
-                    }
-                    paths = _output_paths(out_dir, item.source.relative)
-                    if pool is None:  # write_threads=0: write here, synchronously
-                        done: Future = Future()
-                        done.set_result(_write_outputs(labels[j], n_classes, paths, record))
-                        pending.append(done)
-                    else:
-                        pending.append(pool.submit(_write_outputs, labels[j], n_classes, paths, record))
+                for part, labels, fit, seg_mode in parts:
+                    for j, (item, img) in enumerate(part):
+                        record = {
+                            "input": str(item.source.path.resolve()),
+                            "height": int(labels.shape[1]),
+                            "width": int(labels.shape[2]),
+                            "channels": int(img.shape[0]),
+                            "mode": seg_mode,
+                            "n_classes": n_classes,
+                            "tol": float(tol),
+                            "max_iter": max_iter,
+                            "weights": fit["weights_"][j].tolist(),
+                            "means": fit["means_"][j].tolist(),
+                            "covariances": fit["covariances_"][j].tolist(),
+                            # strict JSON has no -Infinity/NaN: write null for a non-finite bound
+                            "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
+                            "n_iter": int(fit["n_iter_"][j]),
+                            "converged": bool(fit["converged_"][j]),
+                        }
+                        paths = _output_paths(out_dir, item.source.relative)
+                        if pool is None:  # write_threads=0: write here, synchronously
+                            done: Future = Future()
+                            try:
+                                done.set_result(_write_outputs(labels[j], n_classes, paths, record))
+                            except OSError as exc:  # reported by collect(), like a pool's error
+                                done.set_exception(exc)
+                        else:
+                            done = pool.submit(_write_outputs, labels[j], n_classes, paths, record)
+                        pending.append((str(item.source.path), done))
                 collect(block_until=2 * batch_size)
                 write_s += time.perf_counter() - t1
             t0 = time.perf_counter()

@@ -62,15 +62,24 @@ class ImageSource(NamedTuple):
     relative: Path
 
 
-def find_images(inputs: Iterable[str | os.PathLike]) -> list[ImageSource]:
+def find_images(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> list[ImageSource]:
     """Image files named by ``inputs``: files as given, folders searched recursively.
 
     Files found in folders are kept when their extension is in :data:`IMAGE_EXTENSIONS`
     (other files are ignored); a file named directly is always kept (a non-image then fails
-    to decode and is reported). Order is sorted and duplicates are dropped.
+    to decode and is reported). Order is sorted and duplicates are dropped. Folders in
+    ``exclude`` (and everything below them) are left out of the folder search, so an output
+    folder inside an input folder is not read back as input on the next run.
 
     Args:
-        inputs: files and folders.
+        inputs: files and folders; a single ``str`` or path is one input (not a sequence of
+            one-letter names).
+        exclude: folders whose files are never picked up by a folder search (a file named
+            directly in ``inputs`` is still kept).
 
     Returns:
         the image files, each with its path relative to its input.
@@ -87,20 +96,31 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[ImageSource]:
         ['a.jpg', 'b/2.png']
     """
     found: dict[Path, ImageSource] = {}
+    if isinstance(inputs, (str, os.PathLike)):  # a str is iterable: "dir" would become "d", "i", "r"
+        inputs = [inputs]
     inputs = [Path(p) for p in inputs]
+    excluded = [Path(p).resolve() for p in exclude]
+    n_excluded = 0
     for root in inputs:
         if root.is_dir():
             for path in sorted(root.rglob("*")):
                 if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-                    found.setdefault(path.resolve(), ImageSource(path, path.relative_to(root)))
+                    resolved = path.resolve()
+                    if any(resolved.is_relative_to(ex) for ex in excluded):
+                        n_excluded += 1
+                        continue
+                    found.setdefault(resolved, ImageSource(path, path.relative_to(root)))
         elif root.is_file():
             found.setdefault(root.resolve(), ImageSource(root, Path(root.name)))
         else:
             raise FileNotFoundError(f"input {str(root)!r} does not exist.")
     if not found:
         names = ", ".join(repr(str(p)) for p in inputs) or "(none given)"
+        skipped = ""
+        if n_excluded:
+            skipped = f" ({n_excluded} image(s) left out because they lie in {', '.join(map(str, excluded))})"
         raise FileNotFoundError(
-            f"no image files found in {names}; expected files or folders holding "
+            f"no image files found in {names}{skipped}; expected files or folders holding "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))} images."
         )
     return list(found.values())
@@ -314,8 +334,9 @@ def write_png(path: str | os.PathLike, image: Tensor, compression_level: int = 1
         compression_level: zlib level 0 (none) to 9 (smallest).
 
     Raises:
-        TypeError: ``image`` is neither uint8 nor bool.
-        ShapeError: ``image`` is not ``(H, W)`` or ``(C, H, W)`` with C = 1 or 3.
+        TypeError: ``image`` is not a uint8 or bool tensor.
+        ShapeError: ``image`` is not ``(H, W)`` or ``(C, H, W)`` with C = 1 or 3, or has
+            H = 0 or W = 0 (checked before the encoder, which would crash on it).
         OSError: the file cannot be written.
 
     Shape:
@@ -328,16 +349,24 @@ def write_png(path: str | os.PathLike, image: Tensor, compression_level: int = 1
         ...     print(decode_image_file(f"{d}/eye.png")[0].tolist())
         [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
     """
+    if not isinstance(image, Tensor):
+        raise TypeError(f"write_png({str(path)!r}): `image` must be a torch.Tensor, got {type(image).__name__}.")
     if image.dtype == torch.bool:
         image = image.to(torch.uint8) * 255
     elif image.dtype != torch.uint8:
         raise TypeError(f"write_png({str(path)!r}): `image` must be uint8 or bool, got {image.dtype}.")
+    given = tuple(image.shape)
     if image.ndim == 2:
         image = image.unsqueeze(0)
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ShapeError(
             f"write_png({str(path)!r}): `image` must have shape (H, W) or (C, H, W) with C = 1 or 3, "
-            f"got {tuple(image.shape)}."
+            f"got {given}."
+        )
+    if image.shape[1] == 0 or image.shape[2] == 0:  # libpng crashes the interpreter on these
+        raise ShapeError(
+            f"write_png({str(path)!r}): `image` must have H >= 1 and W >= 1, got shape "
+            f"{given}; a PNG cannot hold an empty image."
         )
     with _quiet_torchvision():
         from torchvision.io import encode_png
