@@ -51,7 +51,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (default: 2)")
     p.add_argument("--tol", type=float, default=1e-3, help="EM convergence threshold (default: 1e-3)")
     p.add_argument("--max-iter", type=int, default=100, help="most EM iterations (default: 100)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo images whose outputs exist (without it they are skipped, and a rerun with "
+                   "other settings than those recorded in OUT/segments.jsonl is refused)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=_run_segment)
 
