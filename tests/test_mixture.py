@@ -307,6 +307,31 @@ class TestModule:
             GaussianMixture(3, max_iter=1, tol=0, random_state=0).fit(torch.tensor(three_blobs(14)))
 
 
+class TestDtypes:
+    @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+    def test_half_precision_is_fitted_in_float32(self, half):
+        x = torch.tensor(three_blobs(16)).to(half)
+        gm = GaussianMixture(3, random_state=0).fit(x)
+        upcast = GaussianMixture(3, random_state=0).fit(x.float())
+        assert gm.means_.dtype == torch.float32
+        torch.testing.assert_close(gm.means_, upcast.means_, rtol=0, atol=0)
+        torch.testing.assert_close(gm.predict_proba(x), upcast.predict_proba(x.float()), rtol=0, atol=0)
+        fit = fit_gaussian_mixture(x, 3, init_params="range")
+        assert fit.covariances.dtype == torch.float32 and torch.isfinite(fit.covariances).all()
+
+    def test_complex_is_refused(self):
+        x = torch.randn(20, 2, dtype=torch.complex64)
+        with pytest.raises(TypeError, match="`x` must be real"):
+            GaussianMixture(2).fit(x)
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(20, 2))
+        with pytest.raises(TypeError, match="`x` must be real"):
+            gm.predict(x)
+
+    def test_integer_dtype_argument_is_refused(self):
+        with pytest.raises(TypeError, match="`dtype` must be one of"):
+            GaussianMixture(2, dtype=torch.int64).fit(torch.randn(20, 2))
+
+
 class TestBadInput:
     def test_errors_name_the_argument(self):
         x = torch.randn(20, 2)
@@ -338,6 +363,30 @@ class TestBadInput:
             fit_gaussian_mixture(x, 2, weights_init=torch.tensor([1.5, -0.5]))
         with pytest.raises(ValueError, match="`means_init` contains 1 NaN"):
             fit_gaussian_mixture(x, 2, means_init=torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
+
+    def test_float32_overflow_is_a_clear_error(self):
+        # x * 1e20 squared is 1e40 > float32's max: k-means++ used to fail inside
+        # torch.multinomial ("probability tensor contains either inf, nan or element < 0").
+        x = torch.tensor(three_blobs(17), dtype=torch.float32)
+        with pytest.raises(ValueError, match="`x` is too spread out to fit in torch.float32.*float64"):
+            GaussianMixture(2, random_state=0).fit(x * 1e20)
+        assert torch.isfinite(GaussianMixture(2, random_state=0).fit(x.double() * 1e20).means_).all()
+        # Far from the origin is fine: the check is on the centred data.
+        assert torch.isfinite(GaussianMixture(2, random_state=0).fit(x * 1e15 + 1e20).means_).all()
+
+    def test_zero_features_names_x(self):
+        with pytest.raises(ShapeError, match="`x` must have at least one feature"):
+            fit_gaussian_mixture(torch.randn(20, 0), 2)
+
+    @pytest.mark.parametrize("name", ["tol", "reg_covar"])
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+    def test_non_finite_or_negative_settings(self, name, value):
+        # NaN compares false with everything, so `tol < 0` let it through (then EM never
+        # converged); NaN/inf reg_covar surfaced as an "ill-defined covariance" error.
+        with pytest.raises(ValueError, match=f"`{name}` must be a finite number >= 0"):
+            GaussianMixture(2, **{name: value}).fit(torch.randn(20, 2))
+        with pytest.raises(TypeError, match=f"`{name}` must be a real number"):
+            fit_gaussian_mixture(torch.randn(20, 2), 2, **{name: "0.1"})
 
     def test_unfitted_and_mismatched(self):
         with pytest.raises(RuntimeError, match="not fitted"):

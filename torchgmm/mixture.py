@@ -42,6 +42,7 @@ Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``t
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Literal, NamedTuple
 
@@ -95,18 +96,52 @@ class GaussianMixtureFit(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # Argument handling
 # ----------------------------------------------------------------------------------------
+#: Precisions the E- and M-steps run in; half-precision data are fitted in float32.
+FIT_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _fit_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``x`` is fitted in: float32/float64 as given, float16/bfloat16 -> float32
+    (LAPACK has no half-precision Cholesky, and ~3 significant digits cannot hold the
+    squared features anyway), integers and bool -> the default dtype."""
+    if x.is_complex():
+        raise TypeError(
+            f"`x` must be real (float32 or float64; integer and half-precision data are cast), "
+            f"got dtype {x.dtype}."
+        )
+    if x.dtype in _HALF_DTYPES:
+        return torch.float32
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def _check_real(value: object, name: str) -> float:
+    """Raise unless ``value`` is a finite real number >= 0 (NaN fails every comparison, so
+    ``value < 0`` alone would let it through); return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}.")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+    return float(value)
+
+
 def _batched_data(
     x: Tensor, sample_weight: Tensor | None, *, check_values: bool = True
 ) -> tuple[Tensor, Tensor | None]:
-    """Validate ``x`` (B, N, D) or (N, D) and ``sample_weight``; return them batched."""
+    """Validate ``x`` (B, N, D) or (N, D) and ``sample_weight``; return them batched.
+
+    ``check_values`` checks ``sample_weight``'s values; ``x``'s are checked by the caller
+    (``fit_gaussian_mixture`` does it on the centred data, with its range).
+    """
     check_tensor(x, "x")
     check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
+    if x.shape[-1] == 0:
+        raise ShapeError(f"`x` must have at least one feature (D >= 1), got shape {tuple(x.shape)}.")
+    dtype = _fit_dtype(x)
+    if x.dtype != dtype:
+        x = x.to(dtype)
     if x.ndim == 2:
         x = x.unsqueeze(0)
-    if check_values:
-        check_finite(x, "x")
     if sample_weight is None:
         return x, None
     check_tensor(sample_weight, "sample_weight")
@@ -140,6 +175,34 @@ def _batched_init(value: Tensor | None, name: str, ndim: int, x: Tensor) -> Tens
     if value.ndim != ndim:
         raise ShapeError(f"`{name}` has {value.ndim} dimensions; expected {ndim - 1} or {ndim}.")
     return value.expand(x.shape[0], *value.shape[1:])
+
+
+def _check_centred(centred: Tensor, x: Tensor) -> None:
+    """Raise unless the centred data are finite and their squares cannot overflow.
+
+    One reduction and one host sync serve both checks: NaN/inf anywhere in ``x`` makes its
+    mean, and so every centred value, non-finite, and the largest ``|x - mean|`` bounds the
+    quadratic features (``x_i x_j``), their sums over N, and the k-means++ distances
+    (``|x - c|^2 <= 4 D max|x - mean|^2``), so all stay finite below ``limit``.
+    """
+    if centred.numel() == 0:
+        return
+    peak = float(centred.abs().amax())
+    if not math.isfinite(peak):
+        check_finite(x, "x")  # names the NaN/inf
+        raise ValueError(
+            "The weighted mean of `x` overflowed: `sample_weight` times `x` exceeds "
+            f"{torch.finfo(centred.dtype).max:.3g}; rescale `sample_weight` or `x`, or fit in float64."
+        )
+    b, n, d = centred.shape
+    limit = math.sqrt(torch.finfo(centred.dtype).max / (4 * n * d))
+    if not peak <= limit:
+        raise ValueError(
+            f"`x` is too spread out to fit in {centred.dtype}: values lie up to {peak:.3g} from "
+            f"their mean, and the EM's squared features and k-means++ distances overflow beyond "
+            f"{limit:.3g} (for N={n}, D={d}). Rescale `x` (e.g. divide by its standard deviation) "
+            f"or fit in float64."
+        )
 
 
 def _check_param_shape(value: Tensor, name: str, expected: tuple[int, ...]) -> None:
@@ -504,7 +567,10 @@ def fit_gaussian_mixture(
     ``check_every`` iterations.
 
     Args:
-        x: data, ``(B, N, D)`` or ``(N, D)`` floating (integer data is cast to the default dtype).
+        x: data, ``(B, N, D)`` or ``(N, D)``, D >= 1. float32 and float64 are fitted as
+            given; float16 and bfloat16 are fitted in float32 (no half-precision Cholesky,
+            and too few digits for the squared features); integer and bool data are cast to
+            the default dtype; complex data are refused. The results have the dtype fitted in.
         n_components: K >= 1.
         sample_weight: ``(B, N)`` or ``(N,)`` non-negative weights; a histogram's counts
             are weights, and weight c on a sample equals repeating it c times.
@@ -529,8 +595,10 @@ def fit_gaussian_mixture(
         :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input).
 
     Raises:
-        ValueError: bad shapes, NaN/inf in the data, bad weights or options, or a
-            covariance that is not positive definite (increase ``reg_covar``).
+        ValueError: bad shapes, NaN/inf in the data, data too spread out for the dtype,
+            bad weights or options, or a covariance that is not positive definite
+            (increase ``reg_covar``).
+        TypeError: ``x`` is not a real tensor, or an option has the wrong type.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -540,14 +608,13 @@ def fit_gaussian_mixture(
         tensor([-4.,  4.])
     """
     check_positive_int(n_components, "n_components")
+    # max_iter=0 returns the initial parameters (scikit-learn allows it too).
     check_positive_int(max_iter, "max_iter", minimum=0)
     check_positive_int(check_every, "check_every")
     check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     check_choice(init_params, "init_params", INIT_METHODS)
-    if tol < 0:
-        raise ValueError(f"`tol` must be non-negative, got {tol}.")
-    if reg_covar < 0:
-        raise ValueError(f"`reg_covar` must be non-negative, got {reg_covar}.")
+    tol = _check_real(tol, "tol")
+    reg_covar = _check_real(reg_covar, "reg_covar")
     x, sample_weight = _batched_data(x, sample_weight)
     b, n, d = x.shape
     k = n_components
@@ -571,8 +638,10 @@ def fit_gaussian_mixture(
         check_finite(precisions0, "precisions_init")
 
     # Centre the data (see the module docstring); means live in centred coordinates.
+    given = x
     shift = _weighted_mean(x, sample_weight)
     x = x - shift
+    _check_centred(x, given)
     features = _quadratic_features(x, covariance_type)
 
     # Initialisation, following sklearn's BaseMixture._initialize: parameters from the
@@ -701,7 +770,8 @@ class GaussianMixture(nn.Module):
         random_state: int seed or ``torch.Generator`` for the initialisation.
         device, dtype: where and in which precision to fit; default: the data's (float32
             loses precision for clusters hundreds of standard deviations apart; see the
-            module docstring).
+            module docstring). float16/bfloat16 data (or ``dtype``) are fitted in float32,
+            and the fitted buffers are float32.
 
     scikit-learn's ``n_init`` (best of several initialisations) is not offered: fit a batch
     ``(B, N, D)`` of copies with different ``means_init`` and keep the best ``lower_bound_``.
@@ -769,9 +839,13 @@ class GaussianMixture(nn.Module):
 
     def _prepare(self, x: Tensor) -> Tensor:
         check_tensor(x, "x")
-        dtype = self.fit_dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype())
         device = self.fit_device if self.fit_device is not None else x.device
-        return x.to(device=device, dtype=dtype)
+        if self.fit_dtype is None:
+            # fit_gaussian_mixture picks the precision from x's dtype (half -> float32).
+            return x.to(device=device)
+        if self.fit_dtype not in FIT_DTYPES + _HALF_DTYPES:
+            raise TypeError(f"`dtype` must be one of {FIT_DTYPES} (or half precision), got {self.fit_dtype}.")
+        return x.to(device=device, dtype=self.fit_dtype)
 
     def fit(self, x: Tensor, sample_weight: Tensor | None = None) -> GaussianMixture:
         """Estimate the parameters by EM; returns ``self``.
@@ -821,6 +895,7 @@ class GaussianMixture(nn.Module):
             raise RuntimeError("This GaussianMixture is not fitted yet; call `fit` first.")
         check_tensor(x, "x")
         check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
+        _fit_dtype(x)  # refuses complex x, which .to() below would silently make real
         check_finite(x, "x")
         unbatch = x.ndim == 2
         batched_params = self.means_.ndim == 3
