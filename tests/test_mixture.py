@@ -357,9 +357,9 @@ class TestBadInput:
             fit_gaussian_mixture(np.zeros((20, 2)), 2)
         with pytest.raises(ShapeError, match="`means_init` must have shape"):
             fit_gaussian_mixture(x, 2, means_init=torch.zeros(3, 2))
-        with pytest.raises(ValueError, match="`weights_init` must be >= 0 with a positive sum"):
+        with pytest.raises(ValueError, match="`weights_init` must sum to 1"):
             fit_gaussian_mixture(x, 2, weights_init=torch.zeros(2))
-        with pytest.raises(ValueError, match="`weights_init` must be >= 0"):
+        with pytest.raises(ValueError, match="`weights_init` must be non-negative"):
             fit_gaussian_mixture(x, 2, weights_init=torch.tensor([1.5, -0.5]))
         with pytest.raises(ValueError, match="`means_init` contains 1 NaN"):
             fit_gaussian_mixture(x, 2, means_init=torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
@@ -373,6 +373,31 @@ class TestBadInput:
         assert torch.isfinite(GaussianMixture(2, random_state=0).fit(x.double() * 1e20).means_).all()
         # Far from the origin is fine: the check is on the centred data.
         assert torch.isfinite(GaussianMixture(2, random_state=0).fit(x * 1e15 + 1e20).means_).all()
+
+    def test_weights_init_must_be_normalised(self):
+        x = torch.randn(20, 2)
+        with pytest.raises(ValueError, match="`weights_init` must sum to 1 .* got a sum of 10"):
+            fit_gaussian_mixture(x, 2, weights_init=torch.tensor([5.0, 5.0]))
+        with pytest.raises(ShapeError, match="`weights_init` must have shape"):
+            fit_gaussian_mixture(x, 2, weights_init=torch.tensor([0.2, 0.3, 0.5]))
+        # float32 rounding of a normalised vector is accepted.
+        fit_gaussian_mixture(x, 3, weights_init=torch.softmax(torch.randn(3), 0), max_iter=1)
+
+    @pytest.mark.parametrize(
+        "covariance_type, precisions",
+        [
+            ("diag", torch.zeros(2, 2)),  # used to fit to all-NaN means and weights
+            ("spherical", torch.tensor([1.0, -1.0])),
+            ("full", -torch.eye(2).expand(2, 2, 2)),  # used to raise a raw _LinAlgError
+            ("tied", torch.tensor([[1.0, 2.0], [2.0, 1.0]])),  # indefinite
+            ("full", torch.tensor([[1.0, 0.5], [0.0, 1.0]]).expand(2, 2, 2)),  # asymmetric
+        ],
+    )
+    def test_precisions_init_must_be_positive(self, covariance_type, precisions):
+        with pytest.raises(ValueError, match="`precisions_init` must be .*positive"):
+            GaussianMixture(2, covariance_type=covariance_type, precisions_init=precisions).fit(
+                torch.randn(20, 2)
+            )
 
     def test_zero_features_names_x(self):
         with pytest.raises(ShapeError, match="`x` must have at least one feature"):

@@ -533,9 +533,45 @@ def _covariances_from_precisions_cholesky(precisions_cholesky: Tensor, covarianc
 
 
 def _precisions_cholesky_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
+    """Cholesky factors of ``precisions_init``, which must be symmetric positive definite
+    (full/tied) or positive (diag/spherical), as scikit-learn's ``_check_precisions``.
+
+    One host sync covers all the checks; a zero diag precision used to give an all-NaN fit
+    and a negative definite one a raw ``_LinAlgError``.
+    """
     if covariance_type in ("full", "tied"):
-        return torch.linalg.cholesky(precisions)
+        chol, info = torch.linalg.cholesky_ex(precisions)
+        not_positive = info != 0 if info.ndim == 1 else (info != 0).any(-1)  # (B,); (B, K) for full
+        # cholesky reads only the lower triangle: an asymmetric matrix would pass unnoticed.
+        asymmetric = ~torch.isclose(precisions, precisions.mT, rtol=1e-5, atol=1e-8).flatten(1).all(-1)
+        if bool((not_positive | asymmetric).any()):
+            problems = torch.nonzero(not_positive | asymmetric).flatten().tolist()
+            raise ValueError(
+                f"`precisions_init` must be symmetric positive definite for "
+                f"covariance_type={covariance_type!r}; it is not for problems {problems[:10]}."
+            )
+        return chol
+    if bool((precisions <= 0).any()):
+        problems = torch.nonzero((precisions <= 0).flatten(1).any(-1)).flatten().tolist()
+        raise ValueError(
+            f"`precisions_init` must be positive for covariance_type={covariance_type!r}; "
+            f"it has values <= 0 for problems {problems[:10]}."
+        )
     return precisions.sqrt()
+
+
+def _check_weights_init(weights: Tensor) -> None:
+    """Non-negative and summing to 1, as scikit-learn's ``_check_weights``.
+
+    The sum may miss 1 by float32 rounding (1e-4, far above K float32 roundings); the fit
+    renormalises, so this only catches weights that were never normalised.
+    """
+    sums = weights.sum(-1)
+    if bool(((weights < 0).any(-1) | ((sums - 1).abs() > 1e-4)).any()):
+        if bool((weights < 0).any()):
+            raise ValueError(f"`weights_init` must be non-negative, got min {float(weights.min()):.3g}.")
+        worst = float(sums[(sums - 1).abs().argmax()])
+        raise ValueError(f"`weights_init` must sum to 1 for every problem, got a sum of {worst:.6g}.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -587,7 +623,9 @@ def fit_gaussian_mixture(
         weights_init, means_init, precisions_init: explicit starting parameters,
             ``(B, K)``/``(K,)``, ``(B, K, D)``/``(K, D)`` and precisions (not their
             Cholesky factors) shaped like the covariances, with or without the B dim.
-            Anything not given comes from ``init_params``, as in scikit-learn.
+            Anything not given comes from ``init_params``, as in scikit-learn. As there,
+            weights must be non-negative and sum to 1, and precisions must be symmetric
+            positive definite (full/tied) or positive (diag/spherical).
         generator: ``torch.Generator`` on x's device, for reproducible seeding.
         check_every: host syncs for the stopping test happen every this many iterations.
 
@@ -628,14 +666,14 @@ def fit_gaussian_mixture(
     if weights0 is not None:
         _check_param_shape(weights0, "weights_init", (b, k))
         check_finite(weights0, "weights_init")
-        if bool((weights0 < 0).any()) or not bool((weights0.sum(-1) > 0).all()):
-            raise ValueError("`weights_init` must be >= 0 with a positive sum for every problem.")
+        _check_weights_init(weights0)
     if means0 is not None:
         _check_param_shape(means0, "means_init", (b, k, d))
         check_finite(means0, "means_init")
     if precisions0 is not None:
         _check_param_shape(precisions0, "precisions_init", _covariance_shape(covariance_type, b, k, d))
         check_finite(precisions0, "precisions_init")
+        prec_chol0 = _precisions_cholesky_from_precisions(precisions0, covariance_type)
 
     # Centre the data (see the module docstring); means live in centred coordinates.
     given = x
@@ -654,7 +692,7 @@ def fit_gaussian_mixture(
     if means0 is not None:
         means = means0 - shift
     if precisions0 is not None:
-        prec_chol = _precisions_cholesky_from_precisions(precisions0, covariance_type)
+        prec_chol = prec_chol0
         cov = _covariances_from_precisions_cholesky(prec_chol, covariance_type)
         failed = torch.zeros(b, dtype=torch.bool, device=x.device)
     else:
