@@ -271,6 +271,21 @@ class TestModule:
         fresh.load_state_dict(gm.state_dict())
         torch.testing.assert_close(fresh.predict_proba(x), gm.predict_proba(x), rtol=0, atol=0)
 
+    def test_load_state_dict_refuses_other_k_or_covariance_type(self):
+        x = torch.tensor(three_blobs(18))
+        state = GaussianMixture(2, random_state=0).fit(x).state_dict()
+        other_k = GaussianMixture(3)
+        with pytest.raises(RuntimeError, match="size mismatch for means_.*n_components=2.*n_components=3"):
+            other_k.load_state_dict(state)
+        assert not other_k.is_fitted  # left as it was
+        with pytest.raises(RuntimeError, match="covariance_type='diag'.*fits covariance_type='full'"):
+            GaussianMixture(2, covariance_type="diag").load_state_dict(state, strict=False)
+        batched = GaussianMixture(2, covariance_type="tied", init_params="range").fit(torch.stack([x, x]))
+        fresh = GaussianMixture(2, covariance_type="tied")
+        fresh.load_state_dict(batched.state_dict())
+        assert torch.equal(fresh.predict(torch.stack([x, x])), batched.predict(torch.stack([x, x])))
+        GaussianMixture(2).load_state_dict(GaussianMixture(5).state_dict())  # unfitted: any K
+
     def test_deepcopy_and_to(self):
         x = torch.tensor(three_blobs(9)).float()
         gm = GaussianMixture(3, random_state=0).fit(x)

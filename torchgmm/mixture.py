@@ -1039,7 +1039,63 @@ class GaussianMixture(nn.Module):
         return (samples[0], labels[0]) if unbatch else (samples, labels)
 
     # -- state -----------------------------------------------------------------------------
+    def _state_mismatch(self, state_dict, prefix: str) -> str | None:
+        """Why a fitted state cannot be this module's (n_components, covariance_type), or None.
+
+        The buffers take the incoming shapes (below), so nn.Module's own size check never
+        fires: without this, a K=2 state loaded into GaussianMixture(3) predicted with K=2,
+        and a covariance-type mismatch failed only at predict, inside ``expand``.
+        """
+        means = state_dict.get(prefix + "means_")
+        if means is None or means.numel() == 0:
+            return None  # an unfitted state; a missing key is reported by nn.Module
+        if means.ndim not in (2, 3):
+            return (
+                f"size mismatch for {prefix}means_: copying a param with shape {tuple(means.shape)} "
+                f"from checkpoint, expected (K, D) or (B, K, D)."
+            )
+        lead, (k, d) = tuple(means.shape[:-2]), tuple(means.shape[-2:])
+        if k != self.n_components:
+            return (
+                f"size mismatch for {prefix}means_: copying a param with shape {tuple(means.shape)} "
+                f"from checkpoint, which has n_components={k}; this GaussianMixture has "
+                f"n_components={self.n_components}. Construct it with n_components={k}."
+            )
+
+        def covariance_shape(covariance_type: str) -> tuple[int, ...]:
+            return _covariance_shape(covariance_type, *(lead or (1,)), k, d)[1 - len(lead):]
+
+        expected = {
+            "weights_": lead + (k,),
+            "covariances_": covariance_shape(self.covariance_type),
+            "precisions_cholesky_": covariance_shape(self.covariance_type),
+            "lower_bound_": lead,
+            "n_iter_": lead,
+            "converged_": lead,
+        }
+        for name, shape in expected.items():
+            value = state_dict.get(prefix + name)
+            if value is None or tuple(value.shape) == shape:
+                continue
+            hint = ""
+            if name in ("covariances_", "precisions_cholesky_"):
+                fits = [c for c in COVARIANCE_TYPES if covariance_shape(c) == tuple(value.shape)]
+                if fits:
+                    hint = f" The checkpoint's shape fits covariance_type={fits[0]!r}."
+            return (
+                f"size mismatch for {prefix}{name}: copying a param with shape {tuple(value.shape)} "
+                f"from checkpoint, expected {shape} for covariance_type={self.covariance_type!r}, "
+                f"n_components={k}, D={d}.{hint}"
+            )
+        return None
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: E501
+        mismatch = self._state_mismatch(state_dict, prefix)
+        if mismatch is not None:
+            # load_state_dict raises RuntimeError with it (strict or not); this module is
+            # left as it was.
+            error_msgs.append(mismatch)
+            return
         # Fitted buffers are shaped by the data: give each the incoming shape first so a
         # fresh (unfitted) module can load a fitted state.
         for name in _FITTED_BUFFERS:
