@@ -414,6 +414,25 @@ class TestBadInput:
                 torch.randn(20, 2)
             )
 
+    def test_e_step_overflow_is_a_clear_error(self):
+        # A tight cluster 1e17 from another: its squared Mahalanobis distances overflow
+        # float32 inside EM; diag and spherical used to return all-NaN parameters silently.
+        g = torch.Generator().manual_seed(0)
+        x = torch.cat([torch.randn(20, 2, generator=g), torch.randn(20, 2, generator=g) * 1e-3 + 1e17])
+        with pytest.raises(ValueError, match="failed in the E-step.*overflowed torch.float32"):
+            fit_gaussian_mixture(x, 2, covariance_type="diag", init_params="range")
+
+    def test_far_points_at_predict(self):
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(100, 2))
+        # float32 cannot hold log N(1e20 | ...) ~ -1e40: a clear error, not silent NaN.
+        with pytest.raises(ValueError, match="overflowed torch.float32.*float64"):
+            gm.score_samples(torch.full((2, 2), 1e20))
+        ll = gm.to(torch.float64).score_samples(torch.full((2, 2), 1e20, dtype=torch.float64))
+        assert torch.isfinite(ll).all() and (ll < -1e39).all()
+        # Far but representable: responsibilities still sum to 1 (they were all 1 before).
+        resp = GaussianMixture(3, random_state=0).fit(torch.full((50, 2), 3.0)).predict_proba(torch.full((5, 2), 1e6))
+        torch.testing.assert_close(resp.sum(-1), torch.ones(5))
+
     def test_zero_features_names_x(self):
         with pytest.raises(ShapeError, match="`x` must have at least one feature"):
             fit_gaussian_mixture(torch.randn(20, 0), 2)

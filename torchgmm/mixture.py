@@ -352,7 +352,10 @@ def estimate_log_resp(
     """
     weighted = estimate_log_prob(x, means, precisions_cholesky, covariance_type) + weights.log().unsqueeze(1)
     log_likelihood = torch.logsumexp(weighted, dim=-1)
-    return weighted - log_likelihood.unsqueeze(-1), log_likelihood
+    # log_softmax subtracts the max before normalising: far from the data, where weighted
+    # is ~-1e17 in float32, log_likelihood rounds to the max and weighted - log_likelihood
+    # gave log_resp = 0 (responsibility 1) for every component at once.
+    return torch.log_softmax(weighted, dim=-1), log_likelihood
 
 
 # ----------------------------------------------------------------------------------------
@@ -704,6 +707,7 @@ def fit_gaussian_mixture(
     n_iter = torch.zeros(b, dtype=torch.long, device=x.device)
     converged = torch.zeros(b, dtype=torch.bool, device=x.device)
     active = torch.ones(b, dtype=torch.bool, device=x.device)
+    overflowed = torch.zeros(b, dtype=torch.bool, device=x.device)
     # Rows of the working set -> problems; None while every problem is in it. When most
     # problems have converged, the working set shrinks to the active ones (at a check, when
     # the host syncs anyway), so a batch costs the sum of its problems' iterations rather
@@ -729,13 +733,16 @@ def fit_gaussian_mixture(
         cov = _where_active(active, new_cov, cov)
         prec_chol = _where_active(active, new_prec_chol, prec_chol)
         failed = failed | (active & new_failed)
+        # A non-finite bound means a squared Mahalanobis distance overflowed (inf - inf in
+        # the expansion): flag it here, read it at the next check, with no extra sync.
+        overflowed = overflowed | (active & ~torch.isfinite(new_bound))
         change = new_bound - lower_bound
         lower_bound = torch.where(active, new_bound, lower_bound)
         n_iter = n_iter + active.long()
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
         if (iteration + 1) % check_every == 0 or iteration + 1 == max_iter:
-            _raise_if_failed(failed, rows)
+            _raise_if_failed(failed, rows, overflowed, x.dtype)
             n_active = int(active.sum())
             if n_active == 0:
                 break
@@ -746,6 +753,7 @@ def fit_gaussian_mixture(
                 rows = keep if rows is None else rows[keep]
                 weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
                 features, active, failed = features[keep], active[keep], failed[keep]
+                overflowed = overflowed[keep]
                 if sample_weight is not None:
                     sample_weight, weight_total = sample_weight[keep], weight_total[keep]
     state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
@@ -766,16 +774,30 @@ def _where_active(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(active.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
-def _raise_if_failed(failed: Tensor, rows: Tensor | None = None) -> None:
-    if bool(failed.any()):
-        problems = torch.nonzero(failed).flatten()
+def _raise_if_failed(
+    failed: Tensor, rows: Tensor | None = None, overflowed: Tensor | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """One host sync on the happy path; ``overflowed`` (B,) flags a non-finite E-step."""
+    if not bool((failed if overflowed is None else failed | overflowed).any()):
+        return
+    if overflowed is not None and bool(overflowed.any()):
+        # Reported first: the overflow is what made the covariances NaN.
+        problems = torch.nonzero(overflowed).flatten()
         problems = (problems if rows is None else rows[problems]).tolist()
         raise ValueError(
-            f"Fitting the mixture model failed because some components have ill-defined "
-            f"empirical covariance (problems {problems[:10]}): the covariance is not positive "
-            f"definite. Try increasing `reg_covar`, or decreasing `n_components`; in float32, "
-            f"clusters thousands of standard deviations apart also cause this: fit in float64."
+            f"Fitting the mixture model failed in the E-step (problems {problems[:10]}): the "
+            f"log-likelihood is not finite because squared Mahalanobis distances overflowed "
+            f"{dtype} (a component with a tiny variance far from other data). Rescale `x`, "
+            f"increase `reg_covar`, or fit in float64."
         )
+    problems = torch.nonzero(failed).flatten()
+    problems = (problems if rows is None else rows[problems]).tolist()
+    raise ValueError(
+        f"Fitting the mixture model failed because some components have ill-defined "
+        f"empirical covariance (problems {problems[:10]}): the covariance is not positive "
+        f"definite. Try increasing `reg_covar`, or decreasing `n_components`; in float32, "
+        f"clusters thousands of standard deviations apart also cause this: fit in float64."
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -934,7 +956,6 @@ class GaussianMixture(nn.Module):
         check_tensor(x, "x")
         check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
         _fit_dtype(x)  # refuses complex x, which .to() below would silently make real
-        check_finite(x, "x")
         unbatch = x.ndim == 2
         batched_params = self.means_.ndim == 3
         x = x.to(device=self.means_.device, dtype=self.means_.dtype)
@@ -954,7 +975,26 @@ class GaussianMixture(nn.Module):
     def _log_resp(self, x: Tensor) -> tuple[Tensor, Tensor, bool]:
         x, weights, means, prec, unbatch = self._params(x)
         log_resp, log_likelihood = estimate_log_resp(x, weights, means, prec, self.covariance_type)
+        # One check of the output replaces the check of the input (same one host sync): NaN
+        # or inf in x makes its log-likelihood non-finite, and so does a squared Mahalanobis
+        # distance that overflows (|x| ~ 1e19 in float32 under unit variance), which used to
+        # come back as silent NaN (inf - inf in the expansion, or -inf - -inf in log_resp).
+        if not bool(torch.isfinite(log_likelihood).all()):
+            self._raise_non_finite(x, log_likelihood)
         return log_resp, log_likelihood, unbatch
+
+    def _raise_non_finite(self, x: Tensor, log_likelihood: Tensor) -> None:
+        check_finite(x, "x")
+        for name in _FITTED_BUFFERS[:4]:
+            if not bool(torch.isfinite(getattr(self, name)).all()):
+                raise ValueError(f"The model's `{name}` holds NaN or inf (loaded from a bad state?).")
+        n_bad = int((~torch.isfinite(log_likelihood)).sum())
+        raise ValueError(
+            f"The log-likelihood of {n_bad} sample(s) of `x` overflowed {log_likelihood.dtype}: "
+            f"they are so far from every component that the squared Mahalanobis distance "
+            f"exceeds {torch.finfo(log_likelihood.dtype).max:.3g}. Convert the model and `x` to "
+            f"float64 (`model.to(torch.float64)`) or rescale the data."
+        )
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Posterior probability of each component, ``(N, K)`` or ``(B, N, K)``."""
