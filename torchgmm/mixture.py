@@ -780,21 +780,21 @@ def _raise_if_failed(
     """One host sync on the happy path; ``overflowed`` (B,) flags a non-finite E-step."""
     if not bool((failed if overflowed is None else failed | overflowed).any()):
         return
+    def problems(mask: Tensor) -> list[int]:
+        found = torch.nonzero(mask).flatten()
+        return (found if rows is None else rows[found]).tolist()[:10]
+
     if overflowed is not None and bool(overflowed.any()):
         # Reported first: the overflow is what made the covariances NaN.
-        problems = torch.nonzero(overflowed).flatten()
-        problems = (problems if rows is None else rows[problems]).tolist()
         raise ValueError(
-            f"Fitting the mixture model failed in the E-step (problems {problems[:10]}): the "
+            f"Fitting the mixture model failed in the E-step (problems {problems(overflowed)}): the "
             f"log-likelihood is not finite because squared Mahalanobis distances overflowed "
             f"{dtype} (a component with a tiny variance far from other data). Rescale `x`, "
             f"increase `reg_covar`, or fit in float64."
         )
-    problems = torch.nonzero(failed).flatten()
-    problems = (problems if rows is None else rows[problems]).tolist()
     raise ValueError(
         f"Fitting the mixture model failed because some components have ill-defined "
-        f"empirical covariance (problems {problems[:10]}): the covariance is not positive "
+        f"empirical covariance (problems {problems(failed)}): the covariance is not positive "
         f"definite. Try increasing `reg_covar`, or decreasing `n_components`; in float32, "
         f"clusters thousands of standard deviations apart also cause this: fit in float64."
     )
