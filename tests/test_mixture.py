@@ -271,6 +271,21 @@ class TestModule:
         fresh.load_state_dict(gm.state_dict())
         torch.testing.assert_close(fresh.predict_proba(x), gm.predict_proba(x), rtol=0, atol=0)
 
+    def test_load_state_dict_refuses_other_k_or_covariance_type(self):
+        x = torch.tensor(three_blobs(18))
+        state = GaussianMixture(2, random_state=0).fit(x).state_dict()
+        other_k = GaussianMixture(3)
+        with pytest.raises(RuntimeError, match="size mismatch for means_.*n_components=2.*n_components=3"):
+            other_k.load_state_dict(state)
+        assert not other_k.is_fitted  # left as it was
+        with pytest.raises(RuntimeError, match="covariance_type='diag'.*fits covariance_type='full'"):
+            GaussianMixture(2, covariance_type="diag").load_state_dict(state, strict=False)
+        batched = GaussianMixture(2, covariance_type="tied", init_params="range").fit(torch.stack([x, x]))
+        fresh = GaussianMixture(2, covariance_type="tied")
+        fresh.load_state_dict(batched.state_dict())
+        assert torch.equal(fresh.predict(torch.stack([x, x])), batched.predict(torch.stack([x, x])))
+        GaussianMixture(2).load_state_dict(GaussianMixture(5).state_dict())  # unfitted: any K
+
     def test_deepcopy_and_to(self):
         x = torch.tensor(three_blobs(9)).float()
         gm = GaussianMixture(3, random_state=0).fit(x)
@@ -307,6 +322,31 @@ class TestModule:
             GaussianMixture(3, max_iter=1, tol=0, random_state=0).fit(torch.tensor(three_blobs(14)))
 
 
+class TestDtypes:
+    @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+    def test_half_precision_is_fitted_in_float32(self, half):
+        x = torch.tensor(three_blobs(16)).to(half)
+        gm = GaussianMixture(3, random_state=0).fit(x)
+        upcast = GaussianMixture(3, random_state=0).fit(x.float())
+        assert gm.means_.dtype == torch.float32
+        torch.testing.assert_close(gm.means_, upcast.means_, rtol=0, atol=0)
+        torch.testing.assert_close(gm.predict_proba(x), upcast.predict_proba(x.float()), rtol=0, atol=0)
+        fit = fit_gaussian_mixture(x, 3, init_params="range")
+        assert fit.covariances.dtype == torch.float32 and torch.isfinite(fit.covariances).all()
+
+    def test_complex_is_refused(self):
+        x = torch.randn(20, 2, dtype=torch.complex64)
+        with pytest.raises(TypeError, match="`x` must be real"):
+            GaussianMixture(2).fit(x)
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(20, 2))
+        with pytest.raises(TypeError, match="`x` must be real"):
+            gm.predict(x)
+
+    def test_integer_dtype_argument_is_refused(self):
+        with pytest.raises(TypeError, match="`dtype` must be one of"):
+            GaussianMixture(2, dtype=torch.int64).fit(torch.randn(20, 2))
+
+
 class TestBadInput:
     def test_errors_name_the_argument(self):
         x = torch.randn(20, 2)
@@ -332,12 +372,80 @@ class TestBadInput:
             fit_gaussian_mixture(np.zeros((20, 2)), 2)
         with pytest.raises(ShapeError, match="`means_init` must have shape"):
             fit_gaussian_mixture(x, 2, means_init=torch.zeros(3, 2))
-        with pytest.raises(ValueError, match="`weights_init` must be >= 0 with a positive sum"):
+        with pytest.raises(ValueError, match="`weights_init` must sum to 1"):
             fit_gaussian_mixture(x, 2, weights_init=torch.zeros(2))
-        with pytest.raises(ValueError, match="`weights_init` must be >= 0"):
+        with pytest.raises(ValueError, match="`weights_init` must be non-negative"):
             fit_gaussian_mixture(x, 2, weights_init=torch.tensor([1.5, -0.5]))
         with pytest.raises(ValueError, match="`means_init` contains 1 NaN"):
             fit_gaussian_mixture(x, 2, means_init=torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
+
+    def test_float32_overflow_is_a_clear_error(self):
+        # x * 1e20 squared is 1e40 > float32's max: k-means++ used to fail inside
+        # torch.multinomial ("probability tensor contains either inf, nan or element < 0").
+        x = torch.tensor(three_blobs(17), dtype=torch.float32)
+        with pytest.raises(ValueError, match="`x` is too spread out to fit in torch.float32.*float64"):
+            GaussianMixture(2, random_state=0).fit(x * 1e20)
+        assert torch.isfinite(GaussianMixture(2, random_state=0).fit(x.double() * 1e20).means_).all()
+        # Far from the origin is fine: the check is on the centred data.
+        assert torch.isfinite(GaussianMixture(2, random_state=0).fit(x * 1e15 + 1e20).means_).all()
+
+    def test_weights_init_must_be_normalised(self):
+        x = torch.randn(20, 2)
+        with pytest.raises(ValueError, match="`weights_init` must sum to 1 .* got a sum of 10"):
+            fit_gaussian_mixture(x, 2, weights_init=torch.tensor([5.0, 5.0]))
+        with pytest.raises(ShapeError, match="`weights_init` must have shape"):
+            fit_gaussian_mixture(x, 2, weights_init=torch.tensor([0.2, 0.3, 0.5]))
+        # float32 rounding of a normalised vector is accepted.
+        fit_gaussian_mixture(x, 3, weights_init=torch.softmax(torch.randn(3), 0), max_iter=1)
+
+    @pytest.mark.parametrize(
+        "covariance_type, precisions",
+        [
+            ("diag", torch.zeros(2, 2)),  # used to fit to all-NaN means and weights
+            ("spherical", torch.tensor([1.0, -1.0])),
+            ("full", -torch.eye(2).expand(2, 2, 2)),  # used to raise a raw _LinAlgError
+            ("tied", torch.tensor([[1.0, 2.0], [2.0, 1.0]])),  # indefinite
+            ("full", torch.tensor([[1.0, 0.5], [0.0, 1.0]]).expand(2, 2, 2)),  # asymmetric
+        ],
+    )
+    def test_precisions_init_must_be_positive(self, covariance_type, precisions):
+        with pytest.raises(ValueError, match="`precisions_init` must be .*positive"):
+            GaussianMixture(2, covariance_type=covariance_type, precisions_init=precisions).fit(
+                torch.randn(20, 2)
+            )
+
+    def test_e_step_overflow_is_a_clear_error(self):
+        # A tight cluster 1e17 from another: its squared Mahalanobis distances overflow
+        # float32 inside EM; diag and spherical used to return all-NaN parameters silently.
+        g = torch.Generator().manual_seed(0)
+        x = torch.cat([torch.randn(20, 2, generator=g), torch.randn(20, 2, generator=g) * 1e-3 + 1e17])
+        with pytest.raises(ValueError, match="failed in the E-step.*overflowed torch.float32"):
+            fit_gaussian_mixture(x, 2, covariance_type="diag", init_params="range")
+
+    def test_far_points_at_predict(self):
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(100, 2))
+        # float32 cannot hold log N(1e20 | ...) ~ -1e40: a clear error, not silent NaN.
+        with pytest.raises(ValueError, match="overflowed torch.float32.*float64"):
+            gm.score_samples(torch.full((2, 2), 1e20))
+        ll = gm.to(torch.float64).score_samples(torch.full((2, 2), 1e20, dtype=torch.float64))
+        assert torch.isfinite(ll).all() and (ll < -1e39).all()
+        # Far but representable: responsibilities still sum to 1 (they were all 1 before).
+        resp = GaussianMixture(3, random_state=0).fit(torch.full((50, 2), 3.0)).predict_proba(torch.full((5, 2), 1e6))
+        torch.testing.assert_close(resp.sum(-1), torch.ones(5))
+
+    def test_zero_features_names_x(self):
+        with pytest.raises(ShapeError, match="`x` must have at least one feature"):
+            fit_gaussian_mixture(torch.randn(20, 0), 2)
+
+    @pytest.mark.parametrize("name", ["tol", "reg_covar"])
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+    def test_non_finite_or_negative_settings(self, name, value):
+        # NaN compares false with everything, so `tol < 0` let it through (then EM never
+        # converged); NaN/inf reg_covar surfaced as an "ill-defined covariance" error.
+        with pytest.raises(ValueError, match=f"`{name}` must be a finite number >= 0"):
+            GaussianMixture(2, **{name: value}).fit(torch.randn(20, 2))
+        with pytest.raises(TypeError, match=f"`{name}` must be a real number"):
+            fit_gaussian_mixture(torch.randn(20, 2), 2, **{name: "0.1"})
 
     def test_unfitted_and_mismatched(self):
         with pytest.raises(RuntimeError, match="not fitted"):

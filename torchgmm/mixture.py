@@ -42,6 +42,7 @@ Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``t
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Literal, NamedTuple
 
@@ -95,18 +96,52 @@ class GaussianMixtureFit(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # Argument handling
 # ----------------------------------------------------------------------------------------
+#: Precisions the E- and M-steps run in; half-precision data are fitted in float32.
+FIT_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _fit_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``x`` is fitted in: float32/float64 as given, float16/bfloat16 -> float32
+    (LAPACK has no half-precision Cholesky, and ~3 significant digits cannot hold the
+    squared features anyway), integers and bool -> the default dtype."""
+    if x.is_complex():
+        raise TypeError(
+            f"`x` must be real (float32 or float64; integer and half-precision data are cast), "
+            f"got dtype {x.dtype}."
+        )
+    if x.dtype in _HALF_DTYPES:
+        return torch.float32
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def _check_real(value: object, name: str) -> float:
+    """Raise unless ``value`` is a finite real number >= 0 (NaN fails every comparison, so
+    ``value < 0`` alone would let it through); return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}.")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+    return float(value)
+
+
 def _batched_data(
     x: Tensor, sample_weight: Tensor | None, *, check_values: bool = True
 ) -> tuple[Tensor, Tensor | None]:
-    """Validate ``x`` (B, N, D) or (N, D) and ``sample_weight``; return them batched."""
+    """Validate ``x`` (B, N, D) or (N, D) and ``sample_weight``; return them batched.
+
+    ``check_values`` checks ``sample_weight``'s values; ``x``'s are checked by the caller
+    (``fit_gaussian_mixture`` does it on the centred data, with its range).
+    """
     check_tensor(x, "x")
     check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
+    if x.shape[-1] == 0:
+        raise ShapeError(f"`x` must have at least one feature (D >= 1), got shape {tuple(x.shape)}.")
+    dtype = _fit_dtype(x)
+    if x.dtype != dtype:
+        x = x.to(dtype)
     if x.ndim == 2:
         x = x.unsqueeze(0)
-    if check_values:
-        check_finite(x, "x")
     if sample_weight is None:
         return x, None
     check_tensor(sample_weight, "sample_weight")
@@ -140,6 +175,34 @@ def _batched_init(value: Tensor | None, name: str, ndim: int, x: Tensor) -> Tens
     if value.ndim != ndim:
         raise ShapeError(f"`{name}` has {value.ndim} dimensions; expected {ndim - 1} or {ndim}.")
     return value.expand(x.shape[0], *value.shape[1:])
+
+
+def _check_centred(centred: Tensor, x: Tensor) -> None:
+    """Raise unless the centred data are finite and their squares cannot overflow.
+
+    One reduction and one host sync serve both checks: NaN/inf anywhere in ``x`` makes its
+    mean, and so every centred value, non-finite, and the largest ``|x - mean|`` bounds the
+    quadratic features (``x_i x_j``), their sums over N, and the k-means++ distances
+    (``|x - c|^2 <= 4 D max|x - mean|^2``), so all stay finite below ``limit``.
+    """
+    if centred.numel() == 0:
+        return
+    peak = float(centred.abs().amax())
+    if not math.isfinite(peak):
+        check_finite(x, "x")  # names the NaN/inf
+        raise ValueError(
+            "The weighted mean of `x` overflowed: `sample_weight` times `x` exceeds "
+            f"{torch.finfo(centred.dtype).max:.3g}; rescale `sample_weight` or `x`, or fit in float64."
+        )
+    b, n, d = centred.shape
+    limit = math.sqrt(torch.finfo(centred.dtype).max / (4 * n * d))
+    if not peak <= limit:
+        raise ValueError(
+            f"`x` is too spread out to fit in {centred.dtype}: values lie up to {peak:.3g} from "
+            f"their mean, and the EM's squared features and k-means++ distances overflow beyond "
+            f"{limit:.3g} (for N={n}, D={d}). Rescale `x` (e.g. divide by its standard deviation) "
+            f"or fit in float64."
+        )
 
 
 def _check_param_shape(value: Tensor, name: str, expected: tuple[int, ...]) -> None:
@@ -289,7 +352,10 @@ def estimate_log_resp(
     """
     weighted = estimate_log_prob(x, means, precisions_cholesky, covariance_type) + weights.log().unsqueeze(1)
     log_likelihood = torch.logsumexp(weighted, dim=-1)
-    return weighted - log_likelihood.unsqueeze(-1), log_likelihood
+    # log_softmax subtracts the max before normalising: far from the data, where weighted
+    # is ~-1e17 in float32, log_likelihood rounds to the max and weighted - log_likelihood
+    # gave log_resp = 0 (responsibility 1) for every component at once.
+    return torch.log_softmax(weighted, dim=-1), log_likelihood
 
 
 # ----------------------------------------------------------------------------------------
@@ -470,9 +536,45 @@ def _covariances_from_precisions_cholesky(precisions_cholesky: Tensor, covarianc
 
 
 def _precisions_cholesky_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
+    """Cholesky factors of ``precisions_init``, which must be symmetric positive definite
+    (full/tied) or positive (diag/spherical), as scikit-learn's ``_check_precisions``.
+
+    One host sync covers all the checks; a zero diag precision used to give an all-NaN fit
+    and a negative definite one a raw ``_LinAlgError``.
+    """
     if covariance_type in ("full", "tied"):
-        return torch.linalg.cholesky(precisions)
+        chol, info = torch.linalg.cholesky_ex(precisions)
+        not_positive = info != 0 if info.ndim == 1 else (info != 0).any(-1)  # (B,); (B, K) for full
+        # cholesky reads only the lower triangle: an asymmetric matrix would pass unnoticed.
+        asymmetric = ~torch.isclose(precisions, precisions.mT, rtol=1e-5, atol=1e-8).flatten(1).all(-1)
+        if bool((not_positive | asymmetric).any()):
+            problems = torch.nonzero(not_positive | asymmetric).flatten().tolist()
+            raise ValueError(
+                f"`precisions_init` must be symmetric positive definite for "
+                f"covariance_type={covariance_type!r}; it is not for problems {problems[:10]}."
+            )
+        return chol
+    if bool((precisions <= 0).any()):
+        problems = torch.nonzero((precisions <= 0).flatten(1).any(-1)).flatten().tolist()
+        raise ValueError(
+            f"`precisions_init` must be positive for covariance_type={covariance_type!r}; "
+            f"it has values <= 0 for problems {problems[:10]}."
+        )
     return precisions.sqrt()
+
+
+def _check_weights_init(weights: Tensor) -> None:
+    """Non-negative and summing to 1, as scikit-learn's ``_check_weights``.
+
+    The sum may miss 1 by float32 rounding (1e-4, far above K float32 roundings); the fit
+    renormalises, so this only catches weights that were never normalised.
+    """
+    sums = weights.sum(-1)
+    if bool(((weights < 0).any(-1) | ((sums - 1).abs() > 1e-4)).any()):
+        if bool((weights < 0).any()):
+            raise ValueError(f"`weights_init` must be non-negative, got min {float(weights.min()):.3g}.")
+        worst = float(sums[(sums - 1).abs().argmax()])
+        raise ValueError(f"`weights_init` must sum to 1 for every problem, got a sum of {worst:.6g}.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -504,7 +606,10 @@ def fit_gaussian_mixture(
     ``check_every`` iterations.
 
     Args:
-        x: data, ``(B, N, D)`` or ``(N, D)`` floating (integer data is cast to the default dtype).
+        x: data, ``(B, N, D)`` or ``(N, D)``, D >= 1. float32 and float64 are fitted as
+            given; float16 and bfloat16 are fitted in float32 (no half-precision Cholesky,
+            and too few digits for the squared features); integer and bool data are cast to
+            the default dtype; complex data are refused. The results have the dtype fitted in.
         n_components: K >= 1.
         sample_weight: ``(B, N)`` or ``(N,)`` non-negative weights; a histogram's counts
             are weights, and weight c on a sample equals repeating it c times.
@@ -521,7 +626,9 @@ def fit_gaussian_mixture(
         weights_init, means_init, precisions_init: explicit starting parameters,
             ``(B, K)``/``(K,)``, ``(B, K, D)``/``(K, D)`` and precisions (not their
             Cholesky factors) shaped like the covariances, with or without the B dim.
-            Anything not given comes from ``init_params``, as in scikit-learn.
+            Anything not given comes from ``init_params``, as in scikit-learn. As there,
+            weights must be non-negative and sum to 1, and precisions must be symmetric
+            positive definite (full/tied) or positive (diag/spherical).
         generator: ``torch.Generator`` on x's device, for reproducible seeding.
         check_every: host syncs for the stopping test happen every this many iterations.
 
@@ -529,8 +636,10 @@ def fit_gaussian_mixture(
         :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input).
 
     Raises:
-        ValueError: bad shapes, NaN/inf in the data, bad weights or options, or a
-            covariance that is not positive definite (increase ``reg_covar``).
+        ValueError: bad shapes, NaN/inf in the data, data too spread out for the dtype,
+            bad weights or options, or a covariance that is not positive definite
+            (increase ``reg_covar``).
+        TypeError: ``x`` is not a real tensor, or an option has the wrong type.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -540,14 +649,13 @@ def fit_gaussian_mixture(
         tensor([-4.,  4.])
     """
     check_positive_int(n_components, "n_components")
+    # max_iter=0 returns the initial parameters (scikit-learn allows it too).
     check_positive_int(max_iter, "max_iter", minimum=0)
     check_positive_int(check_every, "check_every")
     check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     check_choice(init_params, "init_params", INIT_METHODS)
-    if tol < 0:
-        raise ValueError(f"`tol` must be non-negative, got {tol}.")
-    if reg_covar < 0:
-        raise ValueError(f"`reg_covar` must be non-negative, got {reg_covar}.")
+    tol = _check_real(tol, "tol")
+    reg_covar = _check_real(reg_covar, "reg_covar")
     x, sample_weight = _batched_data(x, sample_weight)
     b, n, d = x.shape
     k = n_components
@@ -561,18 +669,20 @@ def fit_gaussian_mixture(
     if weights0 is not None:
         _check_param_shape(weights0, "weights_init", (b, k))
         check_finite(weights0, "weights_init")
-        if bool((weights0 < 0).any()) or not bool((weights0.sum(-1) > 0).all()):
-            raise ValueError("`weights_init` must be >= 0 with a positive sum for every problem.")
+        _check_weights_init(weights0)
     if means0 is not None:
         _check_param_shape(means0, "means_init", (b, k, d))
         check_finite(means0, "means_init")
     if precisions0 is not None:
         _check_param_shape(precisions0, "precisions_init", _covariance_shape(covariance_type, b, k, d))
         check_finite(precisions0, "precisions_init")
+        prec_chol0 = _precisions_cholesky_from_precisions(precisions0, covariance_type)
 
     # Centre the data (see the module docstring); means live in centred coordinates.
+    given = x
     shift = _weighted_mean(x, sample_weight)
     x = x - shift
+    _check_centred(x, given)
     features = _quadratic_features(x, covariance_type)
 
     # Initialisation, following sklearn's BaseMixture._initialize: parameters from the
@@ -585,7 +695,7 @@ def fit_gaussian_mixture(
     if means0 is not None:
         means = means0 - shift
     if precisions0 is not None:
-        prec_chol = _precisions_cholesky_from_precisions(precisions0, covariance_type)
+        prec_chol = prec_chol0
         cov = _covariances_from_precisions_cholesky(prec_chol, covariance_type)
         failed = torch.zeros(b, dtype=torch.bool, device=x.device)
     else:
@@ -597,6 +707,7 @@ def fit_gaussian_mixture(
     n_iter = torch.zeros(b, dtype=torch.long, device=x.device)
     converged = torch.zeros(b, dtype=torch.bool, device=x.device)
     active = torch.ones(b, dtype=torch.bool, device=x.device)
+    overflowed = torch.zeros(b, dtype=torch.bool, device=x.device)
     # Rows of the working set -> problems; None while every problem is in it. When most
     # problems have converged, the working set shrinks to the active ones (at a check, when
     # the host syncs anyway), so a batch costs the sum of its problems' iterations rather
@@ -622,13 +733,16 @@ def fit_gaussian_mixture(
         cov = _where_active(active, new_cov, cov)
         prec_chol = _where_active(active, new_prec_chol, prec_chol)
         failed = failed | (active & new_failed)
+        # A non-finite bound means a squared Mahalanobis distance overflowed (inf - inf in
+        # the expansion): flag it here, read it at the next check, with no extra sync.
+        overflowed = overflowed | (active & ~torch.isfinite(new_bound))
         change = new_bound - lower_bound
         lower_bound = torch.where(active, new_bound, lower_bound)
         n_iter = n_iter + active.long()
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
         if (iteration + 1) % check_every == 0 or iteration + 1 == max_iter:
-            _raise_if_failed(failed, rows)
+            _raise_if_failed(failed, rows, overflowed, x.dtype)
             n_active = int(active.sum())
             if n_active == 0:
                 break
@@ -639,6 +753,7 @@ def fit_gaussian_mixture(
                 rows = keep if rows is None else rows[keep]
                 weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
                 features, active, failed = features[keep], active[keep], failed[keep]
+                overflowed = overflowed[keep]
                 if sample_weight is not None:
                     sample_weight, weight_total = sample_weight[keep], weight_total[keep]
     state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
@@ -659,16 +774,30 @@ def _where_active(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(active.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
-def _raise_if_failed(failed: Tensor, rows: Tensor | None = None) -> None:
-    if bool(failed.any()):
-        problems = torch.nonzero(failed).flatten()
-        problems = (problems if rows is None else rows[problems]).tolist()
+def _raise_if_failed(
+    failed: Tensor, rows: Tensor | None = None, overflowed: Tensor | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """One host sync on the happy path; ``overflowed`` (B,) flags a non-finite E-step."""
+    if not bool((failed if overflowed is None else failed | overflowed).any()):
+        return
+    def problems(mask: Tensor) -> list[int]:
+        found = torch.nonzero(mask).flatten()
+        return (found if rows is None else rows[found]).tolist()[:10]
+
+    if overflowed is not None and bool(overflowed.any()):
+        # Reported first: the overflow is what made the covariances NaN.
         raise ValueError(
-            f"Fitting the mixture model failed because some components have ill-defined "
-            f"empirical covariance (problems {problems[:10]}): the covariance is not positive "
-            f"definite. Try increasing `reg_covar`, or decreasing `n_components`; in float32, "
-            f"clusters thousands of standard deviations apart also cause this: fit in float64."
+            f"Fitting the mixture model failed in the E-step (problems {problems(overflowed)}): the "
+            f"log-likelihood is not finite because squared Mahalanobis distances overflowed "
+            f"{dtype} (a component with a tiny variance far from other data). Rescale `x`, "
+            f"increase `reg_covar`, or fit in float64."
         )
+    raise ValueError(
+        f"Fitting the mixture model failed because some components have ill-defined "
+        f"empirical covariance (problems {problems(failed)}): the covariance is not positive "
+        f"definite. Try increasing `reg_covar`, or decreasing `n_components`; in float32, "
+        f"clusters thousands of standard deviations apart also cause this: fit in float64."
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -701,7 +830,8 @@ class GaussianMixture(nn.Module):
         random_state: int seed or ``torch.Generator`` for the initialisation.
         device, dtype: where and in which precision to fit; default: the data's (float32
             loses precision for clusters hundreds of standard deviations apart; see the
-            module docstring).
+            module docstring). float16/bfloat16 data (or ``dtype``) are fitted in float32,
+            and the fitted buffers are float32.
 
     scikit-learn's ``n_init`` (best of several initialisations) is not offered: fit a batch
     ``(B, N, D)`` of copies with different ``means_init`` and keep the best ``lower_bound_``.
@@ -769,9 +899,13 @@ class GaussianMixture(nn.Module):
 
     def _prepare(self, x: Tensor) -> Tensor:
         check_tensor(x, "x")
-        dtype = self.fit_dtype or (x.dtype if x.is_floating_point() else torch.get_default_dtype())
         device = self.fit_device if self.fit_device is not None else x.device
-        return x.to(device=device, dtype=dtype)
+        if self.fit_dtype is None:
+            # fit_gaussian_mixture picks the precision from x's dtype (half -> float32).
+            return x.to(device=device)
+        if self.fit_dtype not in FIT_DTYPES + _HALF_DTYPES:
+            raise TypeError(f"`dtype` must be one of {FIT_DTYPES} (or half precision), got {self.fit_dtype}.")
+        return x.to(device=device, dtype=self.fit_dtype)
 
     def fit(self, x: Tensor, sample_weight: Tensor | None = None) -> GaussianMixture:
         """Estimate the parameters by EM; returns ``self``.
@@ -821,7 +955,7 @@ class GaussianMixture(nn.Module):
             raise RuntimeError("This GaussianMixture is not fitted yet; call `fit` first.")
         check_tensor(x, "x")
         check_ndim(x, "x", (2, 3), "(B, N, D) or (N, D)")
-        check_finite(x, "x")
+        _fit_dtype(x)  # refuses complex x, which .to() below would silently make real
         unbatch = x.ndim == 2
         batched_params = self.means_.ndim == 3
         x = x.to(device=self.means_.device, dtype=self.means_.dtype)
@@ -841,7 +975,26 @@ class GaussianMixture(nn.Module):
     def _log_resp(self, x: Tensor) -> tuple[Tensor, Tensor, bool]:
         x, weights, means, prec, unbatch = self._params(x)
         log_resp, log_likelihood = estimate_log_resp(x, weights, means, prec, self.covariance_type)
+        # One check of the output replaces the check of the input (same one host sync): NaN
+        # or inf in x makes its log-likelihood non-finite, and so does a squared Mahalanobis
+        # distance that overflows (|x| ~ 1e19 in float32 under unit variance), which used to
+        # come back as silent NaN (inf - inf in the expansion, or -inf - -inf in log_resp).
+        if not bool(torch.isfinite(log_likelihood).all()):
+            self._raise_non_finite(x, log_likelihood)
         return log_resp, log_likelihood, unbatch
+
+    def _raise_non_finite(self, x: Tensor, log_likelihood: Tensor) -> None:
+        check_finite(x, "x")
+        for name in _FITTED_BUFFERS[:4]:
+            if not bool(torch.isfinite(getattr(self, name)).all()):
+                raise ValueError(f"The model's `{name}` holds NaN or inf (loaded from a bad state?).")
+        n_bad = int((~torch.isfinite(log_likelihood)).sum())
+        raise ValueError(
+            f"The log-likelihood of {n_bad} sample(s) of `x` overflowed {log_likelihood.dtype}: "
+            f"they are so far from every component that the squared Mahalanobis distance "
+            f"exceeds {torch.finfo(log_likelihood.dtype).max:.3g}. Convert the model and `x` to "
+            f"float64 (`model.to(torch.float64)`) or rescale the data."
+        )
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Posterior probability of each component, ``(N, K)`` or ``(B, N, K)``."""
@@ -926,7 +1079,63 @@ class GaussianMixture(nn.Module):
         return (samples[0], labels[0]) if unbatch else (samples, labels)
 
     # -- state -----------------------------------------------------------------------------
+    def _state_mismatch(self, state_dict, prefix: str) -> str | None:
+        """Why a fitted state cannot be this module's (n_components, covariance_type), or None.
+
+        The buffers take the incoming shapes (below), so nn.Module's own size check never
+        fires: without this, a K=2 state loaded into GaussianMixture(3) predicted with K=2,
+        and a covariance-type mismatch failed only at predict, inside ``expand``.
+        """
+        means = state_dict.get(prefix + "means_")
+        if means is None or means.numel() == 0:
+            return None  # an unfitted state; a missing key is reported by nn.Module
+        if means.ndim not in (2, 3):
+            return (
+                f"size mismatch for {prefix}means_: copying a param with shape {tuple(means.shape)} "
+                f"from checkpoint, expected (K, D) or (B, K, D)."
+            )
+        lead, (k, d) = tuple(means.shape[:-2]), tuple(means.shape[-2:])
+        if k != self.n_components:
+            return (
+                f"size mismatch for {prefix}means_: copying a param with shape {tuple(means.shape)} "
+                f"from checkpoint, which has n_components={k}; this GaussianMixture has "
+                f"n_components={self.n_components}. Construct it with n_components={k}."
+            )
+
+        def covariance_shape(covariance_type: str) -> tuple[int, ...]:
+            return _covariance_shape(covariance_type, *(lead or (1,)), k, d)[1 - len(lead):]
+
+        expected = {
+            "weights_": lead + (k,),
+            "covariances_": covariance_shape(self.covariance_type),
+            "precisions_cholesky_": covariance_shape(self.covariance_type),
+            "lower_bound_": lead,
+            "n_iter_": lead,
+            "converged_": lead,
+        }
+        for name, shape in expected.items():
+            value = state_dict.get(prefix + name)
+            if value is None or tuple(value.shape) == shape:
+                continue
+            hint = ""
+            if name in ("covariances_", "precisions_cholesky_"):
+                fits = [c for c in COVARIANCE_TYPES if covariance_shape(c) == tuple(value.shape)]
+                if fits:
+                    hint = f" The checkpoint's shape fits covariance_type={fits[0]!r}."
+            return (
+                f"size mismatch for {prefix}{name}: copying a param with shape {tuple(value.shape)} "
+                f"from checkpoint, expected {shape} for covariance_type={self.covariance_type!r}, "
+                f"n_components={k}, D={d}.{hint}"
+            )
+        return None
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: E501
+        mismatch = self._state_mismatch(state_dict, prefix)
+        if mismatch is not None:
+            # load_state_dict raises RuntimeError with it (strict or not); this module is
+            # left as it was.
+            error_msgs.append(mismatch)
+            return
         # Fitted buffers are shaped by the data: give each the incoming shape first so a
         # fresh (unfitted) module can load a fitted state.
         for name in _FITTED_BUFFERS:
