@@ -42,7 +42,6 @@ Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``t
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Literal, NamedTuple
 
@@ -55,6 +54,7 @@ from torchgmm._checks import (
     check_finite,
     check_ndim,
     check_positive_int,
+    check_real,
     check_tensor,
 )
 
@@ -113,16 +113,6 @@ def _fit_dtype(x: Tensor) -> torch.dtype:
     if x.dtype in _HALF_DTYPES:
         return torch.float32
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
-
-
-def _check_real(value: object, name: str) -> float:
-    """Raise unless ``value`` is a finite real number >= 0 (NaN fails every comparison, so
-    ``value < 0`` alone would let it through); return it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}.")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
-    return float(value)
 
 
 def _batched_data(
@@ -654,8 +644,8 @@ def fit_gaussian_mixture(
     check_positive_int(check_every, "check_every")
     check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     check_choice(init_params, "init_params", INIT_METHODS)
-    tol = _check_real(tol, "tol")
-    reg_covar = _check_real(reg_covar, "reg_covar")
+    tol = check_real(tol, "tol", minimum=0)
+    reg_covar = check_real(reg_covar, "reg_covar", minimum=0)
     x, sample_weight = _batched_data(x, sample_weight)
     b, n, d = x.shape
     k = n_components
