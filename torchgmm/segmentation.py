@@ -43,6 +43,7 @@ from torchgmm._checks import (
     check_choice,
     check_ndim,
     check_positive_int,
+    check_real,
     check_tensor,
     resolve_device,
 )
@@ -113,8 +114,7 @@ def _check_em_settings(tol: object, max_iter: object) -> None:
     ``max_iter=0`` would return the initialisation with a lower bound of -inf (not JSON).
     """
     check_positive_int(max_iter, "max_iter", minimum=1)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
+    check_real(tol, "tol", minimum=0)
 
 
 def _check_label_dtype(label_dtype: object, n_classes: int) -> None:
