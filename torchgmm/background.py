@@ -41,7 +41,7 @@ about 0.03%.
 Why a pure function and a buffer swap: the update reads and writes the whole state once per
 frame (about 124 bytes per pixel for RGB with K=3 in float32), and on a CPU that traffic
 costs about as much as the arithmetic (``scripts/bench_roofline.py``, 640x480, 2 threads:
-traffic alone 73% of the step's time, arithmetic alone 71%); on a GPU it dominates. Written
+traffic alone 84% of the step's time, arithmetic alone 67%); on a GPU it dominates. Written
 with K and C unrolled and only elementwise ops, inductor fuses it into one loop (OpenMP C++
 on CPU, one Triton kernel on CUDA) that reads the state once and writes the new state once;
 the module then rebinds its buffers to the new tensors. Writing in place into views of the
@@ -174,27 +174,6 @@ def _match(xs, ws, mus, vs, match_sigma: float):  # noqa: ANN001, ANN202
         d2s.append(d2)
         diffs.append(diff)
     return hits, d2s, diffs, matched_before
-
-
-def _select_hit(hits, ws, d2s, diffs, vs):  # noqa: ANN001, ANN202
-    """The hit component's ``(w, d2, diffs, variances)`` per pixel.
-
-    At most one component is hit per pixel; where none is, component 0's values come back
-    (finite, so the unused updates computed from them stay finite; callers mask them out).
-    """
-    def select(values):  # noqa: ANN001, ANN202
-        chosen = values[0]
-        for hit, value in zip(hits[1:], values[1:]):
-            chosen = torch.where(hit, value, chosen)
-        return chosen
-
-    n_channels, n_variances = len(diffs[0]), len(vs[0])
-    return (
-        select(ws),
-        select(d2s),
-        [select([diff[c] for diff in diffs]) for c in range(n_channels)],
-        [select([v[c] for v in vs]) for c in range(n_variances)],
-    )
 
 
 def _exclusive_cumsum(ws: list[Tensor]) -> list[Tensor]:
@@ -333,26 +312,20 @@ def _update_planes(xs, ws, mus, vs, a, *, background_ratio, match_sigma, init_va
     ws = [(1 - a) * w + a * hit.to(w.dtype) for w, hit in zip(ws, hits)]
 
     # 3. The matched component's mean and variance (eqs. 6-7), with the old mean's diff.
-    #    Only the hit component changes, so its values are gathered first and rho and the
-    #    variance update are computed once instead of K times (with the one reciprocal in
-    #    5 and the square-root-free compare in 6: 2-5% less time per step, 640x480 RGB
-    #    K = 3 on 1-2 CPU threads, the same state bit for bit).
-    w_hit, d2_hit, diff_hit, v_hit = _select_hit(hits, ws, d2s, diffs, vs)
-    if rho == "constant":
-        r = a  # () tensor, broadcast in the updates below
-    elif rho == "inverse_weight":
-        r = a / w_hit
-    else:
-        r = a * _gaussian_density(d2_hit, diff_hit, v_hit, n_channels)
-    r = torch.clamp(r, max=1.0)
-    mu_step = [r * d for d in diff_hit]
-    if len(v_hit) == 1:
-        v_new = [torch.clamp(v_hit[0] + r * (d2_hit / n_channels - v_hit[0]), min=min_var)]
-    else:
-        v_new = [torch.clamp(v + r * (d * d - v), min=min_var) for v, d in zip(v_hit, diff_hit)]
     for k in range(n_components):
-        mus[k] = [torch.where(hits[k], m + s, m) for m, s in zip(mus[k], mu_step)]
-        vs[k] = [torch.where(hits[k], u, v) for u, v in zip(v_new, vs[k])]
+        if rho == "constant":
+            r = a  # () tensor, broadcast in the updates below
+        elif rho == "inverse_weight":
+            r = a / ws[k]
+        else:
+            r = a * _gaussian_density(d2s[k], diffs[k], vs[k], n_channels)
+        r = torch.clamp(r, max=1.0)
+        mus[k] = [torch.where(hits[k], m + r * d, m) for m, d in zip(mus[k], diffs[k])]
+        if len(vs[k]) == 1:
+            updated = [torch.clamp(vs[k][0] + r * (d2s[k] / n_channels - vs[k][0]), min=min_var)]
+        else:
+            updated = [torch.clamp(v + r * (d * d - v), min=min_var) for v, d in zip(vs[k], diffs[k])]
+        vs[k] = [torch.where(hits[k], u, v) for u, v in zip(updated, vs[k])]
 
     # 4. No match: the least probable component (last in rank order) becomes the pixel.
     no_hit = ~any_hit
@@ -362,23 +335,19 @@ def _update_planes(xs, ws, mus, vs, a, *, background_ratio, match_sigma, init_va
     vs[last] = [torch.where(no_hit, init_var, v) for v in vs[last]]
     hits[last] = hits[last] | no_hit  # the new component is the one this pixel belongs to
 
-    # 5. Renormalise (one reciprocal and K products instead of K divisions).
+    # 5. Renormalise.
     total = ws[0]
     for w in ws[1:]:
         total = total + w
-    inv_total = 1.0 / total
-    ws = [w * inv_total for w in ws]
+    ws = [w / total for w in ws]
 
     # 6. Stable sort by w / sigma, descending: odd-even transposition network, K rounds of
-    #    adjacent compare-swaps (strict compare: equal keys never pass each other). Compared
-    #    as w_j^2 s2_i > w_i^2 s2_j (weights >= 0, variances > 0): the same order as
-    #    w_j / sigma_j > w_i / sigma_i without a square root or a division.
-    s2s = [_per_channel_variance(v) for v in vs]
-    ws2 = [w * w for w in ws]
-    fields = [ws2, s2s, ws, hits, mus, vs]
+    #    adjacent compare-swaps (strict compare: equal keys never pass each other).
+    keys = [w / torch.sqrt(_per_channel_variance(v)) for w, v in zip(ws, vs)]
+    fields = [keys, ws, hits, mus, vs]
     for round_ in range(n_components):
         for i in range(round_ % 2, n_components - 1, 2):
-            swap = ws2[i + 1] * s2s[i] > ws2[i] * s2s[i + 1]
+            swap = keys[i + 1] > keys[i]
             for field in fields:
                 field[i], field[i + 1] = _swap_where(swap, field[i], field[i + 1])
 
