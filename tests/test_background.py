@@ -656,6 +656,19 @@ class TestBehaviour:
 # Module API and state
 # ----------------------------------------------------------------------------------------
 class TestModule:
+    def test_frames_that_require_grad_keep_no_graph(self):
+        g = torch.Generator().manual_seed(0)
+        clip = torch.rand((6, 1, 3, 8, 8), generator=g) * 0.5
+        plain, tracked = BackgroundSubtractorMOG(compile=False), BackgroundSubtractorMOG(compile=False)
+        for frame in clip:
+            assert torch.equal(tracked(frame.clone().requires_grad_(True)), plain(frame))
+        assert all(t.grad_fn is None and not t.requires_grad for t in tracked.state_dict().values())
+        copy.deepcopy(tracked)  # graph nodes (one per frame, kept alive by the state) cannot be copied
+
+    def test_repr_lists_the_settings(self):
+        text = repr(BackgroundSubtractorMOG(match_sigma=3.0, min_var=25.0, state_dtype=torch.float64))
+        assert "match_sigma=3.0" in text and "min_var=25.0" in text and "state_dtype=torch.float64" in text
+
     def test_smoke_shapes(self):
         model = BackgroundSubtractorMOG(n_components=4, covariance_type="diag", compile=False)
         masks = model(torch.zeros(2, 3, 5, 7, dtype=torch.uint8))

@@ -453,15 +453,17 @@ def test_output_folder_that_is_a_file_exit_2_before_any_work(clip, tmp_path, cap
 
 
 def test_resume_refuses_a_checkpoint_of_another_input(clip, tmp_path, capsys):
+    # MP4 headers hold the frame count (a Matroska count is only estimated and is not bound)
     (tmp_path / "long").mkdir()
-    long_clip = write_video(tmp_path / "long" / "cam.mkv", clip["frames"][:30])
+    long_clip = write_video(tmp_path / "long" / "cam.mp4", clip["frames"][:30], "libx264rgb")
     (tmp_path / "short").mkdir()
-    short_clip = write_video(tmp_path / "short" / "cam.mkv", clip["frames"][:5])
+    short_clip = write_video(tmp_path / "short" / "cam.mp4", clip["frames"][:5], "libx264rgb")
     out = tmp_path / "out"
     assert main(["background", str(long_clip), "--out", str(out), "--checkpoint", "12", *FAST]) == 0
     assert main(["background", str(short_clip), "--out", str(out), "--checkpoint", "12", "--resume", *FAST]) == 2
     err = capsys.readouterr().err
-    assert "belongs to another input" in err and "at frame 30" in err and "has 5 frames" in err
+    assert "made for an input of 30 frames is at frame 30" in err and "has 5 frames" in err
+    assert "belongs to another input" in err
 
 
 def test_png_resume_refuses_missing_frames(clip, tmp_path, capsys):

@@ -264,6 +264,14 @@ class TestDegenerateData:
 
 
 class TestModule:
+    def test_fit_keeps_no_autograd_graph(self):
+        x = torch.tensor(three_blobs(8))
+        plain = GaussianMixture(3, random_state=0).fit(x)
+        tracked = GaussianMixture(3, random_state=0).fit(x.clone().requires_grad_(True))
+        assert all(getattr(tracked, n).grad_fn is None for n in ("weights_", "means_", "covariances_"))
+        torch.testing.assert_close(tracked.means_, plain.means_, rtol=0, atol=0)
+        copy.deepcopy(tracked)  # graph nodes cannot be deep-copied
+
     def test_state_dict_round_trip_into_fresh_module(self):
         x = torch.tensor(three_blobs(8))
         gm = GaussianMixture(3, random_state=0).fit(x)

@@ -318,6 +318,47 @@ class TestVideoReader:
         assert threading.active_count() == before
         with pytest.raises(ValueError, match="closed"):
             list(reader)
+        with pytest.raises(ValueError, match="closed while it was being iterated"):
+            list(it)  # the iterator started before close() ends with an error instead of waiting forever
+
+    @pytest.mark.parametrize("durations_ms", [[20] * 10 + [200] * 10, [200] * 10 + [20] * 10],
+                             ids=["slowing", "speeding"])
+    def test_variable_frame_rate_is_not_truncated(self, tmp_path, durations_ms):
+        # Matroska has no frame count: the duration x rate estimate is wrong for variable frame
+        # rate (101 or 12 frames for these 20), so it must not make a complete file "truncated"
+        from fractions import Fraction
+
+        path = tmp_path / "vfr.mkv"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("ffv1", rate=1000 // durations_ms[0])
+            stream.width, stream.height, stream.pix_fmt = 16, 8, "bgr0"
+            stream.time_base = Fraction(1, 1000)
+            t = 0
+            for i, d in enumerate(durations_ms):
+                frame = av.VideoFrame.from_ndarray(np.full((8, 16, 3), 10 * i, np.uint8), format="rgb24")
+                frame.pts, frame.time_base, t = t, Fraction(1, 1000), t + d
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        with VideoReader(path) as reader:
+            assert not reader.frame_count_exact
+            frames = torch.stack(list(reader))
+        assert frames[:, 0, 0, 0].tolist() == [10 * i for i in range(20)]
+        cut = tmp_path / "cut.mkv"  # and a truncated one is still caught
+        cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(VideoDecodeError, match="truncated"):
+            with VideoReader(cut) as reader:
+                list(reader)
+
+    def test_abandoned_iteration_stops_thread_and_closes_file(self, ffv1_video):
+        path, ref = ffv1_video
+        before = threading.active_count()
+        reader = VideoReader(path, prefetch=2)  # no `with`, no close()
+        for frame in reader:
+            break
+        assert torch.equal(frame, ref[0])
+        assert threading.active_count() == before and reader._container is None
 
     def test_iterate_once(self, ffv1_video):
         path, _ = ffv1_video

@@ -756,8 +756,11 @@ class BackgroundSubtractorMOG(nn.Module):
             self._settings_cache = (key, settings)
         return self._settings_cache[1]
 
+    @torch.no_grad()  # the state is updated online, never differentiated: no autograd graph
     def forward(self, frames: Tensor, learning_rate: float | None = None) -> Tensor:
         """Learn from one frame per stream and return the foreground masks.
+
+        Runs without autograd (frames with ``requires_grad`` are fine; no graph is kept).
 
         Args:
             frames: ``(B, C, H, W)`` ``uint8`` or floating in [0, 1].
@@ -866,8 +869,10 @@ class BackgroundSubtractorMOG(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_components={self.n_components}, learning_rate={self.learning_rate}, "
-            f"background_ratio={self.background_ratio}, rho={self.rho!r}, "
-            f"covariance_type={self.covariance_type!r}, warmup={self.warmup}"
+            f"background_ratio={self.background_ratio}, match_sigma={self.match_sigma}, "
+            f"init_var={self.init_var}, min_var={self.min_var}, init_weight={self.init_weight}, "
+            f"rho={self.rho!r}, covariance_type={self.covariance_type!r}, warmup={self.warmup}, "
+            f"state_dtype={self.weight.dtype}"
         )
 
 

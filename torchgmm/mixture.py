@@ -570,6 +570,7 @@ def _check_weights_init(weights: Tensor) -> None:
 # ----------------------------------------------------------------------------------------
 # EM
 # ----------------------------------------------------------------------------------------
+@torch.no_grad()  # EM is not differentiated through: data with requires_grad must not keep its graph
 def fit_gaussian_mixture(
     x: Tensor,
     n_components: int,
@@ -821,7 +822,9 @@ class GaussianMixture(nn.Module):
         device, dtype: where and in which precision to fit; default: the data's (float32
             loses precision for clusters hundreds of standard deviations apart; see the
             module docstring). float16/bfloat16 data (or ``dtype``) are fitted in float32,
-            and the fitted buffers are float32.
+            and the fitted buffers are float32. ``fit`` replaces the buffers, so casting
+            the module before it (``.double()``) does not choose the precision: pass
+            ``dtype`` (or float64 data); casting a fitted module casts its buffers, as usual.
 
     scikit-learn's ``n_init`` (best of several initialisations) is not offered: fit a batch
     ``(B, N, D)`` of copies with different ``means_init`` and keep the best ``lower_bound_``.

@@ -227,10 +227,10 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postproc
             "run without resuming to start over."
         )
     stored_count = ckpt.get("frame_count")
-    # a count estimated from the duration (e.g. Matroska) may be a frame or so off
-    most = job.frame_count if job.count_exact else job.frame_count + 1 + job.frame_count // 100
-    if job.frame_count and (
-        frames_done > most or (job.count_exact and stored_count is not None and stored_count != job.frame_count)
+    # only a count from the header (or a file listing) binds: one estimated from the duration
+    # (e.g. Matroska) is wrong for variable frame rate, and the checkpoint may then be ahead of it
+    if job.count_exact and job.frame_count and (
+        frames_done > job.frame_count or (stored_count is not None and stored_count != job.frame_count)
     ):
         made_for = f" made for an input of {stored_count} frames" if stored_count is not None else ""
         raise ValueError(

@@ -304,12 +304,16 @@ class VideoReader:
         # (a container duration may include audio, so it is trusted only for video-only files)
         self._count_exact = bool(stream.frames)
         self._count_reliable = True
+        #: the announced duration in seconds, when the count is estimated from it
+        self._duration_s: float | None = None
         if stream.frames:
             self._frame_count = int(stream.frames)
         elif stream.duration is not None and stream.time_base is not None:
-            self._frame_count = int(round(float(stream.duration * stream.time_base) * self._fps))
+            self._duration_s = float(stream.duration * stream.time_base)
+            self._frame_count = int(round(self._duration_s * self._fps))
         elif container.duration is not None:
-            self._frame_count = int(round(container.duration / 1_000_000 * self._fps))
+            self._duration_s = container.duration / 1_000_000
+            self._frame_count = int(round(self._duration_s * self._fps))
             self._count_reliable = len(container.streams) == 1
         else:
             self._frame_count = 0
@@ -440,6 +444,7 @@ class VideoReader:
             return
         av = _import_av()
         index = -1
+        first_time = last_time = None  # presentation times (s) of the first and last frames
         decoder = self._container.decode(self._stream)
         while True:
             try:
@@ -454,16 +459,26 @@ class VideoReader:
                     index + 1,
                 ) from exc
             index += 1
+            if frame.time is not None:
+                first_time = frame.time if first_time is None else first_time
+                last_time = frame.time
             if end is not None and index >= end:
                 return
             if index >= start and (index - start) % step == 0:
                 yield index, frame
         decoded = index + 1
-        # a truncated file ends without an FFmpeg error: compare with the header's promise
-        # tolerance: 1 frame for a header count (edit lists may drop one), 2 % for an estimate
+        # A truncated file ends without an FFmpeg error: compare with the header's promise.
+        # A frame count from the header: at most 1 frame short (edit lists may drop one). A
+        # count estimated from the duration is wrong for variable frame rate, so then the
+        # time the frames span is compared with the duration instead (2 % and 2 frames slack).
         expected = self._frame_count
-        slack = 1 if self._count_exact else max(2, int(0.02 * expected))
-        if expected and self._count_reliable and decoded < expected - slack:
+        if self._count_exact or self._duration_s is None or last_time is None:
+            slack = 1 if self._count_exact else max(2, int(0.02 * expected))
+            short = decoded < expected - slack
+        else:
+            spanned = last_time - first_time + 1 / self._fps
+            short = spanned < 0.98 * self._duration_s - 2 / self._fps
+        if expected and self._count_reliable and short:
             if end is None or decoded < end:
                 read = f"frames 0..{decoded - 1} were read" if decoded else "no frame could be decoded"
                 raise VideoDecodeError(
@@ -554,28 +569,44 @@ class VideoReader:
             return next(items, _END)
 
     def __iter__(self) -> Iterator[Tensor]:
+        if self._started:  # (a finished iteration also closes the reader)
+            raise ValueError(
+                f"VideoReader for {str(self.path)!r} is {'closed' if self._closed else 'being iterated'}: "
+                "a reader can be iterated once; open a new reader to read again."
+            )
         if self._closed:
             raise ValueError(f"VideoReader for {str(self.path)!r} is closed.")
-        if self._started:
-            raise ValueError(
-                f"VideoReader for {str(self.path)!r} can be iterated once; open a new reader to read again."
-            )
         self._started = True
-        if self.prefetch == 0:
-            items = self._produce()
-            while (item := self._next_item(items)) is not _END:
-                yield self._to_device(item)
-            return
-        self._queue = queue.Queue(maxsize=self.prefetch)
-        self._thread = threading.Thread(target=self._worker, name=f"VideoReader({self.path.name})", daemon=True)
-        self._thread.start()
-        while True:
-            item = self._queue.get()
-            if item is _END:
+        # One iteration per reader: when it ends, fails or is abandoned (a ``break`` without
+        # ``with``: the generator is closed), the decoding thread stops and the file is closed.
+        # Without this, the thread (whose target holds the reader) kept both alive for good.
+        try:
+            if self.prefetch == 0:
+                items = self._produce()
+                while (item := self._next_item(items)) is not _END:
+                    yield self._to_device(item)
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield self._to_device(item)
+            self._queue = queue.Queue(maxsize=self.prefetch)
+            self._thread = threading.Thread(
+                target=self._worker, name=f"VideoReader({self.path.name})", daemon=True
+            )
+            self._thread.start()
+            while True:
+                try:
+                    item = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    if self._stop.is_set():  # close() from elsewhere: the worker puts nothing more
+                        raise ValueError(
+                            f"VideoReader for {str(self.path)!r} was closed while it was being iterated."
+                        ) from None
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield self._to_device(item)
+        finally:
+            self.close()
 
     # ------------------------------------------------------------------ resources
     def close(self) -> None:
