@@ -393,6 +393,13 @@ class TestEvaluation:
         for m in all_methods:
             mean = (by[(m, "baseline/easy")]["F-measure"] + by[(m, "baseline/other")]["F-measure"]) / 2
             assert by[(m, "baseline/mean")]["F-measure"] == pytest.approx(mean)
+            # CDnet's overall score is the mean of the category means (2 baseline videos, 1 shadow)
+            for key in ("F-measure", "Recall", "PWC"):
+                overall = (by[(m, "baseline/mean")][key] + by[(m, "shadow/mean")][key]) / 2
+                assert by[(m, "overall/mean")][key] == pytest.approx(overall, rel=1e-12), (m, key)
+            assert by[(m, "overall/mean")]["frames"] == sum(
+                by[(m, s)]["frames"] for s in ("baseline/easy", "baseline/other", "shadow/third")
+            )
             assert by[(m, "baseline/easy")]["F-measure"] > 0.8, m
             assert "postprocessed" in by[(m, "overall/mean")]
         saved = json.loads((tmp_path / "results.json").read_text())["rows"]

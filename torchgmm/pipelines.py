@@ -848,9 +848,10 @@ def evaluate_dataset(
 
     Returns:
         One row per (method, sequence), then per method the per-category and overall means
-        (``sequence`` = ``"category/mean"``, ``"overall/mean"``; means of the per-sequence
-        scores, as CDnet averages, over the sequences that did not fail). A failed sequence's
-        row has ``"error"`` (the message) and ``"error_type"`` instead of scores.
+        (``sequence`` = ``"category/mean"``, ``"overall/mean"``), as CDnet averages: a
+        category's scores are the means over its sequences, the overall scores the means
+        over the categories; sequences that failed are left out. A failed sequence's row has
+        ``"error"`` (the message) and ``"error_type"`` instead of scores.
 
     Raises:
         FileNotFoundError, ValueError: a missing or malformed sequence, or a bad setting
@@ -919,10 +920,22 @@ def write_results(
 
 
 def _mean_rows(rows: list[dict]) -> list[dict]:
-    """Per-category and overall means of the scores, per method (CDnet averages videos)."""
+    """Per-category and overall means of the scores, per method, as CDnet averages: a
+    category's scores are the means over its videos, the overall scores the means over the
+    categories (so a category with more videos does not weigh more). ``frames`` are summed,
+    ``fps`` is the mean over videos."""
 
     def mean(members: list[dict]) -> dict:
         return {k: sum(float(r[k]) for r in members) / len(members) for k in SCORE_KEYS}
+
+    def mean_row(method: str, label: str, members: list[dict], videos: list[dict]) -> dict:
+        row = dict(
+            method=method, sequence=label, frames=sum(r["frames"] for r in videos),
+            fps=sum(r["fps"] for r in videos) / len(videos), **mean(members),
+        )
+        if all("postprocessed" in r for r in members):
+            row["postprocessed"] = mean([r["postprocessed"] for r in members])
+        return row
 
     means = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -930,15 +943,11 @@ def _mean_rows(rows: list[dict]) -> list[dict]:
         if not mine:
             continue
         categories = dict.fromkeys(r["sequence"].split("/")[0] for r in mine)
-        groups = [(f"{c}/mean", [r for r in mine if r["sequence"].split("/")[0] == c]) for c in categories]
-        for label, members in groups + [("overall/mean", mine)]:
-            row = dict(
-                method=method, sequence=label, frames=sum(r["frames"] for r in members),
-                fps=sum(r["fps"] for r in members) / len(members), **mean(members),
-            )
-            if all("postprocessed" in r for r in members):
-                row["postprocessed"] = mean([r["postprocessed"] for r in members])
-            means.append(row)
+        per_category = []
+        for c in categories:
+            videos = [r for r in mine if r["sequence"].split("/")[0] == c]
+            per_category.append(mean_row(method, f"{c}/mean", videos, videos))
+        means += [*per_category, mean_row(method, "overall/mean", per_category, mine)]
     return means
 
 
