@@ -208,6 +208,15 @@ class TestHistogramSegmenter:
             seg(torch.zeros(1, 4, 3, 3, dtype=torch.uint8))
         with pytest.raises(ValueError, match="mode"):
             HistogramSegmenter(2, mode="hsv")
+        # settings are checked when the module is made, not at its first batch
+        with pytest.raises(ValueError, match="max_iter"):
+            HistogramSegmenter(2, max_iter=0)
+        with pytest.raises(ValueError, match="tol"):
+            HistogramSegmenter(2, tol=float("nan"))
+        with pytest.raises(TypeError, match="label_dtype"):
+            HistogramSegmenter(2, label_dtype=torch.bool)
+        with pytest.raises(ValueError, match="reg_covar"):
+            HistogramSegmenter(2, reg_covar=-1.0)
         seg(_images(1))
         with pytest.raises(ShapeError, match="batch size"):
             seg.predict_proba(_images(2))

@@ -686,9 +686,14 @@ class HistogramSegmenter(nn.Module):
         label_dtype: torch.dtype = torch.int64,
     ) -> None:
         super().__init__()
-        self.label_dtype = label_dtype
         self.n_classes = check_positive_int(n_classes, "n_classes")
         check_choice(mode, "mode", ("luminance", "rgb"))
+        # checked now, as torch modules check their arguments, not at the first batch
+        _check_em_settings(tol, max_iter)
+        _check_label_dtype(label_dtype, self.n_classes)
+        check_real(reg_covar, "reg_covar", minimum=0)
+        check_positive_int(n_samples, "n_samples")
+        self.label_dtype = label_dtype
         self.mode = mode
         self.tol = tol
         self.max_iter = max_iter
