@@ -476,6 +476,64 @@ def test_png_resume_refuses_missing_frames(clip, tmp_path, capsys):
     assert "first: 000005.png" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_finishing_still_writes_summary_and_checkpoint(clip, cli_run, tmp_path, monkeypatch, capsys):
+    # Ctrl-C while the last frame's outputs are finalised (writing background.png): the
+    # stream is finished again as interrupted, so summary and checkpoint are written
+    import torchgmm.pipelines as pipelines
+
+    write_png, calls = pipelines.write_png, {"n": 0}
+
+    def interrupted_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return write_png(*args, **kwargs)
+
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "25", *FAST]
+    monkeypatch.setattr(pipelines, "write_png", interrupted_once)
+    assert main(argv) == 130
+    summary = json.loads((tmp_path / "street" / "summary.json").read_text())
+    assert summary["frames"] == T and summary["error"] == "interrupted" and not summary["complete"]
+    assert (tmp_path / "street" / "background.png").exists()
+    monkeypatch.setattr(pipelines, "write_png", write_png)
+    assert main([*argv, "--resume"]) == 0
+    summary = json.loads((tmp_path / "street" / "summary.json").read_text())
+    assert summary["complete"] and summary["resumed_from"] == T  # the checkpoint has every frame
+    assert torch.equal(read_masks(tmp_path / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(clip, tmp_path):
+    out = tmp_path / "out" / "cam"
+    out.mkdir(parents=True)
+    (out / ".summary.json.k3j_x9q2.tmp").write_text("half")
+    (out / "notes.tmp").write_text("not ours")
+    short = write_video(tmp_path / "cam.mkv", clip["frames"][:3])
+    assert main(["background", str(short), "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert not (out / ".summary.json.k3j_x9q2.tmp").exists() and (out / "notes.tmp").exists()
+
+
+def test_interrupted_evaluate_keeps_complete_results(dataset, tmp_path, monkeypatch, capsys):
+    import torchgmm.pipelines as pipelines
+
+    out = tmp_path / "res"
+    assert main(["evaluate", str(dataset), "--out", str(out), *FAST]) == 0
+    complete = (out / "results.json").read_text()
+    assert json.loads(complete)["complete"] is True
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines, "evaluate_sequence", ctrl_c)
+    assert main(["evaluate", str(dataset), "--out", str(out), *FAST]) == 130
+    assert "results-interrupted.json" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == complete  # not replaced by a partial table
+    partial = json.loads((out / "results-interrupted.json").read_text())
+    assert partial["complete"] is False and partial["rows"] == []
+    monkeypatch.undo()
+    assert main(["evaluate", str(dataset), "--out", str(out), *FAST]) == 0
+    assert not (out / "results-interrupted.json").exists() and not (out / "results-interrupted.csv").exists()
+
+
 def test_demo_background_part(tmp_path):
     from torchgmm.demo import run_background_demo
 

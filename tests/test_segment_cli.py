@@ -296,3 +296,13 @@ def test_records_are_strict_json_and_max_iter_0_refused(small_dir, tmp_path):
     _run(small_dir, out, max_iter=1)
     for line in (out / "segments.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=no_constants)
+
+
+def test_temporaries_of_a_killed_run_are_removed(small_dir, tmp_path):
+    # a run killed outright cannot remove the temporary file of the write it was in
+    out = tmp_path / "out"
+    assert _run(small_dir, out).n_done == 3
+    stale = out / ".a_labels.png.q1w2e3r4.tmp"
+    stale.write_bytes(b"half a png")
+    assert _run(small_dir, out).n_skipped == 3
+    assert not stale.exists()

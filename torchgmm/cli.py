@@ -275,8 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):  # e.g. where the work done so far is
+            print(note, file=sys.stderr)
         return 130
 
 

@@ -34,7 +34,13 @@ from torch import Tensor
 from torchgmm import postprocess as pp
 from torchgmm._checks import add_note, resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
-from torchgmm.io.images import atomic_write_bytes, atomic_write_text, decode_image_file, write_png
+from torchgmm.io.images import (
+    atomic_write_bytes,
+    atomic_write_text,
+    decode_image_file,
+    remove_stale_temporaries,
+    write_png,
+)
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, _frame_number, list_image_sequence
 from torchgmm.metrics import (
     GT_MOTION,
@@ -500,6 +506,7 @@ def run_background(
     out_dir.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         job.out.mkdir(exist_ok=True)
+        remove_stale_temporaries(job.out)  # left by a run killed outright
 
     groups: dict[tuple, list[_Job]] = {}
     for job in jobs:
@@ -547,8 +554,14 @@ def _run_batch(
     )
 
     def finish(stream: _Stream, position: int, error: BaseException | None, complete: bool) -> None:
-        """Close one stream's files, then write its background, checkpoint and summary."""
-        job, stream.finished = stream.job, True
+        """Close one stream's files, then write its background, checkpoint and summary.
+
+        The stream counts as finished only at the end: a Ctrl-C in here (writing the
+        background can take a while) leaves it to the ``finally`` below, which finishes it
+        again as interrupted, so its summary and checkpoint are still written. Every step
+        is idempotent (closed files stay closed; the files are replaced atomically).
+        """
+        job = stream.job
         stream.reader.close()
         close_error: Exception | None = None
         for writer in (stream.mask, stream.overlay):
@@ -582,6 +595,7 @@ def _run_batch(
         )
         atomic_write_text(job.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         results.append((job, summary, None if isinstance(error, KeyboardInterrupt) else error))
+        stream.finished = True
 
     interrupt: BaseException | None = None
     try:
@@ -813,6 +827,8 @@ def evaluate_sequence(
 
 
 SCORE_KEYS = ("Recall", "Specificity", "FPR", "FNR", "PWC", "Precision", "F-measure")
+#: file stem of the rows an interrupted evaluation writes (see :func:`evaluate_dataset`)
+INTERRUPTED_STEM = "results-interrupted"
 
 
 def evaluate_dataset(
@@ -840,8 +856,11 @@ def evaluate_dataset(
         postprocess: keyword arguments of :func:`apply_postprocess`; each row then holds
             ``"postprocessed"`` scores as well.
         gray: feed grey frames.
-        out_dir: write ``results.json`` and ``results.csv`` there (see :func:`write_results`),
-            also when a sequence failed or the run is interrupted (the rows done so far).
+        out_dir: write ``results.json`` and ``results.csv`` there (see :func:`write_results`;
+            the JSON says ``"complete": true``), also when a sequence failed. On Ctrl-C the
+            rows done so far go to ``results-interrupted.json``/``.csv`` (``"complete":
+            false``) instead, so an earlier complete ``results.json`` is not replaced by a
+            partial one; a complete run removes them.
         progress: a progress bar per method on stderr.
         raise_errors: once every sequence is done and the results are written, raise the
             first sequence's error (the others as notes); False returns the rows instead.
@@ -880,10 +899,16 @@ def evaluate_dataset(
                     errors.append(exc)
                     row = dict(sequence=_sequence_name(seq), error=str(exc), error_type=type(exc).__name__)
                 rows.append(dict(method=name, **row))
-    finally:  # also on Ctrl-C: the rows done so far are not lost
-        rows += _mean_rows(rows)
+    except BaseException as exc:  # Ctrl-C: the rows done so far are kept, apart from a complete run's
         if out_dir is not None:
-            write_results(rows, out_dir)
+            paths = write_results(rows + _mean_rows(rows), out_dir, stem=INTERRUPTED_STEM, complete=False)
+            add_note(exc, f"the {len(rows)} sequence run(s) done are in {str(paths[0])!r}")
+        raise
+    rows += _mean_rows(rows)
+    if out_dir is not None:
+        write_results(rows, out_dir, complete=True)
+        for stale in (INTERRUPTED_STEM + ".json", INTERRUPTED_STEM + ".csv"):  # of an earlier, interrupted run
+            (Path(out_dir) / stale).unlink(missing_ok=True)
     if errors and raise_errors:
         for other in errors[1:]:
             add_note(errors[0], f"another sequence failed as well: {other}")

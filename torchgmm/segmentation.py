@@ -1079,6 +1079,7 @@ def segment_files(
         atomic_write_text,
         collate_items,
         find_images,
+        remove_stale_temporaries,
     )
 
     t_start = time.perf_counter()
@@ -1103,6 +1104,7 @@ def segment_files(
         settings = {"n_classes": n_classes, "mode": mode, "tol": tol, "max_iter": max_iter}
         _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
     _prepare_out_dir(out_dir)
+    remove_stale_temporaries(out_dir)  # left by a run killed outright
     todo = [
         s for s in sources
         if overwrite

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -35,6 +36,7 @@ __all__ = [
     "collate_items",
     "atomic_write_bytes",
     "atomic_write_text",
+    "remove_stale_temporaries",
     "write_png",
 ]
 
@@ -257,6 +259,40 @@ def collate_items(items: list[ImageItem]) -> list[ImageItem]:
         [[(3, 4, 4), (1, 2, 2)]]
     """
     return items
+
+
+#: the temporary files of atomic_write_bytes: ``.<name>.<8 random characters>.tmp``
+_ATOMIC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed run left in ``folder`` (recursively).
+
+    :func:`atomic_write_bytes` removes its temporary file on any error, but a process killed
+    outright (SIGKILL, OOM killer) cannot; the file it was replacing is intact, the
+    ``.<name>.<random>.tmp`` beside it is garbage. Jobs call this on their output folder
+    before they start (never while another run writes there).
+
+    Returns:
+        how many files were deleted.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = Path(d, ".a.png.k3j_x9q2.tmp").write_bytes(b"half")
+        ...     _ = Path(d, "a.png").write_bytes(b"whole")
+        ...     print(remove_stale_temporaries(d), sorted(p.name for p in Path(d).iterdir()))
+        1 ['a.png']
+    """
+    removed = 0
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    for path in root.rglob(".*.tmp"):
+        if path.is_file() and _ATOMIC_TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
