@@ -212,15 +212,56 @@ def test_damaged_segments_jsonl_names_file_and_line(small_dir, tmp_path):
     _run(small_dir, out)
     jsonl = out / "segments.jsonl"
     lines = jsonl.read_text().splitlines()
-    jsonl.write_text(lines[0] + "\n" + lines[1][:60])  # truncated second line
+    jsonl.write_text(lines[0][:60] + "\n" + lines[1] + "\n")  # a damaged line that is not the last
     before = _snapshot(out)
-    with pytest.raises(ValueError, match=r"segments\.jsonl' line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"segments\.jsonl' line 1 is not valid JSON"):
         _run(small_dir, out)
     jsonl.write_text(lines[0] + "\n\n" + '{"foo": 1}\n')
     with pytest.raises(ValueError, match=r"segments\.jsonl' line 3 is not a segmentation record"):
         _run(small_dir, out)
-    jsonl.write_text(lines[0] + "\n" + lines[1][:60])
+    jsonl.write_text(lines[0][:60] + "\n" + lines[1] + "\n")
     assert _snapshot(out) == before  # refused before any work
+
+
+def test_record_cut_short_by_a_kill_is_redone(small_dir, tmp_path):
+    # records are appended as images finish: a kill mid-append leaves a last line without
+    # its newline; that image (and the one never recorded) is segmented again
+    out = tmp_path / "out"
+    _run(small_dir, out)
+    reference = _snapshot(out)
+    jsonl = out / "segments.jsonl"
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text(lines[0] + "\n" + lines[1][:60])
+    summary = _run(small_dir, out)
+    assert (summary.n_skipped, summary.n_done) == (1, 2)
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(r["input"] for r in records) == sorted(json.loads(line)["input"] for line in lines)
+    assert {k: v for k, v in _snapshot(out).items() if k != "segments.jsonl"} == {
+        k: v for k, v in reference.items() if k != "segments.jsonl"
+    }
+
+
+def test_records_are_appended_as_images_finish(small_dir, tmp_path, monkeypatch):
+    # A run killed part-way keeps the records of the images it finished. The kill is
+    # simulated: the third image's write raises, and no whole-file rewrite reaches the disk
+    # (a killed process runs no `finally`), so only the appended lines can be there.
+    import torchgmm.io.images as images
+    import torchgmm.segmentation as segmentation
+
+    write, calls = segmentation._write_outputs, {"n": 0}
+
+    def killed_at_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "_write_outputs", killed_at_third)
+    monkeypatch.setattr(images, "atomic_write_text", lambda path, text: None)
+    with pytest.raises(KeyboardInterrupt):
+        _run(small_dir, tmp_path / "out", batch_size=1)
+    records = [json.loads(line) for line in (tmp_path / "out" / "segments.jsonl").read_text().splitlines()]
+    assert len(records) == 2  # the two images finished before the "kill"
 
 
 def test_output_folder_inside_input_is_not_read_back(small_dir):

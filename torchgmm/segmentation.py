@@ -915,10 +915,12 @@ _RECORD_SETTINGS = ("n_classes", "mode", "tol", "max_iter")
 def _read_records(jsonl: Path) -> dict[str, dict]:
     """Records of ``segments.jsonl`` by input path; a damaged file is an error naming the line.
 
-    The file is only ever replaced whole (:func:`~torchgmm.io.images.atomic_write_text`), so
-    an interrupted run cannot leave a truncated last line: a line that does not parse means
-    the file was damaged or edited, and guessing which results it vouched for could keep
-    stale outputs. It is refused rather than repaired.
+    A run appends one line per finished image and rewrites the file whole (atomically) when
+    it starts and ends, so the only damage an interruption can leave is an unfinished last
+    line, without its newline (a kill during the append): that line is dropped and its
+    image is segmented again. Any other line that does not parse means the file was damaged
+    or edited, and guessing which results it vouched for could keep stale outputs: it is
+    refused rather than repaired.
     """
     if not jsonl.exists():
         return {}
@@ -928,12 +930,15 @@ def _read_records(jsonl: Path) -> dict[str, dict]:
     except UnicodeDecodeError as exc:
         raise ValueError(f"{str(jsonl)!r} is not UTF-8 text ({exc.reason}); {hint}") from exc
     records: dict[str, dict] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
+            if n == len(lines) and not text.endswith("\n"):  # an append cut short by a kill
+                break
             raise ValueError(
                 f"{str(jsonl)!r} line {n} is not valid JSON ({exc.msg} at column {exc.colno}); {hint}"
             ) from exc
@@ -1015,8 +1020,9 @@ def segment_files(
 
     ``INPUT/a/b.png`` becomes ``OUT/a/b_labels.png`` (grey values 0..K-1, class 0 darkest)
     and ``OUT/a/b_colour.png``; the fitted parameters of every image go to one JSON-lines
-    file ``OUT/segments.jsonl`` (keyed by the absolute input path; rewritten atomically
-    every few seconds and at the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
+    file ``OUT/segments.jsonl`` (keyed by the absolute input path; one line appended as
+    each image is done, so a killed run loses at most the record being written, and the
+    file rewritten atomically at the start and the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
     ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
     temporary file and ``os.replace``. Images whose outputs and record already exist are skipped unless ``overwrite``, so an interrupted run
     resumes; if such a record was made with other settings (``n_classes``, ``mode``, ``tol``,
@@ -1123,7 +1129,15 @@ def segment_files(
         collate_fn=collate_items, persistent_workers=False,
     )
     bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="segment")
-    last_save, dirty = time.perf_counter(), False
+    # The records: rewritten whole now (which also drops an unfinished last line of a killed
+    # run), then one line appended per finished image, so a kill loses at most the record
+    # being written (the rewrite every few seconds this replaces lost up to 5 s of work),
+    # and rewritten whole once more at the end (one line per image).
+    def save_records() -> None:  # the whole file, atomically
+        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
+
+    save_records()
+    appender = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
     # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
     # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
     pool = ThreadPoolExecutor(write_threads, "torchgmm-write") if write_threads > 0 else None
@@ -1134,11 +1148,8 @@ def segment_files(
         tqdm.write(f"error: {message}", file=log)  # keeps the bar intact
         bar.update(1)
 
-    def save_records() -> None:  # the whole file, atomically; throttled to every few seconds
-        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
-
     def collect(block_until: int) -> None:  # finished writes -> records; wait while too many
-        nonlocal dirty, n_done
+        nonlocal n_done
         while pending and (len(pending) > block_until or pending[0][1].done()):
             path, future = pending.popleft()
             try:
@@ -1147,7 +1158,9 @@ def segment_files(
                 fail(path, f"cannot write the outputs of {path!r}: {exc}")
                 continue
             records[rec["input"]] = rec
-            dirty, n_done = True, n_done + 1
+            appender.write(json.dumps(rec) + "\n")
+            appender.flush()  # handed to the OS: survives the process being killed
+            n_done += 1
             bar.update(1)
 
     def segment_group(group: list) -> tuple[list, Tensor, dict, str]:  # images of one size
@@ -1224,9 +1237,6 @@ def segment_files(
                 write_s += time.perf_counter() - t1
             t0 = time.perf_counter()
             collect(block_until=2 * batch_size)
-            if dirty and t0 - last_save > 5.0:
-                save_records()
-                last_save, dirty = time.perf_counter(), False
             write_s += time.perf_counter() - t0
     finally:  # also on errors and Ctrl-C: finished images keep their records
         t0 = time.perf_counter()
@@ -1235,8 +1245,8 @@ def segment_files(
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-            if dirty:
-                save_records()
+            appender.close()
+            save_records()  # compact: one line per image (an overwritten image had two)
             write_s += time.perf_counter() - t0
             bar.close()
     return SegmentSummary(
