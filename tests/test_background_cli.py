@@ -499,6 +499,7 @@ def test_ctrl_c_while_finishing_still_writes_summary_and_checkpoint(clip, cli_ru
     assert main([*argv, "--resume"]) == 0
     summary = json.loads((tmp_path / "street" / "summary.json").read_text())
     assert summary["complete"] and summary["resumed_from"] == T  # the checkpoint has every frame
+    assert summary["fps"] is None  # nothing was left to do: no rate (it said 0.0 frames/s)
     assert torch.equal(read_masks(tmp_path / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
 
 

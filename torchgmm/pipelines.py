@@ -586,7 +586,8 @@ def _run_batch(
             input=str(job.path), output=str(job.out), frames=stream.done, resumed_from=start,
             complete=complete and error is None, error=message,
             error_type=None if error is None else type(error).__name__, error_frame=getattr(error, "frame_index", None),
-            fps=round((stream.done - start) / elapsed, 2) if elapsed > 0 else None,
+            # None when nothing was left to do (a resumed run that was already complete)
+            fps=round((stream.done - start) / elapsed, 2) if elapsed > 0 and stream.done > start else None,
             seconds=round(elapsed, 3), size=[job.height, job.width], source_fps=job.fps, device=str(device),
             batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
             postprocess=postprocess or None,
