@@ -615,7 +615,8 @@ class VideoReader:
             return
         self._closed = True
         self._stop.set()
-        if self._thread is not None:
+        # (never from the decoding thread itself: a garbage-collected iterator may close there)
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
             self._thread = None
         if self._container is not None:
