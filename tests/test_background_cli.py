@@ -29,6 +29,7 @@ from torchgmm.io.images import decode_image_file  # noqa: E402
 from torchgmm.io.video import VideoReader  # noqa: E402
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
 
+from _interrupts import ctrl_c_at_call  # noqa: E402
 from _videos import read_masks, write_video  # noqa: E402
 
 T, H, W, ENTER = 70, 64, 80, 8
@@ -154,16 +155,9 @@ def test_two_inputs_batched_equal_alone(clip, cli_run, tmp_path):
 def test_checkpoint_interrupt_resume(clip, cli_run, tmp_path, monkeypatch, capsys):
     from torchgmm.background import BackgroundSubtractorMOG
 
-    forward, calls = BackgroundSubtractorMOG.forward, {"n": 0}
-
-    def ctrl_c_at_frame_40(self, frames, learning_rate=None):
-        calls["n"] += 1
-        if calls["n"] == 41:
-            raise KeyboardInterrupt
-        return forward(self, frames, learning_rate)
-
+    forward = BackgroundSubtractorMOG.forward
     argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15", *FAST]
-    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_frame_40)
+    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 41))  # at frame 40
     assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
     assert read_masks(tmp_path / "street" / "mask.mp4").shape[0] == 40  # playable
@@ -481,16 +475,9 @@ def test_ctrl_c_while_finishing_still_writes_summary_and_checkpoint(clip, cli_ru
     # stream is finished again as interrupted, so summary and checkpoint are written
     import torchgmm.pipelines as pipelines
 
-    write_png, calls = pipelines.write_png, {"n": 0}
-
-    def interrupted_once(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        return write_png(*args, **kwargs)
-
+    write_png = pipelines.write_png
     argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "25", *FAST]
-    monkeypatch.setattr(pipelines, "write_png", interrupted_once)
+    monkeypatch.setattr(pipelines, "write_png", ctrl_c_at_call(write_png, 1))
     assert main(argv) == 130
     summary = json.loads((tmp_path / "street" / "summary.json").read_text())
     assert summary["frames"] == T and summary["error"] == "interrupted" and not summary["complete"]

@@ -26,6 +26,7 @@ from torchgmm.demo import synthetic_clip  # noqa: E402
 from torchgmm.io.images import decode_image_file  # noqa: E402
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter  # noqa: E402
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
+from _interrupts import ctrl_c_at_call  # noqa: E402
 from _videos import read_masks, write_video  # noqa: E402
 from torchgmm.pipelines import (  # noqa: E402
     evaluate_dataset,
@@ -213,16 +214,8 @@ class TestRunBackground:
             run([clips["b"]], tmp_path, resume=True)
 
     def test_keyboard_interrupt_leaves_playable_outputs(self, clips, reference, tmp_path, monkeypatch):
-        calls = {"n": 0}
         forward = BackgroundSubtractorMOG.forward
-
-        def interrupted(self, frames, learning_rate=None):
-            calls["n"] += 1
-            if calls["n"] == 26:
-                raise KeyboardInterrupt
-            return forward(self, frames, learning_rate)
-
-        monkeypatch.setattr(BackgroundSubtractorMOG, "forward", interrupted)
+        monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 26))
         kwargs = dict(mask_format="mkv", overlay=True, checkpoint_every=100)
         with pytest.raises(KeyboardInterrupt):
             run([clips["a"]], tmp_path, **kwargs)

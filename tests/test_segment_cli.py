@@ -13,6 +13,7 @@ from PIL import Image
 from torchgmm.cli import main
 from torchgmm.io.images import decode_image_file, find_images
 from torchgmm.segmentation import segment_files
+from _interrupts import ctrl_c_at_call
 
 
 def _two_tone(h: int, w: int, lo: int = 40, hi: int = 200, seed: int = 0) -> np.ndarray:
@@ -248,15 +249,7 @@ def test_records_are_appended_as_images_finish(small_dir, tmp_path, monkeypatch)
     import torchgmm.io.images as images
     import torchgmm.segmentation as segmentation
 
-    write, calls = segmentation._write_outputs, {"n": 0}
-
-    def killed_at_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return write(*args, **kwargs)
-
-    monkeypatch.setattr(segmentation, "_write_outputs", killed_at_third)
+    monkeypatch.setattr(segmentation, "_write_outputs", ctrl_c_at_call(segmentation._write_outputs, 3))
     monkeypatch.setattr(images, "atomic_write_text", lambda path, text: None)
     with pytest.raises(KeyboardInterrupt):
         _run(small_dir, tmp_path / "out", batch_size=1)
