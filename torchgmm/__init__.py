@@ -11,32 +11,54 @@ streams), N samples, D features, K components, T frames, C channels, H height, W
 
 from __future__ import annotations
 
-from torchgmm.background import BackgroundSubtractorMOG, mog_foreground, mog_update
-from torchgmm.mixture import GaussianMixture, fit_gaussian_mixture
-from torchgmm.segmentation import (
-    HistogramSegmenter,
-    apply_lut,
-    fit_histogram_mixture,
-    image_histograms,
-    label_lut,
-    segment_files,
-    segment_images,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, for type checkers and IDEs
+    from torchgmm.background import BackgroundSubtractorMOG, mog_foreground, mog_update
+    from torchgmm.mixture import GaussianMixture, fit_gaussian_mixture
+    from torchgmm.segmentation import (
+        HistogramSegmenter,
+        apply_lut,
+        fit_histogram_mixture,
+        image_histograms,
+        label_lut,
+        segment_files,
+        segment_images,
+    )
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GaussianMixture",
-    "fit_gaussian_mixture",
-    "HistogramSegmenter",
-    "segment_images",
-    "segment_files",
-    "image_histograms",
-    "fit_histogram_mixture",
-    "label_lut",
-    "apply_lut",
-    "BackgroundSubtractorMOG",
-    "mog_update",
-    "mog_foreground",
-    "__version__",
-]
+#: public name -> the module that defines it. Imported on first use (PEP 562), so that
+#: ``import torchgmm`` and the ``torchgmm`` command start without importing torch: the
+#: command can then answer ``--help`` at once and turn a Ctrl-C during start-up into
+#: "interrupted" instead of a traceback from inside torch's import.
+_EXPORTS = {
+    "GaussianMixture": "torchgmm.mixture",
+    "fit_gaussian_mixture": "torchgmm.mixture",
+    "HistogramSegmenter": "torchgmm.segmentation",
+    "segment_images": "torchgmm.segmentation",
+    "segment_files": "torchgmm.segmentation",
+    "image_histograms": "torchgmm.segmentation",
+    "fit_histogram_mixture": "torchgmm.segmentation",
+    "label_lut": "torchgmm.segmentation",
+    "apply_lut": "torchgmm.segmentation",
+    "BackgroundSubtractorMOG": "torchgmm.background",
+    "mog_update": "torchgmm.background",
+    "mog_foreground": "torchgmm.background",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchgmm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

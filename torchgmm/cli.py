@@ -272,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        # inside the try: building the parser imports torch (the package itself does not),
+        # which takes a few seconds in which a Ctrl-C must also read "interrupted"
+        args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
