@@ -91,7 +91,8 @@ def background() -> nbformat.NotebookNode:
         new_markdown_cell(
             "# Adaptive background model (Stauffer-Grimson) on a synthetic clip\n\n"
             "Every pixel keeps K Gaussians. A frame's value matches the first component (in "
-            "`w / sigma` order) within 2.5 sigma; the weights move by the learning rate alpha "
+            "`w / sigma` order) within 2.5 sigma per channel (`|x - mu|^2 < 2.5^2 C sigma^2`); "
+            "the weights move by the learning rate alpha "
             "towards that match, the matched component's mean and variance follow the pixel, "
             "and an unmatched value replaces the least probable component. The background is "
             "the leading components whose weights add up to T; everything else is foreground. "

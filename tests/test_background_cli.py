@@ -460,6 +460,24 @@ def test_resume_refuses_a_checkpoint_of_another_input(clip, tmp_path, capsys):
     assert "belongs to another input" in err
 
 
+def test_resume_refuses_a_checkpoint_of_another_matroska_input(clip, tmp_path, capsys):
+    # Matroska has no frame count in its header; the checkpoint is tied to the file's size
+    (tmp_path / "day1").mkdir()
+    (tmp_path / "day2").mkdir()
+    first = write_video(tmp_path / "day1" / "cam.mkv", clip["frames"][:30])
+    other = write_video(tmp_path / "day2" / "cam.mkv", clip["frames"][30:50])
+    out = tmp_path / "out"
+    assert main(["background", str(first), "--out", str(out), "--checkpoint", "12", *FAST]) == 0
+    assert main(["background", str(other), "--out", str(out), "--checkpoint", "12", "--resume", *FAST]) == 2
+    assert "was made for an input file of" in capsys.readouterr().err
+    moved = tmp_path / "moved.mkv"  # the same file elsewhere still resumes
+    moved.write_bytes(first.read_bytes())
+    (out / "moved").mkdir()
+    for name in ("checkpoint.pt", "mask.mp4"):
+        (out / "moved" / name).write_bytes((out / "cam" / name).read_bytes())
+    assert main(["background", str(moved), "--out", str(out), "--checkpoint", "12", "--resume", *FAST]) == 0
+
+
 def test_png_resume_refuses_missing_frames(clip, tmp_path, capsys):
     short = write_video(tmp_path / "cam.mkv", clip["frames"][:20])
     argv = ["background", str(short), "--out", str(tmp_path / "out"), "--checkpoint", "6", "--mask-format", "png",

@@ -89,11 +89,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="named model settings (default: default); the options below override it")
-    p.add_argument("--components", type=int, default=None, metavar="K", help="Gaussians per pixel (preset: 3)")
+    p.add_argument("--components", type=int, default=None, metavar="K", help="Gaussians per pixel (default preset: 3)")
     p.add_argument("--learning-rate", type=float, default=None, metavar="ALPHA",
-                   help="learning rate; about 1/ALPHA frames of memory (preset: 0.005)")
+                   help="learning rate; about 1/ALPHA frames of memory (default preset: 0.005, cdnet-baseline: 0.0005)")
     p.add_argument("--background-ratio", type=float, default=None, metavar="T",
-                   help="share of the weight that is background (preset: 0.7)")
+                   help="share of the weight that is background (default preset: 0.7, cdnet-baseline: 0.5)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--gray", action="store_true", help="model grey frames instead of RGB")
     p.add_argument("--no-compile", action="store_true",
@@ -165,9 +165,9 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", action="store_true", help="also write the frames with the foreground tinted red")
     _add_postprocess_options(p)
     p.add_argument("--checkpoint", type=int, default=0, metavar="N",
-                   help="save the model state every N frames and when interrupted, to --resume from "
-                   "(a killed process can resume from PNG masks only: a video is finalised on errors "
-                   "and Ctrl-C, not on kill -9)")
+                   help="save the model state every N frames and when interrupted, to --resume from, "
+                   "also after a hard kill (kill -9, OOM): every frame is then written as its own "
+                   "fragment or cluster and the checkpoint trails the written frames by one")
     p.add_argument("--resume", action="store_true",
                    help="continue each input from its checkpoint (same settings); the masks equal an "
                    "uninterrupted run's")

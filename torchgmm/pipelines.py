@@ -169,6 +169,7 @@ class _Job:
     frame_count: int
     fps: float
     count_exact: bool = True  #: frame_count from a header or file listing, not a duration estimate
+    input_bytes: int | None = None  #: size of the input file (None for image folders): ties a checkpoint to it
     start: int = 0  #: frames already done (from a checkpoint)
     state: dict | None = None  #: the checkpoint's model state (one stream), when resuming
 
@@ -243,6 +244,14 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postproc
             f"checkpoint {str(path)!r}{made_for} is at frame {frames_done}, but {str(job.path)!r} has "
             f"{job.frame_count} frames: it belongs to another input. Run without resuming to start over."
         )
+    stored_bytes = ckpt.get("input_bytes")
+    if stored_bytes is not None and job.input_bytes is not None and stored_bytes != job.input_bytes:
+        # a frame count estimated from the duration cannot tell two videos of one size apart
+        raise ValueError(
+            f"checkpoint {str(path)!r} was made for an input file of {stored_bytes} bytes, but "
+            f"{str(job.path)!r} has {job.input_bytes}: it belongs to another input. Run without "
+            "resuming to start over."
+        )
     try:  # the state itself (finite, positive variances, ...): checked by the module
         BackgroundSubtractorMOG(**{**settings, "compile": False}).load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
@@ -258,7 +267,7 @@ def _save_checkpoint(
         dict(
             format=_CHECKPOINT_FORMAT, frames_done=frames_done, state=state, settings=_state_settings(settings),
             gray=gray, size=[job.height, job.width], input=str(job.path), postprocess=postprocess,
-            frame_count=job.frame_count if job.count_exact else None,
+            frame_count=job.frame_count if job.count_exact else None, input_bytes=job.input_bytes,
         ),
         buffer,
     )
@@ -478,7 +487,8 @@ def run_background(
         path = Path(path)
         with VideoReader(path, gray=gray, prefetch=0) as reader:
             job = _Job(path, out_dir, reader.height, reader.width, reader.frame_count, reader.fps,
-                       count_exact=reader.frame_count_exact)
+                       count_exact=reader.frame_count_exact,
+                       input_bytes=path.stat().st_size if path.is_file() else None)
         name, i = _output_name(path), 1
         while name in used:
             i += 1

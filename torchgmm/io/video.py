@@ -11,8 +11,11 @@ A damaged file is never returned empty or silently short: the frames before the 
 yielded, then :class:`VideoDecodeError` names the file and the frame index. FFmpeg reads a
 truncated Matroska/AVI file to a clean end of stream, so the reader compares the frames it
 decoded with the count the container announces (its header, or its duration for a video-only
-file) and raises when more than one frame (2 % for a duration estimate) is missing. A
-truncated MP4 loses its index and fails when opened.
+file) and raises when more than one frame is missing (for a duration estimate, which a
+variable frame rate makes wrong: when the frames span less than 98% of the duration). A
+classic (non-fragmented) MP4 cut short loses its index and fails when opened; the
+fragmented MP4 that :class:`VideoWriter` writes stays readable up to the cut, and the count
+check above catches it.
 
 Shape vocabulary: T frames, C channels (1 grey or 3 RGB), H height, W width.
 """
@@ -281,7 +284,7 @@ class VideoReader:
         except av.FFmpegError as exc:
             raise VideoDecodeError(
                 f"cannot open {str(self.path)!r} as a video: {exc}. Is it a complete video file "
-                f"(an .mp4 cut short loses its index and cannot be opened)?",
+                f"(a classic .mp4 cut short loses its index and cannot be opened)?",
                 self.path,
             ) from exc
         if not container.streams.video:
