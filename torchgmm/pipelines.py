@@ -38,10 +38,18 @@ from torchgmm.io.images import (
     atomic_write_bytes,
     atomic_write_text,
     decode_image_file,
+    make_output_folder,
     remove_stale_temporaries,
     write_png,
 )
-from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, _frame_number, list_image_sequence
+from torchgmm.io.video import (
+    VideoDecodeError,
+    VideoReader,
+    VideoWriter,
+    _frame_number,
+    _numbering_gap,
+    list_image_sequence,
+)
 from torchgmm.metrics import (
     GT_MOTION,
     GT_OUTSIDE_ROI,
@@ -513,9 +521,8 @@ def run_background(
         jobs.append(job)
     # Every output folder is made now: a file in the way or a missing permission fails here,
     # before any work, not part-way with other inputs' results half written.
-    out_dir.mkdir(parents=True, exist_ok=True)
     for job in jobs:
-        job.out.mkdir(exist_ok=True)
+        make_output_folder(job.out)
         remove_stale_temporaries(job.out)  # left by a run killed outright
 
     groups: dict[tuple, list[_Job]] = {}
@@ -735,7 +742,7 @@ def _check_sequence(seq_dir: Path) -> None:
     last = info.temporal_roi[1]
     if info.roi is not None and not bool(info.roi.any()):
         raise ValueError(f"the ROI image of {str(seq_dir)!r} selects no pixel (all zero): nothing would be scored.")
-    listed = {}
+    first: dict[str, Path] = {}
     for sub in ("input", "groundtruth"):
         images = list_image_sequence(seq_dir / sub)
         if len(images) < last:
@@ -748,21 +755,20 @@ def _check_sequence(seq_dir: Path) -> None:
                 f"{str(seq_dir / 'ROI.bmp')!r} is {tuple(info.roi.shape[-2:])} (H, W) but {str(images[0])!r} "
                 f"is {size}."
             )
-        numbers = [_frame_number(p) for p in images[:last]]
-        if None not in numbers:
-            for prev, cur, path in zip(numbers, numbers[1:], images[1:]):
-                if cur != prev + 1:
-                    raise ValueError(
-                        f"{str(seq_dir / sub)!r}: frame numbers jump from {prev} to {cur} ({path.name}); "
-                        "frames are paired with the ground truth by position, so every frame up to the "
-                        "end of the temporal ROI must be there."
-                    )
-        listed[sub] = (numbers, images)
-    (in_numbers, in_images), (gt_numbers, gt_images) = listed["input"], listed["groundtruth"]
-    if None not in in_numbers and None not in gt_numbers and in_numbers[0] != gt_numbers[0]:
+        gap = _numbering_gap(images[:last])
+        if gap is not None:
+            prev, cur, path = gap
+            raise ValueError(
+                f"{str(seq_dir / sub)!r}: frame numbers jump from {prev} to {cur} ({path.name}); "
+                "frames are paired with the ground truth by position, so every frame up to the "
+                "end of the temporal ROI must be there."
+            )
+        first[sub] = images[0]
+    starts = [_frame_number(first[sub]) for sub in ("input", "groundtruth")]
+    if None not in starts and starts[0] != starts[1]:
         raise ValueError(
-            f"{str(seq_dir)!r}: the input starts at {in_images[0].name} but the ground truth at "
-            f"{gt_images[0].name}; frames are paired by position and must be numbered alike."
+            f"{str(seq_dir)!r}: the input starts at {first['input'].name} but the ground truth at "
+            f"{first['groundtruth'].name}; frames are paired by position and must be numbered alike."
         )
 
 
@@ -898,7 +904,7 @@ def evaluate_dataset(
     for seq in sequences:
         _check_sequence(seq)
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)  # a file in the way fails now, not after the work
+        make_output_folder(out_dir)  # a file in the way fails now, not after the work
     rows: list[dict] = []
     errors: list[Exception] = []
     try:

@@ -988,18 +988,6 @@ def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, 
         )
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``; a file in its place is a ``NotADirectoryError`` naming it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(
-            f"output folder {str(out_dir)!r} exists and is not a folder; choose another output folder."
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:  # a file where a parent folder must be
-        raise NotADirectoryError(f"cannot create output folder {str(out_dir)!r}: {exc}") from exc
-
-
 def segment_files(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -1085,6 +1073,7 @@ def segment_files(
         atomic_write_text,
         collate_items,
         find_images,
+        make_output_folder,
         remove_stale_temporaries,
     )
 
@@ -1101,7 +1090,7 @@ def segment_files(
     device = resolve_device(device)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        _prepare_out_dir(out_dir)  # raises, naming it, before the inputs are searched
+        make_output_folder(out_dir)  # raises, naming it, before the inputs are searched
     # our own outputs are not inputs (an out_dir inside an input folder)
     sources = find_images(inputs, exclude=[out_dir])
     jsonl = out_dir / "segments.jsonl"
@@ -1109,7 +1098,7 @@ def segment_files(
     if not overwrite:
         settings = {"n_classes": n_classes, "mode": mode, "tol": tol, "max_iter": max_iter}
         _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
-    _prepare_out_dir(out_dir)
+    make_output_folder(out_dir)
     remove_stale_temporaries(out_dir)  # left by a run killed outright
     todo = [
         s for s in sources

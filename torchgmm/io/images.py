@@ -36,6 +36,7 @@ __all__ = [
     "collate_items",
     "atomic_write_bytes",
     "atomic_write_text",
+    "make_output_folder",
     "remove_stale_temporaries",
     "write_png",
 ]
@@ -263,6 +264,37 @@ def collate_items(items: list[ImageItem]) -> list[ImageItem]:
 
 #: the temporary files of atomic_write_bytes: ``.<name>.<8 random characters>.tmp``
 _ATOMIC_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents); a file in its place, or in the place of a
+    parent, is a ``NotADirectoryError`` that names it. The jobs call this before any work.
+
+    Returns:
+        the folder as a ``Path``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = Path(d, "afile").write_text("x")
+        ...     make_output_folder(Path(d, "out", "sub")).is_dir()
+        ...     try:
+        ...         make_output_folder(Path(d, "afile"))
+        ...     except NotADirectoryError as exc:
+        ...         print("afile' exists and is not a folder" in str(exc))
+        True
+        True
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"output folder {str(folder)!r} exists and is not a folder; choose another output folder."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a parent folder must be
+        raise NotADirectoryError(f"cannot create output folder {str(folder)!r}: {exc}") from exc
+    return folder
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -132,19 +132,28 @@ def _frame_number(path: Path) -> int | None:
     return int(digits[-1]) if digits else None
 
 
-def _warn_on_numbering_gap(files: list[Path]) -> None:
-    """Warn once when a numbered sequence skips numbers: its frames are read as consecutive."""
+def _numbering_gap(files: list[Path]) -> tuple[int, int, Path] | None:
+    """The first place a numbered sequence skips numbers, ``(previous, next, next's path)``;
+    None when it does not (or when a name holds no number)."""
     numbers = [_frame_number(p) for p in files]
     if None in numbers:
-        return
+        return None
     for prev, cur, path in zip(numbers, numbers[1:], files[1:]):
         if cur != prev + 1:
-            warnings.warn(
-                f"the image sequence {str(path.parent)!r} jumps from frame number {prev} to {cur} "
-                f"({path.name}); its frames are read one after the other as if consecutive.",
-                stacklevel=3,
-            )
-            return
+            return prev, cur, path
+    return None
+
+
+def _warn_on_numbering_gap(files: list[Path]) -> None:
+    """Warn once when a numbered sequence skips numbers: its frames are read as consecutive."""
+    gap = _numbering_gap(files)
+    if gap is not None:
+        prev, cur, path = gap
+        warnings.warn(
+            f"the image sequence {str(path.parent)!r} jumps from frame number {prev} to {cur} "
+            f"({path.name}); its frames are read one after the other as if consecutive.",
+            stacklevel=3,
+        )
 
 
 def _to_index(value: int | float | None, fps: float, name: str, default: int | None) -> int | None:
