@@ -74,6 +74,35 @@ class RunningAverage(torch.nn.Module):
     process = forward  # frames of one stream, like BackgroundSubtractorMOG.process
 
 
+class OpenCVSubtractor(torch.nn.Module):
+    """Reference model (``--model opencv-mog2`` / ``opencv-mog``): OpenCV's subtractor, frame by
+    frame, behind the same reader, so its keep ratio is measured in the same way as ours.
+
+    Frames arrive as ``(T, C, H, W)`` uint8 tensors; each is handed to OpenCV as a contiguous
+    ``(H, W, C)`` array (one copy per frame, as OpenCV's own capture would produce).
+    """
+
+    def __init__(self, kind: str, n_components: int = 3, threads: int | None = None) -> None:
+        super().__init__()
+        import cv2
+
+        if threads:
+            cv2.setNumThreads(threads)
+        if kind == "opencv-mog2":
+            self.subtractor = cv2.createBackgroundSubtractorMOG2(detectShadows=False)
+            self.subtractor.setNMixtures(n_components)
+        else:
+            self.subtractor = cv2.bgsegm.createBackgroundSubtractorMOG(nmixtures=n_components)
+        self.learning_rate = 0.005
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        hwc = frames.permute(0, 2, 3, 1).contiguous().numpy()
+        masks = [self.subtractor.apply(frame, learningRate=self.learning_rate) for frame in hwc]
+        return torch.from_numpy(np.stack(masks)[:, None] > 0)
+
+    process = forward
+
+
 class _EveryConfiguration:
     """Stands in for ``torchgmm.background._cpp_wrapper_failures``: every configuration has
     'failed', so the CPU step is compiled with Inductor's Python wrapper (``--python-wrapper``)."""
@@ -85,10 +114,19 @@ class _EveryConfiguration:
         pass
 
 
-def load_model(device: torch.device, name: str = "mog", n_components: int = 3, python_wrapper: bool = False):
+def load_model(device: torch.device, name: str = "mog", n_components: int = 3, python_wrapper: bool = False,
+               threads: int | None = None):
     """A factory building a fresh model (state is per clip), or None and the reason."""
     if name == "running-average":
         return (lambda: RunningAverage().to(device)), None
+    if name.startswith("opencv"):
+        if device.type != "cpu":
+            return None, f"--model {name} runs on the CPU only"
+        try:
+            OpenCVSubtractor(name, n_components)
+        except Exception as exc:  # opencv-contrib-python-headless is an optional extra
+            return None, f"{type(exc).__name__}: {exc}"
+        return (lambda: OpenCVSubtractor(name, n_components, threads)), None
     try:
         from torchgmm import background
         from torchgmm.background import BackgroundSubtractorMOG
@@ -160,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--gray", action="store_true", help="decode to one grey channel")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", choices=["mog", "running-average"], default="mog",
-                   help="BackgroundSubtractorMOG, or a cheap stand-in to check decode/compute overlap")
+    p.add_argument("--model", choices=["mog", "running-average", "opencv-mog2", "opencv-mog"], default="mog",
+                   help="BackgroundSubtractorMOG (default); a cheap stand-in to check decode/compute "
+                        "overlap; or OpenCV's MOG2 (detectShadows=False) or bgsegm MOG behind the same "
+                        "reader, to measure the reference's keep ratio on the same machine")
     p.add_argument("--components", type=int, default=3, metavar="K", help="Gaussians per pixel (default 3)")
     p.add_argument("--python-wrapper", action="store_true",
                    help="compile the CPU step with Inductor's Python wrapper, which holds the GIL during "
@@ -180,10 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 
     retain_freed_memory()  # as the torchgmm command does
 
-    model, why = load_model(args.device, args.model, args.components, args.python_wrapper)
+    model, why = load_model(args.device, args.model, args.components, args.python_wrapper, args.threads)
     if model is None:
-        print(f"[bench_video] torchgmm.background.BackgroundSubtractorMOG is not importable ({why}); "
-              "measuring decoding only.")
+        print(f"[bench_video] model {args.model!r} is unavailable ({why}); measuring decoding only.")
 
     clips: list[tuple[str, Path]] = []
     if args.video.is_file():
@@ -226,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         load_average_after=os.getloadavg() if hasattr(os, "getloadavg") else None, model=None if model is None else (
             f"BackgroundSubtractorMOG(n_components={args.components}, learning_rate=0.005)"
             if args.model == "mog" else args.model),
+        model_threads=args.threads,
         inductor_wrapper="python" if args.python_wrapper else "c++ (CPU)",
         model_unavailable=why, rows=rows,
     )
