@@ -1,11 +1,15 @@
 """Write the example notebooks (without outputs) with nbformat.
 
-Run from the repository root: ``python scripts/make_notebooks.py``. The figures come from
+Run ``python scripts/make_notebooks.py`` to rewrite them, ``--check`` to only report notebooks
+that differ from what this script writes (exit 1; the test suite runs it). Cell ids are
+numbered, so rewriting unchanged notebooks changes nothing. The figures come from
 :mod:`torchgmm.demo`, the same functions ``scripts/figures.py`` saves as PNGs.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import nbformat
@@ -179,16 +183,39 @@ def background() -> nbformat.NotebookNode:
     ])
 
 
-def main() -> None:
-    NOTEBOOKS.mkdir(exist_ok=True)
-    for name, build in (("01_cameraman_em.ipynb", cameraman), ("02_synthetic_clustering.ipynb", synthetic),
-                        ("03_background_model.ipynb", background)):
-        nb = build()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.validate(nb)
-        nbformat.write(nb, NOTEBOOKS / name)
-        print(NOTEBOOKS / name)
+BUILDERS = {"01_cameraman_em.ipynb": cameraman, "02_synthetic_clustering.ipynb": synthetic,
+            "03_background_model.ipynb": background}
+
+
+def build_text(name: str) -> str:
+    """The notebook ``name`` as this script writes it."""
+    nb = BUILDERS[name]()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index:02d}"  # nbformat's default ids are random: every rewrite would differ
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; list the notebooks that differ from this script's, exit 1 if any")
+    args = p.parse_args(argv)
+    stale = []
+    for name in BUILDERS:
+        path, text = NOTEBOOKS / name, build_text(name)
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(path)
+            continue
+        NOTEBOOKS.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(path)
+    for path in stale:
+        print(f"{path} differs from scripts/make_notebooks.py; run it to rewrite the notebook", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import torch
 
+from torchgmm.demo import synthetic_clip
 from torchgmm.io.video import VideoReader
 
 
@@ -31,3 +32,26 @@ def read_masks(path: str | Path) -> torch.Tensor:
     """A mask video or PNG folder -> (T, 1, H, W) bool."""
     with VideoReader(path, batch_size=1000) as reader:
         return torch.cat(list(reader))[:, :1] > 127
+
+
+def make_sequence(seq: Path, n: int = 40, seed: int = 11, gt_scale: int = 1) -> Path:
+    """A tiny CDnet sequence in ``seq``: 0/255 labels (divided by ``gt_scale``: 255 -> 0/1
+    coding), 170 on the object's outline, 85 on the top row, temporalROI 10..n and a ROI
+    without the left column."""
+    from PIL import Image
+
+    (seq / "input").mkdir(parents=True)
+    (seq / "groundtruth").mkdir()
+    frames, truth, _ = synthetic_clip(n, 48, 64, square=10, enter=5, noise=3.0, seed=seed)
+    labels = torch.where(truth, 255 // gt_scale, 0).to(torch.uint8)[:, 0]
+    outline = (torch.nn.functional.max_pool2d(truth.float(), 3, 1, 1)[:, 0] > 0) & ~truth[:, 0]
+    labels[outline] = 170
+    labels[:, 0, :] = 85
+    for i in range(n):
+        Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(seq / "input" / f"in{i + 1:06d}.jpg", quality=95)
+        Image.fromarray(labels[i].numpy()).save(seq / "groundtruth" / f"gt{i + 1:06d}.png")
+    (seq / "temporalROI.txt").write_text(f"10 {n}\n")
+    roi = np.full((48, 64), 255, np.uint8)
+    roi[:, 0] = 0
+    Image.fromarray(roi).save(seq / "ROI.bmp")
+    return seq

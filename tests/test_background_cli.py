@@ -30,7 +30,7 @@ from torchgmm.io.video import VideoReader  # noqa: E402
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
 
 from _interrupts import ctrl_c_at_call  # noqa: E402
-from _videos import read_masks, write_video  # noqa: E402
+from _videos import make_sequence, read_masks, write_video  # noqa: E402
 
 T, H, W, ENTER = 70, 64, 80, 8
 SCORED = ENTER + 2  # the first frames with the square are scored as well; only 2 are skipped
@@ -294,29 +294,6 @@ def test_console_script_subprocess(clip, tmp_path):
 # ----------------------------------------------------------------------------------------
 # torchgmm evaluate
 # ----------------------------------------------------------------------------------------
-def make_sequence(seq: Path, n: int = 40, seed: int = 11, gt_scale: int = 1) -> Path:
-    """A tiny CDnet sequence in ``seq``: 0/255 labels (divided by ``gt_scale``: 255 -> 0/1
-    coding), 170 on the object's outline, 85 on the top row, temporalROI 10..n and a ROI
-    without the left column."""
-    from PIL import Image
-
-    (seq / "input").mkdir(parents=True)
-    (seq / "groundtruth").mkdir()
-    frames, truth, _ = synthetic_clip(n, 48, 64, square=10, enter=5, noise=3.0, seed=seed)
-    labels = torch.where(truth, 255 // gt_scale, 0).to(torch.uint8)[:, 0]
-    outline = (torch.nn.functional.max_pool2d(truth.float(), 3, 1, 1)[:, 0] > 0) & ~truth[:, 0]
-    labels[outline] = 170
-    labels[:, 0, :] = 85
-    for i in range(n):
-        Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(seq / "input" / f"in{i + 1:06d}.jpg", quality=95)
-        Image.fromarray(labels[i].numpy()).save(seq / "groundtruth" / f"gt{i + 1:06d}.png")
-    (seq / "temporalROI.txt").write_text(f"10 {n}\n")
-    roi = np.full((48, 64), 255, np.uint8)
-    roi[:, 0] = 0
-    Image.fromarray(roi).save(seq / "ROI.bmp")
-    return seq
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """A tiny CDnet-layout dataset with one sequence, baseline/easy (see make_sequence)."""

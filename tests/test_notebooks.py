@@ -1,4 +1,4 @@
-"""The example notebooks execute top to bottom."""
+"""The example notebooks execute top to bottom, and are what their generator writes."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def test_notebook_executes(path, monkeypatch):
 def test_notebooks_exist():
     expected = {"01_cameraman_em.ipynb", "02_synthetic_clustering.ipynb", "03_background_model.ipynb"}
     assert {p.name for p in NOTEBOOKS} >= expected
+
+
+def test_notebooks_are_what_make_notebooks_writes():
+    """An edit made by hand in a notebook (or only in the generator) would be lost or never
+    reach the notebook on the next ``python scripts/make_notebooks.py``."""
+    pytest.importorskip("nbformat")
+    import runpy
+
+    mod = runpy.run_path(str(ROOT / "scripts" / "make_notebooks.py"), run_name="make_notebooks")
+    assert mod["main"](["--check"]) == 0
 
 
 def test_figures_script(tmp_path):
