@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from reference_background import reference_mog, reference_pixel_step
 import torchgmm.background as background_module
@@ -886,9 +887,22 @@ class TestErrors:
     def test_frame_does_not_fit_state(self, shape):
         model = BackgroundSubtractorMOG(compile=False)
         model(torch.zeros(1, 3, 5, 5, dtype=torch.uint8))
-        with pytest.raises(ValueError, match="reset"):
+        with pytest.raises(ValueError, match="reset") as caught:
             model(torch.zeros(shape, dtype=torch.uint8))
+        assert "process()" in str(caught.value)  # the usual cause: a clip passed as B streams
         assert int(model.frames_seen) == 1
+
+    def test_module_apply_of_a_parent_reaches_children(self):
+        """``nn.Sequential(..., model).apply(init_fn)`` calls ``model.apply(init_fn)``: the
+        function must be applied, not taken for frames (OpenCV's ``apply`` shares the name)."""
+        model = BackgroundSubtractorMOG(compile=False)
+        head = nn.Conv2d(1, 2, 1)
+        seen = []
+        pipeline = nn.Sequential(model, head)
+        assert pipeline.apply(seen.append) is pipeline
+        assert seen == [model, head, pipeline]  # children first, as nn.Module.apply does
+        masks = model.apply(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))  # OpenCV's meaning
+        assert masks.shape == (2, 1, 4, 4) and int(model.frames_seen) == 1
 
     def test_nan_frame(self):
         model = BackgroundSubtractorMOG(compile=False)

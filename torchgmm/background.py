@@ -526,6 +526,15 @@ class BackgroundSubtractorMOG(nn.Module):
     the first frame: ``.to(device)``, ``state_dict()`` / ``load_state_dict()`` (also into a
     fresh module) continue a video exactly where it stopped.
 
+    The batch dimension B counts independent **streams**, one state each: the frames of one
+    video go in one at a time (``frames[t:t + 1]``) or as a clip through :meth:`process`;
+    a ``(T, C, H, W)`` clip passed to ``forward`` would start T separate streams.
+
+    Learning is online and is the model's job at inference time too, so ``train()`` /
+    ``eval()`` and ``torch.inference_mode()`` do not change it (unlike BatchNorm's running
+    statistics): to use a learned background without updating it, pass
+    ``learning_rate=0`` to ``forward`` (see there).
+
     Args:
         n_components: K Gaussians per pixel.
         learning_rate: ``alpha``; about ``1 / alpha`` frames of memory.
@@ -729,7 +738,9 @@ class BackgroundSubtractorMOG(nn.Module):
             if (b, c, h, w) != expected:
                 raise ShapeError(
                     f"`frames` of shape (B, C, H, W) = {(b, c, h, w)} do not fit the model's state, "
-                    f"shaped by earlier frames as {expected}. Call reset() to start a new video."
+                    f"shaped by earlier frames as {expected}. B counts independent streams: feed the "
+                    "frames of one video one at a time (frames[t:t + 1]) or as a clip with process(); "
+                    "call reset() to start a new video."
                 )
 
     def _scalar(self, value: float) -> Tensor:
@@ -828,12 +839,29 @@ class BackgroundSubtractorMOG(nn.Module):
             )
             return _mog_step(*args)
 
-    def apply(self, frames: Tensor, learning_rate: float | None = None) -> Tensor:  # type: ignore[override]
-        """OpenCV's name for :meth:`forward`.
+    def apply(self, frames, learning_rate: float | None = None):  # type: ignore[override]  # noqa: ANN001, ANN201
+        """OpenCV's name for :meth:`forward`; called with a function, ``nn.Module.apply``.
 
-        Note: this shadows ``nn.Module.apply(fn)``, which applies a function to submodules;
-        this module has none.
+        A parent module's ``apply(fn)`` (e.g. a weight initialiser run over a whole model)
+        calls ``apply(fn)`` on every child, so a function is handed on to
+        ``nn.Module.apply`` rather than taken for frames.
+
+        Args:
+            frames: ``(B, C, H, W)`` frames, as for :meth:`forward`; or a function of a module.
+            learning_rate: as for :meth:`forward`.
+
+        Returns:
+            ``(B, 1, H, W)`` bool masks; or this module, for a function.
+
+        Example:
+            >>> model = BackgroundSubtractorMOG(compile=False)
+            >>> model.apply(torch.zeros(1, 3, 4, 4, dtype=torch.uint8)).shape
+            torch.Size([1, 1, 4, 4])
+            >>> nn.Sequential(model).apply(lambda m: None)[0] is model
+            True
         """
+        if callable(frames) and not isinstance(frames, Tensor):
+            return super().apply(frames)
         return self(frames, learning_rate)
 
     def process(self, clip: Tensor, learning_rate: float | None = None) -> Tensor:
