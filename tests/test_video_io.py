@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -288,6 +289,17 @@ class TestVideoReader:
             for p in s.encode():
                 c.mux(p)
         with pytest.raises(ValueError, match=r"audio\.wav.*no video stream"):
+            VideoReader(path)
+
+    @pytest.mark.parametrize("name", ["still.png", "still.jpg", "png-named.mkv"])
+    def test_single_image_is_not_a_video(self, tmp_path, name):
+        """FFmpeg opens a still image as a one-frame video; the reader refuses it, naming the
+        folder that would read as a sequence (also when the suffix hides the image)."""
+        from PIL import Image
+
+        path = tmp_path / name
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path, format="PNG" if name.endswith(("png", "mkv")) else "JPEG")
+        with pytest.raises(ValueError, match=rf"{re.escape(name)}.*single image.*pass their folder"):
             VideoReader(path)
 
     def test_missing_file(self, tmp_path):

@@ -214,7 +214,8 @@ class VideoReader:
         FileNotFoundError: ``path`` does not exist.
         VideoDecodeError: ``path`` is not a readable video (at construction), or decoding fails
             or the file ends early (while iterating; frames before the damage are yielded first).
-        ValueError: the file has no video stream, or an argument is out of range.
+        ValueError: the file has no video stream or is a single image, or an argument is out
+            of range.
 
     Example:
         >>> import tempfile
@@ -296,6 +297,13 @@ class VideoReader:
                 f"(a classic .mp4 cut short loses its index and cannot be opened)?",
                 self.path,
             ) from exc
+        if self.path.suffix.lower() in _IMAGE_EXTENSIONS or container.format.name.endswith("_pipe"):
+            # FFmpeg opens a still image as a one-frame video; a model fed one frame learns nothing
+            container.close()
+            raise ValueError(
+                f"{str(self.path)!r} is a single image, not a video: to read numbered images as a "
+                f"sequence, pass their folder ({str(self.path.parent)!r})."
+            )
         if not container.streams.video:
             n_streams = len(container.streams)  # read before closing: a closed container has none
             container.close()
