@@ -83,7 +83,7 @@ def test_end_to_end_outputs(clip, cli_run, capsys):
     assert summary["fps"] > 0 and summary["source_fps"] == pytest.approx(25)
     assert summary["settings"] == {"n_components": 3, "learning_rate": 0.005, "background_ratio": 0.7,
                                    "compile": False}
-    assert summary["mask"] == str(out / "mask.mp4") and summary["size"] == [H, W]
+    assert summary["mask"] == str(out / "mask.mp4") and (summary["width"], summary["height"]) == (W, H)
 
 
 def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
@@ -308,8 +308,17 @@ def test_evaluate_cli(dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "baseline/easy" in printed and "baseline/mean" in printed and "overall/mean" in printed
     assert "with post-processing" in printed
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    result = json.loads((out / "results.json").read_text())
+    rows = result["rows"]
     row = rows[0]
+    # what was run is recorded beside the scores: the preset as given, the post-processing
+    from torchgmm.pipelines import PRESETS
+
+    settings = result["settings"]
+    assert settings["preset"] == "default" and settings["methods"] == ["torchgmm"]
+    assert settings["model"] == json.loads(json.dumps({**PRESETS["default"], "compile": False}, default=str))
+    assert settings["postprocess"] == {"median": 3, "opening": 0, "min_area": 0}
+    assert settings["root"] == str(dataset.resolve()) and settings["device"] == "cpu"
     assert (row["method"], row["sequence"], row["frames"]) == ("torchgmm", "baseline/easy", 40)
     # the F-measure is the metrics module's on the model's masks
     from torchgmm.background import BackgroundSubtractorMOG

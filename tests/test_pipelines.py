@@ -289,7 +289,7 @@ class TestRunBackground:
         small = write_video(tmp_path / "small.mkv", synthetic_clip(12, 32, 48, enter=4, seed=3)[0])
         summaries = run([clips["a"], small, clips["b"]], tmp_path / "out", batch_streams=3, stop_after=12)
         assert [s["batch_streams"] for s in summaries] == [2, 1, 2]
-        assert [s["size"] for s in summaries] == [[H, W], [32, 48], [H, W]]
+        assert [(s["width"], s["height"]) for s in summaries] == [(W, H), (48, 32), (W, H)]
         assert torch.equal(read_masks(summaries[0]["mask"]), reference["masks"][:12])
 
     @pytest.mark.cuda

@@ -232,6 +232,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from torchgmm.pipelines import evaluate_dataset, format_table, method_factories
 
     settings = _model_settings(args)
+    model_settings = dict(settings)  # recorded in results.json; the factories take them apart
     post = _postprocess_settings(args)
     retain_freed_memory()
     _leave_a_core_for_decoding(args.device)
@@ -244,6 +245,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         rows = evaluate_dataset(
             args.root, methods=methods, device=args.device, gray=args.gray, out_dir=args.out,
             postprocess=post, progress=not args.no_progress, raise_errors=False,
+            metadata=dict(preset=args.preset, model=model_settings),
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work
         print(f"error: {exc}", file=sys.stderr)

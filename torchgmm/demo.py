@@ -458,7 +458,7 @@ def run_demo(out_dir: str | Path, n_classes: int = 3, *, background: bool = True
         print(p)
     if background:
         bg = run_background_demo(out)
-        h, w = bg["size"]
+        h, w = bg["height"], bg["width"]
         print(
             f"background model: generated {bg['frames']}-frame {w}x{h} clip with a moving square, "
             f"{bg['fps']:.0f} frames/s; foreground recall {bg['recall']:.3f}, precision "

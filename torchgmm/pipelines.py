@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor
 
+from torchgmm import __version__
 from torchgmm import postprocess as pp
 from torchgmm._checks import add_note, resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
@@ -605,7 +606,7 @@ def _run_batch(
             error_type=None if error is None else type(error).__name__, error_frame=getattr(error, "frame_index", None),
             # None when nothing was left to do (a resumed run that was already complete)
             fps=round((stream.done - start) / elapsed, 2) if elapsed > 0 and stream.done > start else None,
-            seconds=round(elapsed, 3), size=[job.height, job.width], source_fps=job.fps, device=str(device),
+            seconds=round(elapsed, 3), width=job.width, height=job.height, source_fps=job.fps, device=str(device),
             batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
             postprocess=postprocess or None,
             mask=str(stream.mask.path), overlay=None if stream.overlay is None else str(stream.overlay.path),
@@ -858,6 +859,7 @@ def evaluate_dataset(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     raise_errors: bool = True,
+    metadata: dict | None = None,
 ) -> list[dict]:
     """Evaluate each method on every CDnet sequence under ``root``.
 
@@ -881,6 +883,10 @@ def evaluate_dataset(
         progress: a progress bar per method on stderr.
         raise_errors: once every sequence is done and the results are written, raise the
             first sequence's error (the others as notes); False returns the rows instead.
+        metadata: JSON-serialisable facts about the run (e.g. the model settings, which
+            ``methods`` does not expose) for the written JSON's ``"settings"``, beside the
+            dataset root, methods, device, ``gray``, post-processing and versions recorded
+            here.
 
     Returns:
         One row per (method, sequence), then per method the per-category and overall means
@@ -905,6 +911,10 @@ def evaluate_dataset(
         _check_sequence(seq)
     if out_dir is not None:
         make_output_folder(out_dir)  # a file in the way fails now, not after the work
+    settings = dict(
+        root=str(Path(root).resolve()), methods=list(methods), device=str(device), gray=gray,
+        postprocess=postprocess, torchgmm=__version__, torch=torch.__version__, **(metadata or {}),
+    )
     rows: list[dict] = []
     errors: list[Exception] = []
     try:
@@ -918,12 +928,13 @@ def evaluate_dataset(
                 rows.append(dict(method=name, **row))
     except BaseException as exc:  # Ctrl-C: the rows done so far are kept, apart from a complete run's
         if out_dir is not None:
-            paths = write_results(rows + _mean_rows(rows), out_dir, stem=INTERRUPTED_STEM, complete=False)
+            paths = write_results(rows + _mean_rows(rows), out_dir, stem=INTERRUPTED_STEM, complete=False,
+                                  settings=settings)
             add_note(exc, f"the {len(rows)} sequence run(s) done are in {str(paths[0])!r}")
         raise
     rows += _mean_rows(rows)
     if out_dir is not None:
-        write_results(rows, out_dir, complete=True)
+        write_results(rows, out_dir, complete=True, settings=settings)
         for stale in (INTERRUPTED_STEM + ".json", INTERRUPTED_STEM + ".csv"):  # of an earlier, interrupted run
             (Path(out_dir) / stale).unlink(missing_ok=True)
     if errors and raise_errors:
