@@ -114,6 +114,99 @@ class TestSklearnParity:
         assert float(gm.aic(xt)) == pytest.approx(sk.aic(x), rel=1e-9)
 
 
+class TestWeightedCriteria:
+    """score/bic/aic with sample_weight equal scikit-learn's on the rows repeated by integer
+    weights (scikit-learn has no sample weights; integer weights make the reference exact)."""
+
+    @staticmethod
+    def weighted_data(seed: int):
+        rng = np.random.default_rng(seed)
+        x = three_blobs(seed)
+        counts = rng.integers(0, 4, size=len(x))
+        return x, counts, np.repeat(x, counts, axis=0)
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_equal_sklearn_on_repeated_rows(self, covariance_type):
+        x, counts, repeated = self.weighted_data(20)
+        assert counts.sum() != len(x)  # the sample size is the total weight, not N
+        k, d = 3, x.shape[1]
+        init = dict(
+            weights_init=np.array([0.2, 0.3, 0.5]),
+            means_init=x[[5, 350, 550]],
+            precisions_init=identity_precisions(covariance_type, k, d),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk = sklearn_mixture.GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=20, **init
+            ).fit(repeated)
+            gm = GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=20,
+                **{name: torch.tensor(value) for name, value in init.items()},
+            ).fit(torch.tensor(x), sample_weight=torch.tensor(counts, dtype=torch.float64))
+        xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
+        # The fit's lower bound is the weighted mean log-likelihood, scikit-learn's on the rows.
+        assert float(gm.lower_bound_) == pytest.approx(sk.lower_bound_, rel=1e-10)
+        assert relative_error(gm.means_, sk.means_) < 1e-10
+        assert float(gm.score(xt, w)) == pytest.approx(sk.score(repeated), rel=1e-10)
+        assert float(gm.bic(xt, w)) == pytest.approx(sk.bic(repeated), rel=1e-10)
+        assert float(gm.aic(xt, w)) == pytest.approx(sk.aic(repeated), rel=1e-10)
+        # Integer weights as an int64 tensor too (cast to the model's dtype).
+        assert float(gm.bic(xt, torch.tensor(counts))) == pytest.approx(sk.bic(repeated), rel=1e-10)
+
+    def test_reviewer_case_bic_uses_total_weight(self):
+        # 600 rows carrying counts.sum() samples: the penalty is p log(sum w), not p log(600).
+        x, counts, repeated = self.weighted_data(21)
+        sk = sklearn_mixture.GaussianMixture(2, random_state=0).fit(repeated)
+        gm = GaussianMixture(
+            2, max_iter=0, weights_init=torch.tensor(sk.weights_), means_init=torch.tensor(sk.means_),
+            precisions_init=torch.tensor(sk.precisions_),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(torch.tensor(x))
+        xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
+        p = 2 * 6 + 2 * 3 + 1
+        assert float(gm.bic(xt, w)) == pytest.approx(sk.bic(repeated), rel=1e-10)
+        assert float(gm.bic(xt, w) - gm.aic(xt, w)) == pytest.approx(p * math.log(counts.sum()) - 2 * p, rel=1e-12)
+        assert float(gm.score(xt, w)) == pytest.approx(sk.score(repeated), rel=1e-10)
+
+    def test_batched_criteria_are_per_problem(self):
+        x, counts0, repeated0 = self.weighted_data(22)
+        counts1 = np.random.default_rng(23).integers(1, 6, size=len(x))
+        repeated1 = np.repeat(x, counts1, axis=0)
+        sk = sklearn_mixture.GaussianMixture(3, random_state=0).fit(x)
+        gm = GaussianMixture(
+            3, max_iter=0, weights_init=torch.tensor(sk.weights_), means_init=torch.tensor(sk.means_),
+            precisions_init=torch.tensor(sk.precisions_),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(torch.tensor(np.stack([x, x])))
+        xt = torch.tensor(np.stack([x, x]))
+        w = torch.tensor(np.stack([counts0, counts1]), dtype=torch.float64)
+        expected = {"bic": [sk.bic(repeated0), sk.bic(repeated1)], "aic": [sk.aic(repeated0), sk.aic(repeated1)],
+                    "score": [sk.score(repeated0), sk.score(repeated1)]}
+        for name, values in expected.items():
+            got = getattr(gm, name)(xt, w)
+            assert got.shape == (2,)
+            np.testing.assert_allclose(got.numpy(), values, rtol=1e-10)
+        # Without weights: the row count, as before.
+        np.testing.assert_allclose(gm.bic(xt).numpy(), [sk.bic(x)] * 2, rtol=1e-10)
+
+    def test_bad_weights_are_refused(self):
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(50, 2))
+        x = torch.randn(10, 2)
+        with pytest.raises(ValueError, match="`sample_weight` must be non-negative"):
+            gm.score(x, -torch.ones(10))
+        with pytest.raises(ShapeError, match=r"`sample_weight` must have shape \(B, N\) = \(1, 10\)"):
+            gm.bic(x, torch.ones(9))
+        with pytest.raises(ValueError, match="sums to zero"):
+            gm.aic(x, torch.zeros(10))
+        with pytest.raises(ValueError, match="`sample_weight` contains 1 NaN"):
+            gm.bic(x, torch.tensor([float("nan")] + [1.0] * 9))
+
+
 class TestLogProb:
     def test_closed_form_standard_normal(self):
         x = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)

@@ -132,8 +132,14 @@ def _batched_data(
         x = x.to(dtype)
     if x.ndim == 2:
         x = x.unsqueeze(0)
+    return x, _batched_weight(sample_weight, x, check_values=check_values)
+
+
+def _batched_weight(sample_weight: Tensor | None, x: Tensor, *, check_values: bool = True) -> Tensor | None:
+    """Validate ``sample_weight`` (B, N) or (N,) against batched ``x`` (B, N, D); return it
+    batched, on x's device and in x's dtype."""
     if sample_weight is None:
-        return x, None
+        return None
     check_tensor(sample_weight, "sample_weight")
     if sample_weight.ndim == 1:
         sample_weight = sample_weight.unsqueeze(0)
@@ -152,7 +158,7 @@ def _batched_data(
                 "`sample_weight` sums to zero for at least one problem; every problem needs "
                 "some positive weight."
             )
-    return x, sample_weight
+    return sample_weight
 
 
 def _batched_init(value: Tensor | None, name: str, ndim: int, x: Tensor) -> Tensor | None:
@@ -1010,13 +1016,41 @@ class GaussianMixture(nn.Module):
         _, log_likelihood, unbatch = self._log_resp(x)
         return log_likelihood[0] if unbatch else log_likelihood
 
-    def score(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        """(Weighted) mean log-likelihood: a 0-d tensor, or ``(B,)`` for batched input."""
-        log_likelihood = self.score_samples(x)
+    def _total_log_likelihood(self, x: Tensor, sample_weight: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+        """(Weighted) sum of the log-likelihoods and the sample size, both ``(B,)``.
+
+        The sample size is the total weight: weight c on a row counts as c rows, as in the
+        fit (its ``lower_bound_`` is the weighted mean log-likelihood), so every criterion
+        below equals scikit-learn's on the rows repeated by integer weights.
+        """
+        _, log_likelihood, unbatch = self._log_resp(x)
+        # (B, N, 1) stands for x: the weights are checked against its (B, N).
+        sample_weight = _batched_weight(sample_weight, log_likelihood.unsqueeze(-1))
         if sample_weight is None:
-            return log_likelihood.mean(-1)
-        sample_weight = sample_weight.to(log_likelihood)
-        return (log_likelihood * sample_weight).sum(-1) / sample_weight.sum(-1)
+            n = log_likelihood.new_full(log_likelihood.shape[:1], log_likelihood.shape[1])
+            return log_likelihood.sum(-1), n, unbatch
+        return (log_likelihood * sample_weight).sum(-1), sample_weight.sum(-1), unbatch
+
+    def score(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Mean log-likelihood, weighted by ``sample_weight`` if given.
+
+        Args:
+            x: ``(N, D)`` or ``(B, N, D)``.
+            sample_weight: ``(N,)`` or ``(B, N)`` non-negative weights; weight c equals
+                repeating the row c times: ``sum_n w_n log p(x_n) / sum_n w_n``.
+
+        Returns:
+            A 0-d tensor, or ``(B,)`` for batched input, in the model's dtype.
+
+        Example:
+            >>> gm = GaussianMixture(1).fit(torch.tensor([[0.0], [2.0]]))  # N(1, 1)
+            >>> x, w = torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 1.0])
+            >>> gm.score(x, w), gm.score(torch.tensor([[1.0], [1.0], [1.0], [2.0]]))
+            (tensor(-1.0439), tensor(-1.0439))
+        """
+        total, n, unbatch = self._total_log_likelihood(x, sample_weight)
+        mean = total / n
+        return mean[0] if unbatch else mean
 
     def _n_parameters(self) -> int:
         k, d = self.n_components, self.means_.shape[-1]
@@ -1028,15 +1062,29 @@ class GaussianMixture(nn.Module):
         }[self.covariance_type]
         return covariance + k * d + k - 1
 
-    def bic(self, x: Tensor) -> Tensor:
-        """Bayesian information criterion on ``x`` (lower is better)."""
-        n = x.shape[-2]
-        return -2 * self.score(x) * n + self._n_parameters() * math.log(n)
+    def bic(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Bayesian information criterion on ``x`` (lower is better).
 
-    def aic(self, x: Tensor) -> Tensor:
-        """Akaike information criterion on ``x`` (lower is better)."""
-        n = x.shape[-2]
-        return -2 * self.score(x) * n + 2 * self._n_parameters()
+        ``-2 log L + p log n`` with ``log L = sum_n w_n log p(x_n)`` and the sample size
+        ``n = sum_n w_n`` (the number of rows without weights), so a histogram's counts give
+        the BIC of the pixels. Shapes as in :meth:`score`.
+
+        Example:
+            >>> gm = GaussianMixture(1).fit(torch.tensor([[0.0], [2.0]]))  # p = 2 parameters
+            >>> x, w = torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 1.0])
+            >>> gm.bic(x, w), gm.bic(torch.tensor([[1.0], [1.0], [1.0], [2.0]]))
+            (tensor(11.1241), tensor(11.1241))
+        """
+        total, n, unbatch = self._total_log_likelihood(x, sample_weight)
+        bic = -2 * total + self._n_parameters() * n.log()
+        return bic[0] if unbatch else bic
+
+    def aic(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Akaike information criterion on ``x`` (lower is better): ``-2 log L + 2 p``,
+        with ``log L`` weighted as in :meth:`bic`. Shapes as in :meth:`score`."""
+        total, _, unbatch = self._total_log_likelihood(x, sample_weight)
+        aic = -2 * total + 2 * self._n_parameters()
+        return aic[0] if unbatch else aic
 
     def sample(self, n_samples: int = 1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw samples from the fitted mixture.
