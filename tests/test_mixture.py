@@ -207,6 +207,47 @@ class TestWeightedCriteria:
             gm.bic(x, torch.tensor([float("nan")] + [1.0] * 9))
 
 
+class TestSklearnAttributes:
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_precisions_and_n_features_in_equal_sklearn(self, covariance_type):
+        x = three_blobs(24, d=4)
+        k, d = 3, 4
+        init = dict(
+            weights_init=np.array([0.3, 0.3, 0.4]),
+            means_init=x[[5, 350, 550]],
+            precisions_init=identity_precisions(covariance_type, k, d),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk = sklearn_mixture.GaussianMixture(k, covariance_type=covariance_type, tol=0, max_iter=10, **init).fit(x)
+            gm = GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=10,
+                **{name: torch.tensor(value) for name, value in init.items()},
+            ).fit(torch.tensor(x))
+        assert gm.precisions_.shape == sk.precisions_.shape
+        assert relative_error(gm.precisions_, sk.precisions_) < 1e-10
+        # ... and they invert the covariances (full/tied: P Sigma = I; diag/spherical: p sigma^2 = 1).
+        if covariance_type in ("full", "tied"):
+            eye = torch.eye(d, dtype=torch.float64).expand_as(gm.covariances_)
+            torch.testing.assert_close(gm.precisions_ @ gm.covariances_, eye, rtol=0, atol=1e-10)
+        else:
+            torch.testing.assert_close(gm.precisions_ * gm.covariances_, torch.ones_like(gm.covariances_))
+        assert gm.n_features_in_ == sk.n_features_in_ == 4
+        assert isinstance(gm.n_features_in_, int)
+
+    def test_batched_and_unfitted(self):
+        gm = GaussianMixture(2, covariance_type="tied")
+        assert not hasattr(gm, "n_features_in_")  # as an unfitted scikit-learn estimator
+        assert gm.precisions_.numel() == 0
+        x = torch.tensor(np.stack([three_blobs(25), three_blobs(26)]))
+        gm.fit(x)
+        assert gm.precisions_.shape == (2, 3, 3) and gm.n_features_in_ == 3
+        torch.testing.assert_close(gm.precisions_, torch.linalg.inv(gm.covariances_))
+        fresh = GaussianMixture(2, covariance_type="tied")
+        fresh.load_state_dict(gm.state_dict())  # derived from the loaded buffers
+        torch.testing.assert_close(fresh.precisions_, gm.precisions_, rtol=0, atol=0)
+
+
 class TestLogProb:
     def test_closed_form_standard_normal(self):
         x = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)

@@ -948,6 +948,34 @@ class GaussianMixture(nn.Module):
     def is_fitted(self) -> bool:
         return self.means_.numel() > 0
 
+    @property
+    def precisions_(self) -> Tensor:
+        """Precision matrices (inverse covariances), scikit-learn's ``precisions_``.
+
+        Computed from the stored Cholesky factors as scikit-learn does, ``P = L L'`` for
+        ``full`` ``(K, D, D)`` and ``tied`` ``(D, D)``, ``L^2`` for ``diag`` ``(K, D)`` and
+        ``spherical`` ``(K,)``; a leading B for a batched fit; empty before ``fit``. Derived,
+        not stored, so it always agrees with the buffers (also after ``load_state_dict``).
+
+        Example:
+            >>> gm = GaussianMixture(1, covariance_type="diag").fit(torch.tensor([[0.0], [2.0]]))
+            >>> gm.precisions_  # 1 / (variance 1 + reg_covar 1e-6)
+            tensor([[1.0000]])
+        """
+        if not self.is_fitted:
+            return self.precisions_cholesky_
+        return _precision_matrices(self.precisions_cholesky_, self.covariance_type)
+
+    @property
+    def n_features_in_(self) -> int:
+        """D, the number of features seen by ``fit`` (scikit-learn's ``n_features_in_``).
+
+        Like scikit-learn's, it does not exist before ``fit``: ``hasattr`` is false.
+        """
+        if not self.is_fitted:
+            raise AttributeError("n_features_in_")  # nn.Module.__getattr__ words the error
+        return int(self.means_.shape[-1])
+
     def _params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         """Batched (x, weights, means, precisions_cholesky) and whether to unbatch results."""
         if not self.is_fitted:
