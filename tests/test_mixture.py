@@ -235,6 +235,52 @@ class TestSklearnAttributes:
         assert gm.n_features_in_ == sk.n_features_in_ == 4
         assert isinstance(gm.n_features_in_, int)
 
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_lower_bounds_equal_sklearn(self, covariance_type):
+        x = three_blobs(27)
+        init = dict(
+            weights_init=np.full(3, 1 / 3), means_init=x[[0, 320, 560]],
+            precisions_init=identity_precisions(covariance_type, 3, 3),
+        )
+        sk = sklearn_mixture.GaussianMixture(3, covariance_type=covariance_type, tol=1e-5, max_iter=500, **init).fit(x)
+        gm = GaussianMixture(
+            3, covariance_type=covariance_type, tol=1e-5, max_iter=500,
+            **{name: torch.tensor(value) for name, value in init.items()},
+        ).fit(torch.tensor(x))
+        assert sk.converged_ and len(sk.lower_bounds_) == sk.n_iter_ > 5
+        assert gm.lower_bounds_.shape == (sk.n_iter_,)
+        np.testing.assert_allclose(gm.lower_bounds_.numpy(), sk.lower_bounds_, rtol=1e-10)
+        assert float(gm.lower_bounds_[-1]) == float(gm.lower_bound_)
+
+    def test_lower_bounds_batched_rows_are_the_single_fits(self):
+        # Problems stop at different iterations, and the working set shrinks (3 of 4 done):
+        # each row is that problem's own run, NaN-padded to the longest.
+        rng = np.random.default_rng(28)
+        easy = [np.concatenate([rng.normal(-10, 1, 100), rng.normal(10, 1, 100)]) for _ in range(3)]
+        x = torch.tensor(np.stack(easy + [rng.normal(0, 1, 200)]))[..., None]
+        fit = lambda data: GaussianMixture(2, init_params="range", tol=1e-5, max_iter=100).fit(data)  # noqa: E731
+        batched = fit(x)
+        alones = [fit(x[i]) for i in range(4)]
+        n_iter = batched.n_iter_.tolist()
+        assert batched.lower_bounds_.shape == (4, max(n_iter)) and max(n_iter[:3]) + 4 < n_iter[3]
+        for i, alone in enumerate(alones):
+            torch.testing.assert_close(batched.lower_bounds_[i, : n_iter[i]], alone.lower_bounds_, rtol=1e-12, atol=0)
+            assert torch.isnan(batched.lower_bounds_[i, n_iter[i]:]).all()
+        torch.testing.assert_close(
+            batched.lower_bounds_.gather(1, batched.n_iter_[:, None] - 1)[:, 0], batched.lower_bound_, rtol=0, atol=0
+        )
+
+    def test_lower_bounds_not_in_state_dict(self):
+        x = torch.tensor(three_blobs(29))
+        gm = GaussianMixture(2, random_state=0).fit(x)
+        assert "lower_bounds_" not in gm.state_dict()  # older checkpoints load unchanged
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            assert GaussianMixture(2, max_iter=0, random_state=0).fit(x).lower_bounds_.shape == (0,)
+        other = GaussianMixture(2, random_state=1).fit(x)
+        other.load_state_dict(gm.state_dict())
+        assert other.lower_bounds_.numel() == 0  # not the loaded parameters' run
+
     def test_batched_and_unfitted(self):
         gm = GaussianMixture(2, covariance_type="tied")
         assert not hasattr(gm, "n_features_in_")  # as an unfitted scikit-learn estimator
@@ -295,8 +341,10 @@ class TestWeightsAndBatches:
         batched = fit_gaussian_mixture(x, 3, sample_weight=w, init_params="range", tol=1e-6, max_iter=200)
         for i in range(5):
             alone = fit_gaussian_mixture(x[i], 3, sample_weight=w[i], init_params="range", tol=1e-6, max_iter=200)
-            for a, b in zip(batched, alone):
+            for a, b in zip(batched[:7], alone[:7]):
                 torch.testing.assert_close(a[i], b[0], rtol=1e-9, atol=1e-12)
+            n = int(alone.n_iter[0])  # lower_bounds: NaN-padded to the longest problem's run
+            torch.testing.assert_close(batched.lower_bounds[i, :n], alone.lower_bounds[0], rtol=1e-9, atol=1e-12)
 
     def test_converged_problem_stops_changing(self):
         rng = np.random.default_rng(5)

@@ -91,6 +91,10 @@ class GaussianMixtureFit(NamedTuple):
     lower_bound: Tensor  #: (B,) weighted mean log-likelihood at the last E-step
     n_iter: Tensor  #: (B,) int64 EM iterations run per problem
     converged: Tensor  #: (B,) bool
+    #: (B, T) the lower bound after each iteration, T = the most iterations any problem ran;
+    #: NaN after a problem stopped (scikit-learn's ``lower_bounds_``). None where a fit was
+    #: rebuilt from stored parameters.
+    lower_bounds: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -630,7 +634,9 @@ def fit_gaussian_mixture(
         check_every: host syncs for the stopping test happen every this many iterations.
 
     Returns:
-        :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input).
+        :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input);
+        ``lower_bounds`` ``(B, T)`` holds the bound after each iteration, NaN after a problem
+        stopped (T = the most iterations any problem ran).
 
     Raises:
         ValueError: bad shapes, NaN/inf in the data, data too spread out for the dtype,
@@ -711,6 +717,11 @@ def fit_gaussian_mixture(
     # than B times the slowest one's.
     rows: Tensor | None = None
     results: list[Tensor] | None = None
+    # Per-iteration bounds of the working set, NaN for problems that had stopped; flushed to
+    # (rows, first iteration, (b, T) block) pieces whenever the working set shrinks.
+    bounds: list[Tensor] = []
+    pieces: list[tuple[Tensor | None, int, Tensor]] = []
+    start = 0
     for iteration in range(max_iter):
         # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
         coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
@@ -735,6 +746,7 @@ def fit_gaussian_mixture(
         overflowed = overflowed | (active & ~torch.isfinite(new_bound))
         change = new_bound - lower_bound
         lower_bound = torch.where(active, new_bound, lower_bound)
+        bounds.append(torch.where(active, new_bound, math.nan))
         n_iter = n_iter + active.long()
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
@@ -746,6 +758,8 @@ def fit_gaussian_mixture(
             if n_active <= active.numel() // 2:
                 state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
                 results = _store(results, rows, state)
+                pieces.append((rows, start, torch.stack(bounds, 1)))
+                bounds, start = [], iteration + 1
                 keep = torch.nonzero(active).squeeze(1)
                 rows = keep if rows is None else rows[keep]
                 weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
@@ -755,7 +769,18 @@ def fit_gaussian_mixture(
                     sample_weight, weight_total = sample_weight[keep], weight_total[keep]
     state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
     weights, means, cov, prec_chol, lower_bound, n_iter, converged = _store(results, rows, state)
-    return GaussianMixtureFit(weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged)
+    if bounds:
+        pieces.append((rows, start, torch.stack(bounds, 1)))
+    lower_bounds = x.new_full((b, int(n_iter.max()) if max_iter else 0), math.nan)
+    for piece_rows, first, block in pieces:
+        block = block[:, : lower_bounds.shape[1] - first]  # iterations run after every problem stopped
+        if piece_rows is None:
+            lower_bounds[:, first : first + block.shape[1]] = block
+        else:
+            lower_bounds[piece_rows, first : first + block.shape[1]] = block
+    return GaussianMixtureFit(
+        weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged, lower_bounds
+    )
 
 
 def _store(results: list[Tensor] | None, rows: Tensor | None, state: tuple[Tensor, ...]) -> list[Tensor]:
@@ -857,6 +882,7 @@ class GaussianMixture(nn.Module):
     lower_bound_: Tensor  #: () or (B,)
     n_iter_: Tensor  #: () or (B,) int64
     converged_: Tensor  #: () or (B,) bool
+    lower_bounds_: Tensor  #: (n_iter_,) or (B, max n_iter_), NaN after a problem stopped
 
     def __init__(
         self,
@@ -889,6 +915,10 @@ class GaussianMixture(nn.Module):
         self.fit_dtype = dtype
         for name in _FITTED_BUFFERS:
             self.register_buffer(name, torch.empty(0))
+        # The lower bound after every EM iteration of the last fit: a record of that run, not
+        # needed to predict or to resume, so it stays out of state_dict (checkpoints written
+        # before it existed load unchanged) and load_state_dict empties it.
+        self.register_buffer("lower_bounds_", torch.empty(0), persistent=False)
 
     # -- fitting ---------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -929,6 +959,7 @@ class GaussianMixture(nn.Module):
         unbatch = x.ndim == 2
         for name, value in zip(_FITTED_BUFFERS, fit):
             setattr(self, name, value[0] if unbatch else value)
+        self.lower_bounds_ = fit.lower_bounds[0] if unbatch else fit.lower_bounds
         if not bool(fit.converged.all()):
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations for "
@@ -1205,6 +1236,7 @@ class GaussianMixture(nn.Module):
             # left as it was.
             error_msgs.append(mismatch)
             return
+        self._buffers["lower_bounds_"] = self.lower_bounds_.new_empty(0)  # not this state's run
         # Fitted buffers are shaped by the data: give each the incoming shape first so a
         # fresh (unfitted) module can load a fitted state.
         for name in _FITTED_BUFFERS:
