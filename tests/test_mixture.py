@@ -114,6 +114,186 @@ class TestSklearnParity:
         assert float(gm.aic(xt)) == pytest.approx(sk.aic(x), rel=1e-9)
 
 
+class TestWeightedCriteria:
+    """score/bic/aic with sample_weight equal scikit-learn's on the rows repeated by integer
+    weights (scikit-learn has no sample weights; integer weights make the reference exact)."""
+
+    @staticmethod
+    def weighted_data(seed: int):
+        rng = np.random.default_rng(seed)
+        x = three_blobs(seed)
+        counts = rng.integers(0, 4, size=len(x))
+        return x, counts, np.repeat(x, counts, axis=0)
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_equal_sklearn_on_repeated_rows(self, covariance_type):
+        x, counts, repeated = self.weighted_data(20)
+        assert counts.sum() != len(x)  # the sample size is the total weight, not N
+        k, d = 3, x.shape[1]
+        init = dict(
+            weights_init=np.array([0.2, 0.3, 0.5]),
+            means_init=x[[5, 350, 550]],
+            precisions_init=identity_precisions(covariance_type, k, d),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk = sklearn_mixture.GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=20, **init
+            ).fit(repeated)
+            gm = GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=20,
+                **{name: torch.tensor(value) for name, value in init.items()},
+            ).fit(torch.tensor(x), sample_weight=torch.tensor(counts, dtype=torch.float64))
+        xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
+        # The fit's lower bound is the weighted mean log-likelihood, scikit-learn's on the rows.
+        assert float(gm.lower_bound_) == pytest.approx(sk.lower_bound_, rel=1e-10)
+        assert relative_error(gm.means_, sk.means_) < 1e-10
+        assert float(gm.score(xt, w)) == pytest.approx(sk.score(repeated), rel=1e-10)
+        assert float(gm.bic(xt, w)) == pytest.approx(sk.bic(repeated), rel=1e-10)
+        assert float(gm.aic(xt, w)) == pytest.approx(sk.aic(repeated), rel=1e-10)
+        # Integer weights as an int64 tensor too (cast to the model's dtype).
+        assert float(gm.bic(xt, torch.tensor(counts))) == pytest.approx(sk.bic(repeated), rel=1e-10)
+
+    def test_reviewer_case_bic_uses_total_weight(self):
+        # 600 rows carrying counts.sum() samples: the penalty is p log(sum w), not p log(600).
+        x, counts, repeated = self.weighted_data(21)
+        sk = sklearn_mixture.GaussianMixture(2, random_state=0).fit(repeated)
+        gm = GaussianMixture(
+            2, max_iter=0, weights_init=torch.tensor(sk.weights_), means_init=torch.tensor(sk.means_),
+            precisions_init=torch.tensor(sk.precisions_),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(torch.tensor(x))
+        xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
+        p = 2 * 6 + 2 * 3 + 1
+        assert float(gm.bic(xt, w)) == pytest.approx(sk.bic(repeated), rel=1e-10)
+        assert float(gm.bic(xt, w) - gm.aic(xt, w)) == pytest.approx(p * math.log(counts.sum()) - 2 * p, rel=1e-12)
+        assert float(gm.score(xt, w)) == pytest.approx(sk.score(repeated), rel=1e-10)
+
+    def test_batched_criteria_are_per_problem(self):
+        x, counts0, repeated0 = self.weighted_data(22)
+        counts1 = np.random.default_rng(23).integers(1, 6, size=len(x))
+        repeated1 = np.repeat(x, counts1, axis=0)
+        sk = sklearn_mixture.GaussianMixture(3, random_state=0).fit(x)
+        gm = GaussianMixture(
+            3, max_iter=0, weights_init=torch.tensor(sk.weights_), means_init=torch.tensor(sk.means_),
+            precisions_init=torch.tensor(sk.precisions_),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(torch.tensor(np.stack([x, x])))
+        xt = torch.tensor(np.stack([x, x]))
+        w = torch.tensor(np.stack([counts0, counts1]), dtype=torch.float64)
+        expected = {"bic": [sk.bic(repeated0), sk.bic(repeated1)], "aic": [sk.aic(repeated0), sk.aic(repeated1)],
+                    "score": [sk.score(repeated0), sk.score(repeated1)]}
+        for name, values in expected.items():
+            got = getattr(gm, name)(xt, w)
+            assert got.shape == (2,)
+            np.testing.assert_allclose(got.numpy(), values, rtol=1e-10)
+        # Without weights: the row count, as before.
+        np.testing.assert_allclose(gm.bic(xt).numpy(), [sk.bic(x)] * 2, rtol=1e-10)
+
+    def test_bad_weights_are_refused(self):
+        gm = GaussianMixture(2, random_state=0).fit(torch.randn(50, 2))
+        x = torch.randn(10, 2)
+        with pytest.raises(ValueError, match="`sample_weight` must be non-negative"):
+            gm.score(x, -torch.ones(10))
+        with pytest.raises(ShapeError, match=r"`sample_weight` must have shape \(B, N\) = \(1, 10\)"):
+            gm.bic(x, torch.ones(9))
+        with pytest.raises(ValueError, match="sums to zero"):
+            gm.aic(x, torch.zeros(10))
+        with pytest.raises(ValueError, match="`sample_weight` contains 1 NaN"):
+            gm.bic(x, torch.tensor([float("nan")] + [1.0] * 9))
+
+
+class TestSklearnAttributes:
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_precisions_and_n_features_in_equal_sklearn(self, covariance_type):
+        x = three_blobs(24, d=4)
+        k, d = 3, 4
+        init = dict(
+            weights_init=np.array([0.3, 0.3, 0.4]),
+            means_init=x[[5, 350, 550]],
+            precisions_init=identity_precisions(covariance_type, k, d),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk = sklearn_mixture.GaussianMixture(k, covariance_type=covariance_type, tol=0, max_iter=10, **init).fit(x)
+            gm = GaussianMixture(
+                k, covariance_type=covariance_type, tol=0, max_iter=10,
+                **{name: torch.tensor(value) for name, value in init.items()},
+            ).fit(torch.tensor(x))
+        assert gm.precisions_.shape == sk.precisions_.shape
+        assert relative_error(gm.precisions_, sk.precisions_) < 1e-10
+        # ... and they invert the covariances (full/tied: P Sigma = I; diag/spherical: p sigma^2 = 1).
+        if covariance_type in ("full", "tied"):
+            eye = torch.eye(d, dtype=torch.float64).expand_as(gm.covariances_)
+            torch.testing.assert_close(gm.precisions_ @ gm.covariances_, eye, rtol=0, atol=1e-10)
+        else:
+            torch.testing.assert_close(gm.precisions_ * gm.covariances_, torch.ones_like(gm.covariances_))
+        assert gm.n_features_in_ == sk.n_features_in_ == 4
+        assert isinstance(gm.n_features_in_, int)
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_lower_bounds_equal_sklearn(self, covariance_type):
+        x = three_blobs(27)
+        init = dict(
+            weights_init=np.full(3, 1 / 3), means_init=x[[0, 320, 560]],
+            precisions_init=identity_precisions(covariance_type, 3, 3),
+        )
+        sk = sklearn_mixture.GaussianMixture(3, covariance_type=covariance_type, tol=1e-5, max_iter=500, **init).fit(x)
+        gm = GaussianMixture(
+            3, covariance_type=covariance_type, tol=1e-5, max_iter=500,
+            **{name: torch.tensor(value) for name, value in init.items()},
+        ).fit(torch.tensor(x))
+        assert sk.converged_ and len(sk.lower_bounds_) == sk.n_iter_ > 5
+        assert gm.lower_bounds_.shape == (sk.n_iter_,)
+        np.testing.assert_allclose(gm.lower_bounds_.numpy(), sk.lower_bounds_, rtol=1e-10)
+        assert float(gm.lower_bounds_[-1]) == float(gm.lower_bound_)
+
+    def test_lower_bounds_batched_rows_are_the_single_fits(self):
+        # Problems stop at different iterations, and the working set shrinks (3 of 4 done):
+        # each row is that problem's own run, NaN-padded to the longest.
+        rng = np.random.default_rng(28)
+        easy = [np.concatenate([rng.normal(-10, 1, 100), rng.normal(10, 1, 100)]) for _ in range(3)]
+        x = torch.tensor(np.stack(easy + [rng.normal(0, 1, 200)]))[..., None]
+        fit = lambda data: GaussianMixture(2, init_params="range", tol=1e-5, max_iter=100).fit(data)  # noqa: E731
+        batched = fit(x)
+        alones = [fit(x[i]) for i in range(4)]
+        n_iter = batched.n_iter_.tolist()
+        assert batched.lower_bounds_.shape == (4, max(n_iter)) and max(n_iter[:3]) + 4 < n_iter[3]
+        for i, alone in enumerate(alones):
+            torch.testing.assert_close(batched.lower_bounds_[i, : n_iter[i]], alone.lower_bounds_, rtol=1e-12, atol=0)
+            assert torch.isnan(batched.lower_bounds_[i, n_iter[i]:]).all()
+        torch.testing.assert_close(
+            batched.lower_bounds_.gather(1, batched.n_iter_[:, None] - 1)[:, 0], batched.lower_bound_, rtol=0, atol=0
+        )
+
+    def test_lower_bounds_not_in_state_dict(self):
+        x = torch.tensor(three_blobs(29))
+        gm = GaussianMixture(2, random_state=0).fit(x)
+        assert "lower_bounds_" not in gm.state_dict()  # older checkpoints load unchanged
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            assert GaussianMixture(2, max_iter=0, random_state=0).fit(x).lower_bounds_.shape == (0,)
+        other = GaussianMixture(2, random_state=1).fit(x)
+        other.load_state_dict(gm.state_dict())
+        assert other.lower_bounds_.numel() == 0  # not the loaded parameters' run
+
+    def test_batched_and_unfitted(self):
+        gm = GaussianMixture(2, covariance_type="tied")
+        assert not hasattr(gm, "n_features_in_")  # as an unfitted scikit-learn estimator
+        assert gm.precisions_.numel() == 0
+        x = torch.tensor(np.stack([three_blobs(25), three_blobs(26)]))
+        gm.fit(x)
+        assert gm.precisions_.shape == (2, 3, 3) and gm.n_features_in_ == 3
+        torch.testing.assert_close(gm.precisions_, torch.linalg.inv(gm.covariances_))
+        fresh = GaussianMixture(2, covariance_type="tied")
+        fresh.load_state_dict(gm.state_dict())  # derived from the loaded buffers
+        torch.testing.assert_close(fresh.precisions_, gm.precisions_, rtol=0, atol=0)
+
+
 class TestLogProb:
     def test_closed_form_standard_normal(self):
         x = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)
@@ -161,8 +341,10 @@ class TestWeightsAndBatches:
         batched = fit_gaussian_mixture(x, 3, sample_weight=w, init_params="range", tol=1e-6, max_iter=200)
         for i in range(5):
             alone = fit_gaussian_mixture(x[i], 3, sample_weight=w[i], init_params="range", tol=1e-6, max_iter=200)
-            for a, b in zip(batched, alone):
+            for a, b in zip(batched[:7], alone[:7]):
                 torch.testing.assert_close(a[i], b[0], rtol=1e-9, atol=1e-12)
+            n = int(alone.n_iter[0])  # lower_bounds: NaN-padded to the longest problem's run
+            torch.testing.assert_close(batched.lower_bounds[i, :n], alone.lower_bounds[0], rtol=1e-9, atol=1e-12)
 
     def test_converged_problem_stops_changing(self):
         rng = np.random.default_rng(5)
@@ -245,6 +427,178 @@ class TestInitialisation:
         torch.testing.assert_close(a.means_, b.means_, rtol=0, atol=0)
 
 
+def reviewer_blobs() -> np.ndarray:
+    """Three overlapping 3-D blobs (the reviewer's gmm_vs_sklearn.py data)."""
+    rng = np.random.default_rng(0)
+    return np.concatenate([
+        rng.normal([0, 0, 0], [1, 2, 0.5], (400, 3)), rng.normal([5, 5, 0], 1, (300, 3)),
+        rng.normal([0, 6, 4], [0.5, 1, 1], (300, 3)),
+    ])
+
+
+def separated_blobs(seed: int, sizes=(50, 120, 80, 30), spacing: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-variance 2-D blobs ``spacing`` apart; returns (x, true labels)."""
+    rng = np.random.default_rng(seed)
+    centres = spacing * np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return centres[labels] + rng.normal(size=(len(labels), 2)), labels
+
+
+def rows_of(x: np.ndarray, means: torch.Tensor) -> list[int]:
+    """The row of ``x`` each mean is (to rounding: fits run in centred coordinates)."""
+    distances = ((x[:, None] - means.numpy()[None]) ** 2).sum(-1)  # (N, K)
+    assert distances.min(0).max() < 1e-26 * (x * x).max()  # |mean - row| < 1e-13 |x|
+    return distances.argmin(0).tolist()
+
+
+def initial_fit(x, k, **kwargs) -> GaussianMixture:
+    """The parameters EM starts from (max_iter=0 returns them, as in scikit-learn)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(k, max_iter=0, **kwargs).fit(x)
+
+
+class TestSklearnInits:
+    """scikit-learn's init_params names mean scikit-learn's algorithms. Their random draws
+    cannot match numpy's, so these test what the algorithms guarantee, and equality with
+    scikit-learn wherever a draw does not matter."""
+
+    def test_default_is_sklearns(self):
+        assert GaussianMixture().init_params == sklearn_mixture.GaussianMixture().init_params == "kmeans"
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_means_init_alone_equals_sklearn(self, covariance_type):
+        # With only means_init, scikit-learn (_initialize) takes the weights and covariances
+        # of its "kmeans" partition, each about that cluster's own mean, and pairs cluster k
+        # with means_init[k]; KMeans labels its clusters in the order its random seeding
+        # found them, so scikit-learn's own fits differ by ~5e-5 between random_states on
+        # this data. Given a scikit-learn seed whose KMeans labels the clusters as ours
+        # does, every result must agree to rounding.
+        x = reviewer_blobs()
+        xt, means_init = torch.tensor(x), x[[0, 500, 900]]
+        ours = initial_fit(xt, 3, random_state=0).means_.numpy()  # our k-means centres, in our order
+        sklearn_cluster = pytest.importorskip("sklearn.cluster")
+        seed = next(
+            (r for r in range(20)
+             if np.allclose(sklearn_cluster.KMeans(3, n_init=1, random_state=r).fit(x).cluster_centers_, ours, rtol=0, atol=1e-10)),
+            None,
+        )
+        assert seed is not None, "no scikit-learn seed labels the k-means clusters as ours"
+        sk = sklearn_mixture.GaussianMixture(
+            3, covariance_type=covariance_type, means_init=means_init, tol=1e-6, max_iter=500, random_state=seed
+        ).fit(x)
+        gm = GaussianMixture(
+            3, covariance_type=covariance_type, means_init=torch.tensor(means_init), tol=1e-6, max_iter=500,
+            random_state=0,
+        ).fit(xt)
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
+            assert relative_error(getattr(gm, name), getattr(sk, name)) < 1e-10, name
+        assert int(gm.n_iter_) == sk.n_iter_ and bool(gm.converged_)
+        np.testing.assert_allclose(gm.lower_bounds_.numpy(), sk.lower_bounds_, rtol=1e-10)
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_means_init_alone_start_from_the_partition(self, covariance_type):
+        # The same procedure in closed form: means = means_init; weights, covariances (+
+        # reg_covar) from the k-means partition, about that partition's cluster means.
+        x = reviewer_blobs()
+        xt, means_init = torch.tensor(x), x[[0, 500, 900]]
+        centres = initial_fit(xt, 3, random_state=0).means_.numpy()
+        labels = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        gm = initial_fit(xt, 3, covariance_type=covariance_type, means_init=torch.tensor(means_init), random_state=0)
+        clusters = [x[labels == k] for k in range(3)]
+        reg = 1e-6
+        full = np.stack([np.cov(c.T, bias=True) + reg * np.eye(3) for c in clusters])
+        expected = {
+            "full": full,
+            "tied": sum(len(c) * np.cov(c.T, bias=True) for c in clusters) / len(x) + reg * np.eye(3),
+            "diag": np.stack([c.var(0) for c in clusters]) + reg,
+            "spherical": np.array([c.var(0).mean() for c in clusters]) + reg,
+        }[covariance_type]
+        np.testing.assert_allclose(gm.means_.numpy(), means_init, rtol=0, atol=1e-14)  # via centred coordinates
+        np.testing.assert_allclose(gm.weights_.numpy(), [len(c) / len(x) for c in clusters], rtol=1e-12)
+        np.testing.assert_allclose(gm.covariances_.numpy(), expected, rtol=1e-10)
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_kmeans_recovers_separated_clusters(self, seed):
+        # Lloyd to convergence: the centres are the blobs' sample means (scikit-learn's
+        # KMeans finds the same), whatever the seeding draws; the weights their shares.
+        x, truth = separated_blobs(seed)
+        gm = initial_fit(torch.tensor(x), 4, random_state=seed)
+        blob_means = np.stack([x[truth == k].mean(0) for k in range(4)])
+        order = ((gm.means_.numpy()[:, None] - blob_means[None]) ** 2).sum(-1).argmin(1)
+        assert sorted(order) == [0, 1, 2, 3]
+        np.testing.assert_allclose(gm.means_.numpy(), blob_means[order], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(gm.weights_.numpy(), np.bincount(truth)[order] / len(x), rtol=1e-12)
+        sk = pytest.importorskip("sklearn.cluster").KMeans(4, n_init=1, random_state=seed).fit(x)
+        np.testing.assert_allclose(np.sort(gm.means_.numpy(), 0), np.sort(sk.cluster_centers_, 0), rtol=0, atol=1e-12)
+
+    def test_kmeans_weighted_batched_equals_repeated_rows(self):
+        # Weight c on a row = c repeated rows, for every problem of a batch.
+        x, _ = separated_blobs(7)
+        counts = np.random.default_rng(8).integers(0, 5, size=(3, len(x)))
+        weighted = GaussianMixture(4, max_iter=0, random_state=0, covariance_type="diag")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            weighted.fit(torch.tensor(np.stack([x] * 3)), sample_weight=torch.tensor(counts, dtype=torch.float64))
+        for i in range(3):
+            alone = initial_fit(torch.tensor(np.repeat(x, counts[i], axis=0)), 4, random_state=i, covariance_type="diag")
+            mine, theirs = np.lexsort(weighted.means_[i].numpy().T), np.lexsort(alone.means_.numpy().T)
+            for name in ("means_", "weights_", "covariances_"):
+                np.testing.assert_allclose(
+                    getattr(weighted, name)[i].numpy()[mine], getattr(alone, name).numpy()[theirs],
+                    rtol=1e-10, atol=1e-12, err_msg=name,
+                )
+
+    @pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])
+    def test_one_sample_per_component(self, init_params):
+        # As scikit-learn's: component k starts as one sample, covariance reg_covar, and
+        # (torchgmm) weight 1/K; scikit-learn's own start has the same covariances.
+        x, _ = separated_blobs(9)
+        gm = initial_fit(torch.tensor(x), 4, init_params=init_params, random_state=0)
+        sk = sklearn_mixture.GaussianMixture(4, init_params=init_params, max_iter=0, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk.fit(x)
+        rows = rows_of(x, gm.means_)  # each mean is a row of x
+        assert len(set(rows)) == 4
+        # E[xx'] - mu mu' of one sample is 0 up to rounding of x^2 ~ 400 (module docstring).
+        np.testing.assert_allclose(gm.covariances_.numpy(), sk.covariances_, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(gm.covariances_.numpy(), np.stack([1e-6 * np.eye(2)] * 4), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(gm.weights_.numpy(), np.full(4, 0.25), rtol=1e-14)
+        # With weights: a seed still counts as one row, and weight-0 rows are never drawn.
+        w = np.random.default_rng(10).integers(0, 3, len(x)).astype(float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for seed in range(10):
+                gw = GaussianMixture(4, init_params=init_params, max_iter=0, random_state=seed).fit(
+                    torch.tensor(x), sample_weight=torch.tensor(w)
+                )
+                rows = rows_of(x, gw.means_)
+                assert (w[rows] > 0).all()
+                np.testing.assert_allclose(gw.weights_.numpy(), np.full(4, 0.25), rtol=1e-14)
+
+    def test_kmeans_plusplus_spreads_the_seeds(self):
+        # scikit-learn's greedy k-means++ (2 + log K candidates per seed) puts one seed in
+        # each of K far-apart blobs; uniform draws (random_from_data) often do not.
+        x, truth = separated_blobs(11, sizes=(200, 200, 200, 200), spacing=1000.0)
+        blobs_hit = {}
+        for init_params in ("k-means++", "random_from_data"):
+            hits = []
+            for seed in range(20):
+                gm = initial_fit(torch.tensor(x), 4, init_params=init_params, random_state=seed)
+                rows = rows_of(x, gm.means_)
+                hits.append(len(set(truth[rows])))
+            blobs_hit[init_params] = hits
+        assert blobs_hit["k-means++"] == [4] * 20
+        assert min(blobs_hit["random_from_data"]) < 4
+
+    def test_random_from_data_needs_k_positive_weights(self):
+        w = torch.zeros(20, dtype=torch.float64)
+        w[:2] = 1
+        with pytest.raises(ValueError, match="draws n_components=3 distinct samples.*problems \\[0\\]"):
+            GaussianMixture(3, init_params="random_from_data").fit(torch.randn(20, 2, dtype=torch.float64), sample_weight=w)
+
+
 class TestDegenerateData:
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -257,7 +611,7 @@ class TestDegenerateData:
 
     def test_more_components_than_distinct_values(self):
         x = torch.tensor([0.0, 0.0, 200.0, 200.0, 200.0, 255.0] * 10)[:, None]
-        for init in ["range", "kmeans++", "random"]:
+        for init in ["kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++"]:
             fit = fit_gaussian_mixture(x, 5, init_params=init, max_iter=50, generator=torch.Generator().manual_seed(0))
             for value in fit[:5]:
                 assert torch.isfinite(value).all(), init

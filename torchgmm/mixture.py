@@ -71,9 +71,9 @@ __all__ = [
 ]
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
-InitMethod = Literal["range", "kmeans++", "k-means++", "random"]
+InitMethod = Literal["kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-INIT_METHODS = ("range", "kmeans++", "k-means++", "random")
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++")
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -91,6 +91,10 @@ class GaussianMixtureFit(NamedTuple):
     lower_bound: Tensor  #: (B,) weighted mean log-likelihood at the last E-step
     n_iter: Tensor  #: (B,) int64 EM iterations run per problem
     converged: Tensor  #: (B,) bool
+    #: (B, T) the lower bound after each iteration, T = the most iterations any problem ran;
+    #: NaN after a problem stopped (scikit-learn's ``lower_bounds_``). None where a fit was
+    #: rebuilt from stored parameters.
+    lower_bounds: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -132,8 +136,14 @@ def _batched_data(
         x = x.to(dtype)
     if x.ndim == 2:
         x = x.unsqueeze(0)
+    return x, _batched_weight(sample_weight, x, check_values=check_values)
+
+
+def _batched_weight(sample_weight: Tensor | None, x: Tensor, *, check_values: bool = True) -> Tensor | None:
+    """Validate ``sample_weight`` (B, N) or (N,) against batched ``x`` (B, N, D); return it
+    batched, on x's device and in x's dtype."""
     if sample_weight is None:
-        return x, None
+        return None
     check_tensor(sample_weight, "sample_weight")
     if sample_weight.ndim == 1:
         sample_weight = sample_weight.unsqueeze(0)
@@ -152,7 +162,7 @@ def _batched_data(
                 "`sample_weight` sums to zero for at least one problem; every problem needs "
                 "some positive weight."
             )
-    return x, sample_weight
+    return sample_weight
 
 
 def _batched_init(value: Tensor | None, name: str, ndim: int, x: Tensor) -> Tensor | None:
@@ -473,39 +483,128 @@ def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
     return (cross + (x * x).sum(-1, keepdim=True)).clamp_min(0)
 
 
-def _kmeans_resp(
-    x: Tensor, sample_weight: Tensor | None, k: int, generator: torch.Generator | None, n_lloyd: int = 10
+def _kmeans_plusplus(
+    x: Tensor, w: Tensor, k: int, generator: torch.Generator | None, n_local_trials: int
 ) -> Tensor:
-    """Hard responsibilities (B, K, N) from k-means++ seeding plus a few Lloyd iterations."""
+    """k-means++ seeds: indices (B, K) into the N samples.
+
+    The first seed is drawn with probability proportional to the weight ``w`` (B, N), each
+    next one proportional to ``w * D(x)^2``, D the distance to the nearest seed so far
+    (Arthur & Vassilvitskii 2007). With ``n_local_trials`` L > 1 this is scikit-learn's
+    greedy variant (``_kmeans_plusplus``): L candidates are drawn and the one that most
+    lowers the potential ``sum_n w_n D(x_n)^2`` is kept; scikit-learn uses L = 2 + log K.
+    Weight c on a sample draws it as c repeated rows would be drawn.
+    """
     b, n, d = x.shape
-    w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
     rows = torch.arange(b, device=x.device)
-    centres = x.new_empty(b, k, d)
     first = torch.multinomial(w, 1, generator=generator).squeeze(1)
-    centres[:, 0] = x[rows, first]
-    closest = ((x - centres[:, :1]) ** 2).sum(-1)  # (B, N)
-    for j in range(1, k):  # K is small; the loop is over components, never samples
+    picks = [first]
+    closest = ((x - x[rows, first].unsqueeze(1)) ** 2).sum(-1)  # (B, N)
+    for _ in range(1, k):  # K is small; the loop is over components, never samples
         score = w * closest
         # All remaining mass at distance 0 (fewer distinct points than K): fall back to w.
         score = torch.where(score.sum(1, keepdim=True) > 0, score, w)
-        pick = torch.multinomial(score, 1, generator=generator).squeeze(1)
-        centres[:, j] = x[rows, pick]
-        closest = torch.minimum(closest, ((x - centres[:, j : j + 1]) ** 2).sum(-1))
-    for _ in range(n_lloyd):
-        resp = nn.functional.one_hot(_squared_distances(x, centres).argmin(-1), k).to(x.dtype)
+        if n_local_trials == 1:
+            pick = torch.multinomial(score, 1, generator=generator).squeeze(1)
+            closest = torch.minimum(closest, ((x - x[rows, pick].unsqueeze(1)) ** 2).sum(-1))
+        else:
+            candidates = torch.multinomial(score, n_local_trials, replacement=True, generator=generator)
+            points = x.gather(1, candidates.unsqueeze(-1).expand(b, n_local_trials, d))  # (B, L, D)
+            # min(D(x)^2, |x - candidate|^2) for every candidate: (B, L, N)
+            trial = torch.minimum(closest.unsqueeze(1), _squared_distances(x, points).mT)
+            best = (trial * w.unsqueeze(1)).sum(-1).argmin(-1)  # lowest potential, (B,)
+            pick = candidates[rows, best]
+            closest = trial[rows, best]
+        picks.append(pick)
+    return torch.stack(picks, 1)
+
+
+def _lloyd(
+    x: Tensor, w: Tensor, centres: Tensor, max_iter: int, tol: Tensor | None, check_every: int = 4
+) -> Tensor:
+    """Lloyd's k-means iterations from ``centres`` (B, K, D); the final labels (B, N).
+
+    Each iteration labels every sample with its nearest centre and moves each centre to the
+    weighted mean of its samples (a centre with no samples stays). With ``tol`` (B,) a
+    problem stops as scikit-learn's ``_kmeans_single_lloyd`` does: when the labels did not
+    change (strict convergence), or when the squared centre shift ``sum_k |c_k' - c_k|^2``
+    is at most ``tol``; the labels returned are those of the final centres. Without ``tol``
+    it runs exactly ``max_iter`` iterations and never syncs with the host.
+    """
+    b, k = centres.shape[:2]
+    done = torch.zeros(b, dtype=torch.bool, device=x.device)
+    previous: Tensor | None = None
+    for iteration in range(max_iter):
+        labels = _squared_distances(x, centres).argmin(-1)
+        resp = nn.functional.one_hot(labels, k).to(x.dtype)  # (B, N, K)
         mass = torch.bmm(resp.mT, w.unsqueeze(-1))  # (B, K, 1)
         sums = torch.bmm(resp.mT, w.unsqueeze(-1) * x)
-        centres = torch.where(mass > 0, sums / mass.clamp_min(torch.finfo(x.dtype).tiny), centres)
-    return nn.functional.one_hot(_squared_distances(x, centres).argmin(-1), k).to(x.dtype).mT
+        moved = torch.where(mass > 0, sums / mass.clamp_min(torch.finfo(x.dtype).tiny), centres)
+        if tol is None:
+            centres = moved
+            continue
+        shift = ((moved - centres) ** 2).sum((1, 2))
+        centres = torch.where(done[:, None, None], centres, moved)
+        stop = shift <= tol
+        if previous is not None:
+            stop = stop | (labels == previous).all(1)
+        done = done | stop
+        previous = labels
+        if (iteration + 1) % check_every == 0 and bool(done.all()):
+            break
+    return _squared_distances(x, centres).argmin(-1)
+
+
+def _seed_resp(w: Tensor, seeds: Tensor, sample_weight: Tensor | None) -> Tensor:
+    """Responsibilities (B, K, N) that make component k the single sample ``seeds[:, k]``.
+
+    As scikit-learn's ``k-means++`` and ``random_from_data`` inits: mean = the sample,
+    covariance = ``reg_covar``. The one-hot entry is 1 / weight so that the seed counts as
+    one row, as it does among repeated rows (initial weights 1/K, whatever its weight).
+    """
+    b, n = w.shape
+    resp = w.new_zeros(b, seeds.shape[1], n)
+    value = torch.ones_like(seeds, dtype=w.dtype) if sample_weight is None else 1 / w.gather(1, seeds)
+    return resp.scatter_(2, seeds.unsqueeze(-1), value.unsqueeze(-1))
 
 
 def _initial_resp(
     x: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: torch.Generator | None
 ) -> Tensor:
+    """Responsibilities (B, K, N) to start EM from (``init_params`` in fit_gaussian_mixture)."""
     if init_params == "range":
         return _range_resp(x, sample_weight, k)
-    if init_params in ("kmeans++", "k-means++"):
-        return _kmeans_resp(x, sample_weight, k, generator)
+    w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
+    if init_params == "kmeans":
+        # scikit-learn's: KMeans(n_clusters=K, n_init=1), i.e. greedy k-means++ seeds, then
+        # Lloyd to convergence (max_iter=300, tol=1e-4 times the mean per-feature variance;
+        # x is centred on its weighted mean, so that variance is mean(w x^2) / mean(w)).
+        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=2 + int(math.log(k)))
+        centres = x.gather(1, seeds.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        variance = (w.unsqueeze(-1) * x * x).sum(1) / w.sum(1, keepdim=True)  # (B, D)
+        labels = _lloyd(x, w, centres, max_iter=300, tol=1e-4 * variance.mean(-1))
+        return nn.functional.one_hot(labels, k).to(x.dtype).mT
+    if init_params == "kmeans++":
+        # torchgmm's own: plain k-means++ seeds and 10 Lloyd iterations, with no host sync.
+        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=1)
+        centres = x.gather(1, seeds.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        labels = _lloyd(x, w, centres, max_iter=10, tol=None)
+        return nn.functional.one_hot(labels, k).to(x.dtype).mT
+    if init_params == "k-means++":
+        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=2 + int(math.log(k)))
+        return _seed_resp(w, seeds, sample_weight)
+    if init_params == "random_from_data":
+        # K distinct samples, uniformly for unweighted data as scikit-learn; with weights,
+        # each next draw proportional to the weight among the samples not yet drawn.
+        short = (w > 0).sum(1) < k
+        if bool(short.any()):
+            raise ValueError(
+                f"init_params='random_from_data' draws n_components={k} distinct samples, but "
+                f"problems {torch.nonzero(short).flatten().tolist()[:10]} have fewer samples of "
+                f"positive weight; use another `init_params`."
+            )
+        seeds = torch.multinomial(w, k, replacement=False, generator=generator)
+        return _seed_resp(w, seeds, sample_weight)
     resp = torch.rand(x.shape[0], x.shape[1], k, generator=generator, device=x.device, dtype=x.dtype)
     return (resp / resp.sum(-1, keepdim=True)).mT
 
@@ -580,7 +679,7 @@ def fit_gaussian_mixture(
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
     max_iter: int = 100,
-    init_params: InitMethod = "kmeans++",
+    init_params: InitMethod = "kmeans",
     weights_init: Tensor | None = None,
     means_init: Tensor | None = None,
     precisions_init: Tensor | None = None,
@@ -609,22 +708,37 @@ def fit_gaussian_mixture(
             ``tol=0`` runs exactly ``max_iter`` iterations.
         reg_covar: added to the covariance diagonals (variance floor).
         max_iter: maximum EM iterations.
-        init_params: ``"range"`` (cut [min, max] into K equal intervals, along the first
-            principal axis when D > 1, oriented so that its largest-magnitude coordinate is
-            positive (the same intervals on every device), and take each interval's weighted
-            mean, variance and share), ``"kmeans++"`` (k-means++ seeding plus a few Lloyd iterations) or
-            ``"random"`` responsibilities.
+        init_params: how the starting responsibilities are made. scikit-learn's names
+            mean scikit-learn's algorithms (with torch's random draws, so not its numbers):
+            ``"kmeans"`` (default: greedy k-means++ seeds, then Lloyd iterations until the
+            labels stop changing or the centres move less than scikit-learn's ``KMeans``
+            tolerance, at most 300; hard labels), ``"k-means++"`` (the greedy k-means++
+            seeds alone: component k is one sample, covariance ``reg_covar``),
+            ``"random_from_data"`` (K distinct samples drawn at random, likewise) and
+            ``"random"`` (uniform random responsibilities, normalised). torchgmm's own:
+            ``"range"`` (cut [min, max] into K equal intervals, along the first principal
+            axis when D > 1, oriented so that its largest-magnitude coordinate is positive
+            (the same intervals on every device), and take each interval's weighted mean,
+            variance and share; deterministic) and ``"kmeans++"`` (plain k-means++ seeds and
+            exactly 10 Lloyd iterations, no host sync). Weights draw samples as repeated
+            rows would be drawn; a one-sample component counts as one row whatever its weight.
         weights_init, means_init, precisions_init: explicit starting parameters,
             ``(B, K)``/``(K,)``, ``(B, K, D)``/``(K, D)`` and precisions (not their
             Cholesky factors) shaped like the covariances, with or without the B dim.
-            Anything not given comes from ``init_params``, as in scikit-learn. As there,
-            weights must be non-negative and sum to 1, and precisions must be symmetric
-            positive definite (full/tied) or positive (diag/spherical).
+            Anything not given comes from ``init_params`` exactly as in scikit-learn's
+            ``_initialize``: weights, means and covariances are computed from the
+            ``init_params`` responsibilities, then the given ones replace theirs. So with
+            ``means_init`` alone, component k gets ``means_init[k]`` but the weight and
+            covariance (about its own mean) of the k-th k-means cluster, whose numbering is
+            random. As there, weights must be non-negative and sum to 1, and precisions must
+            be symmetric positive definite (full/tied) or positive (diag/spherical).
         generator: ``torch.Generator`` on x's device, for reproducible seeding.
         check_every: host syncs for the stopping test happen every this many iterations.
 
     Returns:
-        :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input).
+        :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input);
+        ``lower_bounds`` ``(B, T)`` holds the bound after each iteration, NaN after a problem
+        stopped (T = the most iterations any problem ran).
 
     Raises:
         ValueError: bad shapes, NaN/inf in the data, data too spread out for the dtype,
@@ -705,6 +819,11 @@ def fit_gaussian_mixture(
     # than B times the slowest one's.
     rows: Tensor | None = None
     results: list[Tensor] | None = None
+    # Per-iteration bounds of the working set, NaN for problems that had stopped; flushed to
+    # (rows, first iteration, (b, T) block) pieces whenever the working set shrinks.
+    bounds: list[Tensor] = []
+    pieces: list[tuple[Tensor | None, int, Tensor]] = []
+    start = 0
     for iteration in range(max_iter):
         # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
         coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
@@ -729,6 +848,7 @@ def fit_gaussian_mixture(
         overflowed = overflowed | (active & ~torch.isfinite(new_bound))
         change = new_bound - lower_bound
         lower_bound = torch.where(active, new_bound, lower_bound)
+        bounds.append(torch.where(active, new_bound, math.nan))
         n_iter = n_iter + active.long()
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
@@ -740,6 +860,8 @@ def fit_gaussian_mixture(
             if n_active <= active.numel() // 2:
                 state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
                 results = _store(results, rows, state)
+                pieces.append((rows, start, torch.stack(bounds, 1)))
+                bounds, start = [], iteration + 1
                 keep = torch.nonzero(active).squeeze(1)
                 rows = keep if rows is None else rows[keep]
                 weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
@@ -749,7 +871,18 @@ def fit_gaussian_mixture(
                     sample_weight, weight_total = sample_weight[keep], weight_total[keep]
     state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
     weights, means, cov, prec_chol, lower_bound, n_iter, converged = _store(results, rows, state)
-    return GaussianMixtureFit(weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged)
+    if bounds:
+        pieces.append((rows, start, torch.stack(bounds, 1)))
+    lower_bounds = x.new_full((b, int(n_iter.max()) if max_iter else 0), math.nan)
+    for piece_rows, first, block in pieces:
+        block = block[:, : lower_bounds.shape[1] - first]  # iterations run after every problem stopped
+        if piece_rows is None:
+            lower_bounds[:, first : first + block.shape[1]] = block
+        else:
+            lower_bounds[piece_rows, first : first + block.shape[1]] = block
+    return GaussianMixtureFit(
+        weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged, lower_bounds
+    )
 
 
 def _store(results: list[Tensor] | None, rows: Tensor | None, state: tuple[Tensor, ...]) -> list[Tensor]:
@@ -829,6 +962,29 @@ class GaussianMixture(nn.Module):
     scikit-learn's ``n_init`` (best of several initialisations) is not offered: fit a batch
     ``(B, N, D)`` of copies with different ``means_init`` and keep the best ``lower_bound_``.
 
+    Agreement with scikit-learn. Given ``weights_init``, ``means_init`` and
+    ``precisions_init``, a float64 fit equals scikit-learn's to ~1e-14 (parameters,
+    ``lower_bound_``, ``lower_bounds_``, ``n_iter_``). Whatever is not given comes from
+    ``init_params``, computed as scikit-learn computes it but from torch's random draws, which
+    cannot reproduce numpy's: so is every result that depends on them. How much that is,
+    scikit-learn shows itself: with ``means_init`` alone (the missing weights and covariances
+    come from a k-means partition whose cluster numbering is random, see
+    :func:`fit_gaussian_mixture`), its own fits of three 3-D blobs differ between
+    ``random_state`` values by up to 5e-5 in the means and by 2 in ``n_iter_``; where
+    torchgmm's k-means numbers the clusters as a scikit-learn run's does, the fits agree to
+    ~1e-14. Known differences in the inits: ``"kmeans"`` leaves an empty cluster's centre
+    where it was (scikit-learn moves it to a far sample; only with duplicate points or
+    unlucky seeds); after ``"k-means++"`` and ``"random_from_data"`` the starting weights
+    are 1/K, where scikit-learn leaves 1/N (unnormalised: its first ``lower_bounds_`` entry
+    is log(N/K) lower, so it cannot stop after the second iteration; the M-step normalises).
+
+    Fitted attributes (scikit-learn's names; the B dim only for a batched fit):
+    ``weights_`` (B, K), ``means_`` (B, K, D), ``covariances_``, ``precisions_cholesky_``
+    and ``precisions_`` (shapes in the module docstring), ``lower_bound_`` (B,),
+    ``lower_bounds_`` (the bound after each iteration: ``(n_iter_,)``, or ``(B, T)``
+    NaN-padded after each problem stopped), ``n_iter_`` and ``converged_`` (B,), and
+    ``n_features_in_`` (D, an int).
+
     Shape:
         - x: ``(N, D)`` or ``(B, N, D)``; sample_weight ``(N,)`` or ``(B, N)``.
         - forward / predict_proba: ``(N, K)`` or ``(B, N, K)``.
@@ -851,6 +1007,7 @@ class GaussianMixture(nn.Module):
     lower_bound_: Tensor  #: () or (B,)
     n_iter_: Tensor  #: () or (B,) int64
     converged_: Tensor  #: () or (B,) bool
+    lower_bounds_: Tensor  #: (n_iter_,) or (B, max n_iter_), NaN after a problem stopped
 
     def __init__(
         self,
@@ -860,7 +1017,7 @@ class GaussianMixture(nn.Module):
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
-        init_params: InitMethod = "kmeans++",
+        init_params: InitMethod = "kmeans",
         weights_init: Tensor | None = None,
         means_init: Tensor | None = None,
         precisions_init: Tensor | None = None,
@@ -883,6 +1040,10 @@ class GaussianMixture(nn.Module):
         self.fit_dtype = dtype
         for name in _FITTED_BUFFERS:
             self.register_buffer(name, torch.empty(0))
+        # The lower bound after every EM iteration of the last fit: a record of that run, not
+        # needed to predict or to resume, so it stays out of state_dict (checkpoints written
+        # before it existed load unchanged) and load_state_dict empties it.
+        self.register_buffer("lower_bounds_", torch.empty(0), persistent=False)
 
     # -- fitting ---------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -923,6 +1084,7 @@ class GaussianMixture(nn.Module):
         unbatch = x.ndim == 2
         for name, value in zip(_FITTED_BUFFERS, fit):
             setattr(self, name, value[0] if unbatch else value)
+        self.lower_bounds_ = fit.lower_bounds[0] if unbatch else fit.lower_bounds
         if not bool(fit.converged.all()):
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations for "
@@ -941,6 +1103,34 @@ class GaussianMixture(nn.Module):
     @property
     def is_fitted(self) -> bool:
         return self.means_.numel() > 0
+
+    @property
+    def precisions_(self) -> Tensor:
+        """Precision matrices (inverse covariances), scikit-learn's ``precisions_``.
+
+        Computed from the stored Cholesky factors as scikit-learn does, ``P = L L'`` for
+        ``full`` ``(K, D, D)`` and ``tied`` ``(D, D)``, ``L^2`` for ``diag`` ``(K, D)`` and
+        ``spherical`` ``(K,)``; a leading B for a batched fit; empty before ``fit``. Derived,
+        not stored, so it always agrees with the buffers (also after ``load_state_dict``).
+
+        Example:
+            >>> gm = GaussianMixture(1, covariance_type="diag").fit(torch.tensor([[0.0], [2.0]]))
+            >>> gm.precisions_  # 1 / (variance 1 + reg_covar 1e-6)
+            tensor([[1.0000]])
+        """
+        if not self.is_fitted:
+            return self.precisions_cholesky_
+        return _precision_matrices(self.precisions_cholesky_, self.covariance_type)
+
+    @property
+    def n_features_in_(self) -> int:
+        """D, the number of features seen by ``fit`` (scikit-learn's ``n_features_in_``).
+
+        Like scikit-learn's, it does not exist before ``fit``: ``hasattr`` is false.
+        """
+        if not self.is_fitted:
+            raise AttributeError("n_features_in_")  # nn.Module.__getattr__ words the error
+        return int(self.means_.shape[-1])
 
     def _params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         """Batched (x, weights, means, precisions_cholesky) and whether to unbatch results."""
@@ -1010,13 +1200,41 @@ class GaussianMixture(nn.Module):
         _, log_likelihood, unbatch = self._log_resp(x)
         return log_likelihood[0] if unbatch else log_likelihood
 
-    def score(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        """(Weighted) mean log-likelihood: a 0-d tensor, or ``(B,)`` for batched input."""
-        log_likelihood = self.score_samples(x)
+    def _total_log_likelihood(self, x: Tensor, sample_weight: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+        """(Weighted) sum of the log-likelihoods and the sample size, both ``(B,)``.
+
+        The sample size is the total weight: weight c on a row counts as c rows, as in the
+        fit (its ``lower_bound_`` is the weighted mean log-likelihood), so every criterion
+        below equals scikit-learn's on the rows repeated by integer weights.
+        """
+        _, log_likelihood, unbatch = self._log_resp(x)
+        # (B, N, 1) stands for x: the weights are checked against its (B, N).
+        sample_weight = _batched_weight(sample_weight, log_likelihood.unsqueeze(-1))
         if sample_weight is None:
-            return log_likelihood.mean(-1)
-        sample_weight = sample_weight.to(log_likelihood)
-        return (log_likelihood * sample_weight).sum(-1) / sample_weight.sum(-1)
+            n = log_likelihood.new_full(log_likelihood.shape[:1], log_likelihood.shape[1])
+            return log_likelihood.sum(-1), n, unbatch
+        return (log_likelihood * sample_weight).sum(-1), sample_weight.sum(-1), unbatch
+
+    def score(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Mean log-likelihood, weighted by ``sample_weight`` if given.
+
+        Args:
+            x: ``(N, D)`` or ``(B, N, D)``.
+            sample_weight: ``(N,)`` or ``(B, N)`` non-negative weights; weight c equals
+                repeating the row c times: ``sum_n w_n log p(x_n) / sum_n w_n``.
+
+        Returns:
+            A 0-d tensor, or ``(B,)`` for batched input, in the model's dtype.
+
+        Example:
+            >>> gm = GaussianMixture(1).fit(torch.tensor([[0.0], [2.0]]))  # N(1, 1)
+            >>> x, w = torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 1.0])
+            >>> gm.score(x, w), gm.score(torch.tensor([[1.0], [1.0], [1.0], [2.0]]))
+            (tensor(-1.0439), tensor(-1.0439))
+        """
+        total, n, unbatch = self._total_log_likelihood(x, sample_weight)
+        mean = total / n
+        return mean[0] if unbatch else mean
 
     def _n_parameters(self) -> int:
         k, d = self.n_components, self.means_.shape[-1]
@@ -1028,15 +1246,29 @@ class GaussianMixture(nn.Module):
         }[self.covariance_type]
         return covariance + k * d + k - 1
 
-    def bic(self, x: Tensor) -> Tensor:
-        """Bayesian information criterion on ``x`` (lower is better)."""
-        n = x.shape[-2]
-        return -2 * self.score(x) * n + self._n_parameters() * math.log(n)
+    def bic(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Bayesian information criterion on ``x`` (lower is better).
 
-    def aic(self, x: Tensor) -> Tensor:
-        """Akaike information criterion on ``x`` (lower is better)."""
-        n = x.shape[-2]
-        return -2 * self.score(x) * n + 2 * self._n_parameters()
+        ``-2 log L + p log n`` with ``log L = sum_n w_n log p(x_n)`` and the sample size
+        ``n = sum_n w_n`` (the number of rows without weights), so a histogram's counts give
+        the BIC of the pixels. Shapes as in :meth:`score`.
+
+        Example:
+            >>> gm = GaussianMixture(1).fit(torch.tensor([[0.0], [2.0]]))  # p = 2 parameters
+            >>> x, w = torch.tensor([[1.0], [2.0]]), torch.tensor([3.0, 1.0])
+            >>> gm.bic(x, w), gm.bic(torch.tensor([[1.0], [1.0], [1.0], [2.0]]))
+            (tensor(11.1241), tensor(11.1241))
+        """
+        total, n, unbatch = self._total_log_likelihood(x, sample_weight)
+        bic = -2 * total + self._n_parameters() * n.log()
+        return bic[0] if unbatch else bic
+
+    def aic(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """Akaike information criterion on ``x`` (lower is better): ``-2 log L + 2 p``,
+        with ``log L`` weighted as in :meth:`bic`. Shapes as in :meth:`score`."""
+        total, _, unbatch = self._total_log_likelihood(x, sample_weight)
+        aic = -2 * total + 2 * self._n_parameters()
+        return aic[0] if unbatch else aic
 
     def sample(self, n_samples: int = 1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw samples from the fitted mixture.
@@ -1129,6 +1361,7 @@ class GaussianMixture(nn.Module):
             # left as it was.
             error_msgs.append(mismatch)
             return
+        self._buffers["lower_bounds_"] = self.lower_bounds_.new_empty(0)  # not this state's run
         # Fitted buffers are shaped by the data: give each the incoming shape first so a
         # fresh (unfitted) module can load a fitted state.
         for name in _FITTED_BUFFERS:
