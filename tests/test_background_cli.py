@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +86,10 @@ def test_end_to_end_outputs(clip, cli_run, capsys):
     assert summary["settings"] == {"n_components": 3, "learning_rate": 0.005, "background_ratio": 0.7,
                                    "compile": False}
     assert summary["mask"] == str(out / "mask.mp4") and (summary["width"], summary["height"]) == (W, H)
+    # without --start/--end/--step/--size: every frame, at the source's size and rate
+    assert (summary["start"], summary["end"], summary["step"], summary["size"]) == (None, None, 1, None)
+    assert summary["source_frames"] == {"first": 0, "last": T - 1} and summary["output_fps"] == pytest.approx(25)
+    assert (summary["source_width"], summary["source_height"]) == (W, H)
 
 
 def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
@@ -289,6 +295,253 @@ def test_console_script_subprocess(clip, tmp_path):
     recall, precision = recall_precision(masks, clip["truth"])
     assert recall > MIN_RECALL and precision > MIN_PRECISION, (recall, precision)
     assert decode_image_file(out / "street" / "background.png").shape == (1, H, W)
+
+
+# ----------------------------------------------------------------------------------------
+# torchgmm background --start / --end / --step / --size
+# ----------------------------------------------------------------------------------------
+def model_masks(path: Path, **selection) -> torch.Tensor:
+    """The reference: VideoReader with ``selection`` (start/end/step/size), then the model over
+    exactly those frames through the Python API."""
+    from torchgmm.background import BackgroundSubtractorMOG
+
+    with VideoReader(path, batch_size=1000, **selection) as reader:
+        (frames,) = list(reader)
+    return BackgroundSubtractorMOG(compile=False).process(frames)
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "options,selection,first,last",
+    [
+        (["--start", "5", "--end", "2s", "--step", "3"], dict(start=5, end=2.0, step=3), 5, 47),  # 2 s: frame 50
+        (["--start", "0.5s", "--step", "4"], dict(start=0.5, step=4), 13, 69),  # 0.5 s: 12.5 -> frame 13
+        (["--end", "31"], dict(end=31), 0, 30),
+    ],
+)
+def test_selection_masks_equal_the_model_over_those_frames(clip, tmp_path, options, selection, first, last):
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), "--overlay", *options, *FAST]) == 0
+    step = selection.get("step", 1)
+    n = (last - first) // step + 1
+    masks = read_masks(out / "street" / "mask.mp4")
+    assert masks.shape == (n, 1, H, W)  # one mask per processed frame
+    assert torch.equal(masks, model_masks(clip["path"], **selection))
+    with VideoReader(out / "street" / "mask.mp4") as reader:
+        assert reader.fps == pytest.approx(25 / step)  # as long as the part of the video it covers
+    with VideoReader(out / "street" / "overlay.mp4") as reader:
+        assert reader.fps == pytest.approx(25 / step) and len(list(reader)) == n
+    summary = summary_of(out / "street")
+    assert summary["frames"] == n and summary["source_frames"] == {"first": first, "last": last}
+    given = (summary["start"], summary["end"], summary["step"], summary["size"])
+    assert given == (selection.get("start"), selection.get("end"), step, None)
+    assert summary["output_fps"] == pytest.approx(25 / step) and summary["source_fps"] == pytest.approx(25)
+
+
+def test_size_masks_have_that_size_and_find_the_square(clip, tmp_path):
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), "--size", "40x32", "--overlay", *FAST]) == 0
+    masks = read_masks(out / "street" / "mask.mp4")
+    assert masks.shape == (T, 1, 32, 40)  # W x H = 40 x 32
+    assert torch.equal(masks, model_masks(clip["path"], size=(32, 40)))
+    # the square at the new scale: pixels it covers at least half must be found; a pixel it
+    # reaches at all, or its neighbour (the bilinear filter mixes one pixel further), may be
+    covered = torch.nn.functional.interpolate(clip["truth"].float(), size=(32, 40), mode="area")
+    half = (covered >= 0.5)[SCORED:]
+    near = (torch.nn.functional.max_pool2d(covered, 3, 1, 1) > 0)[SCORED:]
+    found = masks[SCORED:]
+    recall = (found & half).sum().item() / half.sum().item()
+    precision = (found & near).sum().item() / max(found.sum().item(), 1)
+    assert recall > MIN_RECALL and precision > MIN_PRECISION, (recall, precision)
+    with VideoReader(out / "street" / "overlay.mp4") as reader:
+        assert reader.shape == (3, 32, 40) and len(list(reader)) == T  # of the resized frames
+    learned = decode_image_file(out / "street" / "background.png")
+    assert learned.shape == (3, 32, 40)
+    small = torch.nn.functional.interpolate(clip["background"][None].float(), size=(32, 40), mode="area")[0]
+    assert (learned.float() - small).abs().mean() < 2.0
+    summary = summary_of(out / "street")
+    assert (summary["width"], summary["height"], summary["source_width"], summary["source_height"]) == (40, 32, W, H)
+    assert summary["size"] == [32, 40] and summary["frames"] == T
+
+
+def test_image_folder_selection_and_size(clip, tmp_path):
+    # image folders are resized by torch (VideoReader._decode_image), video files by swscale
+    from PIL import Image
+
+    seq = tmp_path / "cam"
+    seq.mkdir()
+    for i, f in enumerate(clip["frames"][:30]):
+        Image.fromarray(f.permute(1, 2, 0).numpy()).save(seq / f"in{i + 1:06d}.png")
+    out = tmp_path / "out"
+    argv = ["background", str(seq), "--out", str(out), "--start", "4", "--step", "2", "--size", "40x32",
+            "--mask-format", "png", *FAST]
+    assert main(argv) == 0
+    masks = read_masks(out / "cam" / "mask")
+    assert masks.shape == (13, 1, 32, 40)  # frames 4, 6, ..., 28
+    assert torch.equal(masks, model_masks(seq, start=4, step=2, size=(32, 40)))
+    assert summary_of(out / "cam")["source_frames"] == {"first": 4, "last": 28}
+
+
+def test_size_batches_inputs_of_different_sizes(clip, tmp_path):
+    short = write_video(tmp_path / "short.mkv", clip["frames"][:20])  # 80x64
+    small = write_video(tmp_path / "small.mkv", synthetic_clip(20, 48, 64, enter=4, seed=3)[0])  # 64x48
+    out = tmp_path / "out"
+    argv = ["background", str(short), str(small), "--out", str(out), "--batch-streams", "2", *FAST]
+    assert main([*argv, "--size", "45x27", "--mask-format", "mkv"]) == 0  # odd, not proportional
+    for name, path, source in (("short", short, (W, H)), ("small", small, (64, 48))):
+        summary = summary_of(out / name)
+        assert summary["batch_streams"] == 2 and (summary["width"], summary["height"]) == (45, 27)
+        assert (summary["source_width"], summary["source_height"]) == source
+        assert torch.equal(read_masks(out / name / "mask.mkv"), model_masks(path, size=(27, 45)))
+    assert main([*argv, "--out", str(tmp_path / "unresized")]) == 0  # without --size: one batch per size
+    assert [summary_of(tmp_path / "unresized" / name)["batch_streams"] for name in ("short", "small")] == [1, 1]
+
+
+#: source frames 3, 5, ..., 61 (2.5 s is frame 62.5 -> 63, exclusive): 30 frames at 32x40
+SELECTION = {"--start": "3", "--end": "2.5s", "--step": "2", "--size": "40x32"}
+SELECTED = dict(start=3, end=2.5, step=2, size=(32, 40))
+
+
+def selection_argv(**changed) -> list[str]:
+    """SELECTION as options, with ``changed`` ones replaced (``start_="4"``) or left out (None)."""
+    options = {**SELECTION, **{f"--{k.rstrip('_')}": v for k, v in changed.items()}}
+    return [item for key, value in options.items() if value is not None for item in (key, value)]
+
+
+@pytest.fixture(scope="module")
+def selection_run(clip, tmp_path_factory) -> Path:
+    """An uninterrupted run with SELECTION, an overlay and checkpoints (the last one: complete)."""
+    out = tmp_path_factory.mktemp("selection")
+    argv = ["background", str(clip["path"]), "--out", str(out), "--overlay", "--checkpoint", "5", *selection_argv()]
+    assert main([*argv, *FAST]) == 0
+    return out / "street"
+
+
+def test_selection_run_processes_the_selected_frames(clip, selection_run):
+    masks = read_masks(selection_run / "mask.mp4")
+    assert masks.shape == (30, 1, 32, 40)
+    assert torch.equal(masks, model_masks(clip["path"], **SELECTED))
+    summary = summary_of(selection_run)
+    assert summary["source_frames"] == {"first": 3, "last": 61} and summary["output_fps"] == pytest.approx(12.5)
+    ckpt = torch.load(selection_run / "checkpoint.pt", weights_only=True)
+    assert ckpt["selection"] == dict(start=3, end=63, step=2, size=[32, 40]) and ckpt["frames_done"] == 30
+    assert ckpt["size"] == [32, 40] and ckpt["source_size"] == [H, W]
+
+
+def test_checkpoint_interrupt_resume_with_selection(clip, selection_run, tmp_path, monkeypatch, capsys):
+    from torchgmm.background import BackgroundSubtractorMOG
+
+    forward = BackgroundSubtractorMOG.forward
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--overlay", "--checkpoint", "5",
+            *selection_argv(), *FAST]
+    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 18))  # 17 frames done
+    assert main(argv) == 130
+    assert read_masks(tmp_path / "street" / "mask.mp4").shape == (17, 1, 32, 40)
+    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", forward)
+    assert main([*argv, "--resume"]) == 0
+    summary = summary_of(tmp_path / "street")
+    assert summary["resumed_from"] == 17 and summary["frames"] == 30
+    assert summary["source_frames"] == {"first": 3, "last": 61}
+    assert torch.equal(read_masks(tmp_path / "street" / "mask.mp4"), read_masks(selection_run / "mask.mp4"))
+    # the overlay's first frames are rebuilt from the selected, resized frames
+    for name in ("overlay.mp4", "background.png"):
+        assert (tmp_path / "street" / name).read_bytes() == (selection_run / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+def test_checkpoint_sigkill_resume_with_selection(clip, selection_run, tmp_path):
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "5", "--mask-format", "mkv",
+            *selection_argv(), *FAST]
+    _killed_cli_run(argv, MODEL, "forward", 18)  # 17 frames done: the checkpoint is at 14, one behind 15
+    assert read_masks(tmp_path / "street" / "mask.mkv").shape[0] >= 15
+    assert main([*argv, "--resume"]) == 0
+    summary = summary_of(tmp_path / "street")
+    assert summary["resumed_from"] == 14 and summary["frames"] == 30
+    assert torch.equal(read_masks(tmp_path / "street" / "mask.mkv"), read_masks(selection_run / "mask.mp4"))
+
+
+@pytest.mark.parametrize(
+    "changed,reason",
+    [
+        (dict(step="3"), "the step differs"),
+        (dict(start="4"), "the start differs"),
+        (dict(end="62"), "the end differs"),
+        (dict(size="40x30"), "the size differs"),
+        (dict(size=None), "the size differs"),
+        (dict(start=None, end=None, step=None, size=None), "the start and end and step and size differ"),
+    ],
+)
+def test_resume_with_another_selection_refused_before_any_work(clip, selection_run, tmp_path, capsys, changed,
+                                                               reason):
+    out = tmp_path / "out"
+    shutil.copytree(selection_run, out / "street")
+    before = {p.name: p.read_bytes() for p in (out / "street").iterdir()}
+    argv = ["background", str(clip["path"]), "--out", str(out), "--overlay", "--checkpoint", "5", "--resume",
+            *selection_argv(**changed), *FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was made with start=3, end=63, step=2 (source frame indices), size=40x32" in err, err
+    assert reason in err and "Resume with the same --start/--end/--step/--size" in err
+    assert {p.name: p.read_bytes() for p in (out / "street").iterdir()} == before  # nothing was done
+
+
+def test_resume_compares_the_selection_as_frame_indices(clip, selection_run, tmp_path):
+    # 0.12 s is frame 3 and frame 63 is 2.5 s at 25 frames/s: the same frames, so the resume goes on
+    out = tmp_path / "out"
+    shutil.copytree(selection_run, out / "street")
+    argv = ["background", str(clip["path"]), "--out", str(out), "--overlay", "--checkpoint", "5", "--resume",
+            *selection_argv(start="0.12s", end="63"), *FAST]
+    assert main(argv) == 0
+    assert summary_of(out / "street")["resumed_from"] == 30
+    assert torch.equal(read_masks(out / "street" / "mask.mp4"), read_masks(selection_run / "mask.mp4"))
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--step", "0"], r"`step` must be >= 1, got 0"),
+        (["--step", "-2"], r"`step` must be >= 1, got -2"),
+        (["--start", "-3"], r"`start` must be >= 0, got -3"),
+        (["--end=-1s"], r"`end` \(seconds\) must be finite and >= 0, got -1.0"),
+        (["--start", "20", "--end", "20"], r"`end` \(frame 20\) must come after `start` \(frame 20\) for .*street"),
+        (["--start", "1s", "--end", "20"], r"`end` \(frame 20\) must come after `start` \(1 s = frame 25\)"),
+        (["--start", "70"], r"`start` \(frame 70\) is at or after the end of .*street.mp4' \(70 frames"),
+        (["--start", "3s"], r"`start` \(3 s = frame 75\) is at or after the end"),
+        (["--start", "1.5"], r"`--start` must be a frame index \(e.g. 300\) or a time in seconds"),
+        (["--end", "ten"], r"`--end` must be a frame index"),
+        (["--size", "40"], r"`--size` must be WIDTHxHEIGHT in pixels, both >= 1 \(e.g. 640x360\), got '40'"),
+        (["--size", "0x32"], r"`--size` must be WIDTHxHEIGHT"),
+        (["--size", "40x-32"], r"`--size` must be WIDTHxHEIGHT"),
+    ],
+)
+def test_bad_selection_exit_2_before_any_work(clip, tmp_path, capsys, options, message):
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), *options, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err), err
+    assert not out.exists()
+
+
+def test_step_must_be_an_integer(clip, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["background", str(clip["path"]), "--out", str(tmp_path / "out"), "--step", "1.5", *FAST])
+    assert info.value.code == 2 and "--step: invalid int value: '1.5'" in capsys.readouterr().err
+
+
+def test_start_past_an_estimated_end_fails_when_read(clip, tmp_path, capsys):
+    # Matroska announces no frame count: it is estimated from the duration, with some slack, so
+    # a start just past the end is found out when the input is read; well past it, before any work
+    short = write_video(tmp_path / "short.mkv", clip["frames"][:20])
+    out = tmp_path / "out"
+    assert main(["background", str(short), "--out", str(out), "--start", "21", *FAST]) == 1
+    assert "short.mkv' ended before frame 21 (`start`): no frame was processed" in capsys.readouterr().err
+    summary = summary_of(out / "short")
+    assert summary["frames"] == 0 and not summary["complete"] and summary["source_frames"] is None
+    assert main(["background", str(short), "--out", str(tmp_path / "o2"), "--start", "25", *FAST]) == 2
+    assert "is at or after the end of" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 # ----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ MODULES = [
     "torchgmm.postprocess",
     "torchgmm.io.images",
     "torchgmm.io.video",
+    "torchgmm.pipelines",
 ]
 
 

@@ -44,6 +44,10 @@ EAGER = dict(compile=False)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny frames: see conftest
 
 
+#: summary entries that differ between two runs of the same frames (into other folders)
+_RUN_DEPENDENT = ("fps", "seconds", "resumed_from", "output", "mask", "overlay", "background")
+
+
 def run(inputs, out, **kwargs) -> list[dict]:
     """run_background on the CPU, eagerly, quietly (unless told otherwise)."""
     kwargs = {"device": "cpu", "model_options": EAGER, "progress": False, **kwargs}
@@ -283,6 +287,52 @@ class TestRunBackground:
             run([clips["a"]], out, mask_format="gif")
         with pytest.raises(ValueError, match="batch_streams"):
             run([clips["a"]], out, batch_streams=0)
+        assert not out.exists()  # nothing was done
+
+    def test_selection_and_size_resume_exactly(self, clips, tmp_path):
+        # source frames 2, 5, ..., 44 at an odd size; stopped after 6 and resumed (checkpoint at 6)
+        selection = dict(start=2, end=45, step=3, size=(33, 41))
+        kwargs = dict(overlay=True, checkpoint_every=4, **selection)
+        (full,) = run([clips["a"]], tmp_path / "full", **kwargs)
+        with VideoReader(clips["a"], batch_size=100, **selection) as reader:
+            (frames,) = list(reader)
+        assert frames.shape == (15, 3, 33, 41)
+        assert torch.equal(read_masks(full["mask"]), eager_masks(frames))
+        assert full["frames"] == 15 and full["source_frames"] == {"first": 2, "last": 44}
+        (s,) = run([clips["a"]], tmp_path / "cut", stop_after=6, **kwargs)
+        assert s["frames"] == 6 and s["source_frames"] == {"first": 2, "last": 17} and not s["complete"]
+        (s,) = run([clips["a"]], tmp_path / "cut", resume=True, **kwargs)
+        assert s["resumed_from"] == 6 and s["complete"] and s == {**full, **{k: s[k] for k in _RUN_DEPENDENT}}
+        for name in ("mask.mp4", "overlay.mp4", "background.png"):
+            assert (tmp_path / "cut" / "a" / name).read_bytes() == (tmp_path / "full" / "a" / name).read_bytes(), name
+
+    def test_format_1_checkpoint_reads_as_the_whole_input(self, clips, reference, tmp_path):
+        # checkpoints written before the selection existed hold neither it nor the source size
+        kwargs = dict(checkpoint_every=10, mask_format="png")
+        run([clips["a"]], tmp_path, stop_after=20, **kwargs)
+        path = tmp_path / "a" / "checkpoint.pt"
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["format"] == 2 and ckpt["selection"] == dict(start=0, end=None, step=1, size=None)
+        torch.save({**{k: v for k, v in ckpt.items() if k not in ("selection", "source_size")}, "format": 1}, path)
+        with pytest.raises(ValueError, match=r"start=0, end=None, step=1 .* size=as the input; .*the step differs"):
+            run([clips["a"]], tmp_path, resume=True, step=2, **kwargs)
+        (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
+        assert s["resumed_from"] == 20 and torch.equal(read_masks(tmp_path / "a" / "mask"), reference["masks"])
+
+    def test_selection_errors_before_any_work(self, clips, tmp_path):
+        out = tmp_path / "out"
+        for kwargs, error, match in [
+            (dict(step=0), ValueError, r"`step` must be >= 1, got 0"),
+            (dict(step=1.5), TypeError, r"`step` must be an int"),
+            (dict(start="3"), TypeError, r"`start` must be an int \(frame index\) or a float \(seconds\)"),
+            (dict(end=-1), ValueError, r"`end` must be >= 0"),
+            (dict(start=10, end=0.2), ValueError, r"`end` \(0.2 s = frame 5\) must come after `start` \(frame 10\)"),
+            (dict(start=45), ValueError, r"`start` \(frame 45\) is at or after the end of .*b\.mkv' \(about 40"),
+            (dict(size=(0, 8)), ValueError, r"`size\[0\]` must be >= 1"),
+            (dict(size=(8,)), ValueError, r"`size` must be \(H, W\)"),
+        ]:
+            with pytest.raises(error, match=match):
+                run([clips["a"], clips["b"]], out, **kwargs)  # b: 40 frames, a: 50
         assert not out.exists()  # nothing was done
 
     def test_mixed_sizes_are_batched_by_size(self, clips, reference, tmp_path):

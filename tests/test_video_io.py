@@ -17,7 +17,14 @@ import torch
 av = pytest.importorskip("av")
 
 from torchgmm._checks import ShapeError  # noqa: E402
-from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence  # noqa: E402
+from torchgmm.io.video import (  # noqa: E402
+    VideoDecodeError,
+    VideoReader,
+    VideoWriter,
+    list_image_sequence,
+    parse_position,
+    parse_size,
+)
 
 
 def _frames(n: int, h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -110,6 +117,21 @@ class TestVideoReader:
         path, ref = ffv1_video
         # 25 fps: 0.2 s -> frame 5, 0.6 s -> frame 15 (exclusive)
         with VideoReader(path, start=0.2, end=0.6, batch_size=100) as reader:
+            (got,) = list(reader)
+        assert torch.equal(got, ref[5:15])
+
+    def test_resolved_selection(self, ffv1_video):
+        path, _ = ffv1_video
+        with VideoReader(path, start=0.2, end=19, step=3, size=(8, 16)) as reader:
+            assert (reader.start_index, reader.end_index, reader.step) == (5, 19, 3)
+            assert reader.source_size == (17, 33) and (reader.height, reader.width) == (8, 16)
+        with VideoReader(path) as reader:
+            assert (reader.start_index, reader.end_index) == (0, None)
+
+    def test_command_line_positions_read_the_same_frames(self, ffv1_video):
+        # "5" is a frame index, "0.6s" a time: the reader converts them as its int/float arguments
+        path, ref = ffv1_video
+        with VideoReader(path, start=parse_position("5"), end=parse_position("0.6s"), batch_size=100) as reader:
             (got,) = list(reader)
         assert torch.equal(got, ref[5:15])
 
@@ -561,3 +583,33 @@ class TestVideoWriter:
         with VideoReader(tmp_path / "odd.mp4", batch_size=10) as reader:
             (got,) = list(reader)
         assert got.shape == rgb.shape and (got.float() - rgb.float()).abs().mean() < 10
+
+
+class TestCommandLineValues:
+    @pytest.mark.parametrize(
+        "text,value", [("0", 0), ("300", 300), (" 12 ", 12), ("12.5s", 12.5), ("2s", 2.0), (".5s", 0.5), ("-3", -3)]
+    )
+    def test_parse_position(self, text, value):
+        got = parse_position(text)
+        assert got == value and type(got) is type(value)  # int: frame index, float: seconds
+
+    @pytest.mark.parametrize("text", ["", "12.5", "s", "12 frames", "1e3", "3ms", "12.5 sec", "nan s"])
+    def test_parse_position_refuses(self, text):
+        with pytest.raises(ValueError, match=r"`--start` must be a frame index .* seconds with an s suffix"):
+            parse_position(text, "--start")
+
+    def test_negative_position_is_refused_by_the_reader(self, ffv1_video):
+        path, _ = ffv1_video
+        with pytest.raises(ValueError, match=r"`start` must be >= 0, got -3"):
+            VideoReader(path, start=parse_position("-3"))
+        with pytest.raises(ValueError, match=r"`end` \(seconds\) must be finite and >= 0, got -0.5"):
+            VideoReader(path, end=parse_position("-0.5s"))
+
+    @pytest.mark.parametrize("text,value", [("640x360", (360, 640)), ("33X17", (17, 33)), (" 8 x 4 ", (4, 8))])
+    def test_parse_size(self, text, value):
+        assert parse_size(text) == value  # (H, W), as VideoReader's size
+
+    @pytest.mark.parametrize("text", ["640", "640x", "x360", "0x360", "640x0", "-640x360", "640x360x3", "64.5x32"])
+    def test_parse_size_refuses(self, text):
+        with pytest.raises(ValueError, match=r"`--size` must be WIDTHxHEIGHT in pixels, both >= 1"):
+            parse_size(text, "--size")

@@ -151,43 +151,66 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
         description="Model each pixel of static-camera videos as a mixture of K Gaussians "
         "(Stauffer-Grimson) and write, per input into OUT/NAME/: the foreground masks "
         "(mask.mp4, mask.mkv or mask/), the final background image (background.png), "
-        "optionally an overlay, and summary.json. Exit status: 0 when every input was "
-        "processed, 1 when some input failed part-way (its frames before the damage are "
-        "written), 2 on bad arguments or inputs that cannot be opened (nothing is done).",
+        "optionally an overlay, and summary.json. With --start/--end/--step/--size the model "
+        "sees only the selected, resized frames, and every output is of those frames. Exit "
+        "status: 0 when every input was processed, 1 when some input failed part-way (its frames "
+        "before the damage are written), 2 on bad arguments or inputs that cannot be opened "
+        "(nothing is done).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of numbered images")
     p.add_argument("--out", required=True, help="output folder")
     _add_model_options(p)
+    p.add_argument("--start", default=None, metavar="POS",
+                   help="first frame to model: a frame index (300) or a time in seconds (12.5s: the first "
+                   "frame at or after it, at the video's average frame rate; image folders: 25 frames/s); "
+                   "default 0. Earlier frames are decoded and skipped (exact, not a seek)")
+    p.add_argument("--end", default=None, metavar="POS",
+                   help="stop before this frame (index, or seconds as 60s), after --start; default: the end "
+                   "of the video")
+    p.add_argument("--step", type=int, default=1, metavar="N",
+                   help="model every N-th frame from --start (default 1); the masks get one frame per "
+                   "modelled frame, at the video's frame rate / N")
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="resize every frame to exactly W x H pixels before the model (the aspect ratio is "
+                   "not kept; bilinear, averaging when shrinking); masks, overlay and background.png "
+                   "are at this size")
     p.add_argument("--batch-streams", type=int, default=1, metavar="N",
-                   help="process up to N same-size inputs together as one batch (default 1)")
+                   help="process up to N inputs of the same size (after --size: any inputs) together as "
+                   "one batch (default 1)")
     p.add_argument("--mask-format", choices=["mp4", "mkv", "png"], default="mp4",
                    help="lossless H.264 RGB .mp4 (default), FFV1 .mkv, or a PNG sequence")
     p.add_argument("--overlay", action="store_true", help="also write the frames with the foreground tinted red")
     _add_postprocess_options(p)
     p.add_argument("--checkpoint", type=int, default=0, metavar="N",
-                   help="save the model state every N frames and when interrupted, to --resume from, "
-                   "also after a hard kill (kill -9, OOM): every frame is then written as its own "
+                   help="save the model state every N modelled frames and when interrupted, to --resume "
+                   "from, also after a hard kill (kill -9, OOM): every frame is then written as its own "
                    "fragment or cluster and the checkpoint trails the written frames by one")
     p.add_argument("--resume", action="store_true",
-                   help="continue each input from its checkpoint (same settings); the masks equal an "
-                   "uninterrupted run's")
+                   help="continue each input from its checkpoint (same settings, and the same frames: "
+                   "--start/--end/--step/--size); the masks equal an uninterrupted run's")
     p.set_defaults(run=_run_background)
 
 
 def _run_background(args: argparse.Namespace) -> int:
     from torchgmm.background import retain_freed_memory
+    from torchgmm.io.video import parse_position, parse_size
     from torchgmm.pipelines import run_background
 
     settings = _model_settings(args)
     retain_freed_memory()
     _leave_a_core_for_decoding(args.device)
     try:
+        # the spelling only ("12.5s" -> 12.5 seconds); run_background checks the values
+        start = None if args.start is None else parse_position(args.start, "--start")
+        end = None if args.end is None else parse_position(args.end, "--end")
+        size = None if args.size is None else parse_size(args.size, "--size")
         summaries = run_background(
             args.inputs, args.out, n_components=settings.pop("n_components"),
             learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
             model_options=settings, device=args.device, batch_streams=args.batch_streams,
             mask_format=args.mask_format, overlay=args.overlay, checkpoint_every=args.checkpoint,
-            resume=args.resume, gray=args.gray, postprocess=_postprocess_settings(args),
+            resume=args.resume, gray=args.gray, start=start, end=end, step=args.step, size=size,
+            postprocess=_postprocess_settings(args),
             progress=not args.no_progress, raise_errors=False,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import io
 import json
+import numbers
 import os
 import re
 import sys
@@ -97,7 +98,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 OVERLAY_TINT = (255, 0, 0)
 
 _CHECKPOINT = "checkpoint.pt"
-_CHECKPOINT_FORMAT = 1
+#: 2: records the frame selection and the source size (format 1: the whole input, unresized)
+_CHECKPOINT_FORMAT = 2
 _PNG_FRAME = re.compile(r"^(\d{6})\.png$")
 
 
@@ -169,18 +171,40 @@ def _overlay(frames: Tensor, masks: Tensor) -> Tensor:
 
 @dataclasses.dataclass
 class _Job:
-    """One input of :func:`run_background` and everything known about it before work starts."""
+    """One input of :func:`run_background` and everything known about it before work starts.
+
+    The model sees the *processed* frames: the selected source frames ``first``, ``first +
+    step``, ... (before ``end``), resized to ``size``. ``resumed``, checkpoints and the outputs
+    count processed frames; the i-th is source frame ``first + i * step``.
+    """
 
     path: Path
     out: Path
-    height: int
-    width: int
-    frame_count: int
-    fps: float
+    height: int  #: H of the processed frames (``size``, or the source's)
+    width: int  #: W of the processed frames
+    source_height: int
+    source_width: int
+    frame_count: int  #: frames in the whole input (0 when unknown)
+    fps: float  #: the input's frame rate
+    first: int = 0  #: ``start`` as a source frame index
+    end: int | None = None  #: ``end`` as a source frame index (exclusive); None: the input's end
+    step: int = 1
+    size: tuple[int, int] | None = None  #: ``size`` as given, (H, W)
+    selected: int = 0  #: processed frames the input holds (estimated as frame_count is; 0 when unknown)
     count_exact: bool = True  #: frame_count from a header or file listing, not a duration estimate
     input_bytes: int | None = None  #: size of the input file (None for image folders): ties a checkpoint to it
-    start: int = 0  #: frames already done (from a checkpoint)
+    resumed: int = 0  #: processed frames already done (from a checkpoint)
     state: dict | None = None  #: the checkpoint's model state (one stream), when resuming
+
+    def selection(self) -> dict:
+        """The frame selection as source indices (what a checkpoint records and a resume must repeat)."""
+        return dict(start=self.first, end=self.end, step=self.step, size=None if self.size is None else list(self.size))
+
+    def reader(self, gray: bool, *, skip: int = 0, count: int | None = None, **options: Any) -> VideoReader:
+        """A reader of the processed frames from the ``skip``-th on (``count`` of them, or to the end)."""
+        first = self.first + skip * self.step
+        end = self.end if count is None else first + count * self.step
+        return VideoReader(self.path, start=first, end=end, step=self.step, size=self.size, gray=gray, **options)
 
 
 @dataclasses.dataclass
@@ -220,6 +244,18 @@ def _state_settings(settings: dict) -> str:
     return _settings_json({k: v for k, v in settings.items() if k != "compile"})
 
 
+#: the selection of a checkpoint that records none (format 1): every frame at the input's size
+_WHOLE_INPUT = dict(start=0, end=None, step=1, size=None)
+
+
+def _describe_selection(selection: dict) -> str:
+    size = selection.get("size")
+    return (
+        f"start={selection.get('start')}, end={selection.get('end')}, step={selection.get('step')} (source frame "
+        f"indices), size={'as the input' if size is None else f'{size[1]}x{size[0]}'}"
+    )
+
+
 def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postprocess: dict) -> tuple[int, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -237,21 +273,37 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postproc
             f"checkpoint {str(path)!r} was made with post-processing {ckpt.get('postprocess', {})}; this run "
             f"has {postprocess}. Resume with the same post-processing, or run without resuming to start over."
         )
-    if tuple(ckpt.get("size", ())) != (job.height, job.width) or int(state["frames_seen"]) != frames_done:
+    # the same frames, compared as source indices (12.5 s and frame 250 of a 20 frames/s video agree)
+    selection, wanted = ckpt.get("selection", _WHOLE_INPUT), job.selection()
+    selection = selection if isinstance(selection, dict) else {}
+    differ = [key for key in wanted if selection.get(key) != wanted[key]]
+    if differ:
         raise ValueError(
-            f"checkpoint {str(path)!r} does not belong to {str(job.path)!r} ({job.width}x{job.height}); "
-            "run without resuming to start over."
+            f"checkpoint {str(path)!r} was made with {_describe_selection(selection)}; this run has "
+            f"{_describe_selection(wanted)}: the {' and '.join(differ)} {'differ' if len(differ) > 1 else 'differs'}. "
+            "Resume with the same --start/--end/--step/--size, or run without resuming to start over."
+        )
+    source_size = ckpt.get("source_size", ckpt.get("size", ()))  # format 1: processed = source size
+    if (
+        tuple(ckpt.get("size", ())) != (job.height, job.width)
+        or tuple(source_size) != (job.source_height, job.source_width)
+        or int(state["frames_seen"]) != frames_done
+    ):
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not belong to {str(job.path)!r} ({job.source_width}x"
+            f"{job.source_height}); run without resuming to start over."
         )
     stored_count = ckpt.get("frame_count")
     # only a count from the header (or a file listing) binds: one estimated from the duration
     # (e.g. Matroska) is wrong for variable frame rate, and the checkpoint may then be ahead of it
     if job.count_exact and job.frame_count and (
-        frames_done > job.frame_count or (stored_count is not None and stored_count != job.frame_count)
+        frames_done > job.selected or (stored_count is not None and stored_count != job.frame_count)
     ):
         made_for = f" made for an input of {stored_count} frames" if stored_count is not None else ""
+        selected = f" ({job.selected} selected)" if job.selected != job.frame_count else ""
         raise ValueError(
             f"checkpoint {str(path)!r}{made_for} is at frame {frames_done}, but {str(job.path)!r} has "
-            f"{job.frame_count} frames: it belongs to another input. Run without resuming to start over."
+            f"{job.frame_count} frames{selected}: it belongs to another input. Run without resuming to start over."
         )
     stored_bytes = ckpt.get("input_bytes")
     if stored_bytes is not None and job.input_bytes is not None and stored_bytes != job.input_bytes:
@@ -275,7 +327,8 @@ def _save_checkpoint(
     torch.save(
         dict(
             format=_CHECKPOINT_FORMAT, frames_done=frames_done, state=state, settings=_state_settings(settings),
-            gray=gray, size=[job.height, job.width], input=str(job.path), postprocess=postprocess,
+            gray=gray, size=[job.height, job.width], source_size=[job.source_height, job.source_width],
+            selection=job.selection(), input=str(job.path), postprocess=postprocess,
             frame_count=job.frame_count if job.count_exact else None, input_bytes=job.input_bytes,
         ),
         buffer,
@@ -307,13 +360,13 @@ def _clear_png_frames(folder: Path, first: int) -> None:
                 p.unlink()
 
 
-def _check_png_frames(folder: Path, start: int, source: Path) -> None:
-    """The numbered frames ``0 .. start - 1`` of an interrupted PNG run are all there."""
+def _check_png_frames(folder: Path, done: int, source: Path) -> None:
+    """The numbered frames ``0 .. done - 1`` of an interrupted PNG run are all there."""
     present = {int(m.group(1)) for p in folder.iterdir() if (m := _PNG_FRAME.match(p.name))}
-    missing = [i for i in range(start) if i not in present]
+    missing = [i for i in range(done) if i not in present]
     if missing:
         raise FileNotFoundError(
-            f"cannot resume {str(source)!r}: {len(missing)} of the {start} frames the checkpoint has seen are "
+            f"cannot resume {str(source)!r}: {len(missing)} of the {done} frames the checkpoint has seen are "
             f"missing from {str(folder)!r} (first: {missing[0]:06d}.png). Run without resuming to start over."
         )
 
@@ -323,23 +376,22 @@ def _previous_path(path: Path) -> Path:
     return path.with_name(path.stem + ".previous" + path.suffix)
 
 
-def _rebuild_overlay(job: _Job, start: int, gray: bool, masks: Path) -> Iterator[Tensor]:
-    """The first ``start`` overlay frames of ``job``, made again from its input and the
-    interrupted run's lossless masks (a video file): ``(3, H, W)`` uint8 each."""
-    with VideoReader(job.path, end=start, gray=gray, prefetch=0) as frames, \
-            VideoReader(masks, end=start, prefetch=0) as mask_frames:
+def _rebuild_overlay(job: _Job, done: int, gray: bool, masks: Path) -> Iterator[Tensor]:
+    """The first ``done`` overlay frames of ``job``, made again from its (selected, resized)
+    frames and the interrupted run's lossless masks (a video file): ``(3, H, W)`` uint8 each."""
+    with job.reader(gray, count=done, prefetch=0) as frames, VideoReader(masks, end=done, prefetch=0) as mask_frames:
         for frame, mask in zip(frames, mask_frames):
             yield _overlay(frame[None], mask[None, :1] > 127)[0]
 
 
 def _open_writer(
-    path: Path, fps: float, start: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool,
+    path: Path, fps: float, done: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool,
     source: Callable[[], Iterator[Tensor]] | None = None,
 ) -> tuple[VideoWriter, Path | None]:
-    """A writer that already holds the first ``start`` frames of an interrupted run.
+    """A writer that already holds the first ``done`` frames of an interrupted run.
 
-    PNG sequences continue at number ``start``. Video containers cannot be appended to, so the
-    earlier file is renamed ``*.previous*`` and its first ``start`` frames are copied into a
+    PNG sequences continue at number ``done``. Video containers cannot be appended to, so the
+    earlier file is renamed ``*.previous*`` and its first ``done`` frames are copied into a
     new one (``channel``: keep one channel, for masks), or taken from ``source()`` when given
     (a lossy overlay is rebuilt rather than decoded and re-encoded, which would lose quality
     at every resume). ``durable``: see :class:`VideoWriter`.
@@ -350,10 +402,10 @@ def _open_writer(
     run killed during its copy and is copied from again; a fresh run deletes a stale one.
     """
     if mask_format == "png":
-        _clear_png_frames(path, start)
-        return VideoWriter(path, fps=fps, format="png", start_number=start, durable=durable), None
+        _clear_png_frames(path, done)
+        return VideoWriter(path, fps=fps, format="png", start_number=done, durable=durable), None
     previous = _previous_path(path)
-    if not start:
+    if not done:
         previous.unlink(missing_ok=True)
         return VideoWriter(path, fps=fps, lossless=lossless, durable=durable), None
     if not previous.exists():
@@ -366,20 +418,63 @@ def _open_writer(
                 writer.write(frame)
                 copied += 1
         else:
-            with VideoReader(previous, end=start, prefetch=0) as old:
+            with VideoReader(previous, end=done, prefetch=0) as old:
                 for frame in old:
                     writer.write(frame[:1] if channel else frame)
                     copied += 1
-        if copied < start:
+        if copied < done:
             raise ValueError(
                 f"cannot resume: {str(previous)!r} holds {copied} frames but the checkpoint is at frame "
-                f"{start}; run without resuming to start over."
+                f"{done}; run without resuming to start over."
             )
     except BaseException:
         writer.close()
         os.replace(previous, path)  # leave the earlier output as it was
         raise
     return writer, previous
+
+
+def _position_text(value: int | float | None, index: int | None) -> str:
+    """``start``/``end`` as given and as a frame index, for messages: ``12.5 s = frame 312``."""
+    given = f"{value:g} s" if isinstance(value, float) else f"frame {value}"
+    return given if index is None or isinstance(value, int) else f"{given} = frame {index}"
+
+
+def _check_selection(job: _Job, start: int | float | None, end: int | float | None) -> None:
+    """The selection of ``job`` holds a frame (named errors, before any work)."""
+    if job.end is not None and job.end <= job.first:
+        raise ValueError(
+            f"`end` ({_position_text(end, job.end)}) must come after `start` ({_position_text(start or 0, job.first)})"
+            f" for {str(job.path)!r}: no frame would be processed."
+        )
+    # a count estimated from a duration may be a little short (see VideoReader): refuse only beyond its slack;
+    # an input that still ends before `start` fails when it is read (_nothing_selected)
+    slack = 0 if job.count_exact else max(2, int(0.02 * job.frame_count))
+    if job.frame_count and job.first >= job.frame_count + slack:
+        about = "" if job.count_exact else "about "
+        raise ValueError(
+            f"`start` ({_position_text(start, job.first)}) is at or after the end of {str(job.path)!r} "
+            f"({about}{job.frame_count} frames, {job.frame_count / job.fps:.2f} s at {job.fps:g} frames/s): "
+            "no frame would be processed."
+        )
+
+
+def _nothing_selected(job: _Job) -> ValueError:
+    """The error of an input that ended before its first selected frame."""
+    return ValueError(
+        f"{str(job.path)!r} ended before frame {job.first} (`start`): no frame was processed."
+    )
+
+
+def _json_position(value: Any) -> Any:
+    """``start``/``end`` as JSON keeps them: an int index stays an int, seconds a float."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value  # refused by VideoReader with a TypeError
 
 
 def run_background(
@@ -396,6 +491,10 @@ def run_background(
     checkpoint_every: int = 0,
     resume: bool = False,
     gray: bool = False,
+    start: int | float | None = None,
+    end: int | float | None = None,
+    step: int = 1,
+    size: tuple[int, int] | None = None,
     model_options: dict | None = None,
     postprocess: dict | None = None,
     progress: bool = True,
@@ -404,24 +503,36 @@ def run_background(
 ) -> list[dict]:
     """Run the background model over videos or image-sequence folders and write the results.
 
-    Per input, in ``out_dir/<name>/`` (``<name>``: the file's stem or the folder's name; a
-    CDnet ``sequence/input`` folder is named after the sequence):
+    The model sees the *processed* frames of each input: the source frames ``start``,
+    ``start + step``, ... before ``end`` (as :class:`~torchgmm.io.video.VideoReader` selects
+    them; frames before ``start`` are decoded and skipped), resized to ``size`` when given.
+    Every output is of the processed frames. Per input, in ``out_dir/<name>/`` (``<name>``: the
+    file's stem or the folder's name; a CDnet ``sequence/input`` folder is named after the
+    sequence):
 
     - ``mask.mp4`` / ``mask.mkv`` (lossless: H.264 RGB qp 0 / FFV1) or ``mask/000000.png`` ...:
-      the foreground masks, 255 = foreground;
+      the foreground masks, 255 = foreground, one per processed frame, at the source frame
+      rate divided by ``step`` (so that they last as long as the part of the video they cover);
     - ``background.png``: the background image at the end (mean of each pixel's most
-      probable component);
+      probable component), at the processed size;
     - ``overlay.mp4`` / ``overlay.mkv`` (H.264 CRF 18) or ``overlay/``, with ``overlay``: the
-      frames with foreground tinted red;
-    - ``summary.json``: frames, frames/s achieved, settings, ``complete`` and ``error``;
+      processed (resized) frames with foreground tinted red;
+    - ``summary.json``: frames (processed), frames/s achieved, settings, ``complete`` and
+      ``error``; ``width``/``height`` (processed) and ``source_width``/``source_height``,
+      ``source_fps`` and ``output_fps`` (the masks'), ``start``/``end`` as given (int: frame
+      index, float: seconds), ``step``, ``size`` as given (``[H, W]``), and ``source_frames``:
+      ``{"first", "last"}``, the source indices of the first and last processed frames;
     - ``checkpoint.pt``, with ``checkpoint_every``: the model state every N frames (saved one
       frame behind, with the videos written ``durable``, so that even after a hard kill the
       outputs hold every frame the checkpoint has seen) and when the run ends or is interrupted.
+      It records the selection as source frame indices and the size; a resume must select
+      the same frames at the same size.
 
-    Inputs of the same size (and, when resuming, the same checkpoint frame) are processed
-    together, ``batch_streams`` at a time, as one batch of streams on one device; the masks
-    equal those of separate runs. A stream that ends (or fails) leaves the batch and the
-    others go on.
+    Inputs of the same processed size (and, when resuming, the same checkpoint frame) are
+    processed together, ``batch_streams`` at a time, as one batch of streams on one device;
+    the masks equal those of separate runs. With ``size``, inputs of different source sizes
+    are batched together (each is resized first). Seconds are converted with each input's
+    own frame rate. A stream that ends (or fails) leaves the batch and the others go on.
 
     Args:
         inputs: video files or folders of numbered images.
@@ -438,6 +549,14 @@ def run_background(
             the beginning); the masks then equal those of an uninterrupted run. The settings
             must be those of the interrupted run.
         gray: model grey frames (C = 1) instead of RGB.
+        start: first source frame to process: an index (int) or a time in seconds (float,
+            the first frame at or after it, at the input's average frame rate). Default 0.
+        end: stop before this source frame (index or seconds, exclusive); must come after
+            ``start``. Default: the end of the input; an ``end`` beyond it is the end.
+        step: process every ``step``-th frame from ``start`` (>= 1).
+        size: ``(H, W)``: resize every frame to exactly this size before the model
+            (the aspect ratio is not kept; bilinear, antialiased when shrinking: see
+            :class:`~torchgmm.io.video.VideoReader`). None keeps each input's size.
         model_options: further keyword arguments of :class:`BackgroundSubtractorMOG`
             (e.g. ``compile=False``, ``rho="paper"``).
         postprocess: keyword arguments of :func:`apply_postprocess` (e.g. ``{"median": 5,
@@ -448,8 +567,8 @@ def run_background(
         progress: show a progress bar (frames/s) per batch of streams on stderr.
         raise_errors: when an input fails part-way, raise its error once every other input
             is done; False returns instead, with the error in that input's summary.
-        stop_after: stop each batch once this many frames of its inputs are done (counted
-            from the start of the input, as checkpoints are); the summaries say
+        stop_after: stop each batch once this many processed frames of its inputs are done
+            (counted from the first selected frame, as checkpoints are); the summaries say
             ``complete: false``. For tests of interrupted runs.
 
     Returns:
@@ -460,13 +579,37 @@ def run_background(
         VideoDecodeError: an input is not a readable video (before any work), or decoding fails
             part-way (after every input is done, and what was decoded is written; with
             ``raise_errors``).
-        ValueError: a bad setting, an input without a video stream, or a checkpoint that does
-            not fit (before any work).
+        ValueError: a bad setting (e.g. ``step`` < 1, negative ``start``, ``end`` not after
+            ``start``, ``start`` at or after the end of an input), an input without a video
+            stream, or a checkpoint that does not fit (other settings or selection; before any
+            work).
+        TypeError: ``start``/``end`` neither int nor float, ``step`` not an int (before any work).
         KeyboardInterrupt: re-raised after the outputs are finalised (and, with
             ``checkpoint_every``, a checkpoint saved to resume from).
 
+    Shape:
+        - Input frames: ``(C, H0, W0)`` per source frame (C = 3, or 1 with ``gray``).
+        - Model input: ``(B, C, H, W)`` per processed frame, B the inputs batched together and
+          ``(H, W)`` = ``size`` or ``(H0, W0)``.
+        - Written masks: ``(T, 1, H, W)``, T = the processed frames (``summary["frames"]``).
+
     Example:
-        >>> run_background(["cam1.mp4", "cam2.mp4"], "out", batch_streams=2)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from torchgmm.demo import synthetic_clip
+        >>> frames, _, _ = synthetic_clip(40, 48, 64)  # (T, C, H, W) uint8: a square moving over a texture
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with VideoWriter(f"{d}/cam.mkv", fps=25) as writer:
+        ...         writer.write(frames)
+        ...     # source frames 10, 12, ..., 28 (1.2 s is frame 30), resized to (H, W) = (24, 32)
+        ...     (s,) = run_background([f"{d}/cam.mkv"], f"{d}/out", start=10, end=1.2, step=2, size=(24, 32),
+        ...                           device="cpu", model_options=dict(compile=False), progress=False)
+        ...     with VideoReader(s["mask"], gray=True, batch_size=100) as reader:
+        ...         (masks,) = list(reader)  # (T, 1, H, W) uint8, 255 = foreground
+        >>> s["frames"], s["source_frames"], s["output_fps"], tuple(masks.shape)
+        (10, {'first': 10, 'last': 28}, 12.5, (10, 1, 24, 32))
+
+        Several cameras as one batch: ``run_background(["cam1.mp4", "cam2.mp4"], "out",
+        batch_streams=2)``.
     """
     from tqdm import tqdm
 
@@ -487,6 +630,7 @@ def run_background(
     )
     BackgroundSubtractorMOG(**settings)  # validate the settings before any work
     postprocess = _normalise_postprocess(postprocess)
+    start, end = _json_position(start), _json_position(end)
     out_dir = Path(out_dir)
 
     # Open (and so validate) every input, and read every checkpoint, before any work.
@@ -494,10 +638,13 @@ def run_background(
     used: set[str] = set()
     for path in inputs:
         path = Path(path)
-        with VideoReader(path, gray=gray, prefetch=0) as reader:
-            job = _Job(path, out_dir, reader.height, reader.width, reader.frame_count, reader.fps,
-                       count_exact=reader.frame_count_exact,
+        # the reader checks start/end/step/size and turns seconds into frame indices
+        with VideoReader(path, gray=gray, prefetch=0, start=start, end=end, step=step, size=size) as reader:
+            job = _Job(path, out_dir, reader.height, reader.width, *reader.source_size, reader.frame_count,
+                       reader.fps, first=reader.start_index, end=reader.end_index, step=reader.step, size=reader.size,
+                       selected=len(reader.indices), count_exact=reader.frame_count_exact,
                        input_bytes=path.stat().st_size if path.is_file() else None)
+        _check_selection(job, start, end)
         name, i = _output_name(path), 1
         while name in used:
             i += 1
@@ -508,17 +655,17 @@ def run_background(
             raise NotADirectoryError(f"cannot write the outputs of {str(path)!r}: {str(job.out)!r} is a file.")
         checkpoint = job.out / _CHECKPOINT
         if resume and checkpoint.exists():
-            job.start, job.state = _read_checkpoint(checkpoint, settings, job, gray, postprocess)
+            job.resumed, job.state = _read_checkpoint(checkpoint, settings, job, gray, postprocess)
             for kind, wanted in (("mask", True), ("overlay", overlay)):
                 previous = job.out / (kind + ("" if mask_format == "png" else f".{mask_format}"))
-                if wanted and job.start and not (previous.exists() or _previous_path(previous).exists()):
+                if wanted and job.resumed and not (previous.exists() or _previous_path(previous).exists()):
                     hint = "another mask format" + (" or without the overlay" if kind == "overlay" else "")
                     raise FileNotFoundError(
                         f"cannot resume {str(path)!r}: {str(previous)!r} of the interrupted run is missing "
                         f"(was it run with {hint}?). Run without resuming to start over."
                     )
-                if wanted and job.start and mask_format == "png":
-                    _check_png_frames(previous, job.start, path)
+                if wanted and job.resumed and mask_format == "png":
+                    _check_png_frames(previous, job.resumed, path)
         jobs.append(job)
     # Every output folder is made now: a file in the way or a missing permission fails here,
     # before any work, not part-way with other inputs' results half written.
@@ -526,9 +673,10 @@ def run_background(
         make_output_folder(job.out)
         remove_stale_temporaries(job.out)  # left by a run killed outright
 
+    # batched by the size the model sees: with `size` every input, whatever its own size
     groups: dict[tuple, list[_Job]] = {}
     for job in jobs:
-        groups.setdefault((job.height, job.width, job.start), []).append(job)
+        groups.setdefault((job.height, job.width, job.resumed), []).append(job)
     batches = [g[i : i + batch_streams] for g in groups.values() for i in range(0, len(g), batch_streams)]
 
     summaries: dict[Path, dict] = {}
@@ -537,7 +685,7 @@ def run_background(
         for job, summary, error in _run_batch(
             batch, device=device, settings=settings, mask_format=mask_format, overlay=overlay,
             checkpoint_every=checkpoint_every, gray=gray, postprocess=postprocess, progress=progress, tqdm=tqdm,
-            stop_after=stop_after,
+            stop_after=stop_after, positions=dict(start=start, end=end),
         ):
             summaries[job.out] = summary
             if error is not None:
@@ -552,22 +700,25 @@ def run_background(
 def _run_batch(
     jobs: list[_Job], *, device: torch.device, settings: dict, mask_format: str, overlay: bool,
     checkpoint_every: int, gray: bool, postprocess: dict, progress: bool, tqdm: Callable, stop_after: int | None,
+    positions: dict,
 ) -> list[tuple[_Job, dict, BaseException | None]]:
-    """Process same-size inputs as one batch of streams; one (job, summary, error) per input."""
-    start = jobs[0].start
+    """Process same-size inputs as one batch of streams; one (job, summary, error) per input.
+
+    ``positions``: ``start`` and ``end`` as the caller gave them, for the summaries."""
+    resumed = jobs[0].resumed
     model = BackgroundSubtractorMOG(**settings).to(device)
-    if start:
+    if resumed:
         states = [job.state for job in jobs]
-        # batch-first buffers are concatenated; frames_seen (0-d) is shared and equal (== start)
+        # batch-first buffers are concatenated; frames_seen (0-d) is shared and equal (== resumed)
         model.load_state_dict({k: torch.cat([s[k] for s in states]) if v.ndim else v for k, v in states[0].items()})
     results: list[tuple[_Job, dict, BaseException | None]] = []
     active: list[_Stream] = []
     t0 = time.perf_counter()
-    frames_done = start  # frames fully processed and written for every active stream
+    frames_done = resumed  # frames fully processed and written for every active stream
     suffix = "" if mask_format == "png" else f".{mask_format}"
-    lengths = [job.frame_count for job in jobs]
+    lengths = [job.selected for job in jobs]
     bar = tqdm(
-        total=max(lengths) if all(lengths) else None, initial=start, unit="frame", dynamic_ncols=True,
+        total=max(lengths) if all(lengths) else None, initial=resumed, unit="frame", dynamic_ncols=True,
         desc=", ".join(job.path.name for job in jobs)[:60], disable=not progress, file=sys.stderr,
     )
 
@@ -596,17 +747,23 @@ def _run_batch(
         consistent = model.is_initialized and int(model.frames_seen) == stream.done
         if model.is_initialized:
             write_png(job.out / "background.png", model.background_image()[position].cpu())
-        if checkpoint_every and consistent and stream.done > start and close_error is None:
+        if checkpoint_every and consistent and stream.done > resumed and close_error is None:
             _save_checkpoint(job.out / _CHECKPOINT, _stream_state(model, position), stream.done, settings, job, gray,
                              postprocess)
         message = "interrupted" if isinstance(error, KeyboardInterrupt) else (None if error is None else str(error))
         summary = dict(
-            input=str(job.path), output=str(job.out), frames=stream.done, resumed_from=start,
+            input=str(job.path), output=str(job.out), frames=stream.done, resumed_from=resumed,
             complete=complete and error is None, error=message,
             error_type=None if error is None else type(error).__name__, error_frame=getattr(error, "frame_index", None),
             # None when nothing was left to do (a resumed run that was already complete)
-            fps=round((stream.done - start) / elapsed, 2) if elapsed > 0 and stream.done > start else None,
-            seconds=round(elapsed, 3), width=job.width, height=job.height, source_fps=job.fps, device=str(device),
+            fps=round((stream.done - resumed) / elapsed, 2) if elapsed > 0 and stream.done > resumed else None,
+            seconds=round(elapsed, 3), width=job.width, height=job.height, source_width=job.source_width,
+            source_height=job.source_height, source_fps=job.fps, output_fps=job.fps / job.step,
+            start=positions["start"], end=positions["end"], step=job.step,
+            size=None if job.size is None else list(job.size),
+            # the source frames the masks are of: first, first + step, ..., last
+            source_frames=dict(first=job.first, last=job.first + (stream.done - 1) * job.step) if stream.done else None,
+            device=str(device),
             batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
             postprocess=postprocess or None,
             mask=str(stream.mask.path), overlay=None if stream.overlay is None else str(stream.overlay.path),
@@ -621,25 +778,26 @@ def _run_batch(
         with ExitStack() as stack:
             for job in jobs:
                 job.out.mkdir(parents=True, exist_ok=True)
-                if not start:
+                if not resumed:
                     (job.out / _CHECKPOINT).unlink(missing_ok=True)  # stale, from an earlier run
                 # durable when a checkpoint may be resumed from: see _open_writer and the trailing
                 # checkpoints below
-                durable = bool(checkpoint_every) or start > 0
-                mask, previous = _open_writer(job.out / f"mask{suffix}", job.fps, start, mask_format,
+                durable = bool(checkpoint_every) or resumed > 0
+                fps = job.fps / job.step  # one mask per processed frame, over the same time
+                mask, previous = _open_writer(job.out / f"mask{suffix}", fps, resumed, mask_format,
                                               lossless=True, channel=True, durable=durable)
                 stack.enter_context(mask)
                 leftovers = [previous]
                 over = None
                 if overlay:
                     # video masks of an interrupted run: the lossy overlay is rebuilt from them
-                    rebuild = functools.partial(_rebuild_overlay, job, start, gray, previous) if previous else None
-                    over, previous = _open_writer(job.out / f"overlay{suffix}", job.fps, start, mask_format,
+                    rebuild = functools.partial(_rebuild_overlay, job, resumed, gray, previous) if previous else None
+                    over, previous = _open_writer(job.out / f"overlay{suffix}", fps, resumed, mask_format,
                                                   lossless=False, channel=False, durable=durable, source=rebuild)
                     stack.enter_context(over)
                     leftovers.append(previous)
-                reader = stack.enter_context(VideoReader(job.path, gray=gray, start=start, device=device))
-                active.append(_Stream(job, reader, iter(reader), mask, over, start,
+                reader = stack.enter_context(job.reader(gray, skip=resumed, device=device))
+                active.append(_Stream(job, reader, iter(reader), mask, over, resumed,
                                       previous=[p for p in leftovers if p is not None]))
             while active:
                 if stop_after is not None and frames_done >= stop_after:
@@ -649,7 +807,8 @@ def _run_batch(
                     try:
                         frames.append(next(stream.frames))
                     except StopIteration:
-                        ended.append((position, stream, None))
+                        # (an input whose frame count is only estimated may end before `start`)
+                        ended.append((position, stream, _nothing_selected(stream.job) if not stream.done else None))
                     except VideoDecodeError as exc:  # frames before the damage are done
                         ended.append((position, stream, exc))
                 if ended:

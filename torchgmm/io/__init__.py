@@ -13,7 +13,14 @@ from torchgmm.io.images import (
     find_images,
     write_png,
 )
-from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter, list_image_sequence
+from torchgmm.io.video import (
+    VideoDecodeError,
+    VideoReader,
+    VideoWriter,
+    list_image_sequence,
+    parse_position,
+    parse_size,
+)
 
 __all__ = [
     "find_images",
@@ -26,4 +33,6 @@ __all__ = [
     "VideoWriter",
     "VideoDecodeError",
     "list_image_sequence",
+    "parse_position",
+    "parse_size",
 ]

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_tensor
 
-__all__ = ["VideoDecodeError", "VideoReader", "VideoWriter", "list_image_sequence"]
+__all__ = ["VideoDecodeError", "VideoReader", "VideoWriter", "list_image_sequence", "parse_position", "parse_size"]
 
 _IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _END = object()  # end-of-stream sentinel in the prefetch queue
@@ -174,6 +174,62 @@ def _to_index(value: int | float | None, fps: float, name: str, default: int | N
     raise TypeError(f"`{name}` must be an int (frame index) or a float (seconds), got {type(value).__name__}.")
 
 
+_POSITION = re.compile(r"^\s*(?:(?P<index>[+-]?\d+)|(?P<seconds>[+-]?(?:\d+\.?\d*|\.\d+))\s*s)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_position(text: str, name: str = "position") -> int | float:
+    """A frame position as written on a command line, as :class:`VideoReader`'s ``start``/``end``.
+
+    ``"300"`` is the frame index 300 (an int); ``"12.5s"`` is 12.5 seconds (a float), which
+    the reader turns into the index of the first frame at or after that time (with its
+    :attr:`~VideoReader.fps`). The range (>= 0) is checked by the reader, in one place.
+
+    Args:
+        text: an integer, or a number followed by ``s``.
+        name: the option's name, for the error message.
+
+    Raises:
+        ValueError: ``text`` is neither (e.g. ``"12.5"``, which is no frame index).
+
+    Example:
+        >>> parse_position("300"), parse_position("12.5s"), parse_position("2s")
+        (300, 12.5, 2.0)
+    """
+    match = _POSITION.match(text)
+    if match is None:
+        raise ValueError(
+            f"`{name}` must be a frame index (e.g. 300) or a time in seconds with an s suffix "
+            f"(e.g. 12.5s), got {text!r}."
+        )
+    if match["index"] is not None:
+        return int(match["index"])
+    return float(match["seconds"])
+
+
+def parse_size(text: str, name: str = "size") -> tuple[int, int]:
+    """A frame size written ``WxH`` (width first, as video sizes are written), as the
+    ``(H, W)`` that :class:`VideoReader`'s ``size`` takes.
+
+    Args:
+        text: ``"640x360"``: width and height in pixels, both >= 1.
+        name: the option's name, for the error message.
+
+    Raises:
+        ValueError: not two positive integers joined by ``x``.
+
+    Example:
+        >>> parse_size("640x360")  # (H, W)
+        (360, 640)
+    """
+    match = _SIZE.match(text)
+    if match is None or not int(match[1]) or not int(match[2]):
+        raise ValueError(
+            f"`{name}` must be WIDTHxHEIGHT in pixels, both >= 1 (e.g. 640x360), got {text!r}."
+        )
+    return int(match[2]), int(match[1])
+
+
 class VideoReader:
     """Read a video file or a numbered image folder as uint8 frames or batches.
 
@@ -193,7 +249,11 @@ class VideoReader:
         end: stop before this frame (index or seconds). Default: the end of the input.
         step: keep every ``step``-th frame.
         gray: decode to one grey channel (C = 1) instead of RGB (C = 3).
-        size: ``(H, W)`` to resize every frame to (bilinear), or None to keep the size.
+        size: ``(H, W)`` to resize every frame to, exactly (the aspect ratio is not kept), or
+            None to keep the size. Bilinear, antialiased when shrinking: swscale's bilinear
+            filter for video files (it widens with the reduction, so a shrunk pixel averages
+            the pixels it covers; applied with the conversion to RGB/grey), torch's
+            ``interpolate(mode="bilinear", antialias=True)`` for image folders.
         batch_size: yield ``(T, C, H, W)`` batches of up to this many frames instead of single
             ``(C, H, W)`` frames (the last batch may be shorter).
         device: where yielded tensors live; with a CUDA device frames are staged in pinned
@@ -379,6 +439,21 @@ class VideoReader:
     def shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one yielded frame."""
         return (self.channels, self.height, self.width)
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the input's frames, before ``size``."""
+        return (self._src_h, self._src_w)
+
+    @property
+    def start_index(self) -> int:
+        """``start`` as a frame index: the first frame read (seconds converted with :attr:`fps`)."""
+        return self._start
+
+    @property
+    def end_index(self) -> int | None:
+        """``end`` as a frame index (exclusive), or None for the end of the input."""
+        return self._end
 
     @property
     def indices(self) -> range:
