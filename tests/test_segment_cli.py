@@ -340,3 +340,27 @@ def test_temporaries_of_a_killed_run_are_removed(small_dir, tmp_path):
     stale.write_bytes(b"half a png")
     assert _run(small_dir, out).n_skipped == 3
     assert not stale.exists()
+
+
+def test_12_bit_png_uses_all_grey_levels(tmp_path, capsys):
+    # 12-bit data in a 16-bit PNG (as microscopes and many cameras write it): plateaus at
+    # 500, 1500 and 3000 are three classes, as for the same data in 8 bits
+    rng = np.random.default_rng(0)
+    raw = np.zeros((30, 48)) + 500
+    raw[:, 16:32], raw[:, 32:] = 1500, 3000
+    raw = (raw + rng.normal(0, 50, raw.shape)).round().clip(0, 4095).astype(np.uint16)
+    d = tmp_path / "deep"
+    d.mkdir()
+    Image.fromarray(raw).save(d / "twelve.png")  # mode I;16
+    Image.fromarray((_two_tone(30, 48) * 257).astype(np.uint16)).save(d / "full16.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(d), "-k", "3", "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    labels = np.asarray(Image.open(out / "twelve_labels.png"))
+    assert [np.unique(labels[:, cols]).tolist() for cols in (slice(0, 16), slice(16, 32), slice(32, 48))] == [
+        [0], [1], [2]
+    ]
+    records = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
+    assert records["twelve.png"]["bit_shift"] == 4 and records["full16.png"]["bit_shift"] == 8
+    # means * 2^bit_shift are raw 12-bit levels (the truncated low bits: about half a step low)
+    raw_means = [m[0] * 16 for m in records["twelve.png"]["means"]]
+    np.testing.assert_allclose(raw_means, [raw[:, :16].mean(), raw[:, 16:32].mean(), raw[:, 32:].mean()], atol=16)

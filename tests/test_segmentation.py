@@ -21,6 +21,7 @@ from torchgmm.segmentation import (
     range_init,
     segment_images,
     to_grey_uint8,
+    to_uint8,
 )
 
 CAMERAMAN = Path(__file__).resolve().parents[1] / "torchgmm" / "data" / "cameraman.png"
@@ -75,6 +76,97 @@ class TestGrey:
     def test_16_bit_drops_low_byte(self):
         x = torch.tensor([0, 255, 256, 65535], dtype=torch.int32).to(torch.uint16).view(1, 1, 1, 4)
         assert to_grey_uint8(x).flatten().tolist() == [0, 0, 1, 255]
+
+
+def _uint16(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.int32).to(torch.uint16)
+
+
+def _twelve_bit_plateaus(h: int = 40, w: int = 60, seed: int = 0) -> torch.Tensor:
+    """(1, 1, H, W) uint16: columns in thirds at 500, 1500 and 3000 (+ noise sigma 50), max < 4096."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((1, 1, h, w), 500.0)
+    x[..., w // 3 : 2 * w // 3] = 1500.0
+    x[..., 2 * w // 3 :] = 3000.0
+    return _uint16((x + 50 * torch.randn(x.shape, generator=g)).round().clamp(0, 4095))
+
+
+class TestSixteenBit:
+    """uint16 images are reduced by their own bit depth: ``v >> max(0, bit_length(max) - 8)``."""
+
+    def test_shift_per_image_by_bit_length_of_the_maximum(self, device):
+        # one image per row: its maximum sets the shift (hand-computed bit lengths)
+        peaks = [0, 200, 255, 256, 4095, 2048, 32767, 32768, 65535]
+        shifts = [0, 0, 0, 1, 4, 4, 7, 8, 8]
+        x = torch.zeros(len(peaks), 1, 1, 3, dtype=torch.int32)
+        x[:, 0, 0, 0] = torch.tensor(peaks)
+        x[:, 0, 0, 1] = 100
+        x[:, 0, 0, 2] = torch.tensor(peaks) // 2
+        out = to_uint8(_uint16(x).to(device))
+        assert out.dtype == torch.uint8 and out.shape == x.shape and out.device.type == device.type
+        expected = [[max(p, 100) >> s if p else 0, 100 >> s, (p // 2) >> s] for p, s in zip(peaks, shifts)]
+        expected[0] = [0, 100, 0]  # max 100: bit length 7, kept as it is
+        assert out.flatten(1).tolist() == expected
+
+    def test_full_range_16_bit_is_the_high_byte_as_before(self, cameraman):
+        full = _uint16(cameraman.to(torch.int32) * 257)  # 0..65535
+        high_byte = (full.to(torch.int32) >> 8).to(torch.uint8)
+        assert torch.equal(high_byte, cameraman)  # (v * 257) >> 8 == v for v <= 255
+        assert torch.equal(to_uint8(full), high_byte)
+        labels16, fit16 = segment_images(full, 3)
+        labels8, fit8 = segment_images(cameraman, 3)
+        assert torch.equal(labels16, labels8)
+        torch.testing.assert_close(fit16.means, fit8.means, rtol=0, atol=0)
+
+    def test_twelve_bit_plateaus_get_three_classes(self):
+        sklearn = pytest.importorskip("sklearn.mixture")
+        img = _twelve_bit_plateaus()
+        labels, fit = segment_images(img, 3)
+        w = img.shape[-1]
+        for k, cols in enumerate((slice(0, w // 3), slice(w // 3, 2 * w // 3), slice(2 * w // 3, w))):
+            assert labels[0, :, cols].unique().tolist() == [k]
+        # means in reduced grey levels (shift 4): about 500 / 16, 1500 / 16, 3000 / 16, minus
+        # the truncation of the 4 low bits (half a level on average); equal to scikit-learn's
+        # fit of the raw 12-bit pixels divided by 16
+        raw = img.flatten().double().numpy()[:, None]
+        ref = sklearn.GaussianMixture(3, random_state=0).fit(raw)
+        ref_means = np.sort(ref.means_[:, 0]) / 16
+        np.testing.assert_allclose(fit.means[0, :, 0].numpy() + 0.5, ref_means, atol=0.1)
+        np.testing.assert_allclose(ref_means, [500 / 16, 1500 / 16, 3000 / 16], atol=1.0)
+        np.testing.assert_allclose(fit.weights[0].numpy(), [1 / 3] * 3, atol=1e-9)
+
+    def test_batch_mixing_12_and_16_bit_is_reduced_per_image(self, cameraman):
+        twelve = _twelve_bit_plateaus(64, 64)
+        full = _uint16(cameraman[..., :64, :64].to(torch.int32) * 257)
+        eight = _uint16(twelve.to(torch.int32) >> 4)
+        both = torch.cat([twelve, full, eight])  # 12-bit, 16-bit and 8-bit data in uint16
+        labels, fit = segment_images(both, 3)
+        for b, one in enumerate((twelve, full, eight)):
+            ref_labels, ref_fit = segment_images(one, 3)
+            assert torch.equal(labels[b], ref_labels[0])
+            torch.testing.assert_close(fit.means[b], ref_fit.means[0])
+        assert labels[0].unique().tolist() == [0, 1, 2]
+        # 12-bit data shifted by 4 and 8-bit data kept as it is: the same grey levels
+        assert torch.equal(to_uint8(both)[0], to_uint8(both)[2])
+        assert torch.equal(to_uint8(both)[1], cameraman[0, :, :64, :64])
+
+    def test_rgb_mode_and_predict_proba_use_the_same_reduction(self):
+        twelve = _twelve_bit_plateaus(30, 30).expand(-1, 3, -1, -1).contiguous()
+        seg = HistogramSegmenter(3, mode="rgb", random_state=0)
+        labels = seg(twelve)
+        assert seg.means_[0, :, 0].tolist() == sorted(seg.means_[0, :, 0].tolist())
+        assert labels[0].unique().tolist() == [0, 1, 2]
+        assert torch.equal(seg.predict_proba(twelve).argmax(1), labels)
+        grey = HistogramSegmenter(3)
+        assert torch.equal(grey(twelve), labels)  # luminance of equal channels: the grey levels
+        assert torch.equal(grey.predict_proba(twelve).argmax(1), labels)
+
+    def test_errors_and_empty(self):
+        with pytest.raises(TypeError, match="uint8 or uint16"):
+            to_uint8(torch.zeros(2, 2, dtype=torch.int32))
+        with pytest.raises(ShapeError, match="0-d"):
+            to_uint8(_uint16(7))
+        assert to_uint8(_uint16(torch.zeros(2, 1, 0, 3))).shape == (2, 1, 0, 3)
 
 
 class TestRangeInit:

@@ -14,10 +14,16 @@ Conventions:
   3-D full-covariance mixture to a random sample of pixels with the general engine
   (:func:`torchgmm.mixture.fit_gaussian_mixture`) and labels every pixel by its posterior;
   classes are then sorted by the luminance of their means.
-* **16-bit** images (uint16) are reduced to 8 bits by dropping the low byte (``v >> 8``)
-  before the histogram: labels are defined on 256 grey levels, whatever the bit depth.
-  This keeps one 256-entry histogram and lookup table for every input and loses nothing a
-  K-class segmentation can use.
+* **16-bit** images (uint16) are reduced to 8 bits before the histogram, each by its own
+  effective bit depth (:func:`to_uint8`): image ``b`` is shifted right by
+  ``max(0, bit_length(max_b) - 8)`` bits, ``max_b`` its largest value. Full-range 16-bit
+  data keeps its high byte (``v >> 8``), 12-bit data stored in 16 bits (0..4095) is shifted
+  by 4 and so still spans 256 grey levels, and data below 256 is kept as it is. Labels are
+  thus defined on up to 256 grey levels whatever the bit depth, with one 256-entry
+  histogram and lookup table for every input; only the ``shift`` low bits are lost, i.e.
+  differences below ``2^shift`` raw levels (under 1/128 of the image's largest value).
+  Fitted means and variances are in these reduced grey levels: times ``2^shift`` and
+  ``4^shift`` they are (up to the truncation) in raw units.
 
 Shape vocabulary: B images, K classes, C channels, H, W image size, D features.
 """
@@ -136,34 +142,68 @@ def _check_label_dtype(label_dtype: object, n_classes: int) -> None:
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """Return uint8 images; uint16 images lose their low byte (``v >> 8``).
+    """Return uint8 images; each uint16 image is shifted right by its own effective bit depth.
+
+    A 16-bit container often holds fewer significant bits (12-bit cameras and microscopes
+    write 0..4095). Image ``b`` is shifted right by ``max(0, bit_length(max_b) - 8)`` bits,
+    ``max_b`` its largest value over all channels and pixels, so that its highest set bit
+    lands on bit 7 and its data spans up to 256 grey levels: 12-bit data (max 2048..4095)
+    shifts by 4, full-range 16-bit data (max >= 32768) by 8 (the high byte), and data that
+    fits in 8 bits (max <= 255) is kept as it is. Only powers of two are used, so the
+    result is a plain truncation of each value's low bits, as for the high byte. Each image
+    gets its own shift (images of one batch may have different depths); grey levels of
+    different 16-bit images are therefore comparable only when their shifts are equal.
 
     Args:
-        images: uint8 or uint16 tensor of any shape.
+        images: uint8 or uint16 images, dim 0 indexing the images.
 
     Returns:
         uint8 tensor of the same shape (``images`` itself when already uint8).
 
     Raises:
         TypeError: ``images`` is neither uint8 nor uint16.
+        ShapeError: ``images`` is 0-d (no image dimension).
 
     Shape:
-        - images: any shape, e.g. ``(B, C, H, W)``, uint8 or uint16
+        - images: ``(B, ...)``, e.g. ``(B, C, H, W)``, uint8 or uint16
         - output: the same shape, uint8
 
     Example:
-        >>> to_uint8(torch.tensor([0, 257, 65535], dtype=torch.uint16)).tolist()
-        [0, 1, 255]
+        >>> twelve_bit = torch.tensor([0, 1600, 4095], dtype=torch.uint16).view(1, 1, 1, 3)
+        >>> full = torch.tensor([0, 257, 65535], dtype=torch.uint16).view(1, 1, 1, 3)
+        >>> to_uint8(torch.cat([twelve_bit, full])).flatten(1).tolist()
+        [[0, 100, 255], [0, 1, 255]]
     """
     if images.dtype == torch.uint8:
         return images
-    if images.dtype == torch.uint16:
-        return (images.to(torch.int32) >> 8).to(torch.uint8)
-    raise TypeError(f"`images` must be uint8 or uint16, got dtype {images.dtype}.")
+    if images.dtype != torch.uint16:
+        raise TypeError(f"`images` must be uint8 or uint16, got dtype {images.dtype}.")
+    if images.ndim == 0:
+        raise ShapeError("`images` must have an image dimension (B, ...), got a 0-d tensor.")
+    if images.numel() == 0:
+        return images.to(torch.uint8)
+    wide = images.to(torch.int32)
+    shift = _bit_shift(wide)
+    return (wide >> shift.view(-1, *(1,) * (wide.ndim - 1))).to(torch.uint8)
+
+
+def _bit_shift(images: Tensor) -> Tensor:
+    """``(B,)`` int32 right shift of each image for :func:`to_uint8`: ``max(0, bit_length(max) - 8)``.
+
+    Computed on the device for the whole batch: no loop over images and no host sync.
+    ``bit_length(m)`` is the number of powers of two ``2^j <= m`` (0 for m = 0).
+    """
+    peak = images.reshape(images.shape[0], -1).amax(dim=1).to(torch.int32)  # (B,)
+    powers = torch.tensor([1 << j for j in range(16)], device=images.device, dtype=torch.int32)
+    bit_length = (peak.unsqueeze(1) >= powers).sum(dim=1, dtype=torch.int32)
+    return (bit_length - 8).clamp_min(0)
 
 
 def to_grey_uint8(images: Tensor) -> Tensor:
     """Grey uint8 images: luminance (ITU-R BT.601) of RGB input, 16-bit reduced to 8 bits.
+
+    uint16 images are first reduced to 8 bits by their own effective bit depth
+    (:func:`to_uint8`), then converted to luminance.
 
     Args:
         images: uint8 or uint16 images.
@@ -554,7 +594,7 @@ def segment_images(
     pixels per image (RGB input only). Classes are sorted darkest first.
 
     Args:
-        images: uint8 (or uint16, reduced to 8 bits) images.
+        images: uint8 (or uint16, reduced to 8 bits per image by :func:`to_uint8`) images.
         n_classes: K.
         mode: ``"luminance"`` or ``"rgb"``.
         tol: EM convergence threshold on the mean log-likelihood.
@@ -1019,7 +1059,10 @@ def segment_files(
     folder. Files are decoded in ``workers`` DataLoader processes; images of the same size
     in a batch are segmented together, on ``device``. A file that cannot be decoded,
     segmented (e.g. fewer pixels than classes with ``mode="rgb"``) or written is named on
-    ``log``, skipped and listed in the summary; the other files are processed.
+    ``log``, skipped and listed in the summary; the other files are processed. 16-bit
+    files are reduced to 8 bits each by its own bit depth (:func:`to_uint8`); the record's
+    ``bit_shift`` says by how many bits (0 for 8-bit files), so ``means * 2**bit_shift`` is
+    in the file's raw units.
 
     Args:
         inputs: image files and folders (searched recursively); a single path is one input.
@@ -1158,6 +1201,12 @@ def segment_files(
         segmenter.mode = seg_mode
         labels = segmenter(batch)
         fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+        # the reduction to_uint8 applied to each 16-bit image, so its record's means can be
+        # read in raw units (times 2^bit_shift)
+        if batch.dtype == torch.uint16:
+            fit["bit_shift"] = _bit_shift(batch.to(torch.int32)).cpu()
+        else:
+            fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
         return group, labels.cpu(), fit, seg_mode
 
     it = iter(loader)
@@ -1200,6 +1249,7 @@ def segment_files(
                             "height": int(labels.shape[1]),
                             "width": int(labels.shape[2]),
                             "channels": int(img.shape[0]),
+                            "bit_shift": int(fit["bit_shift"][j]),
                             "mode": seg_mode,
                             "n_classes": n_classes,
                             "tol": float(tol),
