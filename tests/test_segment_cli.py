@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def test_rerun_with_other_settings_is_refused(small_dir, tmp_path):
         ({"k": 3}, r"n_classes 2 there, 3 in this run \(3 image"),
         ({"max_iter": 7}, r"max_iter 100 there, 7 in this run"),
         ({"tol": 0.5}, r"tol 0.001 there, 0.5 in this run"),
+        ({"init": "kmeans++"}, r"init 'range' there, 'kmeans\+\+' in this run \(3 image"),
         # only the RGB image c.png would change: grey images are segmented on luminance anyway
         ({"mode": "rgb"}, r"mode 'luminance' there, 'rgb' in this run \(1 image\(s\), e\.g\. '.*c\.png'"),
     ):
@@ -196,6 +198,74 @@ def test_records_without_settings_are_not_trusted(small_dir, tmp_path):
     (out / "segments.jsonl").write_text(json.dumps(rec) + "\n")
     with pytest.raises(ValueError, match="tol not recorded there"):
         _run(small_dir / "a.png", out)
+
+
+def test_records_without_init_were_made_with_range(small_dir, tmp_path):
+    # records of the version before the init choice: "range" was the only init then
+    out = tmp_path / "out"
+    _run(small_dir / "a.png", out)
+    rec = json.loads((out / "segments.jsonl").read_text())
+    assert rec["init"] == "range"
+    del rec["init"]
+    (out / "segments.jsonl").write_text(json.dumps(rec) + "\n")
+    assert _run(small_dir / "a.png", out).n_skipped == 1
+    with pytest.raises(ValueError, match=r"init 'range' there, 'data-range' in this run"):
+        _run(small_dir / "a.png", out, init="data-range")
+
+
+def test_rgb_mode_records_ignore_init(small_dir, tmp_path):
+    # mode="rgb" always starts from k-means++: recorded so, and another init redoes nothing
+    out = tmp_path / "out"
+    _run(small_dir, out, mode="rgb")
+    recs = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
+    assert {n: (r["mode"], r["init"]) for n, r in recs.items()} == {
+        "a.png": ("luminance", "range"), "b.png": ("luminance", "range"), "c.png": ("rgb", "kmeans++")
+    }
+    assert _run(small_dir / "c.png", out, mode="rgb", init="data-range").n_skipped == 1
+    # the grey images were segmented on luminance with init="range": another init is refused
+    with pytest.raises(ValueError, match=r"init 'range' there, 'data-range' in this run \(2 image"):
+        _run(small_dir, out, mode="rgb", init="data-range")
+
+
+def _three_levels(levels, size: int = 16, seed: int = 0) -> np.ndarray:
+    """(size, 3 * size) grey image: flat thirds at ``levels`` plus noise sigma 5."""
+    rng = np.random.default_rng(seed)
+    img = np.repeat(np.asarray(levels, dtype=np.float64), size)[None].repeat(size, 0)
+    return (img + rng.normal(0, 5, img.shape)).round().clip(0, 255)
+
+
+def test_cli_warns_per_image_with_fewer_classes_and_init_fixes_it(tmp_path, capsys):
+    d = tmp_path / "in"
+    _save(d / "good.png", _three_levels((40, 120, 210)))  # one level in each third of 0..255
+    _save(d / "shared.png", _three_levels((40, 95, 140)))  # 95 and 140 share 85..170
+    out = tmp_path / "out"
+    argv = ["segment", str(d), "-k", "3", "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0  # a warning is no failure
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and f"{d / 'shared.png'}: segmented into 2 of n_classes=3 classes (class 1 holds" in warned[0]
+    assert 'try init="kmeans++" or init="data-range"' in warned[0]
+    assert "1 image(s) ended with fewer classes than 3" in err
+    recs = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
+    assert recs["shared.png"]["negligible_classes"] == [1] and recs["good.png"]["negligible_classes"] == []
+    assert recs["shared.png"]["weights"][1] * 16 * 48 < 0.5
+    assert np.unique(np.asarray(Image.open(out / "shared_labels.png"))).tolist() == [0, 2]
+
+    for init in ("kmeans++", "data-range"):
+        out2 = tmp_path / init
+        assert main([*argv, "--out", str(out2), "--init", init]) == 0
+        assert "warning:" not in capsys.readouterr().err
+        labels = np.asarray(Image.open(out2 / "shared_labels.png"))
+        assert [np.unique(labels[:, 16 * k : 16 * (k + 1)]).tolist() for k in range(3)] == [[0], [1], [2]]
+        recs = {Path(r["input"]).name: r for r in map(json.loads, (out2 / "segments.jsonl").open())}
+        assert {r["init"] for r in recs.values()} == {init}
+        assert recs["shared.png"]["negligible_classes"] == []
+    log = io.StringIO()
+    summary = _run(d, tmp_path / "api", 3, log=log)
+    assert [Path(p).name for p in summary.negligible] == ["shared.png"] and "shared.png" in log.getvalue()
+    with pytest.raises(SystemExit):  # argparse: exit status 2
+        main([*argv, "--out", str(tmp_path / "x"), "--init", "kmeans"])
+    assert "argument --init: invalid choice" in capsys.readouterr().err
 
 
 def test_cli_rerun_with_other_k_exits_2(small_dir, tmp_path, capsys):
