@@ -434,3 +434,57 @@ def test_12_bit_png_uses_all_grey_levels(tmp_path, capsys):
     # means * 2^bit_shift are raw 12-bit levels (the truncated low bits: about half a step low)
     raw_means = [m[0] * 16 for m in records["twelve.png"]["means"]]
     np.testing.assert_allclose(raw_means, [raw[:, :16].mean(), raw[:, 16:32].mean(), raw[:, 32:].mean()], atol=16)
+
+
+def test_record_paths_are_absolute_whatever_the_working_directory(small_dir, tmp_path, monkeypatch):
+    # a relative --out: every path in segments.jsonl (and the summary's) is absolute, so the
+    # file reads the same from anywhere
+    monkeypatch.chdir(tmp_path)
+    summary = _run(Path("small"), "out")
+    assert summary.jsonl == str(tmp_path / "out" / "segments.jsonl")
+    monkeypatch.chdir(small_dir)  # somewhere else
+    recs = [json.loads(line) for line in Path(summary.jsonl).read_text().splitlines()]
+    assert len(recs) == 3
+    for rec in recs:
+        stem = Path(rec["input"]).stem
+        assert rec["input"] == str(small_dir / f"{stem}.png")
+        assert rec["labels"] == str(tmp_path / "out" / f"{stem}_labels.png")
+        assert rec["colour"] == str(tmp_path / "out" / f"{stem}_colour.png")
+        assert Path(rec["labels"]).is_file() and Path(rec["colour"]).is_file()
+
+
+def test_records_of_the_previous_version_are_recognised(small_dir, tmp_path, monkeypatch):
+    # the previous version wrote "labels"/"colour" relative to the command's working
+    # directory, and no init, bit_shift or negligible_classes
+    out = tmp_path / "out"
+    _run(small_dir, out)
+    jsonl = out / "segments.jsonl"
+    old = []
+    for rec in map(json.loads, jsonl.read_text().splitlines()):
+        for name in ("init", "bit_shift", "negligible_classes"):
+            del rec[name]
+        rec["labels"] = str(Path("out") / Path(rec["labels"]).name)
+        rec["colour"] = str(Path("out") / Path(rec["colour"]).name)
+        old.append(rec)
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in old))
+    monkeypatch.chdir(small_dir)  # not the directory the relative paths were relative to
+    # other settings are still refused, before any work
+    with pytest.raises(ValueError, match=r"n_classes 2 there, 3 in this run \(3 image"):
+        _run(small_dir, out, 3)
+    with pytest.raises(ValueError, match=r"init 'range' there, 'kmeans\+\+' in this run \(3 image"):
+        _run(small_dir, out, init="kmeans++")
+    before = _snapshot(out)
+    summary = _run(small_dir, out)  # the same settings: skipped
+    assert (summary.n_skipped, summary.n_done) == (3, 0)
+    assert {k: v for k, v in _snapshot(out).items() if k != "segments.jsonl"} == {
+        k: v for k, v in before.items() if k != "segments.jsonl"
+    }
+    # ... and their output paths are now absolute; the rest of each record is kept
+    recs = {r["input"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
+    for rec in old:
+        new = recs[rec["input"]]
+        assert new["labels"] == str(out / Path(rec["labels"]).name) and Path(new["labels"]).is_file()
+        assert new["colour"] == str(out / Path(rec["colour"]).name)
+        assert {k: v for k, v in new.items() if k not in ("labels", "colour")} == {
+            k: v for k, v in rec.items() if k not in ("labels", "colour")
+        }

@@ -1104,7 +1104,7 @@ class SegmentSummary(NamedTuple):
     segment_s: float
     #: colouring, PNG encoding and writing not hidden behind the next batch
     write_s: float
-    #: path of the JSON-lines file of fitted parameters
+    #: absolute path of the JSON-lines file of fitted parameters
     jsonl: str
     #: the images segmented into fewer classes than asked (a class of less than half a pixel's
     #: weight, :func:`negligible_classes`), each also named in a warning line
@@ -1128,7 +1128,12 @@ def _write_outputs(labels: Tensor, n_classes: int, paths: tuple[Path, Path], rec
 
     write_png(paths[0], labels)
     write_png(paths[1], colourise(labels.unsqueeze(0), n_classes)[0])
-    return {**record, "labels": str(paths[0]), "colour": str(paths[1])}
+    return {**record, **_output_fields(paths)}
+
+
+def _output_fields(paths: tuple[Path, Path]) -> dict[str, str]:
+    """The ``labels`` and ``colour`` fields of a record: absolute, like its ``input``."""
+    return {"labels": str(paths[0].absolute()), "colour": str(paths[1].absolute())}
 
 
 #: record fields that must equal this run's settings for a finished image to be skipped
@@ -1237,26 +1242,44 @@ def segment_files(
     """Segment image files and write, per image, a label map PNG and a colourised PNG.
 
     ``INPUT/a/b.png`` becomes ``OUT/a/b_labels.png`` (grey values 0..K-1, class 0 darkest)
-    and ``OUT/a/b_colour.png``; the fitted parameters of every image go to one JSON-lines
-    file ``OUT/segments.jsonl`` (keyed by the absolute input path; one line appended as
-    each image is done, so a killed run loses at most the record being written, and the
-    file rewritten atomically at the start and the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
+    and ``OUT/a/b_colour.png``. Two inputs with the same relative path (``in1/a.png``,
     ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
-    temporary file and ``os.replace``. Images whose outputs and record already exist are skipped unless ``overwrite``, so an interrupted run
-    resumes; if such a record was made with other settings (``n_classes``, ``mode``,
-    ``init``, ``tol``, ``max_iter``) the call refuses before any work instead of keeping
-    stale results. An image whose fit ends with a class of less than half a pixel's worth of
-    weight (:func:`negligible_classes`: fewer classes than asked) is written as usual,
-    named in a ``warning:`` line on ``log`` with what to try, listed in the summary's
-    ``negligible``, and its record's ``negligible_classes`` lists those classes. Images
-    inside ``out_dir`` are never taken as input, so ``out_dir`` may lie inside an input
-    folder. Files are decoded in ``workers`` DataLoader processes; images of the same size
-    in a batch are segmented together, on ``device``. A file that cannot be decoded,
-    segmented (e.g. fewer pixels than classes with ``mode="rgb"``) or written is named on
-    ``log``, skipped and listed in the summary; the other files are processed. 16-bit
-    files are reduced to 8 bits each by its own bit depth (:func:`to_uint8`); the record's
-    ``bit_shift`` says by how many bits (0 for 8-bit files), so ``means * 2**bit_shift`` is
-    in the file's raw units.
+    temporary file and ``os.replace``. Images inside ``out_dir`` are never taken as input,
+    so ``out_dir`` may lie inside an input folder. Files are decoded in ``workers``
+    DataLoader processes; images of the same size in a batch are segmented together, on
+    ``device``. A file that cannot be decoded, segmented (e.g. fewer pixels than classes
+    with ``mode="rgb"``) or written is named on ``log``, skipped and listed in the summary;
+    the other files are processed.
+
+    **The records**, ``OUT/segments.jsonl``: one JSON object per line and image, keyed by
+    ``"input"``; a line is appended as each image is done, so a killed run loses at most
+    the record being written, and the file is rewritten atomically at the start and the end
+    (also on errors). Every path in it is absolute (resolved), so the file reads the same
+    from any working directory. The fields:
+
+    - ``input``: the image file; ``labels``, ``colour``: its two PNGs.
+    - ``height``, ``width``, ``channels``; ``bit_shift``: the bits each value of a 16-bit
+      file was shifted right by (:func:`to_uint8`; 0 for 8-bit files), so
+      ``means * 2**bit_shift`` is in the file's raw units.
+    - the settings: ``mode`` (``"luminance"`` for grey images, whatever was asked),
+      ``init`` (``"kmeans++"`` for ``mode="rgb"``, which always uses it), ``n_classes``,
+      ``tol``, ``max_iter``.
+    - the fit, classes darkest first: ``weights`` (K), ``means`` (K x D), ``covariances``
+      (K x D x D), ``lower_bound`` (null if not finite), ``n_iter``, ``converged``;
+      ``negligible_classes``: the classes that ended with less than half a pixel's worth of
+      weight (:func:`negligible_classes`), so the image has fewer classes than asked.
+
+    **Re-runs**: images whose outputs and record exist are skipped unless ``overwrite``, so
+    an interrupted run resumes; if such a record was made with other settings
+    (``n_classes``, ``mode``, ``init``, ``tol``, ``max_iter``) the call refuses before any
+    work instead of keeping stale results. Records of earlier versions are read too: one
+    without ``init`` was made with ``"range"``, the only init then, and the output paths of
+    a skipped image's record (written relative to the working directory by earlier
+    versions) are rewritten absolute.
+
+    **Fewer classes than asked**: an image whose fit has a negligible class is written as
+    usual, named in a ``warning:`` line on ``log`` with what to try, listed in the
+    summary's ``negligible``, and its record lists the classes.
 
     Args:
         inputs: image files and folders (searched recursively); a single path is one input.
@@ -1329,7 +1352,8 @@ def segment_files(
     check_positive_int(workers, "workers", minimum=0)
     check_positive_int(write_threads, "write_threads", minimum=0)
     device = resolve_device(device)
-    out_dir = Path(out_dir)
+    # absolute from here on: the records, the summary and the messages name absolute paths
+    out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         make_output_folder(out_dir)  # raises, naming it, before the inputs are searched
     # our own outputs are not inputs (an out_dir inside an input folder)
@@ -1341,12 +1365,13 @@ def segment_files(
         _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
     make_output_folder(out_dir)
     remove_stale_temporaries(out_dir)  # left by a run killed outright
-    todo = [
-        s for s in sources
-        if overwrite
-        or str(s.path.resolve()) not in records
-        or not all(p.exists() for p in _output_paths(out_dir, s.relative))
-    ]
+    todo = []
+    for source in sources:
+        key, paths = str(source.path.resolve()), _output_paths(out_dir, source.relative)
+        if overwrite or key not in records or not all(p.exists() for p in paths):
+            todo.append(source)
+        else:  # skipped: its outputs are where this run would write them
+            records[key] = {**records[key], **_output_fields(paths)}  # older records: relative
     n_skipped = len(sources) - len(todo)
     failed: list[tuple[str, str]] = []
     negligible: list[str] = []  # inputs whose fit has a class of less than half a pixel's weight
