@@ -158,7 +158,9 @@ def to_uint8(images: Tensor) -> Tensor:
     fits in 8 bits (max <= 255) is kept as it is. Only powers of two are used, so the
     result is a plain truncation of each value's low bits, as for the high byte. Each image
     gets its own shift (images of one batch may have different depths); grey levels of
-    different 16-bit images are therefore comparable only when their shifts are equal.
+    different 16-bit images are therefore comparable only when their shifts are equal. The
+    maximum alone decides: one value of 4096 or more (a hot pixel) in 12-bit data shifts
+    the whole image by more than 4.
 
     Args:
         images: uint8 or uint16 images, dim 0 indexing the images.
