@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from torchgmm.cli import main
 from torchgmm.io.images import decode_image_file, find_images
-from torchgmm.segmentation import segment_files
+from torchgmm.segmentation import NegligibleClassWarning, segment_files
 from _interrupts import ctrl_c_at_call
 
 
@@ -240,7 +241,11 @@ def test_cli_warns_per_image_with_fewer_classes_and_init_fixes_it(tmp_path, caps
     _save(d / "shared.png", _three_levels((40, 95, 140)))  # 95 and 140 share 85..170
     out = tmp_path / "out"
     argv = ["segment", str(d), "-k", "3", "--workers", "0", "--no-progress", "--device", "cpu"]
-    assert main([*argv, "--out", str(out)]) == 0  # a warning is no failure
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*argv, "--out", str(out)]) == 0  # a warning is no failure
+    # reported as a line per image, not as a Python warning (per batch) as well
+    assert not [w for w in caught if issubclass(w.category, NegligibleClassWarning)]
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and f"{d / 'shared.png'}: segmented into 2 of n_classes=3 classes (class 1 holds" in warned[0]

@@ -886,6 +886,8 @@ class HistogramSegmenter(nn.Module):
         "weights_", "means_", "covariances_", "precisions_cholesky_",
         "lower_bound_", "n_iter_", "converged_",
     )
+    #: whether forward warns about negligible classes (segment_files reports them per file)
+    _warn_negligible = True
 
     def __init__(
         self,
@@ -963,8 +965,9 @@ class HistogramSegmenter(nn.Module):
         )
         for name in self._state:
             setattr(self, name, getattr(fit, name[:-1]))
-        n_pixels = _fitted_pixels(self.mode, labels.shape[1], labels.shape[2], self.n_samples)
-        _warn_negligible(fit.weights, n_pixels, self.mode, self.init, stacklevel=2)
+        if self._warn_negligible:
+            n_pixels = _fitted_pixels(self.mode, labels.shape[1], labels.shape[2], self.n_samples)
+            _warn_negligible(fit.weights, n_pixels, self.mode, self.init, stacklevel=2)
         if not bool(fit.converged.all()):  # one host sync per batch, not per image
             n_bad = int((~fit.converged).sum())
             warnings.warn(
@@ -1383,6 +1386,10 @@ def segment_files(
         n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, random_state=0,
         label_dtype=torch.uint8,
     )
+    # negligible classes are reported per image below (log line, record) instead; not with
+    # warnings.catch_warnings, which swaps the process-wide filters and so races with the
+    # writer threads (a library they call may enter catch_warnings too)
+    segmenter._warn_negligible = False
     loader = DataLoader(
         ImageFileDataset(todo), batch_size=batch_size, num_workers=workers,
         collate_fn=collate_items, persistent_workers=False,
@@ -1426,10 +1433,7 @@ def segment_files(
         batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
         seg_mode = mode if batch.shape[1] == 3 else "luminance"
         segmenter.mode = seg_mode
-        with warnings.catch_warnings():
-            # reported per image below, on `log` and in the records, instead
-            warnings.simplefilter("ignore", NegligibleClassWarning)
-            labels = segmenter(batch)
+        labels = segmenter(batch)
         fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
         # the reduction to_uint8 applied to each 16-bit image, so its record's means can be
         # read in raw units (times 2^bit_shift)
