@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 
 from torchgmm.cli import main
 from torchgmm.io.images import decode_image_file, find_images
-from torchgmm.segmentation import segment_files
+from torchgmm.segmentation import NegligibleClassWarning, segment_files
 from _interrupts import ctrl_c_at_call
 
 
@@ -173,6 +175,7 @@ def test_rerun_with_other_settings_is_refused(small_dir, tmp_path):
         ({"k": 3}, r"n_classes 2 there, 3 in this run \(3 image"),
         ({"max_iter": 7}, r"max_iter 100 there, 7 in this run"),
         ({"tol": 0.5}, r"tol 0.001 there, 0.5 in this run"),
+        ({"init": "kmeans++"}, r"init 'range' there, 'kmeans\+\+' in this run \(3 image"),
         # only the RGB image c.png would change: grey images are segmented on luminance anyway
         ({"mode": "rgb"}, r"mode 'luminance' there, 'rgb' in this run \(1 image\(s\), e\.g\. '.*c\.png'"),
     ):
@@ -196,6 +199,78 @@ def test_records_without_settings_are_not_trusted(small_dir, tmp_path):
     (out / "segments.jsonl").write_text(json.dumps(rec) + "\n")
     with pytest.raises(ValueError, match="tol not recorded there"):
         _run(small_dir / "a.png", out)
+
+
+def test_records_without_init_were_made_with_range(small_dir, tmp_path):
+    # records of the version before the init choice: "range" was the only init then
+    out = tmp_path / "out"
+    _run(small_dir / "a.png", out)
+    rec = json.loads((out / "segments.jsonl").read_text())
+    assert rec["init"] == "range"
+    del rec["init"]
+    (out / "segments.jsonl").write_text(json.dumps(rec) + "\n")
+    assert _run(small_dir / "a.png", out).n_skipped == 1
+    with pytest.raises(ValueError, match=r"init 'range' there, 'data-range' in this run"):
+        _run(small_dir / "a.png", out, init="data-range")
+
+
+def test_rgb_mode_records_ignore_init(small_dir, tmp_path):
+    # mode="rgb" always starts from k-means++: recorded so, and another init redoes nothing
+    out = tmp_path / "out"
+    _run(small_dir, out, mode="rgb")
+    recs = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
+    assert {n: (r["mode"], r["init"]) for n, r in recs.items()} == {
+        "a.png": ("luminance", "range"), "b.png": ("luminance", "range"), "c.png": ("rgb", "kmeans++")
+    }
+    assert _run(small_dir / "c.png", out, mode="rgb", init="data-range").n_skipped == 1
+    # the grey images were segmented on luminance with init="range": another init is refused
+    with pytest.raises(ValueError, match=r"init 'range' there, 'data-range' in this run \(2 image"):
+        _run(small_dir, out, mode="rgb", init="data-range")
+
+
+def _three_levels(levels, size: int = 16, seed: int = 0) -> np.ndarray:
+    """(size, 3 * size) grey image: flat thirds at ``levels`` plus noise sigma 5."""
+    rng = np.random.default_rng(seed)
+    img = np.repeat(np.asarray(levels, dtype=np.float64), size)[None].repeat(size, 0)
+    return (img + rng.normal(0, 5, img.shape)).round().clip(0, 255)
+
+
+def test_cli_warns_per_image_with_fewer_classes_and_init_fixes_it(tmp_path, capsys):
+    d = tmp_path / "in"
+    _save(d / "good.png", _three_levels((40, 120, 210)))  # one level in each third of 0..255
+    _save(d / "shared.png", _three_levels((40, 95, 140)))  # 95 and 140 share 85..170
+    out = tmp_path / "out"
+    argv = ["segment", str(d), "-k", "3", "--workers", "0", "--no-progress", "--device", "cpu"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*argv, "--out", str(out)]) == 0  # a warning is no failure
+    # reported as a line per image, not as a Python warning (per batch) as well
+    assert not [w for w in caught if issubclass(w.category, NegligibleClassWarning)]
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and f"{d / 'shared.png'}: segmented into 2 of n_classes=3 classes (class 1 holds" in warned[0]
+    assert 'try init="kmeans++" or init="data-range"' in warned[0]
+    assert "1 image(s) ended with fewer classes than 3" in err
+    recs = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
+    assert recs["shared.png"]["negligible_classes"] == [1] and recs["good.png"]["negligible_classes"] == []
+    assert recs["shared.png"]["weights"][1] * 16 * 48 < 0.5
+    assert np.unique(np.asarray(Image.open(out / "shared_labels.png"))).tolist() == [0, 2]
+
+    for init in ("kmeans++", "data-range"):
+        out2 = tmp_path / init
+        assert main([*argv, "--out", str(out2), "--init", init]) == 0
+        assert "warning:" not in capsys.readouterr().err
+        labels = np.asarray(Image.open(out2 / "shared_labels.png"))
+        assert [np.unique(labels[:, 16 * k : 16 * (k + 1)]).tolist() for k in range(3)] == [[0], [1], [2]]
+        recs = {Path(r["input"]).name: r for r in map(json.loads, (out2 / "segments.jsonl").open())}
+        assert {r["init"] for r in recs.values()} == {init}
+        assert recs["shared.png"]["negligible_classes"] == []
+    log = io.StringIO()
+    summary = _run(d, tmp_path / "api", 3, log=log)
+    assert [Path(p).name for p in summary.negligible] == ["shared.png"] and "shared.png" in log.getvalue()
+    with pytest.raises(SystemExit):  # argparse: exit status 2
+        main([*argv, "--out", str(tmp_path / "x"), "--init", "kmeans"])
+    assert "argument --init: invalid choice" in capsys.readouterr().err
 
 
 def test_cli_rerun_with_other_k_exits_2(small_dir, tmp_path, capsys):
@@ -340,3 +415,81 @@ def test_temporaries_of_a_killed_run_are_removed(small_dir, tmp_path):
     stale.write_bytes(b"half a png")
     assert _run(small_dir, out).n_skipped == 3
     assert not stale.exists()
+
+
+def test_12_bit_png_uses_all_grey_levels(tmp_path, capsys):
+    # 12-bit data in a 16-bit PNG (as microscopes and many cameras write it): plateaus at
+    # 500, 1500 and 3000 are three classes, as for the same data in 8 bits
+    rng = np.random.default_rng(0)
+    raw = np.zeros((30, 48)) + 500
+    raw[:, 16:32], raw[:, 32:] = 1500, 3000
+    raw = (raw + rng.normal(0, 50, raw.shape)).round().clip(0, 4095).astype(np.uint16)
+    d = tmp_path / "deep"
+    d.mkdir()
+    Image.fromarray(raw).save(d / "twelve.png")  # mode I;16
+    Image.fromarray((_two_tone(30, 48) * 257).astype(np.uint16)).save(d / "full16.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(d), "-k", "3", "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    labels = np.asarray(Image.open(out / "twelve_labels.png"))
+    assert [np.unique(labels[:, cols]).tolist() for cols in (slice(0, 16), slice(16, 32), slice(32, 48))] == [
+        [0], [1], [2]
+    ]
+    records = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
+    assert records["twelve.png"]["bit_shift"] == 4 and records["full16.png"]["bit_shift"] == 8
+    # means * 2^bit_shift are raw 12-bit levels (the truncated low bits: about half a step low)
+    raw_means = [m[0] * 16 for m in records["twelve.png"]["means"]]
+    np.testing.assert_allclose(raw_means, [raw[:, :16].mean(), raw[:, 16:32].mean(), raw[:, 32:].mean()], atol=16)
+
+
+def test_record_paths_are_absolute_whatever_the_working_directory(small_dir, tmp_path, monkeypatch):
+    # a relative --out: every path in segments.jsonl (and the summary's) is absolute, so the
+    # file reads the same from anywhere
+    monkeypatch.chdir(tmp_path)
+    summary = _run(Path("small"), "out")
+    assert summary.jsonl == str(tmp_path / "out" / "segments.jsonl")
+    monkeypatch.chdir(small_dir)  # somewhere else
+    recs = [json.loads(line) for line in Path(summary.jsonl).read_text().splitlines()]
+    assert len(recs) == 3
+    for rec in recs:
+        stem = Path(rec["input"]).stem
+        assert rec["input"] == str(small_dir / f"{stem}.png")
+        assert rec["labels"] == str(tmp_path / "out" / f"{stem}_labels.png")
+        assert rec["colour"] == str(tmp_path / "out" / f"{stem}_colour.png")
+        assert Path(rec["labels"]).is_file() and Path(rec["colour"]).is_file()
+
+
+def test_records_of_the_previous_version_are_recognised(small_dir, tmp_path, monkeypatch):
+    # the previous version wrote "labels"/"colour" relative to the command's working
+    # directory, and no init, bit_shift or negligible_classes
+    out = tmp_path / "out"
+    _run(small_dir, out)
+    jsonl = out / "segments.jsonl"
+    old = []
+    for rec in map(json.loads, jsonl.read_text().splitlines()):
+        for name in ("init", "bit_shift", "negligible_classes"):
+            del rec[name]
+        rec["labels"] = str(Path("out") / Path(rec["labels"]).name)
+        rec["colour"] = str(Path("out") / Path(rec["colour"]).name)
+        old.append(rec)
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in old))
+    monkeypatch.chdir(small_dir)  # not the directory the relative paths were relative to
+    # other settings are still refused, before any work
+    with pytest.raises(ValueError, match=r"n_classes 2 there, 3 in this run \(3 image"):
+        _run(small_dir, out, 3)
+    with pytest.raises(ValueError, match=r"init 'range' there, 'kmeans\+\+' in this run \(3 image"):
+        _run(small_dir, out, init="kmeans++")
+    before = _snapshot(out)
+    summary = _run(small_dir, out)  # the same settings: skipped
+    assert (summary.n_skipped, summary.n_done) == (3, 0)
+    assert {k: v for k, v in _snapshot(out).items() if k != "segments.jsonl"} == {
+        k: v for k, v in before.items() if k != "segments.jsonl"
+    }
+    # ... and their output paths are now absolute; the rest of each record is kept
+    recs = {r["input"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
+    for rec in old:
+        new = recs[rec["input"]]
+        assert new["labels"] == str(out / Path(rec["labels"]).name) and Path(new["labels"]).is_file()
+        assert new["colour"] == str(out / Path(rec["colour"]).name)
+        assert {k: v for k, v in new.items() if k not in ("labels", "colour")} == {
+            k: v for k, v in rec.items() if k not in ("labels", "colour")
+        }

@@ -13,14 +13,17 @@ import torch
 from torchgmm._checks import ShapeError
 from torchgmm.segmentation import (
     HistogramSegmenter,
+    NegligibleClassWarning,
     apply_lut,
     fit_histogram_mixture,
     image_histograms,
     label_lut,
+    negligible_classes,
     posterior_lut,
     range_init,
     segment_images,
     to_grey_uint8,
+    to_uint8,
 )
 
 CAMERAMAN = Path(__file__).resolve().parents[1] / "torchgmm" / "data" / "cameraman.png"
@@ -77,6 +80,98 @@ class TestGrey:
         assert to_grey_uint8(x).flatten().tolist() == [0, 0, 1, 255]
 
 
+def _uint16(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.int32).to(torch.uint16)
+
+
+def _twelve_bit_plateaus(h: int = 40, w: int = 60, seed: int = 0) -> torch.Tensor:
+    """(1, 1, H, W) uint16: columns in thirds at 500, 1500 and 3000 (+ noise sigma 50), max < 4096."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((1, 1, h, w), 500.0)
+    x[..., w // 3 : 2 * w // 3] = 1500.0
+    x[..., 2 * w // 3 :] = 3000.0
+    return _uint16((x + 50 * torch.randn(x.shape, generator=g)).round().clamp(0, 4095))
+
+
+class TestSixteenBit:
+    """uint16 images are reduced by their own bit depth: ``v >> max(0, bit_length(max) - 8)``."""
+
+    def test_shift_per_image_by_bit_length_of_the_maximum(self, device):
+        # one image per row: its maximum sets the shift (hand-computed bit lengths)
+        peaks = [0, 200, 255, 256, 4095, 2048, 32767, 32768, 65535]
+        shifts = [0, 0, 0, 1, 4, 4, 7, 8, 8]
+        x = torch.zeros(len(peaks), 1, 1, 3, dtype=torch.int32)
+        x[:, 0, 0, 0] = torch.tensor(peaks)
+        x[:, 0, 0, 1] = 100
+        x[:, 0, 0, 2] = torch.tensor(peaks) // 2
+        out = to_uint8(_uint16(x).to(device))
+        assert out.dtype == torch.uint8 and out.shape == x.shape and out.device.type == device.type
+        expected = [[max(p, 100) >> s if p else 0, 100 >> s, (p // 2) >> s] for p, s in zip(peaks, shifts)]
+        expected[0] = [0, 100, 0]  # max 100: bit length 7, kept as it is
+        assert out.flatten(1).tolist() == expected
+
+    def test_full_range_16_bit_is_the_high_byte_as_before(self, cameraman):
+        full = _uint16(cameraman.to(torch.int32) * 257)  # 0..65535
+        high_byte = (full.to(torch.int32) >> 8).to(torch.uint8)
+        assert torch.equal(high_byte, cameraman)  # (v * 257) >> 8 == v for v <= 255
+        assert torch.equal(to_uint8(full), high_byte)
+        labels16, fit16 = segment_images(full, 3)
+        labels8, fit8 = segment_images(cameraman, 3)
+        assert torch.equal(labels16, labels8)
+        torch.testing.assert_close(fit16.means, fit8.means, rtol=0, atol=0)
+
+    def test_twelve_bit_plateaus_get_three_classes(self):
+        sklearn = pytest.importorskip("sklearn.mixture")
+        img = _twelve_bit_plateaus()
+        labels, fit = segment_images(img, 3)
+        w = img.shape[-1]
+        for k, cols in enumerate((slice(0, w // 3), slice(w // 3, 2 * w // 3), slice(2 * w // 3, w))):
+            assert labels[0, :, cols].unique().tolist() == [k]
+        # means in reduced grey levels (shift 4): about 500 / 16, 1500 / 16, 3000 / 16, minus
+        # the truncation of the 4 low bits (half a level on average); equal to scikit-learn's
+        # fit of the raw 12-bit pixels divided by 16
+        raw = img.flatten().double().numpy()[:, None]
+        ref = sklearn.GaussianMixture(3, random_state=0).fit(raw)
+        ref_means = np.sort(ref.means_[:, 0]) / 16
+        np.testing.assert_allclose(fit.means[0, :, 0].numpy() + 0.5, ref_means, atol=0.1)
+        np.testing.assert_allclose(ref_means, [500 / 16, 1500 / 16, 3000 / 16], atol=1.0)
+        np.testing.assert_allclose(fit.weights[0].numpy(), [1 / 3] * 3, atol=1e-9)
+
+    def test_batch_mixing_12_and_16_bit_is_reduced_per_image(self, cameraman):
+        twelve = _twelve_bit_plateaus(64, 64)
+        small = cameraman[..., ::8, ::8]  # (1, 1, 64, 64), the whole scene: three classes
+        full = _uint16(small.to(torch.int32) * 257)
+        eight = _uint16(twelve.to(torch.int32) >> 4)
+        both = torch.cat([twelve, full, eight])  # 12-bit, 16-bit and 8-bit data in uint16
+        labels, fit = segment_images(both, 3)
+        for b, one in enumerate((twelve, full, eight)):
+            ref_labels, ref_fit = segment_images(one, 3)
+            assert torch.equal(labels[b], ref_labels[0])
+            torch.testing.assert_close(fit.means[b], ref_fit.means[0])
+        assert labels[0].unique().tolist() == [0, 1, 2]
+        # 12-bit data shifted by 4 and 8-bit data kept as it is: the same grey levels
+        assert torch.equal(to_uint8(both)[0], to_uint8(both)[2])
+        assert torch.equal(to_uint8(both)[1], small[0])
+
+    def test_rgb_mode_and_predict_proba_use_the_same_reduction(self):
+        twelve = _twelve_bit_plateaus(30, 30).expand(-1, 3, -1, -1).contiguous()
+        seg = HistogramSegmenter(3, mode="rgb", random_state=0)
+        labels = seg(twelve)
+        assert seg.means_[0, :, 0].tolist() == sorted(seg.means_[0, :, 0].tolist())
+        assert labels[0].unique().tolist() == [0, 1, 2]
+        assert torch.equal(seg.predict_proba(twelve).argmax(1), labels)
+        grey = HistogramSegmenter(3)
+        assert torch.equal(grey(twelve), labels)  # luminance of equal channels: the grey levels
+        assert torch.equal(grey.predict_proba(twelve).argmax(1), labels)
+
+    def test_errors_and_empty(self):
+        with pytest.raises(TypeError, match="uint8 or uint16"):
+            to_uint8(torch.zeros(2, 2, dtype=torch.int32))
+        with pytest.raises(ShapeError, match="0-d"):
+            to_uint8(_uint16(7))
+        assert to_uint8(_uint16(torch.zeros(2, 1, 0, 3))).shape == (2, 1, 0, 3)
+
+
 class TestRangeInit:
     def test_two_intervals(self):
         hist = torch.zeros(256)
@@ -95,6 +190,31 @@ class TestRangeInit:
         assert (var >= 1).all() and torch.allclose(w.sum(1), torch.ones(2, dtype=torch.float64))
         fit = fit_histogram_mixture(hist, 4, max_iter=5)
         assert torch.isfinite(fit.means).all() and torch.isfinite(fit.covariances).all()
+
+    def test_data_span_cuts_the_occupied_levels(self):
+        # occupied levels 100..129 (30 levels), K = 3: intervals 100..109, 110..119, 120..129
+        hist = torch.zeros(2, 256)
+        hist[0, [100, 105, 112, 129]] = torch.tensor([1.0, 3.0, 2.0, 2.0])
+        hist[1, [0, 255]] = 1.0  # spans every level: the same cut as span="full"
+        w, mu, var = range_init(hist, 3, span="data")
+        assert w[0].tolist() == [0.5, 0.25, 0.25]
+        assert mu[0].tolist() == [103.75, 112.0, 129.0]
+        assert var[0].tolist() == [(3.75**2 + 3 * 1.25**2) / 4, 1.0, 1.0]  # floor 1 where one value
+        full = range_init(hist, 3)
+        for a, b in zip(full, (w, mu, var)):
+            assert torch.equal(a[1], b[1])
+        # span="full" put all four levels in the middle interval 86..170
+        assert full[0][0, 1] == 1.0 and full[1][0, 1].item() == (100 + 3 * 105 + 2 * 112 + 2 * 129) / 8
+
+    def test_data_span_with_fewer_levels_than_classes_is_finite(self):
+        hist = torch.zeros(1, 256)
+        hist[0, [7, 8]] = 5.0
+        w, mu, var = range_init(hist, 4, span="data")
+        for t in (w, mu, var):
+            assert torch.isfinite(t).all()
+        assert w[0, [0, 2]].tolist() == [0.5, 0.5] and mu[0, [0, 2]].tolist() == [7.0, 8.0]
+        with pytest.raises(ValueError, match="span"):
+            range_init(hist, 2, span="occupied")
 
 
 class TestFitHistogramMixture:
@@ -135,6 +255,128 @@ class TestFitHistogramMixture:
             one = fit_histogram_mixture(image_histograms(imgs[b : b + 1]), 3, tol=1e-6)
             torch.testing.assert_close(one.means[0], fit.means[b], rtol=1e-9, atol=1e-9)
             torch.testing.assert_close(one.weights[0], fit.weights[b], rtol=1e-9, atol=1e-9)
+
+
+def _three_regions(levels=(40.0, 95.0, 140.0), size: int = 64, seed: int = 0) -> torch.Tensor:
+    """(1, 1, size, 3 * size) uint8: flat regions side by side at ``levels``, noise sigma 5."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.cat([torch.full((1, 1, size, size), v) for v in levels], 3)
+    return (img + 5 * torch.randn(img.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+
+
+def _low_contrast(cameraman: torch.Tensor) -> torch.Tensor:
+    """The cameraman with its grey levels squeezed into 90..150."""
+    return (90 + cameraman.double() * 60 / 255).round().to(torch.uint8)
+
+
+def _sklearn_on_pixels(img: torch.Tensor, k: int):
+    """scikit-learn's GaussianMixture on the raw pixels: (means, weights) sorted by mean."""
+    sklearn = pytest.importorskip("sklearn.mixture")
+    ref = sklearn.GaussianMixture(k, random_state=0, tol=1e-6).fit(img.flatten().double().numpy()[:, None])
+    order = np.argsort(ref.means_[:, 0])
+    return ref.means_[order, 0], ref.weights_[order]
+
+
+class TestInits:
+    """``init="range"`` (default) can empty a class; ``"data-range"``/``"kmeans++"`` and the warning."""
+
+    def test_cameraman_default_is_the_textbook_range_init_unchanged(self, cameraman):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no NegligibleClassWarning on the demo image
+            labels, fit = segment_images(cameraman, 3)
+        explicit, fit_range = segment_images(cameraman, 3, init="range")
+        assert torch.equal(labels, explicit) and torch.equal(fit.means, fit_range.means)
+        # the values of the textbook demo (before the init choice existed)
+        np.testing.assert_allclose(
+            fit.means[0, :, 0].numpy(), [26.738546961735366, 149.15745693751794, 205.83993312220014], rtol=1e-12
+        )
+        assert int(fit.n_iter[0]) == 6
+
+    def test_range_init_empties_a_class_and_warns(self):
+        img = _three_regions()
+        with pytest.warns(NegligibleClassWarning, match=r"1 of 1 image.*batch index 0 \(class 1\).*kmeans\+\+"):
+            labels, fit = segment_images(img, 3)
+        # 95 and 140 share the interval 85..170 and 170..255 is empty: class 1 is emptied
+        assert labels.unique().tolist() == [0, 2]
+        assert fit.weights[0, 1] * img[0, 0].numel() < 1e-6
+
+    @pytest.mark.parametrize("init", ["data-range", "kmeans++"])
+    def test_three_regions_get_three_classes(self, init):
+        img = _three_regions()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            labels, fit = segment_images(img, 3, init=init, tol=1e-6, generator=torch.Generator().manual_seed(0))
+        for k in range(3):  # known answer: region k is class k
+            assert labels[0, :, 64 * k : 64 * (k + 1)].unique().tolist() == [k]
+        ref_means, ref_weights = _sklearn_on_pixels(img, 3)
+        np.testing.assert_allclose(fit.means[0, :, 0].numpy(), ref_means, atol=1e-3)
+        np.testing.assert_allclose(fit.weights[0].numpy(), ref_weights, atol=1e-5)
+        np.testing.assert_allclose(ref_means, [40, 95, 140], atol=0.5)
+
+    def test_low_contrast(self, cameraman):
+        low = _low_contrast(cameraman)
+        assert (int(low.min()), int(low.max())) == (90, 150)
+        with pytest.warns(NegligibleClassWarning, match=r"class 0, 2\)"):
+            labels, _ = segment_images(low, 3)
+        assert labels.unique().tolist() == [1]  # [0, 255] cut in three: 90..150 is one interval
+        ref_means, ref_weights = _sklearn_on_pixels(low, 3)
+        for init in ("data-range", "kmeans++"):
+            labels, fit = segment_images(low, 3, init=init, tol=1e-6, generator=torch.Generator().manual_seed(0))
+            assert labels.unique().tolist() == [0, 1, 2]
+            np.testing.assert_allclose(fit.means[0, :, 0].numpy(), ref_means, atol=0.01)
+            np.testing.assert_allclose(fit.weights[0].numpy(), ref_weights, atol=1e-3)
+
+    def test_warning_names_the_batch_indices(self, cameraman):
+        good = cameraman[..., ::4, ::4][..., :64, :]  # (1, 1, 64, 128): three classes
+        good = torch.cat([good, good[..., :64]], 3)  # 64 x 192, the size of _three_regions
+        low = _low_contrast(good)
+        batch = torch.cat([good, _three_regions(), good, low])
+        with pytest.warns(NegligibleClassWarning) as record:
+            segment_images(batch, 3)
+        assert len(record) == 1
+        message = str(record[0].message)
+        assert "2 of 4 image(s)" in message and "batch index 1 (class 1), 3 (class 0, 2)" in message
+        with pytest.warns(NegligibleClassWarning, match=r"batch index 1 \(class 1\), 3"):
+            HistogramSegmenter(3)(batch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            HistogramSegmenter(3, init="kmeans++", random_state=0)(batch)
+
+    def test_one_pixel_class_is_not_negligible(self):
+        # a class that owns one pixel is a class; a class EM emptied is not
+        img = torch.full((1, 1, 32, 32), 40, dtype=torch.uint8)
+        img[0, 0, 3, 3] = 250
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            labels, fit = segment_images(img, 2)
+        assert int((labels == 1).sum()) == 1
+        assert negligible_classes(fit.weights, 32 * 32).tolist() == [[False, False]]
+        # two pixels, three classes: class 1 can only be empty, the others hold one pixel each
+        tiny = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
+        with pytest.warns(NegligibleClassWarning, match=r"batch index 0 \(class 1\)\."):
+            _, fit = segment_images(tiny, 3)
+        np.testing.assert_allclose((fit.weights * 2).numpy(), [[1, 0, 1]], atol=1e-12)
+
+    def test_module_takes_init_and_equals_function(self):
+        img = _three_regions()
+        for init in ("data-range", "kmeans++", "random"):
+            seg = HistogramSegmenter(3, init=init, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NegligibleClassWarning)
+                labels = seg(img)
+                ref, fit = segment_images(img, 3, init=init, generator=torch.Generator().manual_seed(0))
+            assert torch.equal(labels, ref) and torch.equal(seg.means_, fit.means)
+            assert f"init={init!r}" in repr(seg)
+        with pytest.raises(ValueError, match="init"):
+            HistogramSegmenter(3, init="kmeans")
+        with pytest.raises(ValueError, match="init"):
+            segment_images(img, 3, init="kmeans")
+
+    def test_rgb_mode_has_no_init_choice(self):
+        rgb = _three_regions(size=16).expand(-1, 3, -1, -1).contiguous()
+        a, fa = segment_images(rgb, 3, mode="rgb", generator=torch.Generator().manual_seed(0))
+        b, fb = segment_images(rgb, 3, mode="rgb", init="data-range", generator=torch.Generator().manual_seed(0))
+        assert torch.equal(a, b) and torch.equal(fa.means, fb.means)
 
 
 class TestLabels:
@@ -338,8 +580,10 @@ class TestSegmentImagesErrors:
         with pytest.raises(ValueError, match=r"n_classes=3 pixels.*H x W = 2"):
             segment_images(tiny, 3, mode="rgb")
         assert segment_images(tiny, 2, mode="rgb")[0].shape == (1, 1, 2)
-        # the histogram mode always fits 256 grey levels: fewer pixels than K is fine
-        assert segment_images(tiny[:, :1], 3)[0].shape == (1, 1, 2)
+        # the histogram mode always fits 256 grey levels: fewer pixels than K is fine (and
+        # leaves a class empty: two pixels hold two classes)
+        with pytest.warns(NegligibleClassWarning, match=r"batch index 0 \(class 1\)"):
+            assert segment_images(tiny[:, :1], 3)[0].shape == (1, 1, 2)
 
 
 def test_colourise_rejects_labels_outside_0_to_k():

@@ -34,18 +34,28 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --- segment (issue 3) -------------------------------------------------------------------
 def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from torchgmm.segmentation import HISTOGRAM_INITS
+
     p = sub.add_parser(
         "segment",
         help="segment images by histogram EM",
         description="Segment images into K intensity classes by histogram EM. Writes, per image, "
         "NAME_labels.png (values 0..K-1, 0 darkest) and NAME_colour.png, and the fitted "
-        "parameters of the run to OUT/segments.jsonl. Finished images are skipped on re-runs.",
+        "parameters of the run to OUT/segments.jsonl. Finished images are skipped on re-runs. "
+        "An image that ends with fewer classes than K (a class holding less than half a pixel's "
+        "worth of weight) gets a 'warning:' line naming it and what to try.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
     p.add_argument("--classes", "-k", type=int, default=3, help="number of classes K (default: 3)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", choices=("luminance", "rgb"), default="luminance",
                    help="colour images: segment BT.601 luminance (default) or fit RGB mixtures")
+    p.add_argument("--init", choices=HISTOGRAM_INITS, default="range",
+                   help="how EM starts: range (default, the textbook demo) cuts grey levels 0..255 into K "
+                   "equal intervals and can leave a class empty when two classes share one; data-range "
+                   "cuts each image's occupied [min, max] instead (low-contrast images); kmeans++ "
+                   "seeds from the histogram (seed 0); random. Luminance only: --mode rgb always "
+                   "uses k-means++")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (default: 2)")
@@ -66,7 +76,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         return 2
     try:
         s = segment_files(
-            args.inputs, args.out, args.classes, mode=args.mode, device=args.device,
+            args.inputs, args.out, args.classes, mode=args.mode, init=args.init, device=args.device,
             batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
             tol=args.tol, max_iter=args.max_iter, progress=not args.no_progress,
         )
@@ -78,6 +88,9 @@ def _run_segment(args: argparse.Namespace) -> int:
         f"of {s.n_found} image(s) in {s.wall_s:.1f} s; parameters in {s.jsonl}",
         file=sys.stderr,
     )
+    if s.negligible:
+        print(f"{len(s.negligible)} image(s) ended with fewer classes than {args.classes} "
+              "(named in the warnings above; try --init kmeans++ or --init data-range)", file=sys.stderr)
     for path, _ in s.failed:
         print(f"failed: {path}", file=sys.stderr)
     return 1 if s.failed else 0

@@ -14,10 +14,16 @@ Conventions:
   3-D full-covariance mixture to a random sample of pixels with the general engine
   (:func:`torchgmm.mixture.fit_gaussian_mixture`) and labels every pixel by its posterior;
   classes are then sorted by the luminance of their means.
-* **16-bit** images (uint16) are reduced to 8 bits by dropping the low byte (``v >> 8``)
-  before the histogram: labels are defined on 256 grey levels, whatever the bit depth.
-  This keeps one 256-entry histogram and lookup table for every input and loses nothing a
-  K-class segmentation can use.
+* **16-bit** images (uint16) are reduced to 8 bits before the histogram, each by its own
+  effective bit depth (:func:`to_uint8`): image ``b`` is shifted right by
+  ``max(0, bit_length(max_b) - 8)`` bits, ``max_b`` its largest value. Full-range 16-bit
+  data keeps its high byte (``v >> 8``), 12-bit data stored in 16 bits (0..4095) is shifted
+  by 4 and so still spans 256 grey levels, and data below 256 is kept as it is. Labels are
+  thus defined on up to 256 grey levels whatever the bit depth, with one 256-entry
+  histogram and lookup table for every input; only the ``shift`` low bits are lost, i.e.
+  differences below ``2^shift`` raw levels (under 1/128 of the image's largest value).
+  Fitted means and variances are in these reduced grey levels: times ``2^shift`` and
+  ``4^shift`` they are (up to the truncation) in raw units.
 
 Shape vocabulary: B images, K classes, C channels, H, W image size, D features.
 """
@@ -61,10 +67,13 @@ __all__ = [
     "to_grey_uint8",
     "image_histograms",
     "range_init",
+    "HISTOGRAM_INITS",
     "fit_histogram_mixture",
     "posterior_lut",
     "label_lut",
     "apply_lut",
+    "NegligibleClassWarning",
+    "negligible_classes",
     "segment_images",
     "HistogramSegmenter",
     "palette",
@@ -74,6 +83,9 @@ __all__ = [
 ]
 
 SegmentMode = Literal["luminance", "rgb"]
+HistogramInit = Literal["range", "data-range", "kmeans++", "random"]
+#: initialisations of the histogram EM (see :func:`fit_histogram_mixture`)
+HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
 
 #: number of grey levels (histogram bins) the segmentation works on
 N_LEVELS = 256
@@ -136,34 +148,70 @@ def _check_label_dtype(label_dtype: object, n_classes: int) -> None:
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """Return uint8 images; uint16 images lose their low byte (``v >> 8``).
+    """Return uint8 images; each uint16 image is shifted right by its own effective bit depth.
+
+    A 16-bit container often holds fewer significant bits (12-bit cameras and microscopes
+    write 0..4095). Image ``b`` is shifted right by ``max(0, bit_length(max_b) - 8)`` bits,
+    ``max_b`` its largest value over all channels and pixels, so that its highest set bit
+    lands on bit 7 and its data spans up to 256 grey levels: 12-bit data (max 2048..4095)
+    shifts by 4, full-range 16-bit data (max >= 32768) by 8 (the high byte), and data that
+    fits in 8 bits (max <= 255) is kept as it is. Only powers of two are used, so the
+    result is a plain truncation of each value's low bits, as for the high byte. Each image
+    gets its own shift (images of one batch may have different depths); grey levels of
+    different 16-bit images are therefore comparable only when their shifts are equal. The
+    maximum alone decides: one value of 4096 or more (a hot pixel) in 12-bit data shifts
+    the whole image by more than 4.
 
     Args:
-        images: uint8 or uint16 tensor of any shape.
+        images: uint8 or uint16 images, dim 0 indexing the images.
 
     Returns:
         uint8 tensor of the same shape (``images`` itself when already uint8).
 
     Raises:
         TypeError: ``images`` is neither uint8 nor uint16.
+        ShapeError: ``images`` is 0-d (no image dimension).
 
     Shape:
-        - images: any shape, e.g. ``(B, C, H, W)``, uint8 or uint16
+        - images: ``(B, ...)``, e.g. ``(B, C, H, W)``, uint8 or uint16
         - output: the same shape, uint8
 
     Example:
-        >>> to_uint8(torch.tensor([0, 257, 65535], dtype=torch.uint16)).tolist()
-        [0, 1, 255]
+        >>> twelve_bit = torch.tensor([0, 1600, 4095], dtype=torch.uint16).view(1, 1, 1, 3)
+        >>> full = torch.tensor([0, 257, 65535], dtype=torch.uint16).view(1, 1, 1, 3)
+        >>> to_uint8(torch.cat([twelve_bit, full])).flatten(1).tolist()
+        [[0, 100, 255], [0, 1, 255]]
     """
     if images.dtype == torch.uint8:
         return images
-    if images.dtype == torch.uint16:
-        return (images.to(torch.int32) >> 8).to(torch.uint8)
-    raise TypeError(f"`images` must be uint8 or uint16, got dtype {images.dtype}.")
+    if images.dtype != torch.uint16:
+        raise TypeError(f"`images` must be uint8 or uint16, got dtype {images.dtype}.")
+    if images.ndim == 0:
+        raise ShapeError("`images` must have an image dimension (B, ...), got a 0-d tensor.")
+    if images.numel() == 0:
+        return images.to(torch.uint8)
+    wide = images.to(torch.int32)
+    shift = _bit_shift(wide)
+    return (wide >> shift.view(-1, *(1,) * (wide.ndim - 1))).to(torch.uint8)
+
+
+def _bit_shift(images: Tensor) -> Tensor:
+    """``(B,)`` int32 right shift of each image for :func:`to_uint8`: ``max(0, bit_length(max) - 8)``.
+
+    Computed on the device for the whole batch: no loop over images and no host sync.
+    ``bit_length(m)`` is the number of powers of two ``2^j <= m`` (0 for m = 0).
+    """
+    peak = images.reshape(images.shape[0], -1).amax(dim=1).to(torch.int32)  # (B,)
+    powers = torch.tensor([1 << j for j in range(16)], device=images.device, dtype=torch.int32)
+    bit_length = (peak.unsqueeze(1) >= powers).sum(dim=1, dtype=torch.int32)
+    return (bit_length - 8).clamp_min(0)
 
 
 def to_grey_uint8(images: Tensor) -> Tensor:
     """Grey uint8 images: luminance (ITU-R BT.601) of RGB input, 16-bit reduced to 8 bits.
+
+    uint16 images are first reduced to 8 bits by their own effective bit depth
+    (:func:`to_uint8`), then converted to luminance.
 
     Args:
         images: uint8 or uint16 images.
@@ -249,19 +297,31 @@ def _check_hist(hist: object) -> Tensor:
 
 
 def range_init(
-    hist: Tensor, n_classes: int, *, var_floor: float = 1.0, dtype: torch.dtype = torch.float64
+    hist: Tensor,
+    n_classes: int,
+    *,
+    span: Literal["full", "data"] = "full",
+    var_floor: float = 1.0,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Initial mixtures from cutting the grey range into ``n_classes`` equal intervals.
+    """Initial mixtures from cutting a range of grey levels into ``n_classes`` equal intervals.
 
-    Bin ``v`` of ``L`` falls in interval ``floor(v * K / L)`` (for K = 2 and L = 256:
-    0..127 and 128..255). Each interval's count-weighted share, mean and variance start its
-    component. An empty interval starts at its centre with share ``eps`` (renormalised); a
-    variance below ``var_floor`` (one grey level squared by default, e.g. an interval whose
-    pixels are all one value) is raised to it, so the init never holds NaN or zero variance.
+    ``span="full"`` (the textbook cameraman demo) cuts all ``L`` levels: bin ``v`` falls in
+    interval ``floor(v * K / L)`` (for K = 2 and L = 256: 0..127 and 128..255).
+    ``span="data"`` cuts only the levels each image occupies, from its lowest non-empty bin
+    ``lo`` to its highest ``hi``: bin ``v`` falls in ``floor((v - lo) * K / (hi - lo + 1))``,
+    which for an image that spans ``0..L-1`` is the same cut. A low-contrast image (all
+    pixels in 90..150, say) then starts with K classes inside its range instead of one
+    interval holding everything. Each interval's count-weighted share, mean and variance
+    start its component. An empty interval starts at the mean of its bins with share
+    ``eps`` (renormalised); a variance below ``var_floor`` (one grey level squared by
+    default, e.g. an interval whose pixels are all one value) is raised to it, so the init
+    never holds NaN or zero variance.
 
     Args:
         hist: non-negative counts per grey level.
         n_classes: K, the number of components.
+        span: ``"full"`` (all L levels) or ``"data"`` (each image's occupied levels).
         var_floor: smallest initial variance, in grey levels squared.
         dtype: floating dtype of the results.
 
@@ -277,22 +337,39 @@ def range_init(
         >>> w, mu, var = range_init(hist, 2)
         >>> w.tolist(), mu.tolist()
         ([[0.75, 0.25]], [[10.0, 200.0]])
+        >>> hist = torch.zeros(256); hist[[100, 110, 120]] = 1
+        >>> range_init(hist, 3)[1].tolist(), range_init(hist, 3, span="data")[1].tolist()
+        ([[42.5, 110.0, 213.0]], [[100.0, 110.0, 120.0]])
     """
     hist = _check_hist(hist)
     k = check_positive_int(n_classes, "n_classes")
+    check_choice(span, "span", ("full", "data"))
     b, levels = hist.shape
     if k > levels:
         raise ValueError(f"`n_classes` must be <= the number of bins {levels}, got {k}.")
     h = hist.to(dtype)
     v = torch.arange(levels, device=h.device, dtype=dtype)
-    interval = torch.div(torch.arange(levels, device=h.device) * k, levels, rounding_mode="floor")
-    onehot = nn.functional.one_hot(interval, k).to(dtype)  # (L, K)
-    n_k = h @ onehot  # (B, K) pixels per interval
+    bins = torch.arange(levels, device=h.device)
+    if span == "full":
+        interval = torch.div(bins * k, levels, rounding_mode="floor")  # (L,)
+    else:
+        occupied = hist > 0
+        lo = torch.where(occupied, bins, levels).amin(1, keepdim=True)  # (B, 1)
+        hi = torch.where(occupied, bins, -1).amax(1, keepdim=True)
+        empty = ~occupied.any(1, keepdim=True)  # an all-zero histogram: cut all levels
+        lo, hi = lo.masked_fill(empty, 0), hi.masked_fill(empty, levels - 1)
+        # bins outside [lo, hi] hold no pixels; clamped into the end intervals
+        interval = torch.div((bins - lo) * k, hi - lo + 1, rounding_mode="floor").clamp(0, k - 1)  # (B, L)
+    onehot = nn.functional.one_hot(interval, k).to(dtype)  # (L, K) or (B, L, K)
+    # (B, 1, L) @ onehot: one matmul for a shared cut, a batched one for per-image cuts
+    n_k = (h.unsqueeze(1) @ onehot).squeeze(1)  # (B, K) pixels per interval
     eps = torch.finfo(dtype).eps
-    centre = (onehot * v.unsqueeze(1)).sum(0) / onehot.sum(0)  # (K,) interval centres
+    # (K,) or (B, K) mean bin of each interval (0 for an interval without bins, which can
+    # only happen when an image occupies fewer than K levels)
+    centre = (onehot * v.unsqueeze(1)).sum(-2) / onehot.sum(-2).clamp_min(1)
     safe = n_k.clamp_min(eps)
     # mu_k = sum_v h_v v / n_k ; var_k = sum_v h_v (v - mu_k)^2 / n_k   over the bins of interval k
-    means = torch.where(n_k > 0, (h * v) @ onehot / safe, centre.expand(b, k))
+    means = torch.where(n_k > 0, ((h * v).unsqueeze(1) @ onehot).squeeze(1) / safe, centre.expand(b, k))
     sq = (h.unsqueeze(2) * onehot * (v.view(1, levels, 1) - means.unsqueeze(1)) ** 2).sum(1)
     variances = (sq / safe).clamp_min(var_floor)
     weights = n_k.clamp_min(eps)
@@ -323,7 +400,7 @@ def fit_histogram_mixture(
     tol: float = 1e-3,
     max_iter: int = 100,
     reg_covar: float = 1e-6,
-    init: Literal["range", "kmeans++", "random"] = "range",
+    init: HistogramInit = "range",
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
 ) -> GaussianMixtureFit:
@@ -340,10 +417,17 @@ def fit_histogram_mixture(
         tol: convergence threshold on the change of the mean log-likelihood (>= 0).
         max_iter: most EM iterations (>= 1, as in scikit-learn).
         reg_covar: added to every variance at each M-step.
-        init: ``"range"`` (default, :func:`range_init`: equal grey-level intervals) or one
-            of the engine's random inits.
+        init: how EM starts. ``"range"`` (default, the textbook demo): cut all grey levels
+            ``0..L-1`` into K equal intervals (:func:`range_init`); classes that share an
+            interval, or an empty interval, can leave a class with no weight.
+            ``"data-range"``: cut the levels each image occupies, ``[min, max]``, into K
+            equal intervals (``range_init(span="data")``): better for low-contrast
+            images, deterministic. ``"kmeans++"``: k-means++ seeding plus a few Lloyd
+            iterations on the count-weighted grey levels (random, seeded by
+            ``generator``): finds classes that share an interval. ``"random"``: random
+            responsibilities.
         dtype: floating dtype of the fit; float64 by default (exact for any image size).
-        generator: randomness for ``"kmeans++"``/``"random"`` inits.
+        generator: randomness for the ``"kmeans++"``/``"random"`` inits.
 
     Returns:
         :class:`~torchgmm.mixture.GaussianMixtureFit` with ``covariance_type="full"`` and
@@ -360,14 +444,15 @@ def fit_histogram_mixture(
         [40.0, 200.0]
     """
     hist = _check_hist(hist)
-    check_choice(init, "init", ("range", "kmeans++", "random"))
+    check_choice(init, "init", HISTOGRAM_INITS)
     _check_em_settings(tol, max_iter)
     b, levels = hist.shape
     x = torch.arange(levels, device=hist.device, dtype=dtype).view(1, levels, 1).expand(b, -1, -1)
     w = hist.to(dtype)
     kwargs: dict = {}
-    if init == "range":
-        weights0, means0, var0 = range_init(hist, n_classes, dtype=dtype)
+    if init in ("range", "data-range"):
+        span = "full" if init == "range" else "data"
+        weights0, means0, var0 = range_init(hist, n_classes, span=span, dtype=dtype)
         kwargs = dict(
             weights_init=weights0,
             means_init=means0.unsqueeze(-1),
@@ -381,7 +466,8 @@ def fit_histogram_mixture(
         tol=tol,
         reg_covar=reg_covar,
         max_iter=max_iter,
-        init_params=init,
+        # the range inits give every parameter explicitly; the engine's own is then unused
+        init_params="range" if kwargs else init,
         generator=generator,
         **kwargs,
     )
@@ -535,11 +621,93 @@ def _rgb_log_joint(images: Tensor, fit: GaussianMixtureFit) -> Tensor:
     return log_joint + fit.weights.log().unsqueeze(1)  # (B, H*W, K)
 
 
+class NegligibleClassWarning(UserWarning):
+    """A fitted class ended with less than half a pixel's worth of weight (:func:`negligible_classes`).
+
+    The image was segmented into fewer classes than asked: usually because the
+    ``init="range"`` cut put two classes into one interval or left an interval empty.
+    """
+
+
+def negligible_classes(weights: Tensor, n_pixels: int) -> Tensor:
+    """Which fitted classes hold less than half a pixel's worth of weight: ``weight * n_pixels < 1/2``.
+
+    EM's weight of a class is its share of the pixels' responsibilities,
+    ``weight_k = sum_n r_nk / n_pixels``, so ``weight * n_pixels`` is the number of pixels
+    the class explains. Below one half, no pixel belongs to the class even by a majority
+    (``r_nk < 1/2`` for every pixel): it is no class of the image but an initial component
+    that EM emptied, and EM cannot revive it (its responsibilities scale with its weight).
+    Emptied classes end at the M-step's floor, ``weight * n_pixels ~ 1e-14``; a class that
+    owns a single pixel ends at about 1 (just under it in images of fewer than K pixels, as
+    the M-step's floor is shared out), so one half separates the two with a margin on both
+    sides, whatever the image size.
+
+    Args:
+        weights: fitted mixing weights (e.g. ``fit.weights``).
+        n_pixels: pixels the weights were fitted to (``H * W``; the sample size in
+            ``mode="rgb"``).
+
+    Returns:
+        True where a class is negligible.
+
+    Shape:
+        - weights: ``(B, K)``
+        - output: ``(B, K)`` bool
+
+    Example:
+        >>> negligible_classes(torch.tensor([[0.5, 1e-19, 0.5]]), 64 * 64).tolist()
+        [[False, True, False]]
+    """
+    return weights * n_pixels < 0.5
+
+
+def _fitted_pixels(mode: str, h: int, w: int, n_samples: int) -> int:
+    """Pixels per image the mixture weights are shares of: all of them, or the ``rgb`` sample."""
+    return min(n_samples, h * w) if mode == "rgb" else h * w
+
+
+def _negligible_hint(mode: str, init: str) -> str:
+    """What to try when a class ends negligible, for the message of a warning."""
+    if mode == "rgb":
+        return 'mode="rgb" starts from k-means++ on sampled pixels; try fewer classes or another seed'
+    tried = {
+        "range": f'init="range" cuts [0, {N_LEVELS - 1}] into K equal intervals, which leaves a class '
+        "empty when two classes share an interval or an interval holds no pixels",
+        "data-range": 'init="data-range" cuts the occupied grey levels into K equal intervals, which '
+        "leaves a class empty when two classes share an interval",
+    }.get(init, f'init="{init}" started it')
+    others = [f'init="{other}"' for other in ("kmeans++", "data-range") if other != init]
+    return f"{tried}; try {' or '.join(others)}, or fewer classes"
+
+
+def _join(values: list) -> str:
+    return ", ".join(map(str, values))
+
+
+def _warn_negligible(weights: Tensor, n_pixels: int, mode: str, init: str, stacklevel: int) -> None:
+    """Warn (:class:`NegligibleClassWarning`) naming the images whose fit has a negligible class."""
+    negligible = negligible_classes(weights, n_pixels)
+    if not bool(negligible.any()):  # one host sync per batch; the message is built only when needed
+        return
+    b, k = negligible.shape
+    rows = negligible.any(1).nonzero().flatten().tolist()
+    shown = ", ".join(f"{r} (class {_join(negligible[r].nonzero().flatten().tolist())})" for r in rows[:10])
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    warnings.warn(
+        f"{len(rows)} of {b} image(s) were segmented into fewer than n_classes={k} classes (a class "
+        f"holds less than half a pixel's worth of weight): batch index {shown}{more}. "
+        f"{_negligible_hint(mode, init)}.",
+        NegligibleClassWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def segment_images(
     images: Tensor,
     n_classes: int,
     *,
     mode: SegmentMode = "luminance",
+    init: HistogramInit = "range",
     tol: float = 1e-3,
     max_iter: int = 100,
     reg_covar: float = 1e-6,
@@ -551,17 +719,26 @@ def segment_images(
 
     ``mode="luminance"`` (default): histogram EM on the grey level (the luminance of RGB
     input); ``mode="rgb"``: a 3-D full-covariance mixture fitted to ``n_samples`` random
-    pixels per image (RGB input only). Classes are sorted darkest first.
+    pixels per image (RGB input only). Classes are sorted darkest first. When a fitted class
+    ends with less than half a pixel's worth of weight (:func:`negligible_classes`), the image
+    is segmented into fewer classes than asked and a :class:`NegligibleClassWarning` names
+    its batch index.
 
     Args:
-        images: uint8 (or uint16, reduced to 8 bits) images.
+        images: uint8 (or uint16, reduced to 8 bits per image by :func:`to_uint8`) images.
         n_classes: K.
         mode: ``"luminance"`` or ``"rgb"``.
+        init: how the histogram EM starts (``mode="luminance"``): ``"range"`` (default,
+            the textbook demo: [0, 255] cut into K equal intervals), ``"data-range"``
+            (each image's [min, max] cut into K), ``"kmeans++"`` or ``"random"`` (seeded by
+            ``generator``); see :func:`fit_histogram_mixture`. ``mode="rgb"`` always starts
+            from k-means++ on the sampled pixels.
         tol: EM convergence threshold on the mean log-likelihood.
         max_iter: most EM iterations.
         reg_covar: added to the variances at each M-step.
         n_samples: pixels sampled per image for ``mode="rgb"``.
-        generator: randomness for the ``"rgb"`` pixel sample and init.
+        generator: randomness for the ``"rgb"`` pixel sample and init, and for the
+            ``"kmeans++"``/``"random"`` inits.
         label_dtype: integer dtype of the labels that holds ``K - 1``; ``torch.uint8`` writes
             8x less memory (K <= 256).
 
@@ -572,8 +749,13 @@ def segment_images(
         TypeError: ``images`` is not uint8/uint16, or ``label_dtype`` is not an integer dtype.
         ShapeError: ``images`` is not ``(B, 1 or 3, H, W)`` with B, H, W >= 1.
         ValueError: ``n_classes``, ``tol`` or ``max_iter`` is out of range (``max_iter >= 1``,
-            ``tol >= 0``), ``label_dtype`` cannot hold ``n_classes - 1``, or
-            ``mode="rgb"`` gets fewer pixels (or ``n_samples``) than ``n_classes``.
+            ``tol >= 0``), ``mode`` or ``init`` is unknown, ``label_dtype`` cannot hold
+            ``n_classes - 1``, or ``mode="rgb"`` gets fewer pixels (or ``n_samples``) than
+            ``n_classes``.
+
+    Warns:
+        NegligibleClassWarning: a class of some image holds less than half a pixel's worth of
+            weight (the message gives the batch indices and what to try).
 
     Shape:
         - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 or uint16
@@ -585,8 +767,32 @@ def segment_images(
         >>> labels[0, 0].tolist()
         [0, 0, 0, 0, 1, 1, 1, 1]
     """
+    labels, fit = _segment_images(
+        images, n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
+        n_samples=n_samples, generator=generator, label_dtype=label_dtype,
+    )
+    n_pixels = _fitted_pixels(mode, labels.shape[1], labels.shape[2], n_samples)
+    _warn_negligible(fit.weights, n_pixels, mode, init, stacklevel=2)
+    return labels, fit
+
+
+def _segment_images(
+    images: Tensor,
+    n_classes: int,
+    *,
+    mode: SegmentMode,
+    init: HistogramInit,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    n_samples: int,
+    generator: torch.Generator | None,
+    label_dtype: torch.dtype,
+) -> tuple[Tensor, GaussianMixtureFit]:
+    """:func:`segment_images` without its warning (callers warn in their own words)."""
     images = _check_images(images)
     check_choice(mode, "mode", ("luminance", "rgb"))
+    check_choice(init, "init", HISTOGRAM_INITS)
     k = check_positive_int(n_classes, "n_classes")
     _check_em_settings(tol, max_iter)
     _check_label_dtype(label_dtype, k)
@@ -617,7 +823,8 @@ def segment_images(
     _, _, h, w = grey.shape
     idx = _offset_index(grey)  # one index for histogram and lookup
     fit = fit_histogram_mixture(
-        _histograms_from_index(idx), n_classes, tol=tol, max_iter=max_iter, reg_covar=reg_covar
+        _histograms_from_index(idx), n_classes, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
+        init=init, generator=generator,
     )
     # == apply_lut(label_lut(fit), grey)
     return _lookup(label_lut(fit).to(label_dtype), idx, h, w), fit
@@ -629,17 +836,24 @@ class HistogramSegmenter(nn.Module):
 
     Each ``forward`` fits a fresh mixture to every image of the batch (in one batched EM,
     without a host sync per image) and stores the fits in buffers; :meth:`predict_proba`
-    then gives the class posteriors of those images. See :func:`segment_images`.
+    then gives the class posteriors of those images. See :func:`segment_images`. A forward
+    warns (:class:`NegligibleClassWarning`, naming the batch indices) when an image ends
+    with a class of less than half a pixel's worth of weight, i.e. fewer classes than asked.
 
     Args:
         n_classes: K, the number of classes.
         mode: ``"luminance"`` (histogram EM on grey level / BT.601 luminance) or ``"rgb"``
             (3-D full-covariance mixture on sampled pixels).
+        init: how the histogram EM starts: ``"range"`` (default, [0, 255] cut into K equal
+            intervals), ``"data-range"`` (each image's [min, max] cut into K),
+            ``"kmeans++"`` or ``"random"`` (seeded by ``random_state``); see
+            :func:`fit_histogram_mixture`. Not used by ``mode="rgb"`` (k-means++ always).
         tol: EM convergence threshold on the mean log-likelihood.
         max_iter: most EM iterations.
         reg_covar: added to the variances at each M-step.
         n_samples: pixels sampled per image for ``mode="rgb"``.
-        random_state: seed of the ``"rgb"`` pixel sample and init.
+        random_state: seed of the ``"rgb"`` pixel sample and init, and of the
+            ``"kmeans++"``/``"random"`` inits (None: torch's global generator).
         label_dtype: dtype of the returned labels (int64 by default; uint8 is lighter).
 
     Shape:
@@ -672,12 +886,15 @@ class HistogramSegmenter(nn.Module):
         "weights_", "means_", "covariances_", "precisions_cholesky_",
         "lower_bound_", "n_iter_", "converged_",
     )
+    #: whether forward warns about negligible classes (segment_files reports them per file)
+    _warn_negligible = True
 
     def __init__(
         self,
         n_classes: int = 3,
         *,
         mode: SegmentMode = "luminance",
+        init: HistogramInit = "range",
         tol: float = 1e-3,
         max_iter: int = 100,
         reg_covar: float = 1e-6,
@@ -688,6 +905,7 @@ class HistogramSegmenter(nn.Module):
         super().__init__()
         self.n_classes = check_positive_int(n_classes, "n_classes")
         check_choice(mode, "mode", ("luminance", "rgb"))
+        check_choice(init, "init", HISTOGRAM_INITS)
         # checked now, as torch modules check their arguments, not at the first batch
         _check_em_settings(tol, max_iter)
         _check_label_dtype(label_dtype, self.n_classes)
@@ -695,6 +913,7 @@ class HistogramSegmenter(nn.Module):
         check_positive_int(n_samples, "n_samples")
         self.label_dtype = label_dtype
         self.mode = mode
+        self.init = init
         self.tol = tol
         self.max_iter = max_iter
         self.reg_covar = reg_covar
@@ -739,13 +958,16 @@ class HistogramSegmenter(nn.Module):
         gen = None
         if self.random_state is not None:
             gen = torch.Generator(device=images.device).manual_seed(self.random_state)
-        labels, fit = segment_images(
-            images, self.n_classes, mode=self.mode, tol=self.tol, max_iter=self.max_iter,
-            reg_covar=self.reg_covar, n_samples=self.n_samples, generator=gen,
-            label_dtype=self.label_dtype,
+        labels, fit = _segment_images(
+            images, self.n_classes, mode=self.mode, init=self.init, tol=self.tol,
+            max_iter=self.max_iter, reg_covar=self.reg_covar, n_samples=self.n_samples,
+            generator=gen, label_dtype=self.label_dtype,
         )
         for name in self._state:
             setattr(self, name, getattr(fit, name[:-1]))
+        if self._warn_negligible:
+            n_pixels = _fitted_pixels(self.mode, labels.shape[1], labels.shape[2], self.n_samples)
+            _warn_negligible(fit.weights, n_pixels, self.mode, self.init, stacklevel=2)
         if not bool(fit.converged.all()):  # one host sync per batch, not per image
             n_bad = int((~fit.converged).sum())
             warnings.warn(
@@ -783,7 +1005,10 @@ class HistogramSegmenter(nn.Module):
         return apply_lut(posterior_lut(fit), to_grey_uint8(images))
 
     def extra_repr(self) -> str:
-        return f"n_classes={self.n_classes}, mode={self.mode!r}, tol={self.tol}, max_iter={self.max_iter}"
+        return (
+            f"n_classes={self.n_classes}, mode={self.mode!r}, init={self.init!r}, tol={self.tol}, "
+            f"max_iter={self.max_iter}"
+        )
 
 
 # --- files -------------------------------------------------------------------------------
@@ -884,8 +1109,11 @@ class SegmentSummary(NamedTuple):
     segment_s: float
     #: colouring, PNG encoding and writing not hidden behind the next batch
     write_s: float
-    #: path of the JSON-lines file of fitted parameters
+    #: absolute path of the JSON-lines file of fitted parameters
     jsonl: str
+    #: the images segmented into fewer classes than asked (a class of less than half a pixel's
+    #: weight, :func:`negligible_classes`), each also named in a warning line
+    negligible: list[str] = []  # noqa: RUF012 - never mutated; a NamedTuple default
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -905,11 +1133,19 @@ def _write_outputs(labels: Tensor, n_classes: int, paths: tuple[Path, Path], rec
 
     write_png(paths[0], labels)
     write_png(paths[1], colourise(labels.unsqueeze(0), n_classes)[0])
-    return {**record, "labels": str(paths[0]), "colour": str(paths[1])}
+    return {**record, **_output_fields(paths)}
+
+
+def _output_fields(paths: tuple[Path, Path]) -> dict[str, str]:
+    """The ``labels`` and ``colour`` fields of a record: absolute, like its ``input``."""
+    return {"labels": str(paths[0].absolute()), "colour": str(paths[1].absolute())}
 
 
 #: record fields that must equal this run's settings for a finished image to be skipped
-_RECORD_SETTINGS = ("n_classes", "mode", "tol", "max_iter")
+_RECORD_SETTINGS = ("n_classes", "mode", "init", "tol", "max_iter")
+#: settings that earlier versions did not record because they had a single value then:
+#: a record without the field was made with this value
+_SETTINGS_BEFORE_RECORDED = {"init": "range"}
 
 
 def _read_records(jsonl: Path) -> dict[str, dict]:
@@ -956,9 +1192,11 @@ def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, 
 
     Skipping such an image would silently keep results made with, e.g., another number of
     classes. ``settings["mode"]`` is the requested mode; a grey image is always segmented on
-    luminance, so its record matches either mode. Records written before ``channels``,
-    ``tol`` and ``max_iter`` were stored count as colour images with unknown EM settings:
-    they are refused rather than trusted.
+    luminance, so its record matches either mode. ``init`` only matters to images segmented
+    on luminance (``mode="rgb"`` always starts from k-means++). Records written before
+    ``channels``, ``tol`` and ``max_iter`` were stored count as colour images with unknown
+    EM settings: they are refused rather than trusted. Records written before ``init`` was
+    stored were made with ``"range"``, the only init then.
     """
     missing = object()
     diffs: dict[str, tuple[set, int, str]] = {}  # setting -> (old values, images, an example)
@@ -966,11 +1204,12 @@ def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, 
         rec = records.get(key)
         if rec is None:
             continue
+        mode = settings["mode"] if rec.get("channels", 3) == 3 else "luminance"
         for name in _RECORD_SETTINGS:
-            new = settings[name]
-            if name == "mode" and rec.get("channels", 3) != 3:
-                new = "luminance"
-            old = rec.get(name, missing)
+            new = mode if name == "mode" else settings[name]
+            if name == "init" and "rgb" in (mode, rec.get("mode")):
+                continue  # the rgb fit has no init choice (and a mode change is named anyway)
+            old = rec.get(name, _SETTINGS_BEFORE_RECORDED.get(name, missing))
             if old is missing or old != new:
                 olds, count, example = diffs.get(name, (set(), 0, key))
                 olds.add("not recorded" if old is missing else repr(old))
@@ -994,6 +1233,7 @@ def segment_files(
     n_classes: int = 3,
     *,
     mode: SegmentMode = "luminance",
+    init: HistogramInit = "range",
     device: str | torch.device = "auto",
     batch_size: int = 16,
     workers: int = 0,
@@ -1007,25 +1247,53 @@ def segment_files(
     """Segment image files and write, per image, a label map PNG and a colourised PNG.
 
     ``INPUT/a/b.png`` becomes ``OUT/a/b_labels.png`` (grey values 0..K-1, class 0 darkest)
-    and ``OUT/a/b_colour.png``; the fitted parameters of every image go to one JSON-lines
-    file ``OUT/segments.jsonl`` (keyed by the absolute input path; one line appended as
-    each image is done, so a killed run loses at most the record being written, and the
-    file rewritten atomically at the start and the end, also on errors). Two inputs with the same relative path (``in1/a.png``,
+    and ``OUT/a/b_colour.png``. Two inputs with the same relative path (``in1/a.png``,
     ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
-    temporary file and ``os.replace``. Images whose outputs and record already exist are skipped unless ``overwrite``, so an interrupted run
-    resumes; if such a record was made with other settings (``n_classes``, ``mode``, ``tol``,
-    ``max_iter``) the call refuses before any work instead of keeping stale results. Images
-    inside ``out_dir`` are never taken as input, so ``out_dir`` may lie inside an input
-    folder. Files are decoded in ``workers`` DataLoader processes; images of the same size
-    in a batch are segmented together, on ``device``. A file that cannot be decoded,
-    segmented (e.g. fewer pixels than classes with ``mode="rgb"``) or written is named on
-    ``log``, skipped and listed in the summary; the other files are processed.
+    temporary file and ``os.replace``. Images inside ``out_dir`` are never taken as input,
+    so ``out_dir`` may lie inside an input folder. Files are decoded in ``workers``
+    DataLoader processes; images of the same size in a batch are segmented together, on
+    ``device``. A file that cannot be decoded, segmented (e.g. fewer pixels than classes
+    with ``mode="rgb"``) or written is named on ``log``, skipped and listed in the summary;
+    the other files are processed.
+
+    **The records**, ``OUT/segments.jsonl``: one JSON object per line and image, keyed by
+    ``"input"``; a line is appended as each image is done, so a killed run loses at most
+    the record being written, and the file is rewritten atomically at the start and the end
+    (also on errors). Every path in it is absolute (resolved), so the file reads the same
+    from any working directory. The fields:
+
+    - ``input``: the image file; ``labels``, ``colour``: its two PNGs.
+    - ``height``, ``width``, ``channels``; ``bit_shift``: the bits each value of a 16-bit
+      file was shifted right by (:func:`to_uint8`; 0 for 8-bit files), so
+      ``means * 2**bit_shift`` is in the file's raw units.
+    - the settings: ``mode`` (``"luminance"`` for grey images, whatever was asked),
+      ``init`` (``"kmeans++"`` for ``mode="rgb"``, which always uses it), ``n_classes``,
+      ``tol``, ``max_iter``.
+    - the fit, classes darkest first: ``weights`` (K), ``means`` (K x D), ``covariances``
+      (K x D x D), ``lower_bound`` (null if not finite), ``n_iter``, ``converged``;
+      ``negligible_classes``: the classes that ended with less than half a pixel's worth of
+      weight (:func:`negligible_classes`), so the image has fewer classes than asked.
+
+    **Re-runs**: images whose outputs and record exist are skipped unless ``overwrite``, so
+    an interrupted run resumes; if such a record was made with other settings
+    (``n_classes``, ``mode``, ``init``, ``tol``, ``max_iter``) the call refuses before any
+    work instead of keeping stale results. Records of earlier versions are read too: one
+    without ``init`` was made with ``"range"``, the only init then, and the output paths of
+    a skipped image's record (written relative to the working directory by earlier
+    versions) are rewritten absolute.
+
+    **Fewer classes than asked**: an image whose fit has a negligible class is written as
+    usual, named in a ``warning:`` line on ``log`` with what to try, listed in the
+    summary's ``negligible``, and its record lists the classes.
 
     Args:
         inputs: image files and folders (searched recursively); a single path is one input.
         out_dir: output folder (created).
         n_classes: K.
         mode: ``"luminance"`` or ``"rgb"`` (see :func:`segment_images`).
+        init: how the histogram EM starts: ``"range"`` (default), ``"data-range"``,
+            ``"kmeans++"`` or ``"random"`` (seed 0); see :func:`segment_images`. Recorded
+            as ``"kmeans++"`` for images segmented with ``mode="rgb"``, which always uses it.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a device.
         batch_size: images decoded and segmented per step.
         workers: DataLoader worker processes (0 decodes in this process).
@@ -1035,7 +1303,7 @@ def segment_files(
         write_threads: threads encoding and writing PNGs while the next batch is processed
             (0: write in this thread, one image after the other).
         progress: show a tqdm progress bar (images/s).
-        log: stream for per-file error lines (default ``sys.stderr``).
+        log: stream for per-file error and warning lines (default ``sys.stderr``).
 
     Returns:
         :class:`SegmentSummary`.
@@ -1045,7 +1313,7 @@ def segment_files(
         NotADirectoryError: ``out_dir`` (or a folder above it) is a file.
         TypeError: ``n_classes``, ``batch_size``, ``workers`` or ``write_threads`` is not an int.
         ValueError: one of them is out of range (``n_classes`` <= 256: label maps are 8-bit),
-            ``mode`` is not a known mode, ``tol``/``max_iter`` are out of range,
+            ``mode``/``init`` is not a known one, ``tol``/``max_iter`` are out of range,
             ``OUT/segments.jsonl`` is damaged (the message gives the line), or it records
             results of these inputs made with other settings and ``overwrite`` is False.
 
@@ -1083,12 +1351,14 @@ def segment_files(
     if n_classes > N_LEVELS:
         raise ValueError(f"`n_classes` must be <= {N_LEVELS} (label maps are 8-bit PNGs), got {n_classes}.")
     check_choice(mode, "mode", ("luminance", "rgb"))
+    check_choice(init, "init", HISTOGRAM_INITS)
     _check_em_settings(tol, max_iter)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(workers, "workers", minimum=0)
     check_positive_int(write_threads, "write_threads", minimum=0)
     device = resolve_device(device)
-    out_dir = Path(out_dir)
+    # absolute from here on: the records, the summary and the messages name absolute paths
+    out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         make_output_folder(out_dir)  # raises, naming it, before the inputs are searched
     # our own outputs are not inputs (an out_dir inside an input folder)
@@ -1096,23 +1366,30 @@ def segment_files(
     jsonl = out_dir / "segments.jsonl"
     records = _read_records(jsonl)
     if not overwrite:
-        settings = {"n_classes": n_classes, "mode": mode, "tol": tol, "max_iter": max_iter}
+        settings = {"n_classes": n_classes, "mode": mode, "init": init, "tol": tol, "max_iter": max_iter}
         _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
     make_output_folder(out_dir)
     remove_stale_temporaries(out_dir)  # left by a run killed outright
-    todo = [
-        s for s in sources
-        if overwrite
-        or str(s.path.resolve()) not in records
-        or not all(p.exists() for p in _output_paths(out_dir, s.relative))
-    ]
+    todo = []
+    for source in sources:
+        key, paths = str(source.path.resolve()), _output_paths(out_dir, source.relative)
+        if overwrite or key not in records or not all(p.exists() for p in paths):
+            todo.append(source)
+        else:  # skipped: its outputs are where this run would write them
+            records[key] = {**records[key], **_output_fields(paths)}  # older records: relative
     n_skipped = len(sources) - len(todo)
     failed: list[tuple[str, str]] = []
+    negligible: list[str] = []  # inputs whose fit has a class of less than half a pixel's weight
     decode_s = wait_s = segment_s = write_s = 0.0
     n_done = 0
     segmenter = HistogramSegmenter(
-        n_classes, mode=mode, tol=tol, max_iter=max_iter, random_state=0, label_dtype=torch.uint8
+        n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, random_state=0,
+        label_dtype=torch.uint8,
     )
+    # negligible classes are reported per image below (log line, record) instead; not with
+    # warnings.catch_warnings, which swaps the process-wide filters and so races with the
+    # writer threads (a library they call may enter catch_warnings too)
+    segmenter._warn_negligible = False
     loader = DataLoader(
         ImageFileDataset(todo), batch_size=batch_size, num_workers=workers,
         collate_fn=collate_items, persistent_workers=False,
@@ -1158,6 +1435,12 @@ def segment_files(
         segmenter.mode = seg_mode
         labels = segmenter(batch)
         fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+        # the reduction to_uint8 applied to each 16-bit image, so its record's means can be
+        # read in raw units (times 2^bit_shift)
+        if batch.dtype == torch.uint16:
+            fit["bit_shift"] = _bit_shift(batch.to(torch.int32)).cpu()
+        else:
+            fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
         return group, labels.cpu(), fit, seg_mode
 
     it = iter(loader)
@@ -1194,13 +1477,29 @@ def segment_files(
                 t1 = time.perf_counter()
                 segment_s += t1 - t0  # fit + labels, transfers included; colouring is output
                 for part, labels, fit, seg_mode in parts:
+                    n_pixels = _fitted_pixels(seg_mode, labels.shape[1], labels.shape[2], segmenter.n_samples)
+                    flagged = negligible_classes(fit["weights_"], n_pixels)
                     for j, (item, img) in enumerate(part):
+                        empty = flagged[j].nonzero().flatten().tolist()
+                        if empty:
+                            path = str(item.source.path)
+                            negligible.append(path)
+                            used = n_classes - len(empty)
+                            tqdm.write(
+                                f"warning: {path}: segmented into {used} of n_classes={n_classes} "
+                                f"classes ({'class' if len(empty) == 1 else 'classes'} {_join(empty)} "
+                                f"{'holds' if len(empty) == 1 else 'hold'} less than half a pixel's worth "
+                                f"of weight); {_negligible_hint(seg_mode, init)}",
+                                file=log,
+                            )
                         record = {
                             "input": str(item.source.path.resolve()),
                             "height": int(labels.shape[1]),
                             "width": int(labels.shape[2]),
                             "channels": int(img.shape[0]),
+                            "bit_shift": int(fit["bit_shift"][j]),
                             "mode": seg_mode,
+                            "init": init if seg_mode == "luminance" else "kmeans++",
                             "n_classes": n_classes,
                             "tol": float(tol),
                             "max_iter": max_iter,
@@ -1211,6 +1510,7 @@ def segment_files(
                             "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
                             "n_iter": int(fit["n_iter_"][j]),
                             "converged": bool(fit["converged_"][j]),
+                            "negligible_classes": empty,
                         }
                         paths = _output_paths(out_dir, item.source.relative)
                         if pool is None:  # write_threads=0: write here, synchronously
@@ -1241,5 +1541,5 @@ def segment_files(
     return SegmentSummary(
         n_found=len(sources), n_done=n_done, n_skipped=n_skipped, failed=failed,
         wall_s=time.perf_counter() - t_start, decode_s=decode_s, wait_s=wait_s,
-        segment_s=segment_s, write_s=write_s, jsonl=str(jsonl),
+        segment_s=segment_s, write_s=write_s, jsonl=str(jsonl), negligible=negligible,
     )
