@@ -48,6 +48,29 @@ def relative_error(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
+def fit_both(x: np.ndarray, covariance_type: str, weights_init, means_init, sample_weight=None, repeated=None,
+             **options):
+    """scikit-learn's and torchgmm's fits from the same explicit init (identity precisions).
+
+    With ``sample_weight`` (integer counts), scikit-learn fits ``repeated``, the rows repeated
+    by their counts, and torchgmm the weighted rows. Warnings (e.g. no convergence at a small
+    ``max_iter``) are silenced: these tests compare the iterations, not the stopping.
+    """
+    k, d = len(weights_init), x.shape[1]
+    init = dict(weights_init=np.asarray(weights_init), means_init=means_init,
+                precisions_init=identity_precisions(covariance_type, k, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = sklearn_mixture.GaussianMixture(k, covariance_type=covariance_type, **init, **options).fit(
+            x if repeated is None else repeated
+        )
+        gm = GaussianMixture(
+            k, covariance_type=covariance_type, **{name: torch.tensor(value) for name, value in init.items()},
+            **options,
+        ).fit(torch.tensor(x), sample_weight=None if sample_weight is None else torch.tensor(sample_weight, dtype=torch.float64))
+    return sk, gm
+
+
 class TestSklearnParity:
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_fixed_iterations_equal_sklearn(self, covariance_type):
@@ -129,21 +152,8 @@ class TestWeightedCriteria:
     def test_equal_sklearn_on_repeated_rows(self, covariance_type):
         x, counts, repeated = self.weighted_data(20)
         assert counts.sum() != len(x)  # the sample size is the total weight, not N
-        k, d = 3, x.shape[1]
-        init = dict(
-            weights_init=np.array([0.2, 0.3, 0.5]),
-            means_init=x[[5, 350, 550]],
-            precisions_init=identity_precisions(covariance_type, k, d),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sk = sklearn_mixture.GaussianMixture(
-                k, covariance_type=covariance_type, tol=0, max_iter=20, **init
-            ).fit(repeated)
-            gm = GaussianMixture(
-                k, covariance_type=covariance_type, tol=0, max_iter=20,
-                **{name: torch.tensor(value) for name, value in init.items()},
-            ).fit(torch.tensor(x), sample_weight=torch.tensor(counts, dtype=torch.float64))
+        sk, gm = fit_both(x, covariance_type, [0.2, 0.3, 0.5], x[[5, 350, 550]], sample_weight=counts,
+                          repeated=repeated, tol=0, max_iter=20)
         xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
         # The fit's lower bound is the weighted mean log-likelihood, scikit-learn's on the rows.
         assert float(gm.lower_bound_) == pytest.approx(sk.lower_bound_, rel=1e-10)
@@ -211,19 +221,8 @@ class TestSklearnAttributes:
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_precisions_and_n_features_in_equal_sklearn(self, covariance_type):
         x = three_blobs(24, d=4)
-        k, d = 3, 4
-        init = dict(
-            weights_init=np.array([0.3, 0.3, 0.4]),
-            means_init=x[[5, 350, 550]],
-            precisions_init=identity_precisions(covariance_type, k, d),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sk = sklearn_mixture.GaussianMixture(k, covariance_type=covariance_type, tol=0, max_iter=10, **init).fit(x)
-            gm = GaussianMixture(
-                k, covariance_type=covariance_type, tol=0, max_iter=10,
-                **{name: torch.tensor(value) for name, value in init.items()},
-            ).fit(torch.tensor(x))
+        d = 4
+        sk, gm = fit_both(x, covariance_type, [0.3, 0.3, 0.4], x[[5, 350, 550]], tol=0, max_iter=10)
         assert gm.precisions_.shape == sk.precisions_.shape
         assert relative_error(gm.precisions_, sk.precisions_) < 1e-10
         # ... and they invert the covariances (full/tied: P Sigma = I; diag/spherical: p sigma^2 = 1).
@@ -238,15 +237,7 @@ class TestSklearnAttributes:
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_lower_bounds_equal_sklearn(self, covariance_type):
         x = three_blobs(27)
-        init = dict(
-            weights_init=np.full(3, 1 / 3), means_init=x[[0, 320, 560]],
-            precisions_init=identity_precisions(covariance_type, 3, 3),
-        )
-        sk = sklearn_mixture.GaussianMixture(3, covariance_type=covariance_type, tol=1e-5, max_iter=500, **init).fit(x)
-        gm = GaussianMixture(
-            3, covariance_type=covariance_type, tol=1e-5, max_iter=500,
-            **{name: torch.tensor(value) for name, value in init.items()},
-        ).fit(torch.tensor(x))
+        sk, gm = fit_both(x, covariance_type, np.full(3, 1 / 3), x[[0, 320, 560]], tol=1e-5, max_iter=500)
         assert sk.converged_ and len(sk.lower_bounds_) == sk.n_iter_ > 5
         assert gm.lower_bounds_.shape == (sk.n_iter_,)
         np.testing.assert_allclose(gm.lower_bounds_.numpy(), sk.lower_bounds_, rtol=1e-10)
