@@ -529,7 +529,7 @@ class TestComponentLabelling:
 
     def test_iterations_stay_few_on_long_paths(self, monkeypatch):
         # each iteration ends with one convergence check (torch.equal, plus a second once
-        # converged): count them. Measured 4-7 with the default 4 jumps; plain max
+        # converged): count them. Measured 2-6 with the default 4 jumps; plain max
         # propagation would need about as many as the path is long (thousands)
         calls = []
         equal = torch.equal

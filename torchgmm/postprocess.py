@@ -212,17 +212,19 @@ def remove_small_blobs(mask: Tensor, min_area: int, *, check_every: int = 1) -> 
     hooking with pointer jumping (a variant of the data-parallel connected-components scheme
     of Shiloach and Vishkin): every run starts with its own index as label, which always
     names a run of its own component. Each iteration (1) takes the best label among the run
-    and its two linked runs, (2) *hooks*: raises the labels of the runs that those three
+    and its two linked runs, (2) *hooks*: raises the labels of the runs that the linked runs'
     labels name (their roots) to it, so a whole labelled region joins its neighbour at once,
     and (3) *jumps*: replaces each label by the label of the run it names, a few times. It
     stops when every link joins equal labels: then every run holds its component's last run,
     whose last pixel names the component. An iteration costs O(R), not O(B H W); R goes from
     one run per row (solid shapes) to about H W / 4 per mask (uniform noise), H W / 2 for
-    vertical stripes and checkerboards. With 4 jumps this took 2-4 iterations on uniform
-    noise (densities 0.1-0.9), blobs and random walks, and up to 7 on 2048x2048 serpentines
-    (row- or column-wise), spirals, diagonal zig-zags and combs; the worst shape found, a
-    Hilbert curve, needs about log2 of its side (10 at 2047x2047). Areas are then summed per
-    component from the run lengths, and the kept runs painted back with one cumulative sum.
+    vertical stripes and checkerboards. With 4 jumps this took 2-6 iterations on uniform
+    noise (densities 0.1-0.9), blobs and random walks, and at most 7 on serpentines (along
+    rows or columns), spirals, diagonal zig-zags, checkerboards and combs, at 640x480 and
+    2048x2048; the worst shape found, a Hilbert curve, needs about log2 of its side (10 at
+    2047x2047), where plain label propagation needs as many iterations as the path is long.
+    Areas are then summed per component from the run lengths, and the kept runs painted
+    back with one cumulative sum.
 
     Args:
         mask: foreground masks.
@@ -328,26 +330,27 @@ def _label_runs(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Tensor, 
     if r == 0:
         return keys, labels
     down, up = _run_links(keys, change, w)
-    # labels of the linked runs; at the start, the links themselves
-    down_labels, up_labels = down, up
-    iteration = 0
+    # the first iteration below, written out for labels = own index: the best label is the
+    # down link (down >= own index >= up), and only the up links' hooks change anything
+    labels = down.scatter_reduce(0, up, down, reduce="amax")
+    iteration = 1
     while True:
-        # best label of the run and its two links (never below its own)
-        best = torch.maximum(torch.maximum(labels, down_labels), up_labels)
-        # hook: the roots named by all three labels take it
-        new = best.scatter_reduce(0, labels, best, reduce="amax")
-        new.scatter_reduce_(0, down_labels, best, reduce="amax")
-        new.scatter_reduce_(0, up_labels, best, reduce="amax")
         for _ in range(jumps):
-            new = new.index_select(0, new)
-        labels = new
+            labels = labels.index_select(0, labels)
         down_labels, up_labels = labels.index_select(0, down), labels.index_select(0, up)
-        iteration += 1
         # labels only grow and stay inside their component, and the links join every
         # component: when each link joins equal labels, each component holds one label, the
         # index of its last run. The second check (a second sync) runs only if the first holds.
         if iteration % check_every == 0 and torch.equal(down_labels, labels) and torch.equal(up_labels, labels):
             return keys, labels
+        # best label of the run and its two links (never below its own); each run takes it
+        best = torch.maximum(torch.maximum(labels, down_labels), up_labels)
+        # hook: the roots named by the links' labels take it too, so a whole labelled region
+        # joins its neighbour at once (hooking the run's own root as well saved an iteration
+        # on some masks, but its extra scatter made every mask measured slower)
+        labels = best.scatter_reduce(0, down_labels, best, reduce="amax")
+        labels.scatter_reduce_(0, up_labels, best, reduce="amax")
+        iteration += 1
 
 
 def _run_links(keys: Tensor, change: Tensor, w: int) -> tuple[Tensor, Tensor]:
@@ -374,8 +377,9 @@ def _run_links(keys: Tensor, change: Tensor, w: int) -> tuple[Tensor, Tensor]:
         at[:, 0] -= 1  # a scalar: adding a 2-vector would copy it to the device and sync
         at.clamp_(0, n - 1)
         counts = boundaries.index_select(0, at.view(-1)).view(r, 2)
-        first = counts[:, 0] // 2
-        links.append(torch.where((counts[:, 1] + 1) // 2 > first, first, itself))
+        first = counts[:, 0] >> 1
+        # (counts + 1) // 2 starts > first  <=>  counts > 2 first
+        links.append(torch.where(counts[:, 1] > first << 1, first, itself))
     return links[0], links[1]
 
 
