@@ -22,6 +22,7 @@ from torchgmm.metrics import (
     read_cdnet_sequence_info,
     scores,
 )
+from torchgmm import postprocess
 from torchgmm.postprocess import (
     binary_dilation,
     binary_erosion,
@@ -526,6 +527,15 @@ class TestComponentLabelling:
             connected_component_labels(batch, jumps=0)
         with pytest.raises(ValueError, match="check_every"):
             remove_small_blobs(batch, 3, check_every=0)
+
+    def test_int64_indices_give_the_same_results(self, monkeypatch):
+        # run indices and painted labels are int32 below 2**31 keys; the int64 path otherwise
+        masks = np.stack([_spiral(30, 41), np.random.default_rng(8).random((30, 41)) < 0.55])
+        batch = torch.from_numpy(masks[:, None])
+        expected = connected_component_labels(batch), remove_small_blobs(batch, 9)
+        monkeypatch.setattr(postprocess, "_INT32_LIMIT", 0)
+        assert torch.equal(connected_component_labels(batch), expected[0])
+        assert torch.equal(remove_small_blobs(batch, 9), expected[1])
 
     def test_iterations_stay_few_on_long_paths(self, monkeypatch):
         # each iteration ends with one convergence check (torch.equal, plus a second once

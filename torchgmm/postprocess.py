@@ -23,6 +23,8 @@ __all__ = [
 
 #: pointer jumps per labelling iteration (see _label_runs and remove_small_blobs)
 _POINTER_JUMPS = 4
+#: counts and indices below this are kept in int32 by the labelling, larger ones in int64
+_INT32_LIMIT = 2**31
 
 
 def _check_mask(mask: Tensor, name: str = "mask") -> None:
@@ -255,12 +257,11 @@ def remove_small_blobs(mask: Tensor, min_area: int, *, check_every: int = 1) -> 
     if min_area <= 1 or mask.numel() == 0:
         return mask
     keys, labels = _label_runs(mask, check_every=check_every, jumps=_POINTER_JUMPS)
-    bounds = keys.view(-1, 2)
-    length = bounds[:, 1] - bounds[:, 0]
+    length = keys[1::2] - keys[0::2]
     area = torch.zeros_like(length).index_add_(0, labels, length)  # pixels per component, at its last run
     keep = (area.index_select(0, labels) >= min_area).to(torch.int8)
     # int8 0/1 has the bytes of bool: reinterpret instead of converting
-    return _paint_runs(keys, keep, mask.shape).view(torch.bool)
+    return _paint_runs(keys, keep, mask.shape).view(torch.bool).contiguous()
 
 
 def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int = _POINTER_JUMPS) -> Tensor:
@@ -304,7 +305,9 @@ def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int
     end = keys[1::2].index_select(0, labels)
     row = torch.div(end, w + 1, rounding_mode="floor")
     last = (row % (h + 1) - 1) * w + (end - row * (w + 1))  # flat index in its mask + 1
-    return _paint_runs(keys, last, mask.shape)
+    # painted in int32 where it fits: half the memory of the B (H + 1) (W + 1) sums
+    last = last.to(torch.int32 if h * w < _INT32_LIMIT else torch.int64)
+    return _paint_runs(keys, last, mask.shape).to(torch.int64, memory_format=torch.contiguous_format)
 
 
 def _label_runs(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Tensor, Tensor]:
@@ -317,22 +320,26 @@ def _label_runs(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Tensor, 
     next row, and the background row keeps runs of different masks from touching.
 
     Returns ``keys``, ``(2 R,)`` int64: the start and end keys of the R runs in raster order,
-    interleaved (start, end, start, ...); and ``labels``, ``(R,)`` int64: for each run the
-    index of the last run of its component, its root. Every link, hook and jump costs O(R);
-    only finding the runs and counting run ends touch each pixel, once.
+    interleaved (start, end, start, ...); and ``labels``, ``(R,)``: for each run the index of
+    the last run of its component, its root. Run indices are int32 (int64 from 2**31 keys
+    on): the random gathers and scatters below then move half the memory (on 8 masks of
+    1920x1080 noise, 4 M runs, remove_small_blobs took 40 % less time than with int64).
+    Every link, hook and jump costs O(R); only finding the runs and counting run ends touch
+    each pixel, once.
     """
     b, _, h, w = mask.shape
     padded = F.pad(mask.reshape(b, h, w).view(torch.uint8), (1, 1, 1, 0))  # (B, H + 1, W + 2)
     change = (padded[..., 1:] != padded[..., :-1]).view(-1)  # True at every start and end key
     keys = change.nonzero().squeeze(1)  # one host sync, for R
     r = keys.numel() // 2
-    labels = torch.arange(r, device=mask.device)  # each names a run of its own component
+    index = torch.int32 if change.numel() < _INT32_LIMIT else torch.int64
     if r == 0:
-        return keys, labels
-    down, up = _run_links(keys, change, w)
-    # the first iteration below, written out for labels = own index: the best label is the
-    # down link (down >= own index >= up), and only the up links' hooks change anything
-    labels = down.scatter_reduce(0, up, down, reduce="amax")
+        return keys, torch.zeros(0, dtype=index, device=mask.device)
+    down, up = _run_links(keys, change, w, index)
+    # every label names a run of its own component. The first iteration below, written out
+    # for labels = own index: the best label is the down link (down >= own index >= up), and
+    # only the up links' hooks change anything. (scatter indices must be int64)
+    labels = down.scatter_reduce(0, up.long(), down, reduce="amax")
     iteration = 1
     while True:
         for _ in range(jumps):
@@ -348,47 +355,45 @@ def _label_runs(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Tensor, 
         # hook: the roots named by the links' labels take it too, so a whole labelled region
         # joins its neighbour at once (hooking the run's own root as well saved an iteration
         # on some masks, but its extra scatter made every mask measured slower)
-        labels = best.scatter_reduce(0, down_labels, best, reduce="amax")
-        labels.scatter_reduce_(0, up_labels, best, reduce="amax")
+        labels = best.scatter_reduce(0, down_labels.long(), best, reduce="amax")
+        labels.scatter_reduce_(0, up_labels.long(), best, reduce="amax")
         iteration += 1
 
 
-def _run_links(keys: Tensor, change: Tensor, w: int) -> tuple[Tensor, Tensor]:
+def _run_links(keys: Tensor, change: Tensor, w: int, index: torch.dtype) -> tuple[Tensor, Tensor]:
     """For each run, the first run it touches in the row below (``down``) and above (``up``).
 
     ``keys`` are the runs' interleaved start and end keys and ``change`` the ``(B (H + 1) (W + 1),)``
-    bool marking them (see ``_label_runs``). Returns two ``(R,)`` int64 run indices; a run that
-    touches none in that row links to itself.
+    bool marking them (see ``_label_runs``). Returns two ``(R,)`` run indices of dtype ``index``;
+    a run that touches none in that row links to itself.
     """
     r, n = keys.numel() // 2, change.numel()
     # boundaries[k]: start and end keys <= k; starts and ends alternate, so
     # boundaries // 2 ends and (boundaries + 1) // 2 starts lie at or before k
-    boundaries = change.view(torch.uint8).cumsum(0, dtype=torch.int32 if n < 2**31 else torch.int64)
-    bounds = keys.view(r, 2)
-    itself = torch.arange(r, device=keys.device)
+    boundaries = change.view(torch.uint8).cumsum(0, dtype=index)
+    starts, ends = keys[0::2], keys[1::2]
+    itself = torch.arange(r, dtype=index, device=keys.device)
     links = []
     for offset in (w + 1, -(w + 1)):  # the same column one row down, one row up
         # the first run there ending at or after column s - 1 (end key >= start + offset) is
         # the number of ends before key start + offset; it touches when it starts at or
         # before column e + 1 (start key <= end + offset), i.e. when more starts than that
-        # lie at or before end + offset. Past the first or last row the clamped keys fall in
-        # a background row, where the two counts agree: no link.
-        at = bounds + offset
-        at[:, 0] -= 1  # a scalar: adding a 2-vector would copy it to the device and sync
-        at.clamp_(0, n - 1)
-        counts = boundaries.index_select(0, at.view(-1)).view(r, 2)
-        first = counts[:, 0] >> 1
-        # (counts + 1) // 2 starts > first  <=>  counts > 2 first
-        links.append(torch.where(counts[:, 1] > first << 1, first, itself))
+        # lie at or before end + offset: (boundaries + 1) // 2 > first, or boundaries > 2 first.
+        # Past the first or last row the clamped keys fall in a background row, where the
+        # two counts agree: no link.
+        first = boundaries.index_select(0, (starts + (offset - 1)).clamp_(0, n - 1)) >> 1
+        touches = boundaries.index_select(0, (ends + offset).clamp_(0, n - 1)) > first << 1
+        links.append(torch.where(touches, first, itself))
     return links[0], links[1]
 
 
 def _paint_runs(keys: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
-    """``(B, 1, H, W)`` image holding ``values[i]`` on the pixels of run i (see ``_label_runs``), 0 elsewhere.
+    """``(B, 1, H, W)`` view holding ``values[i]`` on the pixels of run i (see ``_label_runs``), 0 elsewhere.
 
-    One cumulative sum of +value at each start key and -value at each end key (all keys differ).
+    One cumulative sum, in place, of +value at each start key and -value at each end key
+    (all keys differ); the result is a strided view into the padded layout.
     """
     b, _, h, w = shape
     delta = torch.zeros(b * (h + 1) * (w + 1), dtype=values.dtype, device=values.device)
     delta.scatter_(0, keys, torch.stack([values, -values], 1).view(-1))
-    return delta.cumsum(0, dtype=values.dtype).view(b, h + 1, w + 1)[:, None, 1:, :w].contiguous()
+    return delta.cumsum_(0).view(b, h + 1, w + 1)[:, None, 1:, :w]
