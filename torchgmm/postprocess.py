@@ -3,7 +3,7 @@
 Pure functions on ``(B, 1, H, W)`` bool tensors; they run on the masks' device, use only
 elementwise ops on shifted slices, cumulative sums, gathers and scatters, and never copy to
 the host, except in the connected-component labelling (one sync for the number of row runs
-and one per convergence check).
+and one per convergence check, two at the last).
 
 Shape vocabulary: B frames (batch), H height, W width.
 """
@@ -379,8 +379,9 @@ def _run_links(keys: Tensor, change: Tensor, w: int, index: torch.dtype) -> tupl
         # the number of ends before key start + offset; it touches when it starts at or
         # before column e + 1 (start key <= end + offset), i.e. when more starts than that
         # lie at or before end + offset: (boundaries + 1) // 2 > first, or boundaries > 2 first.
-        # Past the first or last row the clamped keys fall in a background row, where the
-        # two counts agree: no link.
+        # From the first or last row of a mask both keys fall in a background row (above
+        # this mask or the next) or are clamped to the first or last key: the counts agree
+        # there, so no link.
         first = boundaries.index_select(0, (starts + (offset - 1)).clamp_(0, n - 1)) >> 1
         touches = boundaries.index_select(0, (ends + offset).clamp_(0, n - 1)) > first << 1
         links.append(torch.where(touches, first, itself))
