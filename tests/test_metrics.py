@@ -1,4 +1,10 @@
-"""CDnet confusion counts and scores against hand-computed values; post-processing ops."""
+"""CDnet confusion counts and scores against hand-computed values; post-processing ops.
+
+The connected-component labelling is checked against OpenCV and against
+``tests/reference_labels.py`` (the pixel-wise labelling torchgmm used before it labelled row
+runs) on shapes chosen to be hard for it: long paths, spirals, Hilbert curves, diagonal
+zig-zags, checkerboards, 1-pixel-wide masks and batches.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from reference_labels import reference_component_labels, reference_remove_small_blobs
+from torchgmm import postprocess
 from torchgmm._checks import ShapeError
 from torchgmm.metrics import (
     ChangeDetectionCounter,
@@ -325,3 +333,223 @@ class TestPostprocess:
             median_filter_mask(torch.zeros(4, 4, dtype=torch.bool))
         with pytest.raises(ValueError, match="odd"):
             median_filter_mask(torch.zeros(1, 1, 4, 4, dtype=torch.bool), 4)
+
+
+def _hilbert(order: int) -> np.ndarray:
+    """A Hilbert curve of ``4**order`` points, drawn 2 pixels apart: one 4-connected path in a
+    ``(2**(order + 1) - 1)``-pixel square, turning at every other pixel."""
+    n = 2**order
+    t = np.arange(n * n)
+    x, y = np.zeros_like(t), np.zeros_like(t)
+    s = 1
+    while s < n:  # the classic d2xy, vectorised over the points
+        rx, ry = 1 & (t // 2), 1 & (t ^ (1 & (t // 2)))
+        flip = (ry == 0) & (rx == 1)
+        x, y = np.where(flip, s - 1 - x, x), np.where(flip, s - 1 - y, y)
+        x, y = np.where(ry == 0, y, x), np.where(ry == 0, x, y)
+        x, y, t, s = x + s * rx, y + s * ry, t // 4, s * 2
+    m = np.zeros((2 * n - 1, 2 * n - 1), bool)
+    m[2 * y, 2 * x] = True
+    m[y[:-1] + y[1:], x[:-1] + x[1:]] = True  # the pixel between consecutive points
+    return m
+
+
+def _spiral(h: int, w: int) -> np.ndarray:
+    """One 4-connected path spiralling inwards, with one background pixel between its laps."""
+    m = np.zeros((h, w), bool)
+    top, bottom, left, right = 0, h - 1, 0, w - 1
+    y = x = 0
+    m[0, 0] = True
+    while True:  # one lap: right, down, left, up
+        if x > right:
+            break
+        m[y, x : right + 1], x, top = True, right, top + 2
+        if y >= bottom:
+            break
+        m[y : bottom + 1, x], y, right = True, bottom, right - 2
+        if x <= left:
+            break
+        m[y, left : x + 1], x, bottom = True, left, bottom - 2
+        if y <= top:
+            break
+        m[top : y + 1, x], y, left = True, top, left + 2
+    return m
+
+
+def _diagonal_snake(h: int, w: int) -> np.ndarray:
+    """Anti-diagonal stripes (8-connected only) joined alternately at their two ends: one path."""
+    yy, xx = np.mgrid[:h, :w]
+    m = (xx + yy) % 4 == 0
+    for k, d in enumerate(range(0, h + w - 5, 4)):
+        if k % 2 == 0:  # join stripes d and d + 4 at their upper-right ends
+            (y1, x1), (y2, x2) = (max(0, d - w + 1), min(d, w - 1)), (max(0, d - w + 5), min(d + 4, w - 1))
+            m[y1, x1 : x2 + 1] = m[y1 : y2 + 1, x2] = True
+        else:  # at their lower-left ends
+            (y1, x1), (y2, x2) = (min(d, h - 1), max(0, d - h + 1)), (min(d + 4, h - 1), max(0, d - h + 5))
+            m[y1 : y2 + 1, x1] = m[y2, x1 : x2 + 1] = True
+    return m
+
+
+def _hard_masks(h: int, w: int) -> dict[str, np.ndarray]:
+    """``(h, w)`` masks whose components have long, winding paths, or many row runs."""
+    yy, xx = np.mgrid[:h, :w]
+    serpentine = np.zeros((h, w), bool)  # rows joined at alternate ends
+    serpentine[::2] = True
+    serpentine[1::4, -1] = serpentine[3::4, 0] = True
+    columns = np.zeros((w, h), bool)  # the same along columns: one run per pixel
+    columns[::2] = True
+    columns[1::4, -1] = columns[3::4, 0] = True
+    comb = np.zeros((h, w), bool)  # teeth hanging from the top row
+    comb[:, ::2] = comb[0] = True
+    rng = np.random.default_rng(h * w)
+    return {
+        "serpentine": serpentine,
+        "column serpentine": columns.T.copy(),
+        "spiral": _spiral(h, w),
+        "upside-down spiral": _spiral(h, w)[::-1].copy(),
+        "diagonal snake": _diagonal_snake(h, w),
+        "mirrored diagonal snake": _diagonal_snake(h, w)[:, ::-1].copy(),
+        "diagonal zig-zag": (xx + yy) % 4 == 0,
+        "checkerboard": (xx + yy) % 2 == 0,
+        "comb": comb,
+        "all true": np.ones((h, w), bool),
+        "all false": np.zeros((h, w), bool),
+        "noise": rng.random((h, w)) < 0.5,
+    }
+
+
+def _assert_labels_match_opencv(labels: np.ndarray, masks: np.ndarray) -> None:
+    """``labels`` (B, H, W) partition each mask like OpenCV (8-connectivity) and name each
+    component by its largest flat pixel index + 1; background 0."""
+    cv2 = pytest.importorskip("cv2")
+    index = np.arange(1, masks[0].size + 1).reshape(masks[0].shape)
+    for b, m in enumerate(masks):
+        assert np.all(labels[b][~m] == 0) and np.all(labels[b][m] > 0), f"mask {b}: background"
+        n, ref, _, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+        last = np.zeros(n, np.int64)
+        np.maximum.at(last, ref[m], index[m])  # largest flat index + 1 of each OpenCV component
+        assert np.array_equal(labels[b][m], last[ref[m]]), f"mask {b}: partition or names differ"
+
+
+def _opencv_remove_small_blobs(masks: np.ndarray, min_area: int) -> np.ndarray:
+    cv2 = pytest.importorskip("cv2")
+    out = np.empty_like(masks)
+    for b, m in enumerate(masks):
+        _, ref, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+        keep[0] = False
+        out[b] = keep[ref]
+    return out
+
+
+def _check_labelling(masks: np.ndarray, min_areas: tuple[int, ...] = (2, 7, 60)) -> None:
+    """Labels and small-blob removal of the (B, H, W) ``masks`` against OpenCV and the
+    pixel-wise reference, exactly."""
+    batch = torch.from_numpy(masks[:, None])
+    labels = connected_component_labels(batch)
+    assert labels.dtype == torch.int64 and labels.shape == batch.shape and labels.is_contiguous()
+    _assert_labels_match_opencv(labels[:, 0].numpy(), masks)
+    assert torch.equal(labels, reference_component_labels(batch))
+    for min_area in min_areas:
+        kept = remove_small_blobs(batch, min_area)
+        assert kept.dtype == torch.bool and kept.shape == batch.shape
+        assert np.array_equal(kept[:, 0].numpy(), _opencv_remove_small_blobs(masks, min_area)), min_area
+        assert torch.equal(kept, reference_remove_small_blobs(batch, min_area)), min_area
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+class TestComponentLabelling:
+    """connected_component_labels and remove_small_blobs on shapes hard for run labelling."""
+
+    @pytest.mark.parametrize("size", [(45, 64), (64, 45), (1, 57), (57, 1), (2, 9), (9, 2)])
+    def test_hard_shapes_match_opencv_and_reference(self, size):
+        cv2 = pytest.importorskip("cv2")
+        masks = _hard_masks(*size)
+        for name, m in masks.items():
+            if min(size) > 1 and name not in ("diagonal zig-zag", "all false", "noise"):  # one component each
+                assert cv2.connectedComponents(m.astype(np.uint8), connectivity=8)[0] == 2, name
+            try:
+                _check_labelling(m[None])
+            except AssertionError as e:
+                raise AssertionError(f"{name} {size}: {e}") from e
+        _check_labelling(np.stack(list(masks.values())))  # all of them as one batch
+
+    @pytest.mark.parametrize("order", [3, 5, 6])
+    def test_hilbert_curves(self, order):
+        m = _hilbert(order)
+        cv2 = pytest.importorskip("cv2")
+        assert cv2.connectedComponents(m.astype(np.uint8), connectivity=4)[0] == 2  # one path
+        _check_labelling(np.stack([m, m.T[::-1], m[::-1, ::-1]]), min_areas=(2, int(m.sum()), int(m.sum()) + 1))
+
+    @pytest.mark.parametrize("density", [0.05, 0.3, 0.45, 0.55, 0.7, 0.95])
+    def test_random_masks(self, density):
+        rng = np.random.default_rng(int(density * 100))
+        for shape in [(4, 37, 53), (3, 1, 200), (3, 200, 1), (2, 2, 2)]:
+            _check_labelling(rng.random(shape) < density)
+
+    def test_batches_are_independent(self):
+        rng = np.random.default_rng(3)
+        masks = rng.random((5, 23, 31)) < 0.6
+        masks[0, -1] = masks[1, 0] = True  # touching across the boundary if masks leaked
+        masks[2, -1, -1] = masks[3, 0, 0] = True  # adjacent in the flat layout
+        masks[4] = True
+        batch = torch.from_numpy(masks[:, None])
+        labels = connected_component_labels(batch)
+        kept = remove_small_blobs(batch, 40)
+        for b in range(len(masks)):
+            alone = batch[b : b + 1]
+            assert torch.equal(labels[b : b + 1], connected_component_labels(alone)), b
+            assert torch.equal(kept[b : b + 1], remove_small_blobs(alone, 40)), b
+        assert labels[4].unique().tolist() == [23 * 31]  # named within its own mask
+
+    def test_runs_do_not_wrap_into_the_next_row(self):
+        m = torch.zeros(1, 1, 4, 5, dtype=torch.bool)
+        m[0, 0, 1, 3:] = m[0, 0, 2, :2] = True  # end of row 1, start of row 2: not neighbours
+        assert connected_component_labels(m)[0, 0].unique().tolist() == [0, 10, 12]
+        column = torch.ones(1, 1, 4, 1, dtype=torch.bool)  # with W = 1 they are
+        assert connected_component_labels(column).flatten().tolist() == [4, 4, 4, 4]
+
+    def test_non_contiguous_masks(self):
+        rng = np.random.default_rng(4)
+        masks = torch.from_numpy(rng.random((3, 1, 30, 20)) < 0.5)
+        transposed = masks.transpose(2, 3).contiguous().transpose(2, 3)
+        assert not transposed.is_contiguous()
+        assert torch.equal(connected_component_labels(transposed), connected_component_labels(masks))
+        assert torch.equal(remove_small_blobs(transposed, 5), remove_small_blobs(masks, 5))
+
+    def test_check_every_and_jumps_do_not_change_the_labels(self):
+        masks = np.stack([_spiral(40, 50), _diagonal_snake(40, 50), np.random.default_rng(6).random((40, 50)) < 0.6])
+        batch = torch.from_numpy(masks[:, None])
+        expected = reference_component_labels(batch)
+        for check_every, jumps in [(1, 1), (2, 1), (3, 2), (1, 4), (5, 7)]:
+            assert torch.equal(connected_component_labels(batch, check_every=check_every, jumps=jumps), expected)
+        assert torch.equal(remove_small_blobs(batch, 30, check_every=4), reference_remove_small_blobs(batch, 30))
+        with pytest.raises(ValueError, match="jumps"):
+            connected_component_labels(batch, jumps=0)
+        with pytest.raises(ValueError, match="check_every"):
+            remove_small_blobs(batch, 3, check_every=0)
+
+    def test_int64_indices_give_the_same_results(self, monkeypatch):
+        # run indices and painted labels are int32 below 2**31 keys; the int64 path otherwise
+        masks = np.stack([_spiral(30, 41), np.random.default_rng(8).random((30, 41)) < 0.55])
+        batch = torch.from_numpy(masks[:, None])
+        expected = connected_component_labels(batch), remove_small_blobs(batch, 9)
+        monkeypatch.setattr(postprocess, "_INT32_LIMIT", 0)
+        assert torch.equal(connected_component_labels(batch), expected[0])
+        assert torch.equal(remove_small_blobs(batch, 9), expected[1])
+
+    def test_iterations_stay_few_on_long_paths(self, monkeypatch):
+        # each iteration ends with one convergence check (torch.equal, plus a second once
+        # converged): count them. Measured 2-6 with the default 4 jumps; plain max
+        # propagation would need about as many as the path is long (thousands)
+        calls = []
+        equal = torch.equal
+        monkeypatch.setattr(torch, "equal", lambda a, b: calls.append(1) or equal(a, b))
+        masks = _hard_masks(255, 255)
+        for name, m in [("hilbert", _hilbert(7)), ("serpentine", masks["serpentine"]),
+                        ("column serpentine", masks["column serpentine"]), ("spiral", masks["spiral"]),
+                        ("diagonal snake", masks["diagonal snake"])]:
+            calls.clear()
+            labels = connected_component_labels(torch.from_numpy(m[None, None]))
+            assert labels.unique().numel() == 2, name  # one component and the background
+            assert len(calls) - 1 <= 9, f"{name}: {len(calls) - 1} iterations"
