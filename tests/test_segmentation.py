@@ -422,6 +422,25 @@ class TestHistogramSegmenter:
         torch.testing.assert_close(proba.sum(1), torch.ones_like(proba[:, 0]))
         assert torch.equal(proba.argmax(1), labels)
 
+    def test_one_unbatched_image_as_a_torchvision_transform(self):
+        """A (C, H, W) image gives (H, W) labels: the batched result of that image alone."""
+        from torchvision import transforms
+
+        imgs = _images(2)
+        seg = HistogramSegmenter(3)
+        pipeline = transforms.Compose([seg])
+        for i in range(2):
+            labels = pipeline(imgs[i])
+            assert labels.shape == (24, 20)
+            assert torch.equal(labels, segment_images(imgs[i : i + 1], 3)[0][0])
+            assert seg.means_.shape == (1, 3, 1)
+            proba = seg.predict_proba(imgs[i])
+            assert proba.shape == (3, 24, 20) and torch.equal(proba.argmax(0), labels)
+        for image in (torch.full((1, 8, 8), 7, dtype=torch.uint8), torch.full((1, 1, 8, 8), 7, dtype=torch.uint8)):
+            with pytest.warns(NegligibleClassWarning) as caught:
+                HistogramSegmenter(3)(image)
+            assert caught[0].filename == __file__  # the warning names the caller's line, not torch's
+
     def test_rgb_luminance_and_rgb_mode(self):
         grey = _images(2)
         rgb = grey.expand(-1, 3, -1, -1).contiguous()

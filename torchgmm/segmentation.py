@@ -857,14 +857,18 @@ class HistogramSegmenter(nn.Module):
         label_dtype: dtype of the returned labels (int64 by default; uint8 is lighter).
 
     Shape:
-        - Input: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 (or uint16).
-        - Output: ``(B, H, W)`` labels of ``label_dtype`` (int64 by default), 0 the darkest class.
+        - Input: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 (or uint16); or one ``(C, H, W)``
+          image, as a torchvision transform takes it.
+        - Output: ``(B, H, W)`` labels of ``label_dtype`` (int64 by default), 0 the darkest
+          class; ``(H, W)`` for one image.
 
     Example:
         >>> seg = HistogramSegmenter(n_classes=2)
         >>> img = torch.cat([torch.full((1, 1, 4, 4), 30), torch.full((1, 1, 4, 4), 220)], 3)
         >>> seg(img.to(torch.uint8)).shape, seg.means_.shape
         (torch.Size([1, 4, 8]), torch.Size([1, 2, 1]))
+        >>> seg(img[0].to(torch.uint8)).shape   # one (C, H, W) image, as in a torchvision transform
+        torch.Size([4, 8])
     """
 
     #: (B, K) mixing weights of the last forward's fits
@@ -954,7 +958,17 @@ class HistogramSegmenter(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Fit one mixture per image and return the label maps (see class docstring)."""
+        """Fit one mixture per image and return the label maps (see class docstring).
+
+        An unbatched ``(C, H, W)`` image, as torchvision transforms take one, gives ``(H, W)``
+        labels; its fit is stored as a batch of one.
+        """
+        # warnings name the caller: above _segment are forward and nn.Module's two call frames
+        if isinstance(images, Tensor) and images.ndim == 3:
+            return self._segment(images[None], stacklevel=5)[0]
+        return self._segment(images, stacklevel=5)
+
+    def _segment(self, images: Tensor, stacklevel: int) -> Tensor:
         gen = None
         if self.random_state is not None:
             gen = torch.Generator(device=images.device).manual_seed(self.random_state)
@@ -967,14 +981,14 @@ class HistogramSegmenter(nn.Module):
             setattr(self, name, getattr(fit, name[:-1]))
         if self._warn_negligible:
             n_pixels = _fitted_pixels(self.mode, labels.shape[1], labels.shape[2], self.n_samples)
-            _warn_negligible(fit.weights, n_pixels, self.mode, self.init, stacklevel=2)
+            _warn_negligible(fit.weights, n_pixels, self.mode, self.init, stacklevel=stacklevel)
         if not bool(fit.converged.all()):  # one host sync per batch, not per image
             n_bad = int((~fit.converged).sum())
             warnings.warn(
                 f"EM did not converge within max_iter={self.max_iter} for {n_bad} of "
                 f"{fit.converged.numel()} image(s); raise `max_iter` or `tol`.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
         return labels
 
@@ -988,9 +1002,11 @@ class HistogramSegmenter(nn.Module):
             ``p(k | pixel)``, summing to one over K.
 
         Shape:
-            - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``
-            - output: ``(B, K, H, W)``
+            - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``; or one ``(C, H, W)`` image
+            - output: ``(B, K, H, W)``; ``(K, H, W)`` for one image
         """
+        if isinstance(images, Tensor) and images.ndim == 3:
+            return self.predict_proba(images[None])[0]
         fit = self._fit()
         images = _check_images(images)
         if images.shape[0] != fit.means.shape[0]:
