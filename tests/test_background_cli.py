@@ -92,6 +92,19 @@ def test_end_to_end_outputs(clip, cli_run, capsys):
     assert (summary["source_width"], summary["source_height"]) == (W, H)
 
 
+def test_summary_paths_are_absolute_when_given_relative(clip, tmp_path, monkeypatch):
+    """summary.json must mean the same read from another folder than the command's."""
+    import shutil
+
+    shutil.copy(clip["path"], tmp_path / "street.mp4")
+    monkeypatch.chdir(tmp_path)
+    assert main(["background", "street.mp4", "--out", "rel-out", *FAST, "--end", "5"]) == 0
+    out = tmp_path / "rel-out" / "street"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input"] == str(tmp_path / "street.mp4") and summary["output"] == str(out)
+    assert summary["mask"] == str(out / "mask.mp4") and summary["background"] == str(out / "background.png")
+
+
 def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
     from PIL import Image
 

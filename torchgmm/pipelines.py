@@ -522,6 +522,8 @@ def run_background(
       ``source_fps`` and ``output_fps`` (the masks'), ``start``/``end`` as given (int: frame
       index, float: seconds), ``step``, ``size`` as given (``[H, W]``), and ``source_frames``:
       ``{"first", "last"}``, the source indices of the first and last processed frames;
+      ``input``, ``output``, ``mask``, ``overlay`` and ``background`` as absolute paths
+      (so the file means the same read from any folder);
     - ``checkpoint.pt``, with ``checkpoint_every``: the model state every N frames (saved one
       frame behind, with the videos written ``durable``, so that even after a hard kill the
       outputs hold every frame the checkpoint has seen) and when the run ends or is interrupted.
@@ -752,7 +754,7 @@ def _run_batch(
                              postprocess)
         message = "interrupted" if isinstance(error, KeyboardInterrupt) else (None if error is None else str(error))
         summary = dict(
-            input=str(job.path), output=str(job.out), frames=stream.done, resumed_from=resumed,
+            input=str(job.path.absolute()), output=str(job.out.absolute()), frames=stream.done, resumed_from=resumed,
             complete=complete and error is None, error=message,
             error_type=None if error is None else type(error).__name__, error_frame=getattr(error, "frame_index", None),
             # None when nothing was left to do (a resumed run that was already complete)
@@ -766,8 +768,9 @@ def _run_batch(
             device=str(device),
             batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
             postprocess=postprocess or None,
-            mask=str(stream.mask.path), overlay=None if stream.overlay is None else str(stream.overlay.path),
-            background=str(job.out / "background.png") if model.is_initialized else None,
+            mask=str(stream.mask.path.absolute()),
+            overlay=None if stream.overlay is None else str(stream.overlay.path.absolute()),
+            background=str((job.out / "background.png").absolute()) if model.is_initialized else None,
         )
         atomic_write_text(job.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         results.append((job, summary, None if isinstance(error, KeyboardInterrupt) else error))
