@@ -443,9 +443,10 @@ def rows_of(x: np.ndarray, means: torch.Tensor) -> list[int]:
 
 
 def initial_fit(x, k, **kwargs) -> GaussianMixture:
-    """The parameters EM starts from (max_iter=0 returns them, as in scikit-learn)."""
+    """The parameters EM starts from (max_iter=0 returns them, as in scikit-learn, which
+    does not warn of convergence then: neither may we)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
         return GaussianMixture(k, max_iter=0, **kwargs).fit(x)
 
 

@@ -1085,7 +1085,8 @@ class GaussianMixture(nn.Module):
         for name, value in zip(_FITTED_BUFFERS, fit):
             setattr(self, name, value[0] if unbatch else value)
         self.lower_bounds_ = fit.lower_bounds[0] if unbatch else fit.lower_bounds
-        if not bool(fit.converged.all()):
+        # max_iter=0 asks for the initial parameters: not a failure to converge (scikit-learn)
+        if self.max_iter > 0 and not bool(fit.converged.all()):
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations for "
                 f"{int((~fit.converged).sum())} of {len(fit.converged)} problem(s); try a larger "
