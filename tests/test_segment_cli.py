@@ -141,6 +141,31 @@ def test_cli_rgb_mode(image_dir, tmp_path):
     assert (labels[:, :10] == 0).mean() > 0.95 and (labels[:, -10:] == 1).mean() > 0.95
 
 
+@pytest.mark.parametrize("argv", [["--init", "kmeans++"], ["--init", "random"], ["--mode", "rgb"]],
+                         ids=["kmeans++", "random", "rgb"])
+def test_random_inits_do_not_depend_on_the_batch(tmp_path, argv):
+    """An image's result must not depend on which images share its batch: with seeded
+    random draws for the whole batch, --batch-size (or a resume, or the folder's other
+    files) changed an image's classes."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "imgs"
+    for i in range(5):  # three overlapping grey populations, and colour for --mode rgb
+        grey = rng.choice([60, 110, 170], size=(24, 20)) + rng.normal(0, 25, (24, 20))
+        rgb = np.stack([grey, np.roll(grey, 3, 1), 255 - grey], -1)
+        _save(folder / f"im{i}.png", np.clip(rgb, 0, 255))
+    outputs = {}
+    for batch in ("1", "5"):
+        out = tmp_path / f"out{batch}"
+        assert main(["segment", str(folder), "--out", str(out), "-k", "3", "--batch-size", batch,
+                     "--workers", "0", "--no-progress", *argv]) == 0
+        outputs[batch] = {Path(r["input"]).name: r["means"] for r in map(json.loads, (out / "segments.jsonl").open())}
+        outputs[batch]["labels"] = _snapshot(out)
+    alone, batched = outputs["1"].pop("labels"), outputs["5"].pop("labels")
+    assert {k: v for k, v in alone.items() if k.endswith(".png")} == {k: v for k, v in batched.items() if k.endswith(".png")}
+    for name, means in outputs["1"].items():
+        np.testing.assert_allclose(outputs["5"][name], means, rtol=1e-9)
+
+
 # --- re-runs, damaged records, awkward output folders ------------------------------------
 def _save(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="how EM starts: range (default, the textbook demo) cuts grey levels 0..255 into K "
                    "equal intervals and can leave a class empty when two classes share one; data-range "
                    "cuts each image's occupied [min, max] instead (low-contrast images); kmeans++ "
-                   "seeds from the histogram (seed 0); random. Luminance only: --mode rgb always "
-                   "uses k-means++")
+                   "seeds from the histogram; random. kmeans++, random and --mode rgb draw with seed 0 for "
+                   "each image, so an image's result does not depend on its batch. Luminance only: "
+                   "--mode rgb always uses k-means++")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (default: 2)")
@@ -89,8 +90,10 @@ def _run_segment(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if s.negligible:
+        others = [f"--init {i}" for i in ("kmeans++", "data-range") if i != args.init]
+        hint = "fewer classes" if args.mode == "rgb" else f"{' or '.join(others)}, or fewer classes"
         print(f"{len(s.negligible)} image(s) ended with fewer classes than {args.classes} "
-              "(named in the warnings above; try --init kmeans++ or --init data-range)", file=sys.stderr)
+              f"(named in the warnings above; try {hint})", file=sys.stderr)
     for path, _ in s.failed:
         print(f"failed: {path}", file=sys.stderr)
     return 1 if s.failed else 0

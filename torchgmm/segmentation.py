@@ -39,7 +39,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Literal, NamedTuple, TextIO
+from typing import Iterable, Literal, NamedTuple, Sequence, TextIO, Union
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +86,8 @@ SegmentMode = Literal["luminance", "rgb"]
 HistogramInit = Literal["range", "data-range", "kmeans++", "random"]
 #: initialisations of the histogram EM (see :func:`fit_histogram_mixture`)
 HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
+#: one generator for a batch's random draws, or one per image (see fit_histogram_mixture)
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 #: number of grey levels (histogram bins) the segmentation works on
 N_LEVELS = 256
@@ -402,7 +404,7 @@ def fit_histogram_mixture(
     reg_covar: float = 1e-6,
     init: HistogramInit = "range",
     dtype: torch.dtype = torch.float64,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> GaussianMixtureFit:
     """Fit a 1-D Gaussian mixture to each grey-level histogram by count-weighted EM.
 
@@ -427,7 +429,9 @@ def fit_histogram_mixture(
             ``generator``): finds classes that share an interval. ``"random"``: random
             responsibilities.
         dtype: floating dtype of the fit; float64 by default (exact for any image size).
-        generator: randomness for the ``"kmeans++"``/``"random"`` inits.
+        generator: randomness for the ``"kmeans++"``/``"random"`` inits: one generator for
+            the batch's draws, or a sequence of B, one per histogram, so that each one's
+            init is the one it gets alone, whatever else is in the batch (EM stays batched).
 
     Returns:
         :class:`~torchgmm.mixture.GaussianMixtureFit` with ``covariance_type="full"`` and
@@ -450,6 +454,7 @@ def fit_histogram_mixture(
     x = torch.arange(levels, device=hist.device, dtype=dtype).view(1, levels, 1).expand(b, -1, -1)
     w = hist.to(dtype)
     kwargs: dict = {}
+    generators = _check_generators(generator, b)
     if init in ("range", "data-range"):
         span = "full" if init == "range" else "data"
         weights0, means0, var0 = range_init(hist, n_classes, span=span, dtype=dtype)
@@ -458,6 +463,8 @@ def fit_histogram_mixture(
             means_init=means0.unsqueeze(-1),
             precisions_init=(1.0 / var0).view(b, n_classes, 1, 1),
         )
+    elif generators is not None:
+        kwargs = _initial_parameters(x, n_classes, w, init, generators, reg_covar)
     fit = fit_gaussian_mixture(
         x,
         n_classes,
@@ -466,12 +473,53 @@ def fit_histogram_mixture(
         tol=tol,
         reg_covar=reg_covar,
         max_iter=max_iter,
-        # the range inits give every parameter explicitly; the engine's own is then unused
+        # the range and per-image inits give every parameter explicitly; the engine's own is then unused
         init_params="range" if kwargs else init,
-        generator=generator,
+        generator=None if kwargs else generator,
         **kwargs,
     )
     return _sort_fit(fit, fit.means[..., 0])
+
+
+
+def _check_generators(generator: Generators, b: int) -> list[torch.Generator] | None:
+    """The per-image generators of ``generator`` (None for one or none), checked against B."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != b or not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(f"`generator` must be a torch.Generator or a sequence of {b} (one per image), got {generator!r}.")
+    return generators
+
+
+def _initial_parameters(
+    x: Tensor, n_classes: int, sample_weight: Tensor | None, init: str, generators: list[torch.Generator],
+    reg_covar: float,
+) -> dict:
+    """Explicit ``weights_init``/``means_init``/``precisions_init`` for a batched EM, each
+    problem initialised alone with its own generator (``init`` as the engine's
+    ``init_params``): its random draws then do not depend on the rest of the batch.
+
+    A loop over the B problems, for the init only (0 EM iterations each); EM then runs
+    batched from these parameters, as it would from the engine's own init.
+
+    Shape:
+        - x: ``(B, N, D)``; sample_weight: ``(B, N)`` or None
+        - weights_init: ``(B, K)``; means_init: ``(B, K, D)``; precisions_init: ``(B, K, D, D)``
+    """
+    fits = [
+        fit_gaussian_mixture(
+            x[i : i + 1], n_classes, sample_weight=None if sample_weight is None else sample_weight[i : i + 1],
+            covariance_type="full", reg_covar=reg_covar, max_iter=0, init_params=init, generator=g,
+        )
+        for i, g in enumerate(generators)
+    ]
+    covariances = torch.cat([f.covariances for f in fits])
+    return dict(
+        weights_init=torch.cat([f.weights for f in fits]),
+        means_init=torch.cat([f.means for f in fits]),
+        precisions_init=torch.linalg.inv(covariances),
+    )
 
 
 def posterior_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
@@ -591,15 +639,21 @@ def _fit_rgb(
     tol: float,
     max_iter: int,
     reg_covar: float,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> GaussianMixtureFit:
-    """Fit a 3-D full-covariance mixture to ``n_samples`` random pixels of each image."""
+    """Fit a 3-D full-covariance mixture to ``n_samples`` random pixels of each image
+    (``generator``: one, or one per image, as in :func:`fit_histogram_mixture`)."""
     b, c, h, w = images.shape
     pix = images.reshape(b, c, h * w).transpose(1, 2).to(torch.float64)  # (B, H*W, 3)
     n = min(n_samples, h * w)
+    generators = _check_generators(generator, b)
     if n < h * w:
-        idx = torch.randint(h * w, (b, n), device=images.device, generator=generator)
+        if generators is None:
+            idx = torch.randint(h * w, (b, n), device=images.device, generator=generator)
+        else:  # each image's sample as if it were alone
+            idx = torch.stack([torch.randint(h * w, (n,), device=images.device, generator=g) for g in generators])
         pix = pix.gather(1, idx.unsqueeze(2).expand(b, n, c))
+    init = {} if generators is None else _initial_parameters(pix, n_classes, None, "kmeans++", generators, reg_covar)
     fit = fit_gaussian_mixture(
         pix,
         n_classes,
@@ -608,7 +662,8 @@ def _fit_rgb(
         reg_covar=reg_covar,
         max_iter=max_iter,
         init_params="kmeans++",
-        generator=generator,
+        generator=None if init else generator,
+        **init,
     )
     luma = fit.means @ torch.tensor(BT601, device=fit.means.device, dtype=fit.means.dtype)
     return _sort_fit(fit, luma)
@@ -712,7 +767,7 @@ def segment_images(
     max_iter: int = 100,
     reg_covar: float = 1e-6,
     n_samples: int = 20_000,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     label_dtype: torch.dtype = torch.int64,
 ) -> tuple[Tensor, GaussianMixtureFit]:
     """Segment a batch of images into ``n_classes`` intensity (or colour) classes.
@@ -738,7 +793,11 @@ def segment_images(
         reg_covar: added to the variances at each M-step.
         n_samples: pixels sampled per image for ``mode="rgb"``.
         generator: randomness for the ``"rgb"`` pixel sample and init, and for the
-            ``"kmeans++"``/``"random"`` inits.
+            ``"kmeans++"``/``"random"`` inits: one generator for the whole batch's draws (an
+            image's result then depends on the rest of its batch), or a sequence of B
+            generators, one per image (its result is the one it gets alone with that
+            generator; :class:`HistogramSegmenter` and ``torchgmm segment`` seed one per
+            image with their ``random_state``).
         label_dtype: integer dtype of the labels that holds ``K - 1``; ``torch.uint8`` writes
             8x less memory (K <= 256).
 
@@ -786,7 +845,7 @@ def _segment_images(
     max_iter: int,
     reg_covar: float,
     n_samples: int,
-    generator: torch.Generator | None,
+    generator: Generators,
     label_dtype: torch.dtype,
 ) -> tuple[Tensor, GaussianMixtureFit]:
     """:func:`segment_images` without its warning (callers warn in their own words)."""
@@ -853,12 +912,15 @@ class HistogramSegmenter(nn.Module):
         reg_covar: added to the variances at each M-step.
         n_samples: pixels sampled per image for ``mode="rgb"``.
         random_state: seed of the ``"rgb"`` pixel sample and init, and of the
-            ``"kmeans++"``/``"random"`` inits (None: torch's global generator).
+            ``"kmeans++"``/``"random"`` inits, for each image alone: an image gets the same
+            result whatever batch it comes in (None: torch's global generator, one draw for
+            the batch).
         label_dtype: dtype of the returned labels (int64 by default; uint8 is lighter).
 
     Shape:
         - Input: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 (or uint16); or one ``(C, H, W)``
-          image, as a torchvision transform takes it.
+          image, as a torchvision transform takes it (a 3-D tensor is always one image: a
+          batch of grey images needs its channel dimension, ``(B, 1, H, W)``).
         - Output: ``(B, H, W)`` labels of ``label_dtype`` (int64 by default), 0 the darkest
           class; ``(H, W)`` for one image.
 
@@ -970,8 +1032,10 @@ class HistogramSegmenter(nn.Module):
 
     def _segment(self, images: Tensor, stacklevel: int) -> Tensor:
         gen = None
-        if self.random_state is not None:
-            gen = torch.Generator(device=images.device).manual_seed(self.random_state)
+        if self.random_state is not None and isinstance(images, Tensor) and images.ndim == 4:
+            # one generator per image, each seeded alike: an image's random draws (rgb sample,
+            # kmeans++/random init) are then the same whatever batch it comes in
+            gen = [torch.Generator(device=images.device).manual_seed(self.random_state) for _ in range(images.shape[0])]
         labels, fit = _segment_images(
             images, self.n_classes, mode=self.mode, init=self.init, tol=self.tol,
             max_iter=self.max_iter, reg_covar=self.reg_covar, n_samples=self.n_samples,
