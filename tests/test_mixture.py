@@ -450,6 +450,53 @@ def initial_fit(x, k, **kwargs) -> GaussianMixture:
         return GaussianMixture(k, max_iter=0, **kwargs).fit(x)
 
 
+class TestDrawsBeyondMultinomial:
+    """torch.multinomial refuses more than 2**24 samples; above that the inits draw by
+    inverse CDF / Efraimidis-Spirakis keys. The limit is lowered here to reach that path."""
+
+    @pytest.fixture()
+    def small_limit(self, monkeypatch):
+        import torchgmm.mixture as mixture_module
+
+        monkeypatch.setattr(mixture_module, "_MULTINOMIAL_LIMIT", 4)
+        return mixture_module._draw
+
+    @pytest.mark.parametrize("replacement", [True, False])
+    def test_draw_frequencies_follow_the_weights(self, small_limit, replacement):
+        weights = torch.tensor([[0.0, 1.0, 2.0, 0.0, 5.0, 2.0], [3.0, 0.0, 1.0, 1.0, 0.0, 5.0]])
+        gen = torch.Generator().manual_seed(0)
+        if replacement:
+            draws = small_limit(weights, 200_000, generator=gen)
+            freq = torch.stack([torch.bincount(r, minlength=6) for r in draws]).double() / 200_000
+            expected = weights.double() / weights.sum(1, keepdim=True)
+        else:  # first of two draws without replacement: still proportional to the weights
+            draws = torch.stack([small_limit(weights, 2, replacement=False, generator=gen) for _ in range(20_000)])
+            assert (draws[..., 0] != draws[..., 1]).all()
+            freq = torch.stack([torch.bincount(draws[:, r, 0], minlength=6) for r in range(2)]).double() / 20_000
+            expected = weights.double() / weights.sum(1, keepdim=True)
+        assert (freq[weights == 0] == 0).all()  # weight 0 is never drawn
+        torch.testing.assert_close(freq, expected, rtol=0, atol=0.012)
+
+    @pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "kmeans++"])
+    def test_inits_find_separated_blobs(self, small_limit, init_params):
+        rng = np.random.default_rng(9)
+        centres = np.array([[-20.0, 0.0], [0.0, 20.0], [20.0, 0.0]])
+        x = torch.tensor(np.concatenate([c + rng.normal(0, 1, (200, 2)) for c in centres]))
+        gm = GaussianMixture(3, init_params=init_params, random_state=0, tol=1e-6).fit(x)
+        found = gm.means_.numpy()[np.argsort(gm.means_.numpy()[:, 0])]
+        np.testing.assert_allclose(found, centres[[0, 1, 2]], atol=0.3)
+
+    def test_random_from_data_starts_at_distinct_samples_of_positive_weight(self, small_limit):
+        x = torch.arange(40, dtype=torch.float64).view(20, 2)
+        weight = torch.zeros(20, dtype=torch.float64)
+        weight[[3, 7, 11, 15]] = 1.0
+        for seed in range(5):
+            gm = GaussianMixture(3, max_iter=0, init_params="random_from_data", random_state=seed)
+            means = gm.fit(x, sample_weight=weight).means_
+            rows = torch.isclose(means[:, None, :], x[None], rtol=0, atol=1e-9).all(-1).nonzero()[:, 1]
+            assert len(set(rows.tolist())) == 3 and set(rows.tolist()) <= {3, 7, 11, 15}
+
+
 class TestSklearnInits:
     """scikit-learn's init_params names mean scikit-learn's algorithms. Their random draws
     cannot match numpy's, so these test what the algorithms guarantee, and equality with

@@ -497,7 +497,7 @@ def _kmeans_plusplus(
     """
     b, n, d = x.shape
     rows = torch.arange(b, device=x.device)
-    first = torch.multinomial(w, 1, generator=generator).squeeze(1)
+    first = _draw(w, 1, generator=generator).squeeze(1)
     picks = [first]
     closest = ((x - x[rows, first].unsqueeze(1)) ** 2).sum(-1)  # (B, N)
     for _ in range(1, k):  # K is small; the loop is over components, never samples
@@ -505,10 +505,10 @@ def _kmeans_plusplus(
         # All remaining mass at distance 0 (fewer distinct points than K): fall back to w.
         score = torch.where(score.sum(1, keepdim=True) > 0, score, w)
         if n_local_trials == 1:
-            pick = torch.multinomial(score, 1, generator=generator).squeeze(1)
+            pick = _draw(score, 1, generator=generator).squeeze(1)
             closest = torch.minimum(closest, ((x - x[rows, pick].unsqueeze(1)) ** 2).sum(-1))
         else:
-            candidates = torch.multinomial(score, n_local_trials, replacement=True, generator=generator)
+            candidates = _draw(score, n_local_trials, generator=generator)
             points = x.gather(1, candidates.unsqueeze(-1).expand(b, n_local_trials, d))  # (B, L, D)
             # min(D(x)^2, |x - candidate|^2) for every candidate: (B, L, N)
             trial = torch.minimum(closest.unsqueeze(1), _squared_distances(x, points).mT)
@@ -603,10 +603,42 @@ def _initial_resp(
                 f"problems {torch.nonzero(short).flatten().tolist()[:10]} have fewer samples of "
                 f"positive weight; use another `init_params`."
             )
-        seeds = torch.multinomial(w, k, replacement=False, generator=generator)
+        seeds = _draw(w, k, replacement=False, generator=generator)
         return _seed_resp(w, seeds, sample_weight)
     resp = torch.rand(x.shape[0], x.shape[1], k, generator=generator, device=x.device, dtype=x.dtype)
     return (resp / resp.sum(-1, keepdim=True)).mT
+
+
+#: torch.multinomial refuses more categories than this
+_MULTINOMIAL_LIMIT = 2**24
+
+
+def _draw(
+    weights: Tensor, n_draws: int, *, replacement: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
+    """Indices drawn with probability proportional to ``weights``, per row.
+
+    ``torch.multinomial`` up to its limit of 2**24 samples (N); above it, the same
+    distributions by other means: with replacement, the inverse CDF (uniform draws located
+    in the cumulative weights, in float64, by ``searchsorted``); without, the
+    Efraimidis-Spirakis keys ``log(u) / w`` (the ``n_draws`` largest). Samples of weight 0
+    are never drawn.
+
+    Shape:
+        - weights: ``(B, N)`` non-negative, each row with positive weight
+        - output: ``(B, n_draws)`` int64
+    """
+    if weights.shape[-1] <= _MULTINOMIAL_LIMIT:
+        return torch.multinomial(weights, n_draws, replacement=replacement, generator=generator)
+    w = weights.to(torch.float64)
+    if not replacement:
+        keys = torch.rand(w.shape, generator=generator, device=w.device, dtype=torch.float64).log() / w
+        return keys.topk(n_draws, dim=-1).indices  # weight 0: key -inf, never among the largest
+    u = torch.rand(w.shape[0], n_draws, generator=generator, device=w.device, dtype=torch.float64)
+    cdf = w.cumsum(-1)
+    # u * total lies in [cdf[i - 1], cdf[i]) with probability w_i / total: index i
+    picks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return picks.clamp_max(w.shape[-1] - 1)
 
 
 def _covariance_shape(covariance_type: str, b: int, k: int, d: int) -> tuple[int, ...]:
