@@ -535,7 +535,9 @@ class TestComponentLabelling:
         batch = torch.from_numpy(masks[:, None])
         expected = connected_component_labels(batch), remove_small_blobs(batch, 9)
         monkeypatch.setattr(postprocess, "_INT32_LIMIT", 0)
-        assert torch.equal(connected_component_labels(batch), expected[0])
+        labels = connected_component_labels(batch)
+        assert torch.equal(labels, expected[0])
+        assert labels.is_contiguous() and labels.view(-1).numel() == batch.numel()  # not a view into the padded sums
         assert torch.equal(remove_small_blobs(batch, 9), expected[1])
 
     def test_iterations_stay_few_on_long_paths(self, monkeypatch):

@@ -307,7 +307,8 @@ def connected_component_labels(mask: Tensor, *, check_every: int = 1, jumps: int
     last = (row % (h + 1) - 1) * w + (end - row * (w + 1))  # flat index in its mask + 1
     # painted in int32 where it fits: half the memory of the B (H + 1) (W + 1) sums
     last = last.to(torch.int32 if h * w < _INT32_LIMIT else torch.int64)
-    return _paint_runs(keys, last, mask.shape).to(torch.int64, memory_format=torch.contiguous_format)
+    # .contiguous(): with int64 values .to() would return the strided view into the padded sums
+    return _paint_runs(keys, last, mask.shape).to(torch.int64).contiguous()
 
 
 def _label_runs(mask: Tensor, *, check_every: int, jumps: int) -> tuple[Tensor, Tensor]:
