@@ -324,6 +324,15 @@ class TestVideoReader:
         with pytest.raises(ValueError, match=rf"{re.escape(name)}.*single image.*pass their folder"):
             VideoReader(path)
 
+    def test_animated_png_is_a_video(self, tmp_path):
+        from PIL import Image
+
+        frames = [Image.fromarray(np.full((8, 10, 3), 40 * i, np.uint8)) for i in range(4)]
+        frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+        with VideoReader(tmp_path / "anim.png") as reader:
+            got = torch.stack(list(reader))
+        assert got.shape == (4, 3, 8, 10) and got[:, :, 0, 0].tolist() == [[40 * i] * 3 for i in range(4)]
+
     def test_missing_file(self, tmp_path):
         with pytest.raises(FileNotFoundError, match=r"nope\.mkv"):
             VideoReader(tmp_path / "nope.mkv")

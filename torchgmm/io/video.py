@@ -357,8 +357,9 @@ class VideoReader:
                 f"(a classic .mp4 cut short loses its index and cannot be opened)?",
                 self.path,
             ) from exc
-        if self.path.suffix.lower() in _IMAGE_EXTENSIONS or container.format.name.endswith("_pipe"):
-            # FFmpeg opens a still image as a one-frame video; a model fed one frame learns nothing
+        if container.format.name.endswith("_pipe") or container.format.name == "image2":
+            # FFmpeg opens a still image (png_pipe, jpeg_pipe, ...) as a one-frame video; a model
+            # fed one frame learns nothing. Animated PNG (apng) and GIF are videos.
             container.close()
             raise ValueError(
                 f"{str(self.path)!r} is a single image, not a video: to read numbered images as a "
