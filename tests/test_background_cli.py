@@ -512,6 +512,21 @@ def test_resume_compares_the_selection_as_frame_indices(clip, selection_run, tmp
     assert torch.equal(read_masks(out / "street" / "mask.mp4"), read_masks(selection_run / "mask.mp4"))
 
 
+def test_resume_accepts_the_same_frames_spelled_otherwise(clip, tmp_path):
+    # an --end past the last frame and a --size equal to the input's select what no option does
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "5", *FAST]
+    assert main([*argv, "--end", "30"]) == 0  # a first run of 30 frames, checkpointed
+    assert main([*argv, "--resume"]) == 2  # another end: refused
+    assert main([*argv, "--end", "30", "--size", f"{W}x{H}", "--resume"]) == 0
+    assert summary_of(tmp_path / "street")["resumed_from"] == 30
+    assert main([*argv, "--end", "1000", "--resume"]) == 2  # 1000 is not 30
+    full = tmp_path / "full"
+    assert main(["background", str(clip["path"]), "--out", str(full), "--checkpoint", "5", *FAST]) == 0
+    assert main(["background", str(clip["path"]), "--out", str(full), "--checkpoint", "5", "--end", "1000",
+                 "--size", f"{W}x{H}", "--resume", *FAST]) == 0
+    assert summary_of(full / "street")["resumed_from"] == T
+
+
 @pytest.mark.parametrize(
     "options,message",
     [

@@ -421,6 +421,14 @@ class TestEvaluation:
         assert row["F-measure"] > 0.95  # an easy sequence
         assert row["postprocessed"]["F-measure"] > 0.9
 
+    def test_metadata_is_recorded_and_may_restate_a_recorded_key(self, cdnet, tmp_path):
+        methods = method_factories(["torchgmm"], learning_rate=0.01, device="cpu", model_options=EAGER)
+        evaluate_dataset(cdnet / "baseline" / "easy", methods=methods, device="cpu", out_dir=tmp_path,
+                         progress=False, metadata={"device": "cpu (2 threads)", "note": "x"})
+        settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+        assert settings["device"] == "cpu (2 threads)" and settings["note"] == "x"
+        assert settings["methods"] == ["torchgmm"] and settings["postprocess"] is None
+
     def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
         pytest.importorskip("cv2")
         all_methods = ("torchgmm", "mog2", "mog2-defaults", "bgsegm-mog")

@@ -256,6 +256,17 @@ def _describe_selection(selection: dict) -> str:
     )
 
 
+def _canonical_end_and_size(selection: dict, job: _Job) -> dict:
+    """``end`` and ``size`` of a recorded selection, None where they select the whole input
+    or its own size."""
+    end, size = selection.get("end"), selection.get("size")
+    if end is not None and job.count_exact and job.frame_count and end >= job.frame_count:
+        end = None
+    if size is not None and list(size) == [job.source_height, job.source_width]:
+        size = None
+    return dict(end=end, size=size)
+
+
 def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postprocess: dict) -> tuple[int, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -276,7 +287,11 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postproc
     # the same frames, compared as source indices (12.5 s and frame 250 of a 20 frames/s video agree)
     selection, wanted = ckpt.get("selection", _WHOLE_INPUT), job.selection()
     selection = selection if isinstance(selection, dict) else {}
-    differ = [key for key in wanted if selection.get(key) != wanted[key]]
+    # spelled differently, the same frames: an end at or past an exact frame count is the
+    # end of the input, a size equal to the source size is no resize
+    canonical = lambda sel: {**sel, **_canonical_end_and_size(sel, job)}  # noqa: E731
+    selection_c, wanted_c = canonical(selection), canonical(wanted)
+    differ = [key for key in wanted if selection_c.get(key) != wanted_c[key]]
     if differ:
         raise ValueError(
             f"checkpoint {str(path)!r} was made with {_describe_selection(selection)}; this run has "
@@ -1048,7 +1063,7 @@ def evaluate_dataset(
         metadata: JSON-serialisable facts about the run (e.g. the model settings, which
             ``methods`` does not expose) for the written JSON's ``"settings"``, beside the
             dataset root, methods, device, ``gray``, post-processing and versions recorded
-            here.
+            here (a key of both takes the value given here).
 
     Returns:
         One row per (method, sequence), then per method the per-category and overall means
@@ -1073,10 +1088,11 @@ def evaluate_dataset(
         _check_sequence(seq)
     if out_dir is not None:
         make_output_folder(out_dir)  # a file in the way fails now, not after the work
-    settings = dict(
-        root=str(Path(root).resolve()), methods=list(methods), device=str(device), gray=gray,
-        postprocess=postprocess, torchgmm=__version__, torch=torch.__version__, **(metadata or {}),
-    )
+    settings = {  # the caller's facts win over those recorded here
+        **dict(root=str(Path(root).resolve()), methods=list(methods), device=str(device), gray=gray,
+               postprocess=postprocess, torchgmm=__version__, torch=torch.__version__),
+        **(metadata or {}),
+    }
     rows: list[dict] = []
     errors: list[Exception] = []
     try:
