@@ -48,6 +48,14 @@ def relative_error(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
+def holding_sklearns_fit(sk, x: torch.Tensor) -> GaussianMixture:
+    """A GaussianMixture holding the parameters of scikit-learn's fitted ``sk`` (0 EM
+    iterations on ``x``, ``(N, D)`` or a batch ``(B, N, D)``)."""
+    return GaussianMixture(
+        len(sk.weights_), covariance_type=sk.covariance_type, max_iter=0, weights_init=torch.tensor(sk.weights_),
+        means_init=torch.tensor(sk.means_), precisions_init=torch.tensor(sk.precisions_),
+    ).fit(x)
+
 def fit_both(x: np.ndarray, covariance_type: str, weights_init, means_init, sample_weight=None, repeated=None,
              **options):
     """scikit-learn's and torchgmm's fits from the same explicit init (identity precisions).
@@ -168,13 +176,7 @@ class TestWeightedCriteria:
         # 600 rows carrying counts.sum() samples: the penalty is p log(sum w), not p log(600).
         x, counts, repeated = self.weighted_data(21)
         sk = sklearn_mixture.GaussianMixture(2, random_state=0).fit(repeated)
-        gm = GaussianMixture(
-            2, max_iter=0, weights_init=torch.tensor(sk.weights_), means_init=torch.tensor(sk.means_),
-            precisions_init=torch.tensor(sk.precisions_),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm.fit(torch.tensor(x))
+        gm = holding_sklearns_fit(sk, torch.tensor(x))
         xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
         p = 2 * 6 + 2 * 3 + 1
         assert float(gm.bic(xt, w)) == pytest.approx(sk.bic(repeated), rel=1e-10)
@@ -186,13 +188,7 @@ class TestWeightedCriteria:
         counts1 = np.random.default_rng(23).integers(1, 6, size=len(x))
         repeated1 = np.repeat(x, counts1, axis=0)
         sk = sklearn_mixture.GaussianMixture(3, random_state=0).fit(x)
-        gm = GaussianMixture(
-            3, max_iter=0, weights_init=torch.tensor(sk.weights_), means_init=torch.tensor(sk.means_),
-            precisions_init=torch.tensor(sk.precisions_),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm.fit(torch.tensor(np.stack([x, x])))
+        gm = holding_sklearns_fit(sk, torch.tensor(np.stack([x, x])))
         xt = torch.tensor(np.stack([x, x]))
         w = torch.tensor(np.stack([counts0, counts1]), dtype=torch.float64)
         expected = {"bic": [sk.bic(repeated0), sk.bic(repeated1)], "aic": [sk.aic(repeated0), sk.aic(repeated1)],
