@@ -539,7 +539,7 @@ class TestOpenCV:
         masks = model.process(torch.from_numpy(frames))[:, 0].numpy()
         agreement = (masks == cv_masks).mean()
         assert cv_masks.mean() > 0.02  # the comparison is not about an empty mask
-        assert agreement >= 0.99, (
+        assert agreement >= 0.997, (  # measured 99.75-99.94% (class docstring); the README quotes it
             f"masks agree with OpenCV bgsegm MOG on {agreement:.4%} of pixels (foreground: ours "
             f"{masks.mean():.3%}, OpenCV {cv_masks.mean():.3%}); differing pixels per frame: "
             f"{(masks != cv_masks).sum(axis=(1, 2)).tolist()}"

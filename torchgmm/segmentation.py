@@ -21,7 +21,7 @@ Conventions:
   by 4 and so still spans 256 grey levels, and data below 256 is kept as it is. Labels are
   thus defined on up to 256 grey levels whatever the bit depth, with one 256-entry
   histogram and lookup table for every input; only the ``shift`` low bits are lost, i.e.
-  differences below ``2^shift`` raw levels (under 1/128 of the image's largest value).
+  differences below ``2^shift`` raw levels (at most 1/128 of the image's largest value).
   Fitted means and variances are in these reduced grey levels: times ``2^shift`` and
   ``4^shift`` they are (up to the truncation) in raw units.
 
@@ -692,7 +692,7 @@ def negligible_classes(weights: Tensor, n_pixels: int) -> Tensor:
     the class explains. Below one half, no pixel belongs to the class even by a majority
     (``r_nk < 1/2`` for every pixel): it is no class of the image but an initial component
     that EM emptied, and EM cannot revive it (its responsibilities scale with its weight).
-    Emptied classes end at the M-step's floor, ``weight * n_pixels ~ 1e-14``; a class that
+    Emptied classes end at the M-step's floor, ``weight * n_pixels ~ 1e-15``; a class that
     owns a single pixel ends at about 1 (just under it in images of fewer than K pixels, as
     the M-step's floor is shared out), so one half separates the two with a margin on both
     sides, whatever the image size.
