@@ -256,15 +256,15 @@ def _describe_selection(selection: dict) -> str:
     )
 
 
-def _canonical_end_and_size(selection: dict, job: _Job) -> dict:
-    """``end`` and ``size`` of a recorded selection, None where they select the whole input
-    or its own size."""
+def _canonical_selection(selection: dict, job: _Job) -> dict:
+    """``selection`` with ``end`` and ``size`` None where they select the whole input or its
+    own size: the same frames spelled otherwise compare equal."""
     end, size = selection.get("end"), selection.get("size")
     if end is not None and job.count_exact and job.frame_count and end >= job.frame_count:
         end = None
     if size is not None and list(size) == [job.source_height, job.source_width]:
         size = None
-    return dict(end=end, size=size)
+    return {**selection, "end": end, "size": size}
 
 
 def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postprocess: dict) -> tuple[int, dict]:
@@ -287,11 +287,8 @@ def _read_checkpoint(path: Path, settings: dict, job: _Job, gray: bool, postproc
     # the same frames, compared as source indices (12.5 s and frame 250 of a 20 frames/s video agree)
     selection, wanted = ckpt.get("selection", _WHOLE_INPUT), job.selection()
     selection = selection if isinstance(selection, dict) else {}
-    # spelled differently, the same frames: an end at or past an exact frame count is the
-    # end of the input, a size equal to the source size is no resize
-    canonical = lambda sel: {**sel, **_canonical_end_and_size(sel, job)}  # noqa: E731
-    selection_c, wanted_c = canonical(selection), canonical(wanted)
-    differ = [key for key in wanted if selection_c.get(key) != wanted_c[key]]
+    recorded, asked = _canonical_selection(selection, job), _canonical_selection(wanted, job)
+    differ = [key for key in wanted if recorded.get(key) != asked[key]]
     if differ:
         raise ValueError(
             f"checkpoint {str(path)!r} was made with {_describe_selection(selection)}; this run has "
