@@ -446,6 +446,23 @@ def initial_fit(x, k, **kwargs) -> GaussianMixture:
         return GaussianMixture(k, max_iter=0, **kwargs).fit(x)
 
 
+@pytest.mark.parametrize("init_params", ["kmeans", "kmeans++", "k-means++", "random_from_data", "random"])
+def test_one_generator_per_problem_gives_each_its_alone_fit(init_params):
+    """With a sequence of B generators each problem's random draws are its own: its fit is
+    the one it gets alone with that generator, whatever else is in the batch."""
+    x = torch.tensor(np.stack([three_blobs(seed) for seed in range(3)]))
+    seeds = [11, 12, 13]
+    batched = fit_gaussian_mixture(x, 3, init_params=init_params, max_iter=30,
+                                   generator=[torch.Generator().manual_seed(s) for s in seeds])
+    for i, seed in enumerate(seeds):
+        alone = fit_gaussian_mixture(x[i : i + 1], 3, init_params=init_params, max_iter=30,
+                                     generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(batched.means[i], alone.means[0], rtol=1e-10, atol=1e-10)
+        assert int(batched.n_iter[i]) == int(alone.n_iter[0])
+    with pytest.raises(ValueError, match="sequence of 3"):
+        fit_gaussian_mixture(x, 3, init_params=init_params, generator=[torch.Generator()] * 2)
+
+
 class TestDrawsBeyondMultinomial:
     """torch.multinomial refuses more than 2**24 samples; above that the inits draw by
     inverse CDF / Efraimidis-Spirakis keys. The limit is lowered here to reach that path."""

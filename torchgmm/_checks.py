@@ -146,3 +146,21 @@ def add_note(exc: BaseException, note: str) -> None:
         exc.add_note(note)
     else:  # pragma: no cover - Python 3.10
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def check_generators(generator: object, b: int) -> None:
+    """``generator`` is None, a ``torch.Generator``, or a sequence of B of them (one per problem).
+
+    Raises:
+        ValueError: a sequence of another length, or of something else.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    try:
+        generators = list(generator)  # type: ignore[call-overload]
+    except TypeError:
+        generators = None
+    if generators is None or len(generators) != b or not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(
+            f"`generator` must be a torch.Generator or a sequence of {b} (one per problem), got {generator!r}."
+        )

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,7 @@ from torchgmm._checks import (
     ShapeError,
     check_choice,
     check_finite,
+    check_generators,
     check_ndim,
     check_positive_int,
     check_real,
@@ -72,6 +73,8 @@ __all__ = [
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitMethod = Literal["kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++"]
+#: one generator for a batch's random draws, or one per problem (see fit_gaussian_mixture)
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -484,7 +487,7 @@ def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
 
 
 def _kmeans_plusplus(
-    x: Tensor, w: Tensor, k: int, generator: torch.Generator | None, n_local_trials: int
+    x: Tensor, w: Tensor, k: int, generator: Generators, n_local_trials: int
 ) -> Tensor:
     """k-means++ seeds: indices (B, K) into the N samples.
 
@@ -569,7 +572,7 @@ def _seed_resp(w: Tensor, seeds: Tensor, sample_weight: Tensor | None) -> Tensor
 
 
 def _initial_resp(
-    x: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: torch.Generator | None
+    x: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: Generators
 ) -> Tensor:
     """Responsibilities (B, K, N) to start EM from (``init_params`` in fit_gaussian_mixture)."""
     if init_params == "range":
@@ -605,7 +608,7 @@ def _initial_resp(
             )
         seeds = _draw(w, k, replacement=False, generator=generator)
         return _seed_resp(w, seeds, sample_weight)
-    resp = torch.rand(x.shape[0], x.shape[1], k, generator=generator, device=x.device, dtype=x.dtype)
+    resp = _rand((x.shape[0], x.shape[1], k), generator, device=x.device, dtype=x.dtype)
     return (resp / resp.sum(-1, keepdim=True)).mT
 
 
@@ -613,9 +616,15 @@ def _initial_resp(
 _MULTINOMIAL_LIMIT = 2**24
 
 
-def _draw(
-    weights: Tensor, n_draws: int, *, replacement: bool = True, generator: torch.Generator | None = None
-) -> Tensor:
+def _rand(shape: tuple[int, ...], generator: Generators, **options: Any) -> Tensor:
+    """``torch.rand(shape)``; with a sequence of B generators, row b (of B = ``shape[0]``)
+    from the b-th, as that row alone would be."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, **options)
+    return torch.cat([torch.rand((1, *shape[1:]), generator=g, **options) for g in generator])
+
+
+def _draw(weights: Tensor, n_draws: int, *, replacement: bool = True, generator: Generators = None) -> Tensor:
     """Indices drawn with probability proportional to ``weights``, per row.
 
     ``torch.multinomial`` up to its limit of 2**24 samples (N); above it, the same
@@ -624,10 +633,15 @@ def _draw(
     Efraimidis-Spirakis keys ``log(u) / w`` (the ``n_draws`` largest). Samples of weight 0
     are never drawn.
 
+    A sequence of B generators draws each row with its own (as that row alone would be).
+
     Shape:
         - weights: ``(B, N)`` non-negative, each row with positive weight
         - output: ``(B, n_draws)`` int64
     """
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        return torch.cat([_draw(weights[i : i + 1], n_draws, replacement=replacement, generator=g)
+                          for i, g in enumerate(generator)])
     if weights.shape[-1] <= _MULTINOMIAL_LIMIT:
         return torch.multinomial(weights, n_draws, replacement=replacement, generator=generator)
     w = weights.to(torch.float64)
@@ -715,7 +729,7 @@ def fit_gaussian_mixture(
     weights_init: Tensor | None = None,
     means_init: Tensor | None = None,
     precisions_init: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     check_every: int = 4,
 ) -> GaussianMixtureFit:
     """Fit B independent Gaussian mixtures by EM in one batched computation.
@@ -764,7 +778,9 @@ def fit_gaussian_mixture(
             covariance (about its own mean) of the k-th k-means cluster, whose numbering is
             random. As there, weights must be non-negative and sum to 1, and precisions must
             be symmetric positive definite (full/tied) or positive (diag/spherical).
-        generator: ``torch.Generator`` on x's device, for reproducible seeding.
+        generator: ``torch.Generator`` on x's device, for reproducible seeding; or a
+            sequence of B, one per problem, whose random draws (seeds, samples, random
+            responsibilities) are then each problem's alone, whatever else is in the batch.
         check_every: host syncs for the stopping test happen every this many iterations.
 
     Returns:
@@ -798,6 +814,9 @@ def fit_gaussian_mixture(
     k = n_components
     if n < k:
         raise ValueError(f"`x` has N={n} samples per problem, fewer than n_components={k}.")
+    check_generators(generator, b)
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        generator = list(generator)
     weights0 = _batched_init(weights_init, "weights_init", 2, x)
     means0 = _batched_init(means_init, "means_init", 3, x)
     precisions0 = _batched_init(

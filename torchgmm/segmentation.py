@@ -39,7 +39,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Literal, NamedTuple, Sequence, TextIO, Union
+from typing import Iterable, Literal, NamedTuple, TextIO
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torchgmm._checks import (
     ShapeError,
     check_choice,
+    check_generators,
     check_ndim,
     check_positive_int,
     check_real,
@@ -56,6 +57,7 @@ from torchgmm._checks import (
 from torchgmm.mixture import (
     ConvergenceWarning,
     GaussianMixtureFit,
+    Generators,
     estimate_log_prob,
     fit_gaussian_mixture,
 )
@@ -86,8 +88,6 @@ SegmentMode = Literal["luminance", "rgb"]
 HistogramInit = Literal["range", "data-range", "kmeans++", "random"]
 #: initialisations of the histogram EM (see :func:`fit_histogram_mixture`)
 HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
-#: one generator for a batch's random draws, or one per image (see fit_histogram_mixture)
-Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 #: number of grey levels (histogram bins) the segmentation works on
 N_LEVELS = 256
@@ -431,7 +431,8 @@ def fit_histogram_mixture(
         dtype: floating dtype of the fit; float64 by default (exact for any image size).
         generator: randomness for the ``"kmeans++"``/``"random"`` inits: one generator for
             the batch's draws, or a sequence of B, one per histogram, so that each one's
-            init is the one it gets alone, whatever else is in the batch (EM stays batched).
+            init is the one it gets alone, whatever else is in the batch (see
+            :func:`~torchgmm.mixture.fit_gaussian_mixture`).
 
     Returns:
         :class:`~torchgmm.mixture.GaussianMixtureFit` with ``covariance_type="full"`` and
@@ -454,7 +455,6 @@ def fit_histogram_mixture(
     x = torch.arange(levels, device=hist.device, dtype=dtype).view(1, levels, 1).expand(b, -1, -1)
     w = hist.to(dtype)
     kwargs: dict = {}
-    generators = _check_generators(generator, b)
     if init in ("range", "data-range"):
         span = "full" if init == "range" else "data"
         weights0, means0, var0 = range_init(hist, n_classes, span=span, dtype=dtype)
@@ -463,8 +463,6 @@ def fit_histogram_mixture(
             means_init=means0.unsqueeze(-1),
             precisions_init=(1.0 / var0).view(b, n_classes, 1, 1),
         )
-    elif generators is not None:
-        kwargs = _initial_parameters(x, n_classes, w, init, generators, reg_covar)
     fit = fit_gaussian_mixture(
         x,
         n_classes,
@@ -473,53 +471,13 @@ def fit_histogram_mixture(
         tol=tol,
         reg_covar=reg_covar,
         max_iter=max_iter,
-        # the range and per-image inits give every parameter explicitly; the engine's own is then unused
+        # the range inits give every parameter explicitly; the engine's own is then unused
         init_params="range" if kwargs else init,
-        generator=None if kwargs else generator,
+        generator=generator,
         **kwargs,
     )
     return _sort_fit(fit, fit.means[..., 0])
 
-
-
-def _check_generators(generator: Generators, b: int) -> list[torch.Generator] | None:
-    """The per-image generators of ``generator`` (None for one or none), checked against B."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return None
-    generators = list(generator)
-    if len(generators) != b or not all(isinstance(g, torch.Generator) for g in generators):
-        raise ValueError(f"`generator` must be a torch.Generator or a sequence of {b} (one per image), got {generator!r}.")
-    return generators
-
-
-def _initial_parameters(
-    x: Tensor, n_classes: int, sample_weight: Tensor | None, init: str, generators: list[torch.Generator],
-    reg_covar: float,
-) -> dict:
-    """Explicit ``weights_init``/``means_init``/``precisions_init`` for a batched EM, each
-    problem initialised alone with its own generator (``init`` as the engine's
-    ``init_params``): its random draws then do not depend on the rest of the batch.
-
-    A loop over the B problems, for the init only (0 EM iterations each); EM then runs
-    batched from these parameters, as it would from the engine's own init.
-
-    Shape:
-        - x: ``(B, N, D)``; sample_weight: ``(B, N)`` or None
-        - weights_init: ``(B, K)``; means_init: ``(B, K, D)``; precisions_init: ``(B, K, D, D)``
-    """
-    fits = [
-        fit_gaussian_mixture(
-            x[i : i + 1], n_classes, sample_weight=None if sample_weight is None else sample_weight[i : i + 1],
-            covariance_type="full", reg_covar=reg_covar, max_iter=0, init_params=init, generator=g,
-        )
-        for i, g in enumerate(generators)
-    ]
-    covariances = torch.cat([f.covariances for f in fits])
-    return dict(
-        weights_init=torch.cat([f.weights for f in fits]),
-        means_init=torch.cat([f.means for f in fits]),
-        precisions_init=torch.linalg.inv(covariances),
-    )
 
 
 def posterior_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
@@ -646,14 +604,13 @@ def _fit_rgb(
     b, c, h, w = images.shape
     pix = images.reshape(b, c, h * w).transpose(1, 2).to(torch.float64)  # (B, H*W, 3)
     n = min(n_samples, h * w)
-    generators = _check_generators(generator, b)
+    check_generators(generator, b)
     if n < h * w:
-        if generators is None:
+        if generator is None or isinstance(generator, torch.Generator):
             idx = torch.randint(h * w, (b, n), device=images.device, generator=generator)
         else:  # each image's sample as if it were alone
-            idx = torch.stack([torch.randint(h * w, (n,), device=images.device, generator=g) for g in generators])
+            idx = torch.stack([torch.randint(h * w, (n,), device=images.device, generator=g) for g in generator])
         pix = pix.gather(1, idx.unsqueeze(2).expand(b, n, c))
-    init = {} if generators is None else _initial_parameters(pix, n_classes, None, "kmeans++", generators, reg_covar)
     fit = fit_gaussian_mixture(
         pix,
         n_classes,
@@ -662,8 +619,7 @@ def _fit_rgb(
         reg_covar=reg_covar,
         max_iter=max_iter,
         init_params="kmeans++",
-        generator=None if init else generator,
-        **init,
+        generator=generator,
     )
     luma = fit.means @ torch.tensor(BT601, device=fit.means.device, dtype=fit.means.dtype)
     return _sort_fit(fit, luma)
