@@ -89,11 +89,9 @@ def _run_segment(args: argparse.Namespace) -> int:
         f"of {s.n_found} image(s) in {s.wall_s:.1f} s; parameters in {s.jsonl}",
         file=sys.stderr,
     )
-    if s.negligible:
-        others = [f"--init {i}" for i in ("kmeans++", "data-range") if i != args.init]
-        hint = "fewer classes" if args.mode == "rgb" else f"{' or '.join(others)}, or fewer classes"
+    if s.negligible:  # each warning line above says what to try
         print(f"{len(s.negligible)} image(s) ended with fewer classes than {args.classes} "
-              f"(named in the warnings above; try {hint})", file=sys.stderr)
+              "(named in the warnings above)", file=sys.stderr)
     for path, _ in s.failed:
         print(f"failed: {path}", file=sys.stderr)
     return 1 if s.failed else 0
