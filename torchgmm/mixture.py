@@ -870,11 +870,8 @@ def fit_gaussian_mixture(
     # than B times the slowest one's.
     rows: Tensor | None = None
     results: list[Tensor] | None = None
-    # Per-iteration bounds of the working set, NaN for problems that had stopped; flushed to
-    # (rows, first iteration, (b, T) block) pieces whenever the working set shrinks.
-    bounds: list[Tensor] = []
-    pieces: list[tuple[Tensor | None, int, Tensor]] = []
-    start = 0
+    # The bound after each iteration, NaN for problems that had stopped (trimmed at the end).
+    lower_bounds = x.new_full((b, max_iter), math.nan)
     for iteration in range(max_iter):
         # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
         coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
@@ -899,7 +896,8 @@ def fit_gaussian_mixture(
         overflowed = overflowed | (active & ~torch.isfinite(new_bound))
         change = new_bound - lower_bound
         lower_bound = torch.where(active, new_bound, lower_bound)
-        bounds.append(torch.where(active, new_bound, math.nan))
+        working = slice(None) if rows is None else rows
+        lower_bounds[working, iteration] = torch.where(active, new_bound, math.nan)
         n_iter = n_iter + active.long()
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
@@ -911,8 +909,6 @@ def fit_gaussian_mixture(
             if n_active <= active.numel() // 2:
                 state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
                 results = _store(results, rows, state)
-                pieces.append((rows, start, torch.stack(bounds, 1)))
-                bounds, start = [], iteration + 1
                 keep = torch.nonzero(active).squeeze(1)
                 rows = keep if rows is None else rows[keep]
                 weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
@@ -922,15 +918,8 @@ def fit_gaussian_mixture(
                     sample_weight, weight_total = sample_weight[keep], weight_total[keep]
     state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
     weights, means, cov, prec_chol, lower_bound, n_iter, converged = _store(results, rows, state)
-    if bounds:
-        pieces.append((rows, start, torch.stack(bounds, 1)))
-    lower_bounds = x.new_full((b, int(n_iter.max()) if max_iter else 0), math.nan)
-    for piece_rows, first, block in pieces:
-        block = block[:, : lower_bounds.shape[1] - first]  # iterations run after every problem stopped
-        if piece_rows is None:
-            lower_bounds[:, first : first + block.shape[1]] = block
-        else:
-            lower_bounds[piece_rows, first : first + block.shape[1]] = block
+    # columns after every problem had stopped (up to the next check) are all NaN: dropped
+    lower_bounds = lower_bounds[:, : int(n_iter.max()) if max_iter else 0].contiguous()
     return GaussianMixtureFit(
         weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged, lower_bounds
     )
