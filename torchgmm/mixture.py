@@ -578,20 +578,19 @@ def _initial_resp(
     if init_params == "range":
         return _range_resp(x, sample_weight, k)
     w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
-    if init_params == "kmeans":
-        # scikit-learn's: KMeans(n_clusters=K, n_init=1), i.e. greedy k-means++ seeds, then
-        # Lloyd to convergence (max_iter=300, tol=1e-4 times the mean per-feature variance;
-        # x is centred on its weighted mean, so that variance is mean(w x^2) / mean(w)).
-        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=2 + int(math.log(k)))
+    if init_params in ("kmeans", "kmeans++"):
+        if init_params == "kmeans":
+            # scikit-learn's: KMeans(n_clusters=K, n_init=1), i.e. greedy k-means++ seeds, then
+            # Lloyd to convergence (max_iter=300, tol=1e-4 times the mean per-feature variance;
+            # x is centred on its weighted mean, so that variance is mean(w x^2) / mean(w)).
+            variance = (w.unsqueeze(-1) * x * x).sum(1) / w.sum(1, keepdim=True)  # (B, D)
+            trials, max_iter, tol = 2 + int(math.log(k)), 300, 1e-4 * variance.mean(-1)
+        else:
+            # torchgmm's own: plain k-means++ seeds and 10 Lloyd iterations, with no host sync.
+            trials, max_iter, tol = 1, 10, None
+        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=trials)
         centres = x.gather(1, seeds.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        variance = (w.unsqueeze(-1) * x * x).sum(1) / w.sum(1, keepdim=True)  # (B, D)
-        labels = _lloyd(x, w, centres, max_iter=300, tol=1e-4 * variance.mean(-1))
-        return nn.functional.one_hot(labels, k).to(x.dtype).mT
-    if init_params == "kmeans++":
-        # torchgmm's own: plain k-means++ seeds and 10 Lloyd iterations, with no host sync.
-        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=1)
-        centres = x.gather(1, seeds.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        labels = _lloyd(x, w, centres, max_iter=10, tol=None)
+        labels = _lloyd(x, w, centres, max_iter=max_iter, tol=tol)
         return nn.functional.one_hot(labels, k).to(x.dtype).mT
     if init_params == "k-means++":
         seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=2 + int(math.log(k)))
