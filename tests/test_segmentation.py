@@ -502,6 +502,25 @@ class TestHistogramSegmenter:
             seg.predict_proba(_images(2))
 
 
+class TestOnDevice:
+    """The histogram EM on every device: deterministic inits equal the CPU result; random
+    ones, drawn from generators on the images' device, equal each image alone."""
+
+    @pytest.mark.parametrize("init, expected", [("range", [0, 1, 2]), ("data-range", [0, 0, 0])])
+    def test_one_grey_level_keeps_the_class_of_its_init(self, device, init, expected):
+        # every class fits the one level exactly (all means equal), so the sort by mean ties
+        # and must keep the init's order: "range" starts the class of the level's interval
+        # (30: 0..85, 100: 86..170, 255: 171..255) on it, "data-range" class 0. A bitonic
+        # sort (CUDA's default for K <= 32) permutes equal keys and moved the pixels' class.
+        imgs = torch.tensor([30, 100, 255], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 8, 8).to(device)
+        with pytest.warns(NegligibleClassWarning):
+            labels, fit = segment_images(imgs, 3, init=init)
+        assert fit.means[..., 0].tolist() == [[30.0] * 3, [100.0] * 3, [255.0] * 3]
+        assert [labels[b].unique().tolist() for b in range(3)] == [[k] for k in expected]
+        assert fit.weights.argmax(1).tolist() == expected
+        assert negligible_classes(fit.weights, 64).sum(1).tolist() == [2, 2, 2]
+
+
 def test_convergence_warning():
     from torchgmm.mixture import ConvergenceWarning
 

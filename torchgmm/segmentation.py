@@ -380,8 +380,14 @@ def range_init(
 
 
 def _sort_fit(fit: GaussianMixtureFit, key: Tensor) -> GaussianMixtureFit:
-    """Reorder the components of ``fit`` by ascending ``key`` ``(B, K)``."""
-    order = key.argsort(dim=1)  # (B, K)
+    """Reorder the components of ``fit`` by ascending ``key`` ``(B, K)``; ties keep their order.
+
+    Ties are real: in an image of one grey level every class fits that level exactly, and
+    only the weights tell the class holding the pixels from the emptied ones. A stable sort
+    keeps the init's order there on every device (CUDA's default sort of up to 32 keys is a
+    bitonic network, which permutes equal keys: the pixels would change class).
+    """
+    order = key.argsort(dim=1, stable=True)  # (B, K)
 
     def take(t: Tensor) -> Tensor:
         idx = order.view(order.shape + (1,) * (t.ndim - 2)).expand_as(t)
