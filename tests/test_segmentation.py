@@ -110,6 +110,18 @@ class TestSixteenBit:
         expected[0] = [0, 100, 0]  # max 100: bit length 7, kept as it is
         assert out.flatten(1).tolist() == expected
 
+    @pytest.mark.cuda
+    def test_no_host_sync_on_cuda(self):
+        # the shifts are found on the GPU: a tensor made on the host and copied there (as
+        # the powers of two were) waits for the GPU's queue, which the debug mode refuses
+        x = _uint16(torch.tensor([[0, 4095], [65535, 3]]).view(2, 1, 1, 2)).cuda()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = to_uint8(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert out.cpu().flatten(1).tolist() == [[0, 255], [255, 0]]
+
     def test_full_range_16_bit_is_the_high_byte_as_before(self, cameraman):
         full = _uint16(cameraman.to(torch.int32) * 257)  # 0..65535
         high_byte = (full.to(torch.int32) >> 8).to(torch.uint8)

@@ -200,12 +200,14 @@ def to_uint8(images: Tensor) -> Tensor:
 def _bit_shift(images: Tensor) -> Tensor:
     """``(B,)`` int32 right shift of each image for :func:`to_uint8`: ``max(0, bit_length(max) - 8)``.
 
-    Computed on the device for the whole batch: no loop over images and no host sync.
-    ``bit_length(m)`` is the number of powers of two ``2^j <= m`` (0 for m = 0).
+    Computed on the device for the whole batch: no loop over images and no host sync (no
+    host-made tensor either: copying one to a GPU waits for the GPU's queue).
+    ``bit_length(m)`` is the number of shifts ``j`` with ``m >> j >= 1``, i.e. of powers of
+    two ``2^j <= m`` (0 for m = 0).
     """
     peak = images.reshape(images.shape[0], -1).amax(dim=1).to(torch.int32)  # (B,)
-    powers = torch.tensor([1 << j for j in range(16)], device=images.device, dtype=torch.int32)
-    bit_length = (peak.unsqueeze(1) >= powers).sum(dim=1, dtype=torch.int32)
+    shifts = torch.arange(16, device=images.device, dtype=torch.int32)
+    bit_length = ((peak.unsqueeze(1) >> shifts) > 0).sum(dim=1, dtype=torch.int32)
     return (bit_length - 8).clamp_min(0)
 
 
