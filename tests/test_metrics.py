@@ -232,24 +232,26 @@ class TestPostprocess:
         assert out.dtype == torch.bool and out.shape == m.shape
 
     @pytest.mark.parametrize("k", [3, 5, 7, 17])  # 17: window counts above 255
-    def test_median_matches_opencv_including_borders(self, k):
+    def test_median_matches_opencv_including_borders(self, k, device):
         cv2 = pytest.importorskip("cv2")
         g = torch.Generator().manual_seed(k)
         m = torch.rand(2, 1, 20, 25, generator=g) > 0.5
         m[0, 0, :6, :6] = True  # an object in the corner keeps its corner pixel
         m[1, 0, :, :13] = True  # more than half of a 17x17 window, counted exactly
-        got = median_filter_mask(m, k)
+        got = median_filter_mask(m.to(device), k)
+        assert got.device.type == device.type
+        got = got.cpu()
         assert bool(got[0, 0, 0, 0]) or k > 7
         for b in range(2):
             ref = cv2.medianBlur(m[b, 0].numpy().astype(np.uint8) * 255, k) > 127
             assert np.array_equal(got[b, 0].numpy(), ref)
 
     @pytest.mark.parametrize("size", [3, 5])
-    def test_opening_matches_opencv(self, size):
+    def test_opening_matches_opencv(self, size, device):
         cv2 = pytest.importorskip("cv2")
         g = torch.Generator().manual_seed(1)
         m = torch.rand(2, 1, 20, 25, generator=g) > (0.4 if size == 3 else 0.2)
-        got = binary_opening(m, size)
+        got = binary_opening(m.to(device), size).cpu()
         assert got.any() and (got != m).any()
         k = np.ones((size, size), np.uint8)
         for b in range(2):
@@ -257,15 +259,27 @@ class TestPostprocess:
             assert np.array_equal(got[b, 0].numpy(), ref.astype(bool))
         assert torch.equal(binary_dilation(binary_erosion(m, size), size), got)
 
-    def test_remove_small_blobs_matches_opencv(self):
+    @pytest.mark.parametrize("check_every", [1, 3])
+    def test_remove_small_blobs_matches_opencv(self, device, check_every):
         cv2 = pytest.importorskip("cv2")
         g = torch.Generator().manual_seed(2)
         m = median_filter_mask(torch.rand(3, 1, 30, 40, generator=g) > 0.55, 3)
-        got = remove_small_blobs(m, 6)
+        got = remove_small_blobs(m.to(device), 6, check_every=check_every)
+        labels = connected_component_labels(m.to(device), check_every=check_every)
+        assert got.device.type == labels.device.type == device.type
+        got, labels = got.cpu(), labels.cpu()
+        assert torch.equal(labels, connected_component_labels(m))  # the CPU's labels, exactly
+        index = np.arange(1, 30 * 40 + 1).reshape(30, 40)
         for b in range(3):
             n, lab, stats, _ = cv2.connectedComponentsWithStats(m[b, 0].numpy().astype(np.uint8), connectivity=8)
             keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 6]
+            assert 0 < len(keep) < n - 1  # some components kept, some removed
             assert np.array_equal(got[b, 0].numpy(), np.isin(lab, keep))
+            # each component named by its largest flat index + 1, background 0
+            expected = np.zeros_like(index)
+            for i in range(1, n):
+                expected[lab == i] = index[lab == i].max()
+            assert np.array_equal(labels[b, 0].numpy(), expected)
 
     @staticmethod
     def snakes(h: int, w: int) -> list[np.ndarray]:

@@ -880,3 +880,87 @@ def test_device_matches_cpu(device, covariance_type):
     assert other.means.device.type == device.type
     for a, b in zip(other[:5], cpu[:5]):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-7, atol=1e-9)
+
+
+class TestOnDevice:
+    """The newer GaussianMixture attributes, weighted criteria, inits and per-problem
+    generators on every device (CUDA when there is one)."""
+
+    @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+    def test_attributes_and_weighted_criteria_equal_the_cpu(self, device, covariance_type):
+        x, counts, repeated = TestWeightedCriteria.weighted_data(30)
+        init = dict(weights_init=torch.tensor([0.2, 0.3, 0.5]), means_init=torch.tensor(x[[5, 350, 550]]),
+                    precisions_init=torch.tensor(identity_precisions(covariance_type, 3, 3)))
+        xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
+        options = dict(covariance_type=covariance_type, tol=1e-6, max_iter=200, **init)
+        cpu = GaussianMixture(3, **options).fit(xt, sample_weight=w)
+        # data and weights on the CPU, the fit on the device (moved there by the module)
+        gm = GaussianMixture(3, device=device, **options).fit(xt, sample_weight=w)
+        assert gm.means_.device.type == device.type and bool(gm.converged_)
+        assert int(gm.n_iter_) == int(cpu.n_iter_) and gm.lower_bounds_.shape == (int(cpu.n_iter_),)
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_", "lower_bound_",
+                     "lower_bounds_"):
+            torch.testing.assert_close(getattr(gm, name).cpu(), getattr(cpu, name), rtol=1e-7, atol=1e-9, msg=name)
+        xd, wd, rep = xt.to(device), w.to(device), torch.tensor(repeated, device=device)
+        for name in ("score", "bic", "aic"):
+            got = getattr(gm, name)(xd, wd)
+            assert got.device.type == device.type
+            torch.testing.assert_close(got.cpu(), getattr(cpu, name)(xt, w), rtol=1e-7, atol=0, msg=name)
+            # the independent reference: weight c on a row is the row repeated c times
+            torch.testing.assert_close(got, getattr(gm, name)(rep), rtol=1e-10, atol=0, msg=name)
+            torch.testing.assert_close(getattr(gm, name)(xt, w).cpu(), got.cpu(), msg=name)  # CPU weights moved
+
+    @pytest.mark.parametrize("init_params", ["kmeans", "kmeans++", "k-means++", "random_from_data", "random"])
+    def test_device_generators_give_each_problem_its_alone_fit(self, device, init_params):
+        x = torch.tensor(np.stack([separated_blobs(s)[0] for s in range(3)]), device=device)
+        seeds = (11, 12, 13)
+        batched = fit_gaussian_mixture(x, 4, init_params=init_params, max_iter=30,
+                                       generator=[torch.Generator(device=device).manual_seed(s) for s in seeds])
+        assert batched.means.device.type == device.type
+        for i, seed in enumerate(seeds):
+            alone = fit_gaussian_mixture(x[i : i + 1], 4, init_params=init_params, max_iter=30,
+                                         generator=torch.Generator(device=device).manual_seed(seed))
+            torch.testing.assert_close(batched.means[i], alone.means[0], rtol=1e-9, atol=1e-9)
+            assert int(batched.n_iter[i]) == int(alone.n_iter[0])
+
+    def test_kmeans_module_recovers_separated_clusters(self, device):
+        # the default init with an int random_state: the module seeds a generator on the
+        # data's device; Lloyd to convergence ends at the blobs' sample means, whatever the draws
+        x, truth = separated_blobs(2)
+        gm = initial_fit(torch.tensor(x, device=device), 4, random_state=0)
+        assert gm.means_.device.type == device.type
+        blob_means = np.stack([x[truth == k].mean(0) for k in range(4)])
+        means = gm.means_.cpu().numpy()
+        order = ((means[:, None] - blob_means[None]) ** 2).sum(-1).argmin(1)
+        assert sorted(order) == [0, 1, 2, 3]
+        np.testing.assert_allclose(means, blob_means[order], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(gm.weights_.cpu().numpy(), np.bincount(truth)[order] / len(x), rtol=1e-12)
+
+    @pytest.mark.parametrize("replacement", [True, False])
+    def test_draws_beyond_multinomial_on_device(self, device, replacement, monkeypatch):
+        # the inverse-CDF and Efraimidis-Spirakis draws (above 2**24 samples; the limit is
+        # lowered here), with device generators: frequencies follow the weights, weight 0 is
+        # never drawn, and B generators draw each row as that row alone
+        import torchgmm.mixture as mixture_module
+
+        monkeypatch.setattr(mixture_module, "_MULTINOMIAL_LIMIT", 4)
+        weights = torch.tensor([[0.0, 1.0, 2.0, 0.0, 5.0, 2.0], [3.0, 0.0, 1.0, 1.0, 0.0, 5.0]], device=device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        if replacement:
+            draws = mixture_module._draw(weights, 100_000, generator=gen)
+        else:  # the first of two draws of 50,000 copies of each row
+            rows = weights.repeat_interleave(50_000, 0)
+            draws = mixture_module._draw(rows, 2, replacement=False, generator=gen).view(2, 50_000, 2)
+            assert (draws[..., 0] != draws[..., 1]).all()
+            draws = draws[..., 0]
+        assert draws.device.type == device.type
+        freq = torch.stack([torch.bincount(r, minlength=6) for r in draws.cpu()]).double() / draws.shape[1]
+        expected = weights.cpu().double() / weights.cpu().sum(1, keepdim=True)
+        assert (freq[expected == 0] == 0).all()
+        torch.testing.assert_close(freq, expected, rtol=0, atol=0.012)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
+        both = mixture_module._draw(weights, 3, replacement=replacement, generator=generators)
+        for i, seed in enumerate((1, 2)):
+            alone = mixture_module._draw(weights[i : i + 1], 3, replacement=replacement,
+                                         generator=torch.Generator(device=device).manual_seed(seed))
+            assert torch.equal(both[i], alone[0])

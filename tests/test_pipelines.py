@@ -306,6 +306,21 @@ class TestRunBackground:
         for name in ("mask.mp4", "overlay.mp4", "background.png"):
             assert (tmp_path / "cut" / "a" / name).read_bytes() == (tmp_path / "full" / "a" / name).read_bytes(), name
 
+    def test_selection_on_device(self, clips, tmp_path, device):
+        # the selected, resized source frames reach the model on the device: the masks are
+        # the model's on those frames (fed on the same device), for two streams at once
+        selection = dict(start=2, end=45, step=3, size=(33, 41))
+        summaries = run([clips["a"], clips["b"]], tmp_path, device=str(device), batch_streams=2, mask_format="png",
+                        **selection)
+        for name, summary in zip("ab", summaries):
+            with VideoReader(clips[name], batch_size=100, **selection) as reader:
+                (frames,) = list(reader)
+            model = BackgroundSubtractorMOG(compile=False).to(device)
+            assert torch.equal(read_masks(summary["mask"]), model.process(frames.to(device)).cpu())
+            assert summary["device"].startswith(device.type) and summary["source_frames"]["first"] == 2
+        assert summaries[0]["source_frames"] == {"first": 2, "last": 44} and summaries[0]["frames"] == 15
+        assert summaries[1]["source_frames"] == {"first": 2, "last": 38} and summaries[1]["frames"] == 13
+
     def test_format_1_checkpoint_reads_as_the_whole_input(self, clips, reference, tmp_path):
         # checkpoints written before the selection existed hold neither it nor the source size
         kwargs = dict(checkpoint_every=10, mask_format="png")

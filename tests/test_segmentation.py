@@ -110,6 +110,18 @@ class TestSixteenBit:
         expected[0] = [0, 100, 0]  # max 100: bit length 7, kept as it is
         assert out.flatten(1).tolist() == expected
 
+    @pytest.mark.cuda
+    def test_no_host_sync_on_cuda(self):
+        # the shifts are found on the GPU: a tensor made on the host and copied there (as
+        # the powers of two were) waits for the GPU's queue, which the debug mode refuses
+        x = _uint16(torch.tensor([[0, 4095], [65535, 3]]).view(2, 1, 1, 2)).cuda()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = to_uint8(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert out.cpu().flatten(1).tolist() == [[0, 255], [255, 0]]
+
     def test_full_range_16_bit_is_the_high_byte_as_before(self, cameraman):
         full = _uint16(cameraman.to(torch.int32) * 257)  # 0..65535
         high_byte = (full.to(torch.int32) >> 8).to(torch.uint8)
@@ -500,6 +512,116 @@ class TestHistogramSegmenter:
         seg(_images(1))
         with pytest.raises(ShapeError, match="batch size"):
             seg.predict_proba(_images(2))
+
+
+class TestOnDevice:
+    """The histogram EM on every device: deterministic inits equal the CPU result; random
+    ones, drawn from generators on the images' device, equal each image alone."""
+
+    @pytest.mark.parametrize("init, expected", [("range", [0, 1, 2]), ("data-range", [0, 0, 0])])
+    def test_one_grey_level_keeps_the_class_of_its_init(self, device, init, expected):
+        # every class fits the one level exactly (all means equal), so the sort by mean ties
+        # and must keep the init's order: "range" starts the class of the level's interval
+        # (30: 0..85, 100: 86..170, 255: 171..255) on it, "data-range" class 0. A bitonic
+        # sort (CUDA's default for K <= 32) permutes equal keys and moved the pixels' class.
+        imgs = torch.tensor([30, 100, 255], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 8, 8).to(device)
+        with pytest.warns(NegligibleClassWarning):
+            labels, fit = segment_images(imgs, 3, init=init)
+        assert fit.means[..., 0].tolist() == [[30.0] * 3, [100.0] * 3, [255.0] * 3]
+        assert [labels[b].unique().tolist() for b in range(3)] == [[k] for k in expected]
+        assert fit.weights.argmax(1).tolist() == expected
+        assert negligible_classes(fit.weights, 64).sum(1).tolist() == [2, 2, 2]
+
+    @pytest.mark.parametrize("init", ["range", "data-range"])
+    def test_range_inits_equal_the_cpu(self, device, init):
+        batch = torch.cat([_images(2, 16, 48), _three_regions(size=16), _low_contrast(_images(1, 16, 48))])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NegligibleClassWarning)  # range: images 2 and 3
+            ref_labels, ref = segment_images(batch, 3, init=init, tol=1e-6)
+            labels, fit = segment_images(batch.to(device), 3, init=init, tol=1e-6)
+        assert labels.device.type == device.type and torch.equal(labels.cpu(), ref_labels)
+        for got, want in zip(fit[:4], ref[:4]):
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+        assert torch.equal(fit.n_iter.cpu(), ref.n_iter)
+        # the known answers: the range cut empties class 1 of the three regions (95 and 140
+        # share 85..170), the data-range cut finds them
+        expected = [[0, 2], [0, 1, 2]][init == "data-range"]
+        assert labels[2].unique().tolist() == expected
+
+    def test_negligible_class_warning_on_device(self, device):
+        img = _three_regions(size=16).to(device)
+        with pytest.warns(NegligibleClassWarning, match=r"1 of 1 image.*batch index 0 \(class 1\)"):
+            labels, fit = segment_images(img, 3)
+        assert negligible_classes(fit.weights, img[0, 0].numel()).tolist() == [[False, True, False]]
+        with pytest.warns(NegligibleClassWarning, match=r"batch index 0 \(class 1\)"):
+            assert torch.equal(HistogramSegmenter(3).to(device)(img), labels)
+
+    @pytest.mark.parametrize("init", ["kmeans++", "random"])
+    def test_random_inits_with_device_generators_equal_each_image_alone(self, device, init):
+        separated = _three_regions(levels=(40.0, 120.0, 210.0), size=16)
+        imgs = torch.cat([_images(2, 16, 48), separated]).to(device)
+        seeds = (3, 4, 5)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        labels, fit = segment_images(imgs, 3, init=init, tol=1e-6, generator=generators)
+        seg = HistogramSegmenter(3, init=init, tol=1e-6, random_state=5)  # seeds each image with 5
+        by_module = seg(imgs)
+        for i, seed in enumerate(seeds):
+            alone, one = segment_images(imgs[i : i + 1], 3, init=init, tol=1e-6,
+                                        generator=torch.Generator(device=device).manual_seed(seed))
+            assert torch.equal(labels[i], alone[0])
+            torch.testing.assert_close(fit.means[i], one.means[0], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(fit.weights[i], one.weights[0], rtol=1e-9, atol=1e-9)
+        alone5, one5 = segment_images(imgs, 3, init=init, tol=1e-6,
+                                      generator=[torch.Generator(device=device).manual_seed(5) for _ in seeds])
+        assert torch.equal(by_module, alone5) and by_module.device.type == device.type
+        torch.testing.assert_close(seg.means_, one5.means, rtol=1e-9, atol=1e-9)
+        if init == "kmeans++":  # the known answer (k-means++ found it for 200 of 200 CPU seeds)
+            for k in range(3):
+                assert labels[2, :, 16 * k : 16 * (k + 1)].unique().tolist() == [k]
+
+    def test_rgb_mode_with_device_generators_equals_each_image_alone(self, device):
+        rgb = torch.cat([_images(2, 16, 16, seed=s) for s in (1, 2, 3)], 1).to(device)  # (2, 3, 16, 16)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in (7, 8)]
+        labels, fit = segment_images(rgb, 3, mode="rgb", n_samples=100, generator=generators)
+        assert fit.means.shape == (2, 3, 3) and fit.means.device.type == device.type
+        for i, seed in enumerate((7, 8)):
+            alone, one = segment_images(rgb[i : i + 1], 3, mode="rgb", n_samples=100,
+                                        generator=torch.Generator(device=device).manual_seed(seed))
+            assert torch.equal(labels[i], alone[0])
+            torch.testing.assert_close(fit.means[i], one.means[0], rtol=1e-9, atol=1e-9)
+        luma = fit.means @ torch.tensor([0.299, 0.587, 0.114], dtype=fit.means.dtype, device=device)
+        assert (luma.diff(dim=1) > 0).all()
+
+    def test_sixteen_bit_on_device_equals_the_cpu(self, device):
+        twelve = _twelve_bit_plateaus(16, 48)
+        full = _uint16(_images(1, 16, 48).to(torch.int32) * 257)
+        both = torch.cat([twelve, full])
+        assert torch.equal(to_uint8(both.to(device)).cpu(), to_uint8(both))
+        labels, fit = segment_images(both.to(device), 3)
+        ref_labels, ref = segment_images(both, 3)
+        assert torch.equal(labels.cpu(), ref_labels)
+        torch.testing.assert_close(fit.means.cpu(), ref.means, rtol=1e-9, atol=1e-9)
+        # the known answer: the 12-bit plateaus (thirds of the columns) are the three classes
+        for k in range(3):
+            assert labels[0, :, 16 * k : 16 * (k + 1)].unique().tolist() == [k]
+        # and the full-range image is its 8-bit self
+        assert torch.equal(labels[1], segment_images(_images(1, 16, 48).to(device), 3)[0][0])
+
+    def test_segmenter_on_one_chw_image_on_device(self, device):
+        rgb = torch.cat([_images(1, 16, 20, seed=s) for s in (1, 2, 3)], 1)[0]  # (3, 16, 20)
+        seg = HistogramSegmenter(3).to(device)
+        labels = seg(rgb.to(device))
+        assert labels.shape == (16, 20) and labels.device.type == device.type
+        assert torch.equal(labels.cpu(), segment_images(rgb[None], 3)[0][0])
+        assert seg.means_.shape == (1, 3, 1) and seg.means_.device.type == device.type
+        proba = seg.predict_proba(rgb.to(device))
+        assert proba.shape == (3, 16, 20) and torch.equal(proba.argmax(0), labels)
+        torch.testing.assert_close(proba.sum(0), torch.ones_like(proba[0]))
+        grey16 = _twelve_bit_plateaus(16, 48)[0]  # (1, H, W) uint16
+        seg16 = HistogramSegmenter(3, init="data-range").to(device)
+        labels16 = seg16(grey16.to(device))
+        assert torch.equal(labels16.cpu(), segment_images(grey16[None], 3, init="data-range")[0][0])
+        assert torch.equal(seg16.predict_proba(grey16.to(device)).argmax(0), labels16)
 
 
 def test_convergence_warning():

@@ -200,12 +200,14 @@ def to_uint8(images: Tensor) -> Tensor:
 def _bit_shift(images: Tensor) -> Tensor:
     """``(B,)`` int32 right shift of each image for :func:`to_uint8`: ``max(0, bit_length(max) - 8)``.
 
-    Computed on the device for the whole batch: no loop over images and no host sync.
-    ``bit_length(m)`` is the number of powers of two ``2^j <= m`` (0 for m = 0).
+    Computed on the device for the whole batch: no loop over images and no host sync (no
+    host-made tensor either: copying one to a GPU waits for the GPU's queue).
+    ``bit_length(m)`` is the number of shifts ``j`` with ``m >> j >= 1``, i.e. of powers of
+    two ``2^j <= m`` (0 for m = 0).
     """
     peak = images.reshape(images.shape[0], -1).amax(dim=1).to(torch.int32)  # (B,)
-    powers = torch.tensor([1 << j for j in range(16)], device=images.device, dtype=torch.int32)
-    bit_length = (peak.unsqueeze(1) >= powers).sum(dim=1, dtype=torch.int32)
+    shifts = torch.arange(16, device=images.device, dtype=torch.int32)
+    bit_length = ((peak.unsqueeze(1) >> shifts) > 0).sum(dim=1, dtype=torch.int32)
     return (bit_length - 8).clamp_min(0)
 
 
@@ -380,8 +382,14 @@ def range_init(
 
 
 def _sort_fit(fit: GaussianMixtureFit, key: Tensor) -> GaussianMixtureFit:
-    """Reorder the components of ``fit`` by ascending ``key`` ``(B, K)``."""
-    order = key.argsort(dim=1)  # (B, K)
+    """Reorder the components of ``fit`` by ascending ``key`` ``(B, K)``; ties keep their order.
+
+    Ties are real: in an image of one grey level every class fits that level exactly, and
+    only the weights tell the class holding the pixels from the emptied ones. A stable sort
+    keeps the init's order there on every device (CUDA's default sort of up to 32 keys is a
+    bitonic network, which permutes equal keys: the pixels would change class).
+    """
+    order = key.argsort(dim=1, stable=True)  # (B, K)
 
     def take(t: Tensor) -> Tensor:
         idx = order.view(order.shape + (1,) * (t.ndim - 2)).expand_as(t)
