@@ -122,6 +122,20 @@ class TestSixteenBit:
             torch.cuda.set_sync_debug_mode("default")
         assert out.cpu().flatten(1).tolist() == [[0, 255], [255, 0]]
 
+    @pytest.mark.cuda
+    def test_grey_conversion_without_host_sync_on_cuda(self):
+        # the BT.601 weights are Python numbers: a weight tensor made on the host would wait
+        # for the GPU's queue when copied there
+        rgb = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=torch.uint8)
+        x = rgb.T.reshape(1, 3, 1, 4).cuda()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            grey = to_grey_uint8(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        # round(0.299 * 255) = 76, round(0.587 * 255) = 150, round(0.114 * 255) = 29, 18.15
+        assert grey.cpu().flatten().tolist() == [76, 150, 29, 18]
+
     def test_full_range_16_bit_is_the_high_byte_as_before(self, cameraman):
         full = _uint16(cameraman.to(torch.int32) * 257)  # 0..65535
         high_byte = (full.to(torch.int32) >> 8).to(torch.uint8)

@@ -239,10 +239,15 @@ def to_grey_uint8(images: Tensor) -> Tensor:
     images = to_uint8(_check_images(images))
     if images.shape[1] == 1:
         return images
-    w = torch.tensor(BT601, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     # Y = 0.299 R + 0.587 G + 0.114 B, rounded to the nearest grey level
-    y = (images.to(torch.float32) * w).sum(dim=1, keepdim=True)
+    y = _luma(*images.to(torch.float32).unbind(1)).unsqueeze(1)
     return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _luma(red: Tensor, green: Tensor, blue: Tensor) -> Tensor:
+    """BT.601 luma of the channels (any equal shapes). The weights are Python numbers: a
+    weight tensor made on the host and copied to a GPU would wait for the GPU's queue."""
+    return red * BT601[0] + green * BT601[1] + blue * BT601[2]
 
 
 def image_histograms(images: Tensor) -> Tensor:
@@ -629,7 +634,7 @@ def _fit_rgb(
         init_params="kmeans++",
         generator=generator,
     )
-    luma = fit.means @ torch.tensor(BT601, device=fit.means.device, dtype=fit.means.dtype)
+    luma = _luma(*fit.means.unbind(-1))  # (B, K)
     return _sort_fit(fit, luma)
 
 
