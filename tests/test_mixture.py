@@ -16,7 +16,7 @@ from torchgmm.mixture import (
     estimate_log_prob,
     fit_gaussian_mixture,
 )
-from torchgmm._checks import ShapeError
+from torchgmm._checks import ShapeError, check_generators
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
 
@@ -461,6 +461,31 @@ def test_one_generator_per_problem_gives_each_its_alone_fit(init_params):
         assert int(batched.n_iter[i]) == int(alone.n_iter[0])
     with pytest.raises(ValueError, match="sequence of 3"):
         fit_gaussian_mixture(x, 3, init_params=init_params, generator=[torch.Generator()] * 2)
+
+
+def test_generator_on_another_device_is_named():
+    # PyTorch's own error ("Expected a 'cuda' device type for generator") names no argument
+    cpu = torch.Generator()
+    check_generators([cpu, cpu], 2, torch.device("cpu"))
+    for generator in (cpu, [cpu, cpu]):
+        with pytest.raises(ValueError, match=r"`generator` is on cpu but the data are on cuda.*device='cuda'"):
+            check_generators(generator, 2, torch.device("cuda"))
+    with pytest.raises(ValueError, match="`random_state` is on cpu but the data are on cuda:0"):
+        check_generators(cpu, 1, torch.device("cuda:0"), name="random_state")
+
+
+@pytest.mark.cuda
+def test_cpu_generator_with_cuda_data_is_refused_by_name():
+    from torchgmm import segment_images
+
+    x = torch.tensor(three_blobs(0)).cuda()
+    with pytest.raises(ValueError, match="`generator` is on cpu but the data are on cuda"):
+        fit_gaussian_mixture(x, 3, generator=torch.Generator())
+    with pytest.raises(ValueError, match="`random_state` is on cpu"):
+        GaussianMixture(3, random_state=torch.Generator()).fit(x)
+    with pytest.raises(ValueError, match="`generator` is on cpu"):
+        segment_images(torch.zeros(1, 3, 8, 8, dtype=torch.uint8).cuda(), 2, mode="rgb", n_samples=10,
+                       generator=torch.Generator())
 
 
 class TestDrawsBeyondMultinomial:

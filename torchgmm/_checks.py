@@ -148,19 +148,32 @@ def add_note(exc: BaseException, note: str) -> None:
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
 
 
-def check_generators(generator: object, b: int) -> None:
-    """``generator`` is None, a ``torch.Generator``, or a sequence of B of them (one per problem).
+def check_generators(generator: object, b: int, device: torch.device, name: str = "generator") -> None:
+    """``generator`` is None, a ``torch.Generator``, or a sequence of B of them (one per
+    problem), each on the data's ``device`` (PyTorch draws only with a generator of the
+    device it draws on; its own error does not say which argument is wrong).
 
     Raises:
-        ValueError: a sequence of another length, or of something else.
+        ValueError: a sequence of another length, or of something else; a generator on
+            another device type than the data's.
     """
-    if generator is None or isinstance(generator, torch.Generator):
+    if generator is None:
         return
-    try:
-        generators = list(generator)  # type: ignore[call-overload]
-    except TypeError:
-        generators = None
-    if generators is None or len(generators) != b or not all(isinstance(g, torch.Generator) for g in generators):
+    if isinstance(generator, torch.Generator):
+        generators = [generator]
+    else:
+        try:
+            generators = list(generator)  # type: ignore[call-overload]
+        except TypeError:
+            generators = []
+        if len(generators) != b or not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(
+                f"`{name}` must be a torch.Generator or a sequence of {b} (one per problem), "
+                f"got {generator!r}."
+            )
+    wrong = [g.device for g in generators if g.device.type != torch.device(device).type]
+    if wrong:
         raise ValueError(
-            f"`generator` must be a torch.Generator or a sequence of {b} (one per problem), got {generator!r}."
+            f"`{name}` is on {wrong[0]} but the data are on {device}: make it with "
+            f"torch.Generator(device={str(torch.device(device).type)!r})."
         )

@@ -813,7 +813,7 @@ def fit_gaussian_mixture(
     k = n_components
     if n < k:
         raise ValueError(f"`x` has N={n} samples per problem, fewer than n_components={k}.")
-    check_generators(generator, b)
+    check_generators(generator, b, x.device)
     if not (generator is None or isinstance(generator, torch.Generator)):
         generator = list(generator)
     weights0 = _batched_init(weights_init, "weights_init", 2, x)
@@ -1088,6 +1088,7 @@ class GaussianMixture(nn.Module):
     # -- fitting ---------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if isinstance(self.random_state, torch.Generator) or self.random_state is None:
+            check_generators(self.random_state, 1, device, name="random_state")
             return self.random_state
         return torch.Generator(device=device).manual_seed(int(self.random_state))
 

@@ -617,7 +617,7 @@ def _fit_rgb(
     b, c, h, w = images.shape
     pix = images.reshape(b, c, h * w).transpose(1, 2).to(torch.float64)  # (B, H*W, 3)
     n = min(n_samples, h * w)
-    check_generators(generator, b)
+    check_generators(generator, b, images.device)
     if n < h * w:
         if generator is None or isinstance(generator, torch.Generator):
             idx = torch.randint(h * w, (b, n), device=images.device, generator=generator)
