@@ -835,6 +835,9 @@ class VideoWriter:
         self._shape: tuple[int, int, int] | None = None
         self._container: Any = None
         self._stream: Any = None
+        #: "encoder (pix_fmt)" for error messages, read when the stream is set up: after the
+        #: encoder failed to open, PyAV 19 crashes (SIGSEGV) on reading ``codec_context.name``
+        self._encoder = ""
         self._closed = False
         if self.is_sequence:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -899,6 +902,7 @@ class VideoWriter:
                 f"cannot set up encoder {codec!r} ({pix_fmt}, {w}x{h}) for {str(self.path)!r}: {exc}"
             ) from exc
         self._container, self._stream = container, stream
+        self._encoder = f"{stream.codec_context.name} ({pix_fmt})"
         self._input_format = "gray" if (c == 1 and pix_fmt.startswith("gray")) else "rgb24"
 
     def write(self, frames: Tensor) -> None:
@@ -968,7 +972,7 @@ class VideoWriter:
             except av.FFmpegError as exc:
                 raise ValueError(
                     f"cannot encode frame {self.frames_written} of {str(self.path)!r} with "
-                    f"{self._stream.codec_context.name} ({self._stream.pix_fmt}): {exc}"
+                    f"{self._encoder}: {exc}"
                 ) from exc
             self.frames_written += 1
 
