@@ -943,7 +943,7 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"\[0, 1\] scale, got values in \[0, 200\]"):
             model(torch.tensor([0.0, 200.0]).view(1, 1, 1, 2))
         assert not model.is_initialized
-        with pytest.raises(ValueError, match="NaN or infinite"):
+        with pytest.raises(ValueError, match=r"NaN or infinite value\(s\); clean or drop them before the model update"):
             model(torch.tensor([0.5, float("inf")]).view(1, 1, 1, 2))
         model(torch.tensor([0.0, 1.0]).view(1, 1, 1, 2))  # the bounds themselves are fine
 

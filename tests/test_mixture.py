@@ -413,6 +413,23 @@ class TestInitialisation:
         b = GaussianMixture(3, random_state=3).fit(x)
         torch.testing.assert_close(a.means_, b.means_, rtol=0, atol=0)
 
+    def test_numpy_random_states_are_accepted_as_in_sklearn(self):
+        # scikit-learn users pass RandomState objects: the same seed gives the same fit, and
+        # a fit advances the RandomState as scikit-learn's does (the next fit draws anew)
+        x = torch.tensor(three_blobs(7))
+        fit = lambda state: GaussianMixture(3, init_params="random_from_data", max_iter=0, random_state=state).fit(x)
+        torch.testing.assert_close(fit(np.random.RandomState(5)).means_, fit(np.random.RandomState(5)).means_,
+                                   rtol=0, atol=0)
+        shared = np.random.RandomState(5)
+        assert not torch.equal(fit(shared).means_, fit(shared).means_)
+        torch.testing.assert_close(fit(np.random.default_rng(2)).means_, fit(np.random.default_rng(2)).means_,
+                                   rtol=0, atol=0)
+
+    @pytest.mark.parametrize("state", ["0", 1.5, True, -1])
+    def test_other_random_states_are_refused_by_name(self, state):
+        with pytest.raises((TypeError, ValueError), match="`random_state` must be"):
+            GaussianMixture(2, random_state=state).fit(torch.randn(20, 2))
+
 
 def reviewer_blobs() -> np.ndarray:
     """Three overlapping 3-D blobs (the reviewer's gmm_vs_sklearn.py data)."""
@@ -892,8 +909,10 @@ class TestBadInput:
         gm = GaussianMixture(2, random_state=0).fit(torch.randn(50, 2))
         with pytest.raises(ShapeError, match="D=3"):
             gm.predict(torch.randn(5, 3))
-        with pytest.raises(ValueError, match="`x` contains 1 NaN"):  # scikit-learn refuses too
-            gm.predict(torch.tensor([[float("nan"), 0.0]]))
+        nan = torch.tensor([[float("nan"), 0.0]])
+        for method in (gm.predict, gm.predict_proba, gm.score, gm.score_samples):  # scikit-learn refuses too
+            with pytest.raises(ValueError, match=r"`x` contains 1 NaN .* before prediction\.$"):
+                method(nan)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

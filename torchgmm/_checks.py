@@ -60,12 +60,16 @@ def check_floating(x: Tensor, name: str) -> None:
         raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
 
 
-def check_finite(x: Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinity (one reduction, one host sync)."""
+def check_finite(x: Tensor, name: str, use: str = "fitting") -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity (one reduction, one host sync).
+
+    ``use`` names what the values are for (``"fitting"``, ``"prediction"``, ``"the model
+    update"``), so the message does not speak of fitting where nothing is fitted.
+    """
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
-            f"`{name}` contains {n_bad} NaN or infinite value(s); clean or drop them before fitting."
+            f"`{name}` contains {n_bad} NaN or infinite value(s); clean or drop them before {use}."
         )
 
 

@@ -726,7 +726,7 @@ class BackgroundSubtractorMOG(nn.Module):
             # would otherwise be scaled by 255 again and silently give wrong masks
             low, high = torch.stack(torch.aminmax(frames)).tolist()
             if not (math.isfinite(low) and math.isfinite(high)):
-                check_finite(frames, "frames")
+                check_finite(frames, "frames", "the model update")
             if low < 0 or high > 1:
                 raise ValueError(
                     f"floating `frames` must be on torchvision's [0, 1] scale, got values in [{low:g}, {high:g}]: "

@@ -42,11 +42,15 @@ Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``t
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from typing import Any, Literal, NamedTuple, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from torchgmm._checks import (
     ShapeError,
@@ -990,7 +994,9 @@ class GaussianMixture(nn.Module):
         covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
         tol, reg_covar, max_iter, init_params, weights_init, means_init, precisions_init:
             as in :func:`fit_gaussian_mixture` and scikit-learn.
-        random_state: int seed or ``torch.Generator`` for the initialisation.
+        random_state: int seed, ``torch.Generator`` (on the fit's device), or a numpy
+            ``RandomState``/``Generator`` (a seed is drawn from it, so each fit advances it,
+            as in scikit-learn) for the initialisation.
         device, dtype: where and in which precision to fit; default: the data's (float32
             loses precision for clusters hundreds of standard deviations apart; see the
             module docstring). float16/bfloat16 data (or ``dtype``) are fitted in float32,
@@ -1061,7 +1067,7 @@ class GaussianMixture(nn.Module):
         weights_init: Tensor | None = None,
         means_init: Tensor | None = None,
         precisions_init: Tensor | None = None,
-        random_state: int | torch.Generator | None = None,
+        random_state: int | torch.Generator | np.random.RandomState | np.random.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -1087,10 +1093,27 @@ class GaussianMixture(nn.Module):
 
     # -- fitting ---------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator | None:
-        if isinstance(self.random_state, torch.Generator) or self.random_state is None:
-            check_generators(self.random_state, 1, device, name="random_state")
-            return self.random_state
-        return torch.Generator(device=device).manual_seed(int(self.random_state))
+        state = self.random_state
+        if isinstance(state, torch.Generator) or state is None:
+            check_generators(state, 1, device, name="random_state")
+            return state
+        if isinstance(state, numbers.Integral) and not isinstance(state, bool):
+            seed = int(state)
+        elif hasattr(state, "randint") and hasattr(state, "get_state"):  # numpy RandomState
+            # scikit-learn's check_random_state uses the RandomState's own stream; a seed
+            # drawn from it does the same here: reproducible from the RandomState's seed,
+            # and each fit advances it, as each scikit-learn fit does.
+            seed = int(state.randint(0, 2**31 - 1))
+        elif hasattr(state, "integers") and hasattr(state, "bit_generator"):  # numpy Generator
+            seed = int(state.integers(0, 2**63 - 1))
+        else:
+            raise TypeError(
+                f"`random_state` must be None, an int seed, a torch.Generator or a numpy "
+                f"RandomState/Generator, got {type(state).__name__}."
+            )
+        if seed < 0:
+            raise ValueError(f"`random_state` must be a non-negative seed, got {seed}.")
+        return torch.Generator(device=device).manual_seed(seed)
 
     def _prepare(self, x: Tensor) -> Tensor:
         check_tensor(x, "x")
@@ -1209,7 +1232,7 @@ class GaussianMixture(nn.Module):
         return log_resp, log_likelihood, unbatch
 
     def _raise_non_finite(self, x: Tensor, log_likelihood: Tensor) -> None:
-        check_finite(x, "x")
+        check_finite(x, "x", "prediction")
         for name in _FITTED_BUFFERS[:4]:
             if not bool(torch.isfinite(getattr(self, name)).all()):
                 raise ValueError(f"The model's `{name}` holds NaN or inf (loaded from a bad state?).")
