@@ -1,7 +1,9 @@
 """Image files at the edge: discovery, decoding (a DataLoader ``Dataset``) and atomic writes.
 
-Decoding uses :func:`torchvision.io.decode_image` (PNG, JPEG, WebP, GIF, ...); BMP and TIFF,
-which it does not read, go through Pillow. Decoded images are ``(C, H, W)`` tensors, uint8
+:func:`decode_image_file` is the one function that decodes image files, for the jobs and
+for :class:`~torchgmm.io.VideoReader`'s image sequences alike: JPEG through torchvision
+(libjpeg-turbo), PNG, GIF, BMP, TIFF and WebP through Pillow, each file's header checked
+before a decoder sees it (see there why). Decoded images are ``(C, H, W)`` tensors, uint8
 or uint16 (16-bit PNG/TIFF), with C = 1 (grey) or 3 (RGB): an alpha channel is dropped. A
 file that cannot be decoded is never returned empty: the dataset yields an
 :class:`ImageItem` carrying the error message, so a run can name it and go on.
@@ -13,12 +15,15 @@ import contextlib
 import io
 import os
 import re
+import stat
+import struct
 import tempfile
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +33,7 @@ from torchgmm._checks import ShapeError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "ImageSource",
     "ImageItem",
     "find_images",
@@ -43,7 +49,6 @@ __all__ = [
 
 #: file extensions picked up when searching folders (lower case)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-_PIL_EXTENSIONS = frozenset({".bmp", ".tif", ".tiff"})
 
 
 @contextlib.contextmanager
@@ -129,33 +134,225 @@ def find_images(
     return list(found.values())
 
 
-def _decode_pil(data: bytes) -> Tensor:
+#: the most pixels (H x W) an image header may claim before any decoder sees the file: a
+#: header is a promise, and a 100000x100000 one over a few bytes of data would make the
+#: decoder allocate 30 GB. 2**28 (16384 x 16384) is 4 times a 65-megapixel photo.
+MAX_IMAGE_PIXELS = 2**28
+
+#: the formats this module decodes, told by their first bytes (never by the file name)
+ImageFormat = Literal["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+ImageReadMode = Literal["unchanged", "grey", "rgb"]
+
+
+def _sniff_format(data: bytes) -> ImageFormat | None:
+    """The format of an image file from its signature (magic bytes), or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data.startswith(b"BM"):
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
+        return "TIFF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _read_image_bytes(path: Path) -> bytes:
+    """The bytes of an image file; what is not a non-empty regular file is named as what it is.
+
+    A FIFO is never opened (opening one blocks until a writer comes).
+    """
+    st = path.stat()  # FileNotFoundError names the path
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a folder" if stat.S_ISDIR(st.st_mode)
+            else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "not a regular file"
+        )
+        raise ValueError(f"cannot decode {str(path)!r}: it is {kind}, not an image file.")
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"cannot decode {str(path)!r}: the file is empty (0 bytes).")
+    return data
+
+
+def _open_header(data: bytes, fmt: ImageFormat) -> Any:
+    """Parse the header with Pillow's plugin for ``fmt``, without decoding any pixel.
+
+    The plugin class is used directly instead of ``PIL.Image.open``: the size check is ours
+    (:data:`MAX_IMAGE_PIXELS`, one rule for every decoder) and Pillow's own, which warns
+    between 89 and 179 megapixels, would print a warning on a normal run.
+    """
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+    if fmt == "WEBP":
+        from PIL import WebPImagePlugin
+
+        return WebPImagePlugin.WebPImageFile(io.BytesIO(data))
+    plugin = {
+        "PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.JpegImageFile,
+        "GIF": GifImagePlugin.GifImageFile, "BMP": BmpImagePlugin.BmpImageFile,
+        "TIFF": TiffImagePlugin.TiffImageFile,
+    }[fmt]
+    return plugin(io.BytesIO(data))
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int, int]:
+    """IHDR of a PNG: width, height, bit depth, colour type, interlace method."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ValueError("its first chunk is not IHDR")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    return width, height, depth, colour, interlace
+
+
+#: samples per pixel of each PNG colour type (grey, RGB, palette, grey+alpha, RGBA)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Adam7 passes: (first row, first column, row step, column step)
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def _png_row_layout(width: int, height: int, depth: int, colour: int, interlace: int) -> list[tuple[int, int]]:
+    """``(rows, bytes per row incl. the filter byte)`` of each pass of the PNG's image data
+    (one pass, or Adam7's seven; empty passes are left out), PNG spec section 8.2."""
+    bits = _PNG_SAMPLES[colour] * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    layout = []
+    for row0, col0, drow, dcol in passes:
+        rows, cols = -(-(height - row0) // drow), -(-(width - col0) // dcol)
+        if rows > 0 and cols > 0:
+            layout.append((rows, 1 + (cols * bits + 7) // 8))
+    return layout
+
+
+def _png_image_data(data: bytes, *, keep: bool) -> tuple[int, bytes | None, bool]:
+    """Walk a PNG's chunks and inflate its IDAT stream.
+
+    Returns how many bytes the stream inflates to, those bytes when ``keep``, and whether
+    every chunk's CRC is right. A chunk that runs past the end of the file or a damaged
+    zlib stream raises ``ValueError``. The stream is inflated in 1 MiB pieces, so counting
+    needs no memory of the image's size.
+    """
+    inflater = zlib.decompressobj()
+    produced, kept, crc_ok, pos = 0, [], True, 8
+    try:
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack(">I", data[pos:pos + 4])
+            kind = data[pos + 4:pos + 8]
+            end = pos + 12 + length
+            if end > len(data):
+                raise ValueError(f"its {kind.decode('latin-1')!r} chunk runs past the end of the file (truncated)")
+            body = data[pos + 8:pos + 8 + length]
+            crc_ok &= zlib.crc32(kind + body) == struct.unpack(">I", data[end - 4:end])[0]
+            if kind == b"IDAT":
+                while body and not inflater.eof:
+                    out = inflater.decompress(body, 1 << 20)
+                    produced += len(out)
+                    if keep:
+                        kept.append(out)
+                    body = inflater.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            pos = end
+    except zlib.error as exc:
+        raise ValueError(f"its image data is damaged ({exc})") from None
+    return produced, b"".join(kept) if keep else None, crc_ok
+
+
+def _check_png_data(data: bytes, header: tuple[int, int, int, int, int], *, validate: bool) -> None:
+    """Refuse a PNG whose image data does not hold what its header promises.
+
+    Pillow fills the missing rows of a short PNG with zeros without a word, and libpng
+    inside torchvision crashes the process on it (and on any other damage): the inflated
+    size must equal what IHDR gives. ``validate`` also checks what libpng would otherwise
+    fail on (chunk CRCs, filter types): the files handed to torchvision's decoder.
+    """
+    width, height, depth, colour, interlace = header
+    if colour not in _PNG_SAMPLES or interlace not in (0, 1) or width == 0 or height == 0:
+        raise ValueError(f"its header is invalid (colour type {colour}, interlace {interlace}, {width}x{height})")
+    layout = _png_row_layout(width, height, depth, colour, interlace)
+    expected = sum(rows * stride for rows, stride in layout)
+    produced, raw, crc_ok = _png_image_data(data, keep=validate)
+    if produced < expected:
+        raise ValueError(
+            f"its header promises {width}x{height} pixels ({expected} bytes of image data) but "
+            f"its data holds {produced} bytes: the file is truncated or its header is wrong"
+        )
+    if validate:
+        if not crc_ok:
+            raise ValueError("a chunk's CRC is wrong (the file is damaged)")
+        import numpy as np
+
+        offset = 0
+        for rows, stride in layout:
+            filters = np.frombuffer(raw, np.uint8, rows * stride, offset)[::stride]
+            if int(filters.max()) > 4:
+                raise ValueError("its image data is damaged (a row has an unknown PNG filter type)")
+            offset += rows * stride
+
+
+def _pil_to_tensor(im: Any) -> Tensor:
+    """A loaded Pillow image as a ``(C, H, W)`` uint8/uint16 tensor (alpha kept here)."""
     import numpy as np
-    from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.int64).clip(0, 65535).astype(np.uint16)[None]
-            return torch.from_numpy(arr)
-        if im.mode not in ("L", "RGB", "RGBA", "LA"):
-            im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-        arr = np.asarray(im, dtype=np.uint8)
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(arr))
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.int64).clip(0, 65535).astype(np.uint16)[None]
+        return torch.from_numpy(arr)
+    if im.mode not in ("L", "RGB", "RGBA", "LA"):
+        im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+    arr = np.array(im, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def decode_image_file(path: str | os.PathLike) -> Tensor:
+def _to_mode(img: Tensor, mode: ImageReadMode) -> Tensor:
+    """Drop alpha, then convert to grey (BT.601 luma, rounded) or RGB as ``mode`` asks."""
+    if img.shape[0] in (2, 4):  # grey + alpha, RGBA: drop alpha
+        img = img[:-1]
+    if mode == "grey" and img.shape[0] == 3:
+        r, g, b = img.to(torch.float32).unbind(0)
+        y = (0.299 * r + 0.587 * g + 0.114 * b).round_()
+        img = y.clamp_(0, torch.iinfo(img.dtype).max).to(img.dtype).unsqueeze(0)
+    elif mode == "rgb" and img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return img.contiguous()
+
+
+def decode_image_file(
+    path: str | os.PathLike, mode: ImageReadMode = "unchanged", *, max_pixels: int | None = None
+) -> Tensor:
     """Decode an image file to a ``(C, H, W)`` uint8/uint16 tensor, C = 1 or 3.
+
+    The one place where torchgmm decodes image files, and a file cannot take the process
+    down from here. The format is told by the file's first bytes (a ``.png`` holding a JPEG
+    is decoded as JPEG). Before any decoder sees the pixels, the header's size is checked
+    against ``max_pixels``, and a PNG's image data against its header. Then JPEG goes
+    through torchvision (libjpeg-turbo, whose errors it raises); PNG, GIF, BMP, TIFF and
+    WebP through Pillow, which raises on damage where torchvision's PNG decoder crashes the
+    interpreter; 16-bit colour PNG, which Pillow reduces to 8 bits, through torchvision
+    after its chunks, CRCs and filter types were checked. A JPEG whose data ends before its
+    last row is decoded as libjpeg conceals it (the missing rows repeat the last colour;
+    libjpeg prints "Corrupt JPEG data" on stderr), as every JPEG reader does.
 
     Args:
         path: the file.
+        mode: ``"unchanged"`` (the file's channels), ``"grey"`` (BT.601 luma of colour
+            images, rounded; JPEG's own luma plane for JPEG) or ``"rgb"`` (grey repeated).
+        max_pixels: the most pixels (H x W) a header may claim; default
+            :data:`MAX_IMAGE_PIXELS`.
 
     Returns:
         the image; alpha dropped, palette images expanded to RGB.
 
     Raises:
-        ValueError: the file is not a decodable image (the message names the file).
+        ValueError: the file is not a decodable image: unknown format, empty, not a regular
+            file (a FIFO is not opened), a header larger than ``max_pixels``, data that does
+            not hold what the header promises, damage (the message names the file).
         OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
 
     Shape:
@@ -166,26 +363,88 @@ def decode_image_file(path: str | os.PathLike) -> Tensor:
         >>> with tempfile.TemporaryDirectory() as d:
         ...     write_png(f"{d}/x.png", torch.zeros(3, 4, 5, dtype=torch.uint8))
         ...     img = decode_image_file(f"{d}/x.png")
-        >>> img.shape, img.dtype
-        (torch.Size([3, 4, 5]), torch.uint8)
+        ...     grey = decode_image_file(f"{d}/x.png", mode="grey")
+        >>> img.shape, img.dtype, grey.shape
+        (torch.Size([3, 4, 5]), torch.uint8, torch.Size([1, 4, 5]))
     """
     path = Path(path)
-    data = path.read_bytes()
+    if mode not in ("unchanged", "grey", "rgb"):
+        raise ValueError(f"`mode` must be 'unchanged', 'grey' or 'rgb', got {mode!r}.")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    data = _read_image_bytes(path)
+    fmt = _sniff_format(data)
+    if fmt is None:
+        raise ValueError(
+            f"cannot decode {str(path)!r}: not a PNG, JPEG, GIF, BMP, TIFF or WebP file "
+            f"(it starts with {data[:8]!r})."
+        )
     try:
-        if path.suffix.lower() in _PIL_EXTENSIONS:
-            img = _decode_pil(data)
-        else:
-            with _quiet_torchvision():
-                from torchvision.io import decode_image
-
-                img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    except Exception as exc:  # torchvision raises RuntimeError, Pillow its own errors
+        im = _open_header(data, fmt)
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise SyntaxError, struct.error, ...
+        raise ValueError(f"cannot decode {str(path)!r}: not a valid {fmt} file ({exc}).".replace(" ().", ".")) from exc
+    width, height = im.size
+    if width * height > limit:
+        raise ValueError(
+            f"cannot decode {str(path)!r}: its header claims {width}x{height} pixels "
+            f"({width * height:,}), more than max_pixels={limit:,}; a damaged or hostile header "
+            "is the usual cause (pass a larger max_pixels for a genuinely larger image)."
+        )
+    try:
+        img = _decode_pixels(data, fmt, im, mode)
+    except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError, Pillow its own errors
         raise ValueError(f"cannot decode {str(path)!r}: {exc}".strip()) from exc
-    if img.ndim != 3 or img.shape[0] not in (1, 2, 3, 4) or img.numel() == 0:
-        raise ValueError(f"cannot decode {str(path)!r}: unexpected decoded shape {tuple(img.shape)}")
-    if img.shape[0] in (2, 4):  # grey + alpha, RGBA: drop alpha
-        img = img[:-1]
-    return img.contiguous()
+    if img.ndim != 3 or img.shape[0] not in (1, 2, 3, 4) or tuple(img.shape[1:]) != (height, width):
+        raise ValueError(
+            f"cannot decode {str(path)!r}: decoded shape {tuple(img.shape)} does not match the header's "
+            f"{width}x{height}."
+        )
+    return _to_mode(img, mode)
+
+
+def _decode_pixels(data: bytes, fmt: ImageFormat, im: Any, mode: ImageReadMode) -> Tensor:
+    """The pixels of a file whose header :func:`decode_image_file` has checked."""
+    if fmt == "PNG":
+        header = _png_header(data)
+        wide_colour = header[2] == 16 and header[3] in (2, 4, 6)  # Pillow keeps 8 bits of these
+        _check_png_data(data, header, validate=wide_colour)
+        if wide_colour:
+            return _decode_torchvision(data, "unchanged")
+    if fmt == "JPEG" and im.mode in ("L", "RGB"):  # CMYK and YCCK: Pillow converts them
+        return _decode_torchvision(data, mode)
+    if fmt in ("GIF", "WEBP"):
+        im.seek(0)  # the first frame of an animation
+    else:
+        _check_tiles(im, len(data))
+    im.load()
+    return _pil_to_tensor(im)
+
+
+def _check_tiles(im: Any, n_bytes: int) -> None:
+    """Refuse an image whose data (Pillow's tiles: strips, tiles or one block) does not cover
+    what its header promises: Pillow leaves the rest zero without a word (a TIFF whose
+    ImageLength was raised above its strips)."""
+    tiles = getattr(im, "tile", None) or []
+    width, height = im.size
+    covered = 0
+    for tile in tiles:
+        x0, y0, x1, y1 = tile[1]
+        covered += max(0, min(x1, width) - max(x0, 0)) * max(0, min(y1, height) - max(y0, 0))
+        if tile[2] >= n_bytes:
+            raise ValueError(f"its image data would start at byte {tile[2]}, past the end of the {n_bytes}-byte file")
+    if tiles and covered < width * height:
+        raise ValueError(
+            f"its header promises {width}x{height} pixels but its image data covers {covered} of them: "
+            "the file is truncated or its header is wrong"
+        )
+
+
+def _decode_torchvision(data: bytes, mode: ImageReadMode) -> Tensor:
+    with _quiet_torchvision():
+        from torchvision.io import ImageReadMode as TVMode
+        from torchvision.io import decode_image
+
+        tv_mode = {"unchanged": TVMode.UNCHANGED, "grey": TVMode.GRAY, "rgb": TVMode.RGB}[mode]
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=tv_mode)
 
 
 @dataclass

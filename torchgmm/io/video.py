@@ -38,10 +38,10 @@ import torch
 from torch import Tensor
 
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_tensor
+from torchgmm.io.images import IMAGE_EXTENSIONS
 
 __all__ = ["VideoDecodeError", "VideoReader", "VideoWriter", "list_image_sequence", "parse_position", "parse_size"]
 
-_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _END = object()  # end-of-stream sentinel in the prefetch queue
 #: containers whose default lossless codec is FFV1 (the others get H.264 RGB with qp 0)
 _FFV1_CONTAINERS = frozenset({".mkv", ".avi", ".nut", ".mka"})
@@ -115,12 +115,12 @@ def list_image_sequence(folder: str | os.PathLike) -> list[Path]:
     files = [
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     ]
     if not files:
         raise FileNotFoundError(
             f"no image files in {str(folder)!r}; expected numbered images with extensions "
-            f"{', '.join(sorted(_IMAGE_EXTENSIONS))}."
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}."
         )
     return sorted(files, key=_natural_key)
 
@@ -471,33 +471,19 @@ class VideoReader:
 
     # ------------------------------------------------------------------ decoding
     def _decode_image(self, path: Path, index: int, resize: bool = True) -> Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+        from torchgmm.io.images import decode_image_file
 
         try:
-            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-            mode = ImageReadMode.GRAY if self.gray else ImageReadMode.RGB
-            if path.suffix.lower() in (".bmp", ".tif", ".tiff"):
-                from torchgmm.io.images import decode_image_file
-
-                img = decode_image_file(path)
-                if img.dtype != torch.uint8:
-                    img = (img.to(torch.int32) >> 8).to(torch.uint8)
-                if self.gray and img.shape[0] == 3:
-                    w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-                    img = (img.float() * w).sum(0, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-                elif not self.gray and img.shape[0] == 1:
-                    img = img.expand(3, -1, -1)
-            else:
-                img = decode_image(data, mode=mode)
-                if img.dtype != torch.uint8:  # 16-bit PNG: the high byte, as for TIFF above
-                    img = (img.to(torch.int32) >> 8).to(torch.uint8)
-        except Exception as exc:  # torchvision raises RuntimeError, Pillow its own errors
+            img = decode_image_file(path, mode="grey" if self.gray else "rgb")
+        except (OSError, ValueError) as exc:
             raise VideoDecodeError(
                 f"cannot decode frame {index} of the image sequence {str(self.path)!r} "
                 f"({path.name}): {exc}",
                 path,
                 index,
             ) from exc
+        if img.dtype != torch.uint8:  # 16-bit PNG/TIFF: the high byte
+            img = (img.to(torch.int32) >> 8).to(torch.uint8)
         if resize and self.size is not None and tuple(img.shape[-2:]) != self.size:
             img = torch.nn.functional.interpolate(
                 img[None].float(), size=self.size, mode="bilinear", align_corners=False, antialias=True

@@ -1,0 +1,133 @@
+"""decode_image_file: good files equal independent decoders, damaged ones raise by name.
+
+The damaged cases run in a subprocess: a regression to a decoder that crashes (libpng in
+torchvision segfaults on a short PNG) must fail the test, not take pytest down.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _damaged import adam7_png, damaged_files, encode, pattern, png_bytes, scanlines
+from torchgmm.io.images import MAX_IMAGE_PIXELS, decode_image_file
+
+
+def _decode_in_subprocess(paths: list[str]) -> dict[str, str]:
+    """path -> "ok (shape)" or "ExceptionType: message", from a fresh interpreter."""
+    script = textwrap.dedent("""
+        import json, sys
+        from torchgmm.io.images import decode_image_file
+        out = {}
+        for path in json.loads(sys.argv[1]):
+            print("decoding", path, file=sys.stderr, flush=True)  # the last one names a crash
+            try:
+                out[path] = "ok " + str(tuple(decode_image_file(path).shape))
+            except Exception as exc:
+                out[path] = f"{type(exc).__name__}: {exc}"
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(paths)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"the decoder crashed (exit {proc.returncode}); last lines:\n{proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_damaged_file_raises_a_value_error_naming_it(tmp_path):
+    cases = damaged_files(tmp_path)
+    results = _decode_in_subprocess([str(path) for path, _ in cases.values()])
+    for name, (path, message) in cases.items():
+        got = results[str(path)]
+        assert got.startswith("ValueError: "), (name, got)
+        assert str(path) in got or name == "fifo.png" and "fifo.png" in got, (name, got)
+        assert __import__("re").search(message, got), (name, message, got)
+
+
+def test_header_size_limit_is_an_argument(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(encode(pattern(), "PNG"))
+    assert decode_image_file(path, max_pixels=64 * 48).shape == (3, 48, 64)
+    with pytest.raises(ValueError, match=r"claims 64x48 pixels \(3,072\), more than max_pixels=3,071"):
+        decode_image_file(path, max_pixels=64 * 48 - 1)
+    assert MAX_IMAGE_PIXELS >= 100_000_000  # a 100-megapixel photo is an image, not an attack
+
+
+class TestGoodFiles:
+    """Pixels equal to Pillow's or numpy's own (independent of which decoder runs)."""
+
+    @pytest.mark.parametrize("c", [1, 3])
+    @pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
+    def test_lossless_formats_hold_the_array(self, tmp_path, fmt, c):
+        arr = pattern(37, 53, c)
+        path = tmp_path / f"x.{fmt.lower()}"
+        path.write_bytes(encode(arr, fmt))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "NumPy array is not writable" from torch
+            img = decode_image_file(path)
+        expected = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+        assert img.dtype == torch.uint8 and np.array_equal(img.numpy(), expected)
+
+    def test_rgba_and_palette_png_drop_alpha(self, tmp_path):
+        rgba = np.dstack([pattern(), np.full((48, 64), 7, np.uint8)])
+        (tmp_path / "a.png").write_bytes(encode(rgba, "PNG"))
+        assert np.array_equal(decode_image_file(tmp_path / "a.png").numpy(), rgba[..., :3].transpose(2, 0, 1))
+        palette = Image.fromarray(pattern()).quantize(16)
+        buf = io.BytesIO()
+        palette.save(buf, "PNG", bits=4)
+        (tmp_path / "p.png").write_bytes(buf.getvalue())
+        expected = np.asarray(palette.convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(decode_image_file(tmp_path / "p.png").numpy(), expected)
+
+    def test_one_bit_png(self, tmp_path):
+        bits = pattern(33, 29, 1) > 128  # a width that is not a multiple of 8: padded rows
+        Image.fromarray(bits).save(tmp_path / "b.png")
+        img = decode_image_file(tmp_path / "b.png")
+        assert np.array_equal(img.numpy()[0], bits.astype(np.uint8) * 255)
+
+    @pytest.mark.parametrize("c", [1, 3])
+    def test_interlaced_png(self, tmp_path, c):
+        arr = pattern(13, 11, c)  # smaller than some Adam7 passes: empty passes are skipped
+        (tmp_path / "i.png").write_bytes(adam7_png(arr))
+        expected = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+        assert np.array_equal(decode_image_file(tmp_path / "i.png").numpy(), expected)
+
+    @pytest.mark.parametrize("colour, c", [(0, 1), (2, 3), (6, 4)])
+    def test_16_bit_png_keeps_16_bits(self, tmp_path, colour, c):
+        arr = pattern(9, 14, c, dtype=np.uint16)
+        (tmp_path / "w.png").write_bytes(png_bytes(scanlines(arr.reshape(9, -1)), 14, 9, 16, colour))
+        img = decode_image_file(tmp_path / "w.png")
+        expected = (arr[None] if c == 1 else arr.transpose(2, 0, 1))[:3]
+        assert img.dtype == torch.uint16 and np.array_equal(img.numpy().astype(np.int64), expected.astype(np.int64))
+
+    def test_jpeg_equals_pillow_within_idct_rounding(self, tmp_path):
+        (tmp_path / "a.jpg").write_bytes(encode(pattern(), "JPEG", quality=95))
+        ours = decode_image_file(tmp_path / "a.jpg").numpy().astype(int)
+        pil = np.asarray(Image.open(tmp_path / "a.jpg")).transpose(2, 0, 1).astype(int)
+        assert np.abs(ours - pil).max() <= 2
+
+    def test_the_format_is_told_by_content_not_name(self, tmp_path):
+        (tmp_path / "really-a-jpeg.png").write_bytes(encode(pattern(), "JPEG"))
+        (tmp_path / "really-a-png.jpg").write_bytes(encode(pattern(), "PNG"))
+        assert decode_image_file(tmp_path / "really-a-jpeg.png").shape == (3, 48, 64)
+        assert np.array_equal(decode_image_file(tmp_path / "really-a-png.jpg").numpy(), pattern().transpose(2, 0, 1))
+
+    def test_modes(self, tmp_path):
+        arr = pattern()
+        (tmp_path / "a.png").write_bytes(encode(arr, "PNG"))
+        (tmp_path / "g.png").write_bytes(encode(arr[..., 0], "PNG"))
+        grey = decode_image_file(tmp_path / "a.png", mode="grey")
+        luma = np.round(arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.uint8)
+        assert grey.shape == (1, 48, 64) and np.abs(grey.numpy()[0].astype(int) - luma).max() <= 1
+        rgb = decode_image_file(tmp_path / "g.png", mode="rgb")
+        assert rgb.shape == (3, 48, 64) and np.array_equal(rgb.numpy(), np.repeat(arr[None, ..., 0], 3, 0))
+        with pytest.raises(ValueError, match="`mode` must be"):
+            decode_image_file(tmp_path / "a.png", mode="gray")
