@@ -141,3 +141,15 @@ def damaged_files(folder: Path) -> dict[str, tuple[Path, str]]:
     os.mkfifo(fifo)
     out["fifo.png"] = (fifo, r"it is a FIFO \(named pipe\), not an image file")
     return out
+
+
+def decode_or_crash(path):
+    """``decode_image_file``, except that a file named ``crash*`` kills the process with
+    SIGSEGV, as a native decoder does on a file it cannot handle."""
+    import signal
+
+    from torchgmm.io.images import decode_image_file
+
+    if Path(path).name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode_image_file(path)

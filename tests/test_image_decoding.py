@@ -131,3 +131,41 @@ class TestGoodFiles:
         assert rgb.shape == (3, 48, 64) and np.array_equal(rgb.numpy(), np.repeat(arr[None, ..., 0], 3, 0))
         with pytest.raises(ValueError, match="`mode` must be"):
             decode_image_file(tmp_path / "a.png", mode="gray")
+
+
+class TestDecodeWorkers:
+    def _folder(self, tmp_path, names):
+        for i, name in enumerate(names):
+            (tmp_path / name).write_bytes(encode(pattern(8, 8 + i), "PNG"))
+        from torchgmm.io.images import find_images
+
+        return find_images([tmp_path])
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_a_crash_costs_only_its_file(self, tmp_path, workers):
+        from _damaged import decode_or_crash
+        from torchgmm.io.images import DecodeWorkers
+
+        names = ["a.png", "b.png", "crash1.png", "c.png", "crash2.png", "d.png", "e.png"]
+        sources = self._folder(tmp_path, names)
+        items = list(DecodeWorkers(sources, workers=workers, decode=decode_or_crash))
+        assert [item.index for item in items] == list(range(len(sources)))  # in order, all of them
+        by_name = {item.source.path.name: item for item in items}
+        for name in names:
+            if name.startswith("crash"):
+                assert by_name[name].image is None
+                assert "decoding process was killed by SIGSEGV on this file" in by_name[name].error
+                assert name in by_name[name].error
+            else:  # the others are decoded, equal to decoding them here
+                assert by_name[name].error is None
+                assert torch.equal(by_name[name].image, decode_image_file(by_name[name].source.path))
+
+    def test_bad_files_come_back_as_errors_and_workers_stop(self, tmp_path):
+        from torchgmm.io.images import DecodeWorkers
+
+        sources = self._folder(tmp_path, ["a.png", "b.png"])
+        (tmp_path / "b.png").write_bytes(b"")
+        pool = DecodeWorkers(sources, workers=2)
+        items = list(pool)
+        assert items[0].error is None and "the file is empty" in items[1].error
+        assert pool._procs == []  # closed at the end of the iteration

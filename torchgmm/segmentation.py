@@ -39,7 +39,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Literal, NamedTuple, TextIO
+from typing import Iterable, Iterator, Literal, NamedTuple, TextIO
 
 import torch
 from torch import Tensor, nn
@@ -1276,6 +1276,18 @@ def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, 
         )
 
 
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def segment_files(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -1300,7 +1312,7 @@ def segment_files(
     ``in2/a.png``) share outputs: give them separate runs. Every file is written through a
     temporary file and ``os.replace``. Images inside ``out_dir`` are never taken as input,
     so ``out_dir`` may lie inside an input folder. Files are decoded in ``workers``
-    DataLoader processes; images of the same size in a batch are segmented together, on
+    worker processes; images of the same size in a batch are segmented together, on
     ``device``. A file that cannot be decoded, segmented (e.g. fewer pixels than classes
     with ``mode="rgb"``) or written is named on ``log``, skipped and listed in the summary;
     the other files are processed.
@@ -1345,7 +1357,8 @@ def segment_files(
             as ``"kmeans++"`` for images segmented with ``mode="rgb"``, which always uses it.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a device.
         batch_size: images decoded and segmented per step.
-        workers: DataLoader worker processes (0 decodes in this process).
+        workers: decoding worker processes (:class:`~torchgmm.io.images.DecodeWorkers`: a
+            file that crashes the decoder fails alone); 0 decodes in this process.
         overwrite: redo images whose outputs exist, whatever settings they were made with.
         tol: EM convergence threshold (>= 0).
         max_iter: most EM iterations (>= 1).
@@ -1382,13 +1395,12 @@ def segment_files(
         ...     print(summary.n_done, sorted(p.name for p in pathlib.Path(d, "out").iterdir()))
         1 ['a_colour.png', 'a_labels.png', 'segments.jsonl']
     """
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from torchgmm.io.images import (
+        DecodeWorkers,
         ImageFileDataset,
         atomic_write_text,
-        collate_items,
         find_images,
         make_output_folder,
         remove_stale_temporaries,
@@ -1439,10 +1451,11 @@ def segment_files(
     # warnings.catch_warnings, which swaps the process-wide filters and so races with the
     # writer threads (a library they call may enter catch_warnings too)
     segmenter._warn_negligible = False
-    loader = DataLoader(
-        ImageFileDataset(todo), batch_size=batch_size, num_workers=workers,
-        collate_fn=collate_items, persistent_workers=False,
-    )
+    # decoded in worker processes: a file that crashes its decoder costs only that file
+    dataset = ImageFileDataset(todo)
+    workers_pool = DecodeWorkers(todo, workers) if workers > 0 else None
+    items_in_order = workers_pool if workers_pool is not None else (dataset[i] for i in range(len(dataset)))
+    loader = _batched(items_in_order, batch_size)
     bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="segment")
     # The records: rewritten whole now (which also drops an unfinished last line of a killed
     # run), then one line appended per finished image, so a kill loses at most the record
@@ -1578,6 +1591,8 @@ def segment_files(
             write_s += time.perf_counter() - t0
     finally:  # also on errors and Ctrl-C: finished images keep their records
         t0 = time.perf_counter()
+        if workers_pool is not None:
+            workers_pool.close()
         try:
             collect(block_until=0)
         finally:

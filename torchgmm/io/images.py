@@ -15,15 +15,17 @@ import contextlib
 import io
 import os
 import re
+import signal
 import stat
 import struct
 import tempfile
 import time
 import warnings
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -39,6 +41,7 @@ __all__ = [
     "find_images",
     "decode_image_file",
     "ImageFileDataset",
+    "DecodeWorkers",
     "collate_items",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -487,13 +490,193 @@ class ImageFileDataset(Dataset):
         return len(self.sources)
 
     def __getitem__(self, index: int) -> ImageItem:
-        src = self.sources[index]
-        t0 = time.perf_counter()
+        return _decode_item(index, self.sources[index], decode_image_file)
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
         try:
-            img, err = decode_image_file(src.path), None
-        except (OSError, ValueError) as exc:
-            img, err = None, str(exc)
-        return ImageItem(index, src, img, err, time.perf_counter() - t0)
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def _decode_worker(conn: Any, sources: Sequence[ImageSource], decode: Callable[[Path], Tensor]) -> None:
+    """A worker process: decode the files whose indices arrive on ``conn``, in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+    while True:
+        try:
+            index = conn.recv()
+        except EOFError:
+            return
+        if index is None:
+            return
+        conn.send(_decode_item(index, sources[index], decode))
+
+
+def _decode_item(index: int, source: ImageSource, decode: Callable[[Path], Tensor]) -> ImageItem:
+    t0 = time.perf_counter()
+    try:
+        img, err = decode(source.path), None
+    except (OSError, ValueError) as exc:
+        img, err = None, str(exc)
+    return ImageItem(index, source, img, err, time.perf_counter() - t0)
+
+
+class DecodeWorkers:
+    """Decode image files in worker processes, in order; a crash costs only the file it was on.
+
+    Native decoders are C code: a file that makes one crash (a segfault) or exhaust memory
+    (the OOM killer) kills the process decoding it. Here that process is a worker, each
+    worker decodes one file at a time, and the parent knows which: the file comes back as
+    an :class:`ImageItem` whose ``error`` says the decoder crashed on it, a new worker takes
+    the dead one's place, and the files after it are decoded as usual. (A ``DataLoader``
+    cannot do this: a dead worker ends the whole iteration, without saying which file.)
+
+    Args:
+        sources: from :func:`find_images`.
+        workers: worker processes (>= 1).
+        prefetch: files handed to each worker ahead of the one it decodes.
+        decode: ``path -> (C, H, W) tensor``, raising ``ValueError``/``OSError`` on a bad
+            file (default :func:`decode_image_file`); a top-level function where processes
+            are spawned rather than forked.
+
+    Yields:
+        one :class:`ImageItem` per source, in the order of ``sources``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_png(f"{d}/a.png", torch.zeros(1, 2, 3, dtype=torch.uint8))
+        ...     _ = Path(d, "b.png").write_text("not a png")
+        ...     with DecodeWorkers(find_images([d]), workers=1) as items:
+        ...         print([(item.source.path.name, item.error is None) for item in items])
+        [('a.png', True), ('b.png', False)]
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[ImageSource],
+        workers: int,
+        prefetch: int = 2,
+        decode: Callable[[Path], Tensor] = None,  # type: ignore[assignment]
+    ) -> None:
+        import multiprocessing
+
+        self.sources = list(sources)
+        self.workers = workers
+        self.prefetch = prefetch
+        self.decode = decode_image_file if decode is None else decode
+        methods = multiprocessing.get_all_start_methods()
+        # fork, as DataLoader on Linux: a worker starts in milliseconds instead of importing torch
+        self._context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._procs: list[Any] = []
+        self._conns: list[Any] = []
+
+    def _start(self) -> int:
+        parent, child = self._context.Pipe()
+        proc = self._context.Process(
+            target=_decode_worker, args=(child, self.sources, self.decode), daemon=True, name="torchgmm-decode"
+        )
+        proc.start()
+        child.close()
+        self._procs.append(proc)
+        self._conns.append(parent)
+        return len(self._procs) - 1
+
+    def __iter__(self) -> Iterator[ImageItem]:
+        from multiprocessing.connection import wait
+
+        n = len(self.sources)
+        todo = deque(range(n))  # indices not yet handed to a worker
+        assigned: dict[int, deque[int]] = {}  # worker -> its indices, in the order given
+        done: dict[int, ImageItem] = {}
+        next_out = 0
+        try:
+            for _ in range(min(self.workers, n)):
+                assigned[self._start()] = deque()
+            while next_out < n:
+                for w in list(assigned):  # keep every worker busy
+                    while todo and len(assigned[w]) <= self.prefetch:
+                        index = todo.popleft()
+                        try:
+                            self._conns[w].send(index)
+                        except OSError:  # it died between files: replace it, blame no file
+                            todo.appendleft(index)
+                            self._collect(w, assigned, done, todo, replace_idle=True)
+                            break
+                        assigned[w].append(index)
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+                if next_out >= n:
+                    break
+                busy = [w for w, q in assigned.items() if q]
+                ready = wait([self._conns[w] for w in busy] + [self._procs[w].sentinel for w in busy])
+                for w in busy:
+                    conn, proc = self._conns[w], self._procs[w]
+                    if conn in ready or proc.sentinel in ready:
+                        self._collect(w, assigned, done, todo)
+        finally:
+            self.close()
+
+    def _collect(
+        self, w: int, assigned: dict[int, deque[int]], done: dict[int, ImageItem], todo: deque,
+        replace_idle: bool = False,
+    ) -> None:
+        """Take worker ``w``'s finished items; if it died, fail its file and replace it."""
+        conn, proc = self._conns[w], self._procs[w]
+        try:
+            while assigned[w] and conn.poll():
+                item = conn.recv()
+                assigned[w].remove(item.index)
+                done[item.index] = item
+        except (EOFError, OSError):
+            pass
+        if not assigned[w] and replace_idle:
+            proc.join()
+            del assigned[w]
+            conn.close()
+            assigned[self._start()] = deque()
+            return
+        if proc.is_alive() or not assigned[w]:
+            return
+        proc.join()
+        culprit = assigned[w].popleft()  # a worker decodes its files in the order given
+        source = self.sources[culprit]
+        done[culprit] = ImageItem(
+            culprit, source, None,
+            f"cannot decode {str(source.path)!r}: the decoding process was {_signal_name(proc.exitcode)} "
+            "on this file (a crash of the image decoder, or out of memory); the other files go on",
+            0.0,
+        )
+        todo.extendleft(reversed(assigned.pop(w)))  # the files it had not started: to the others
+        conn.close()
+        assigned[self._start()] = deque()
+
+    def close(self) -> None:
+        """Stop the workers (also done when iteration ends or fails)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+
+    def __enter__(self) -> DecodeWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def collate_items(items: list[ImageItem]) -> list[ImageItem]:

@@ -1,0 +1,118 @@
+"""Damaged input end to end: the jobs run in a subprocess, so a crash fails the test
+instead of taking pytest down, and each asserts what was written, what was named and that
+every good file was processed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _damaged import encode, pattern, with_ihdr_size
+
+#: the CLI in a fresh interpreter; PATCH may replace a decoder first (a real native crash)
+RUN = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    if os.environ.get("CRASH_ON"):
+        import signal
+        import torchgmm.io.images as images
+        original = images.decode_image_file
+        def crashing(path, *args, **kwargs):
+            if Path(path).name.startswith(os.environ["CRASH_ON"]):
+                os.kill(os.getpid(), signal.SIGSEGV)
+            return original(path, *args, **kwargs)
+        images.decode_image_file = crashing
+    from torchgmm.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def torchgmm(*argv: str, crash_on: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHONFAULTHANDLER": ""}
+    env.pop("PYTHONFAULTHANDLER")
+    if crash_on:
+        env["CRASH_ON"] = crash_on
+    return subprocess.run([sys.executable, "-c", RUN, *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _two_tone(seed: int, h: int = 24, w: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 40.0)
+    img[:, w // 2:] = 200
+    return (img + rng.normal(0, 4, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path) -> Path:
+    """Three good PNGs and a PNG whose IHDR height was doubled (it crashed torchvision)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        (d / f"good{i}.png").write_bytes(encode(_two_tone(i), "PNG"))
+    (d / "lying.png").write_bytes(with_ihdr_size(encode(_two_tone(9), "PNG"), h=48))
+    return d
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_segment_names_a_lying_png_and_does_the_rest(mixed_folder, tmp_path, workers):
+    out = tmp_path / "out"
+    proc = torchgmm("segment", mixed_folder, "--out", out, "--classes", "2", "--device", "cpu",
+                    "--workers", workers, "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"error: cannot decode '{mixed_folder / 'lying.png'}': its header promises 32x48 pixels" in proc.stderr
+    assert sorted(_records(out)) == ["good0.png", "good1.png", "good2.png"]
+    for i in range(3):
+        assert (out / f"good{i}_labels.png").stat().st_size > 0
+    # a re-run does not die on it either: the good ones are skipped, the bad one named again
+    again = torchgmm("segment", mixed_folder, "--out", out, "--classes", "2", "--device", "cpu",
+                     "--workers", workers, "--no-progress")
+    assert again.returncode == 1 and "lying.png" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_segment_survives_a_decoder_that_crashes(mixed_folder, tmp_path):
+    (mixed_folder / "crash.png").write_bytes(encode(_two_tone(5), "PNG"))
+    out = tmp_path / "out"
+    proc = torchgmm("segment", mixed_folder, "--out", out, "--classes", "2", "--device", "cpu",
+                    "--workers", "2", "--batch-size", "2", "--no-progress", crash_on="crash")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "crash.png': the decoding process was killed by SIGSEGV on this file" in proc.stderr
+    assert sorted(_records(out)) == ["good0.png", "good1.png", "good2.png"]
+
+
+def test_background_sequence_with_a_lying_frame_keeps_its_masks_and_goes_on(tmp_path):
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in range(30):
+        (seq / f"in{i + 1:06d}.png").write_bytes(encode(pattern(24, 32, seed=i), "PNG"))
+    lying = seq / "in000016.png"
+    lying.write_bytes(with_ihdr_size(lying.read_bytes(), h=48))
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(10):
+        (other / f"f{i:03d}.png").write_bytes(encode(pattern(24, 32, seed=100 + i), "PNG"))
+    out = tmp_path / "out"
+    proc = torchgmm("background", seq, other, "--out", out, "--no-compile", "--no-progress", "--device", "cpu")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "in000016.png" in proc.stderr and "header promises 32x48 pixels" in proc.stderr
+    summary = json.loads((out / "seq" / "summary.json").read_text())
+    assert summary["frames"] == 15 and summary["error_frame"] == 15 and not summary["complete"]
+    from _videos import read_masks
+
+    assert read_masks(out / "seq" / "mask.mp4").shape[0] == 15
+    assert json.loads((out / "other" / "summary.json").read_text())["complete"]
