@@ -116,3 +116,66 @@ def test_background_sequence_with_a_lying_frame_keeps_its_masks_and_goes_on(tmp_
 
     assert read_masks(out / "seq" / "mask.mp4").shape[0] == 15
     assert json.loads((out / "other" / "summary.json").read_text())["complete"]
+
+
+def test_evaluate_reports_a_sequence_with_nothing_scored_as_undefined(tmp_path, capsys):
+    import csv
+    import math
+
+    from PIL import Image
+
+    from _videos import make_sequence
+    from torchgmm.cli import main
+
+    root = tmp_path / "cdnet"
+    make_sequence(root / "baseline" / "good", n=24)
+    blank = make_sequence(root / "baseline" / "blank", n=24, seed=3)
+    for gt in (blank / "groundtruth").iterdir():  # only "outside ROI" and "unknown": nothing scored
+        labels = np.full((48, 64), 85, np.uint8)
+        labels[10:20] = 170
+        Image.fromarray(labels).save(gt)
+    out = tmp_path / "res"
+    assert main(["evaluate", str(root), "--out", str(out), "--no-compile", "--no-progress", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning: baseline/blank")]
+    assert len(warning) == 1 and "no pixel is scored" in warning[0] and "left out of the means" in warning[0]
+    assert "UserWarning" not in captured.err
+    blank_line = next(line for line in captured.out.splitlines() if "baseline/blank" in line)
+    assert "n/a" in blank_line and "0.0000" not in blank_line
+    rows = {r["sequence"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["baseline/blank"]["F-measure"] is None and rows["baseline/blank"]["PWC"] is None
+    assert rows["baseline/blank"]["TP"] == 0 and rows["baseline/blank"]["TN"] == 0
+    good = rows["baseline/good"]
+    assert good["F-measure"] > 0.8
+    for key in ("F-measure", "Recall", "Precision", "PWC"):  # the mean is the good sequence's alone
+        assert rows["baseline/mean"][key] == pytest.approx(good[key])
+        assert rows["overall/mean"][key] == pytest.approx(good[key])
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = {r["sequence"]: r for r in csv.DictReader(f)}
+    assert csv_rows["baseline/blank"]["F-measure"] == "" and math.isclose(
+        float(csv_rows["baseline/good"]["F-measure"]), good["F-measure"])
+
+
+def test_background_warns_once_about_a_numbering_gap(tmp_path, capsys):
+    from torchgmm.cli import main
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in [*range(1, 9), *range(12, 16)]:
+        (seq / f"in{i:06d}.png").write_bytes(encode(pattern(16, 16, seed=i), "PNG"))
+    assert main(["background", str(seq), "--out", str(tmp_path / "o"), "--no-compile", "--no-progress",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "jumps from frame number 8 to 12" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: the image sequence"), err
+    assert "UserWarning" not in err and ".py:" not in err
+
+
+def test_a_cpu_compile_does_not_print_the_cuda_home_notice():
+    script = "import torch; {}import torch.utils.cpp_extension"
+    quiet = "from torchgmm.background import _quiet_cuda_home_notice; _quiet_cuda_home_notice(); "
+    control = subprocess.run([sys.executable, "-c", script.format("")], capture_output=True, text=True, timeout=120)
+    if "No CUDA runtime is found" not in control.stderr:
+        pytest.skip("this torch prints no CUDA_HOME notice here (a CUDA runtime is present, or CPU-only torch)")
+    ours = subprocess.run([sys.executable, "-c", script.format(quiet)], capture_output=True, text=True, timeout=120)
+    assert ours.returncode == 0 and "No CUDA runtime" not in ours.stderr, ours.stderr

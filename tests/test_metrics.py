@@ -132,11 +132,31 @@ class TestScores:
         assert s["F-measure"] == pytest.approx(2 * pr * re / (pr + re))
         assert (s["TP"], s["FP"], s["FN"], s["TN"]) == (tp, fp, fn, tn)
 
-    def test_zero_denominators_are_zero(self):
-        s = scores(torch.tensor([0, 0, 0, 10]))
-        assert s["Recall"] == 0.0 and s["Precision"] == 0.0 and s["F-measure"] == 0.0
-        assert s["Specificity"] == 1.0 and s["PWC"] == 0.0
-        assert all(math.isfinite(v) for v in scores(torch.zeros(4, dtype=torch.int64)).values())
+    def test_zero_denominators_are_undefined_not_zero(self):
+        s = scores(torch.tensor([0, 0, 0, 10]))  # no motion, nothing detected
+        assert math.isnan(s["Recall"]) and math.isnan(s["FNR"]) and math.isnan(s["Precision"])
+        assert math.isnan(s["F-measure"])
+        assert s["Specificity"] == 1.0 and s["FPR"] == 0.0 and s["PWC"] == 0.0
+        nothing = scores(torch.zeros(4, dtype=torch.int64))  # no pixel scored
+        assert all(math.isnan(nothing[k]) for k in ("Recall", "Specificity", "FPR", "FNR", "PWC", "Precision",
+                                                    "F-measure"))
+
+    def test_f_measure_of_missed_motion_is_zero_as_in_sklearn(self):
+        sk = pytest.importorskip("sklearn.metrics")
+        for tp, fp, fn, tn in [(0, 0, 5, 10), (0, 3, 5, 10), (4, 0, 0, 1), (3, 2, 1, 9)]:
+            truth = [1] * (tp + fn) + [0] * (fp + tn)
+            pred = [1] * tp + [0] * fn + [1] * fp + [0] * tn
+            ours = scores(torch.tensor([tp, fp, fn, tn]))["F-measure"]
+            assert ours == pytest.approx(sk.f1_score(truth, pred, zero_division=0.0)), (tp, fp, fn, tn)
+        assert math.isnan(scores(torch.tensor([0, 0, 5, 10]))["Precision"])  # nothing detected
+
+    def test_mean_scores_leave_undefined_out(self):
+        from torchgmm.metrics import mean_scores
+
+        rows = [{"F-measure": 0.5, "Recall": math.nan}, {"F-measure": math.nan, "Recall": math.nan},
+                {"F-measure": 0.9, "Recall": math.nan}]
+        means = mean_scores(rows, ["F-measure", "Recall"])
+        assert means["F-measure"] == pytest.approx(0.7) and math.isnan(means["Recall"])
 
     def test_rows_summed(self):
         assert scores(torch.tensor([[1, 2, 0, 3], [1, 0, 2, 0]]))["TP"] == 2
@@ -179,7 +199,7 @@ class TestChangeDetectionCounter:
         counter.update(PRED[None], GT[None], frame_index=0)
         counter.update(PRED[None], GT[None], frame_index=25)
         assert counter.counts.tolist() == [0, 0, 0, 0]
-        assert counter.compute()["PWC"] == 0.0
+        assert math.isnan(counter.compute()["PWC"])  # nothing scored: undefined
 
     def test_bad_temporal_roi(self):
         with pytest.raises(ValueError, match="1-based"):

@@ -53,6 +53,7 @@ next frame pays for page faults.
 
 from __future__ import annotations
 
+import logging
 import math
 import types
 import warnings
@@ -483,6 +484,19 @@ def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, set
     return mask, weight, mean, variance, frames_seen + 1
 
 
+def _quiet_cuda_home_notice() -> None:
+    """Keep torch's "No CUDA runtime is found, using CUDA_HOME=..." off a CPU compile.
+
+    Inductor imports ``torch.utils.cpp_extension`` on its first CPU compile, which logs that
+    notice at import on every machine with a CUDA build of torch and no GPU: it tells the
+    user nothing about their run. Only raised to ERROR while nobody has set that logger's
+    level, so a user who configured it keeps their choice.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
+
+
 #: compiled steps by (configuration, C++ wrapper), shared by all modules
 _compiled_steps: dict[tuple, object] = {}
 #: configurations whose C++-wrapper compile failed (they use the Python wrapper from then on)
@@ -507,6 +521,7 @@ def _get_compiled_step(config: tuple, cpp_wrapper: bool = False):  # noqa: ANN20
     key = (config, cpp_wrapper)
     step = _compiled_steps.get(key)
     if step is None:
+        _quiet_cuda_home_notice()
         fresh = types.FunctionType(_mog_step.__code__.replace(), _mog_step.__globals__, _mog_step.__name__)
         # Inductor caps a fused kernel at 64 nodes by default; K = 5 exceeds it and was split
         # into 4 loops with (B, H, W) temporaries, 7-10x slower than K = 3. One loop: 1.6x.

@@ -8,8 +8,10 @@ stderr), 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -310,7 +312,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print each Python warning once, as a ``warning:`` line like the jobs' own lines.
+
+    The library warns (a gap in a numbered sequence, a model that fell back to eager, ...);
+    on the command line a warning is a message for the user, not a source location, and a
+    job that opens an input twice (planning, then running) must not say it twice.
+    """
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202, ARG001
+        text = str(message)
+        if text in seen:
+            return
+        seen.add(text)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {text}", file=sys.stderr)  # above a progress bar, not through it
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _warnings_as_lines():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         # inside the try: building the parser imports torch (the package itself does not),
         # which takes a few seconds in which a Ctrl-C must also read "interrupted"

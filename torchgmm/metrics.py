@@ -23,10 +23,11 @@ Shape vocabulary: B frames (batch), H height, W width.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +42,8 @@ __all__ = [
     "GT_MOTION",
     "confusion_counts",
     "scores",
+    "mean_scores",
+    "UndefinedScoreWarning",
     "ChangeDetectionCounter",
     "CDnetSequenceInfo",
     "read_cdnet_sequence_info",
@@ -146,10 +149,13 @@ def scores(counts: Tensor) -> dict[str, float]:
     - FNR = FN / (TP + FN)
     - PWC = 100 * (FN + FP) / (TP + FN + FP + TN)
     - Precision (Pr) = TP / (TP + FP)
-    - F-measure = 2 * Pr * Re / (Pr + Re)
+    - F-measure = 2 * Pr * Re / (Pr + Re) = 2 TP / (2 TP + FP + FN)
 
-    A ratio whose denominator is 0 (e.g. Recall on a sequence without motion) is reported as
-    0.0, never NaN, so averages over categories stay finite; check the counts when it matters.
+    A score whose denominator is 0 is undefined and is NaN, never a made-up 0: Recall on
+    frames without motion, Precision where nothing was detected, every score where no pixel
+    was scored. The F-measure is computed as ``2 TP / (2 TP + FP + FN)``, so it is 0 where
+    motion was all missed (as scikit-learn's F1) and undefined only when TP, FP and FN are
+    all 0. :func:`mean_scores` leaves undefined scores out of an average.
 
     Args:
         counts: ``[TP, FP, FN, TN]``, shape ``(4,)``; ``(B, 4)`` rows are summed first.
@@ -184,23 +190,50 @@ def scores(counts: Tensor) -> dict[str, float]:
         raise ValueError(f"`counts` must be >= 0, got [TP, FP, FN, TN] = {[tp, fp, fn, tn]}.")
 
     def ratio(num: float, den: float) -> float:
-        return num / den if den else 0.0
+        return num / den if den else math.nan
 
-    recall = ratio(tp, tp + fn)
-    precision = ratio(tp, tp + fp)
     return {
-        "Recall": recall,
+        "Recall": ratio(tp, tp + fn),
         "Specificity": ratio(tn, tn + fp),
         "FPR": ratio(fp, fp + tn),
         "FNR": ratio(fn, tp + fn),
         "PWC": 100.0 * ratio(fn + fp, tp + fn + fp + tn),
-        "Precision": precision,
-        "F-measure": ratio(2 * precision * recall, precision + recall),
+        "Precision": ratio(tp, tp + fp),
+        "F-measure": ratio(2 * tp, 2 * tp + fp + fn),
         "TP": tp,
         "FP": fp,
         "FN": fn,
         "TN": tn,
     }
+
+
+class UndefinedScoreWarning(UserWarning):
+    """A score is undefined (NaN): its denominator counts no pixel (see :func:`scores`)."""
+
+
+def mean_scores(rows: Sequence[dict], keys: Iterable[str]) -> dict[str, float]:
+    """The mean of each score over ``rows``, leaving undefined (NaN) values out.
+
+    A score undefined in every row is NaN. A sequence on which no pixel was scored would
+    otherwise pull a category's mean down as if it had scored 0 (or make it NaN).
+
+    Args:
+        rows: score dicts (from :func:`scores`).
+        keys: the scores to average.
+
+    Returns:
+        key -> mean over the rows where it is defined.
+
+    Example:
+        >>> rows = [{"F-measure": 0.8}, {"F-measure": float("nan")}, {"F-measure": 0.6}]
+        >>> round(mean_scores(rows, ["F-measure"])["F-measure"], 3)
+        0.7
+    """
+    out = {}
+    for key in keys:
+        values = [float(r[key]) for r in rows if r.get(key) is not None and math.isfinite(float(r[key]))]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 class ChangeDetectionCounter:

@@ -20,11 +20,13 @@ import dataclasses
 import functools
 import io
 import json
+import math
 import numbers
 import os
 import re
 import sys
 import time
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
@@ -59,6 +61,8 @@ from torchgmm.metrics import (
     GT_STATIC,
     GT_UNKNOWN,
     ChangeDetectionCounter,
+    UndefinedScoreWarning,
+    mean_scores,
     read_cdnet_sequence_info,
 )
 
@@ -1015,7 +1019,29 @@ def evaluate_sequence(
     row = dict(sequence=_sequence_name(seq_dir), frames=frames, fps=frames / elapsed, **raw.compute())
     if cleaned is not None:
         row["postprocessed"] = cleaned.compute()
+    _warn_undefined(row)
     return row
+
+
+def _warn_undefined(row: dict) -> None:
+    """One warning naming the sequence and its undefined scores, and why they are."""
+    undefined = [k for k in SCORE_KEYS if math.isnan(row[k])]
+    if not undefined:
+        return
+    tp, fp, fn, tn = (row[k] for k in ("TP", "FP", "FN", "TN"))
+    why = (
+        "no pixel is scored (every pixel of its temporal ROI is outside the ROI or unknown: 85/170)"
+        if tp + fp + fn + tn == 0
+        else "its ground truth has no motion pixel (255)" if tp + fn == 0
+        else "nothing was detected" if tp + fp == 0
+        else "no static pixel (0/50) is scored"
+    )
+    warnings.warn(
+        f"{row['sequence']}: {', '.join(undefined)} undefined (NaN; null in results.json, blank in "
+        f"results.csv) because {why}; left out of the means.",
+        UndefinedScoreWarning,
+        stacklevel=3,
+    )
 
 
 SCORE_KEYS = ("Recall", "Specificity", "FPR", "FNR", "PWC", "Precision", "F-measure")
@@ -1132,7 +1158,10 @@ def write_results(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
-    atomic_write_text(json_path, json.dumps(dict(extra, rows=rows), indent=2, default=str) + "\n")
+    rows = [_defined_or_none(r) for r in rows]  # strict JSON has no NaN: undefined is null
+    atomic_write_text(
+        json_path, json.dumps(dict(extra, rows=rows), indent=2, default=str, allow_nan=False) + "\n"
+    )
     flat = []
     for r in rows:
         line = {k: v for k, v in r.items() if not isinstance(v, dict)}
@@ -1147,6 +1176,15 @@ def write_results(
     return json_path, csv_path
 
 
+def _defined_or_none(value: Any) -> Any:
+    """``value`` with every NaN float (an undefined score) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: _defined_or_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _mean_rows(rows: list[dict]) -> list[dict]:
     """Per-category and overall means of the scores, per method, as CDnet averages: a
     category's scores are the means over its videos, the overall scores the means over the
@@ -1154,7 +1192,7 @@ def _mean_rows(rows: list[dict]) -> list[dict]:
     ``fps`` is the mean over videos."""
 
     def mean(members: list[dict]) -> dict:
-        return {k: sum(float(r[k]) for r in members) / len(members) for k in SCORE_KEYS}
+        return mean_scores(members, SCORE_KEYS)  # undefined scores are left out
 
     def mean_row(method: str, label: str, members: list[dict], videos: list[dict]) -> dict:
         row = dict(
@@ -1199,9 +1237,12 @@ def format_table(rows: Iterable[dict], *, postprocessed: bool = False) -> str:
             if "postprocessed" not in r:
                 continue
             scores = r["postprocessed"]
+        cell = lambda key, size, digits: (  # noqa: E731 - undefined scores read "n/a"
+            f"{float(scores[key]):{size}.{digits}f}" if math.isfinite(float(scores[key])) else f"{'n/a':>{size}}"
+        )
         lines.append(
-            f"{r['method']:{width}} {r['sequence'][:26]:26} {float(scores['Recall']):7.4f} "
-            f"{float(scores['Precision']):9.4f} {float(scores['F-measure']):7.4f} {float(scores['PWC']):7.3f} "
+            f"{r['method']:{width}} {r['sequence'][:26]:26} {cell('Recall', 7, 4)} "
+            f"{cell('Precision', 9, 4)} {cell('F-measure', 7, 4)} {cell('PWC', 7, 3)} "
             f"{float(r['fps']):8.1f}"
         )
     return "\n".join(lines)
