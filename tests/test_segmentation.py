@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import copy
 import warnings
 from pathlib import Path
@@ -485,6 +487,20 @@ class TestHistogramSegmenter:
             with pytest.warns(NegligibleClassWarning) as caught:
                 HistogramSegmenter(3)(image)
             assert caught[0].filename == __file__  # the warning names the caller's line, not torch's
+
+    def test_the_shape_rule_refuses_what_it_cannot_tell(self):
+        # 3-D is one (C, H, W) image, never a batch of grey images; 2-D is refused: both say what to pass
+        seg = HistogramSegmenter(2)
+        rgb = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+        assert seg(rgb).shape == (8, 8) and seg.means_.shape == (1, 2, 1)  # one RGB image, luminance
+        for shape, hint in [((5, 8, 8), r"a 3-D tensor is one \(C, H, W\) image .* \(B, 1, H, W\)"),
+                            ((2, 8, 8), r"got|a 3-D tensor is one"),
+                            ((8, 8), r"a grey image needs its channel dimension, \(1, H, W\)")]:
+            x = torch.zeros(shape, dtype=torch.uint8)
+            with pytest.raises(ShapeError, match=rf"`images` of shape {re.escape(str(shape))}: .*"):
+                seg(x)
+            with pytest.raises(ShapeError, match=hint):
+                seg.predict_proba(x)
 
     def test_rgb_luminance_and_rgb_mode(self):
         grey = _images(2)

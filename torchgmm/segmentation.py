@@ -859,6 +859,28 @@ def _segment_images(
 
 
 # --- module ------------------------------------------------------------------------------
+def _is_one_image(images: object, name: str = "images") -> bool:
+    """The segmenter's one shape rule: 4-D is a batch ``(B, C, H, W)``, 3-D is one
+    ``(C, H, W)`` image (as torchvision transforms take it), C = 1 or 3; anything else is
+    refused here with what to pass instead (a 3-D tensor is never a batch of grey images)."""
+    if not isinstance(images, Tensor) or images.ndim == 4:
+        return False  # checked by _check_images
+    if images.ndim == 3 and images.shape[0] in (1, 3):
+        return True
+    if images.ndim == 3:
+        raise ShapeError(
+            f"`{name}` of shape {tuple(images.shape)}: a 3-D tensor is one (C, H, W) image with C = 1 "
+            "(grey) or 3 (RGB); pass a batch of grey images as (B, 1, H, W) (images[:, None]), and drop "
+            "an alpha channel with images[:3]."
+        )
+    if images.ndim == 2:
+        raise ShapeError(
+            f"`{name}` of shape {tuple(images.shape)}: a grey image needs its channel dimension, "
+            "(1, H, W) (image[None]); a batch is (B, C, H, W)."
+        )
+    return False
+
+
 class HistogramSegmenter(nn.Module):
     """Segment images into ``n_classes`` intensity classes by histogram EM, one mixture per image.
 
@@ -888,8 +910,10 @@ class HistogramSegmenter(nn.Module):
 
     Shape:
         - Input: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, uint8 (or uint16); or one ``(C, H, W)``
-          image, as a torchvision transform takes it (a 3-D tensor is always one image: a
-          batch of grey images needs its channel dimension, ``(B, 1, H, W)``).
+          image with C = 1 or 3, as a torchvision transform takes it. The rule: 4-D is a
+          batch, 3-D is always one image (a batch of grey images needs its channel
+          dimension, ``(B, 1, H, W)``; a 3-D tensor with another C is refused), and a 2-D
+          ``(H, W)`` image is refused (add its channel: ``image[None]``).
         - Output: ``(B, H, W)`` labels of ``label_dtype`` (int64 by default), 0 the darkest
           class; ``(H, W)`` for one image.
 
@@ -995,7 +1019,7 @@ class HistogramSegmenter(nn.Module):
         labels; its fit is stored as a batch of one.
         """
         # warnings name the caller: above _segment are forward and nn.Module's two call frames
-        if isinstance(images, Tensor) and images.ndim == 3:
+        if _is_one_image(images):
             return self._segment(images[None], stacklevel=5)[0]
         return self._segment(images, stacklevel=5)
 
@@ -1038,7 +1062,7 @@ class HistogramSegmenter(nn.Module):
             - images: ``(B, 1, H, W)`` or ``(B, 3, H, W)``; or one ``(C, H, W)`` image
             - output: ``(B, K, H, W)``; ``(K, H, W)`` for one image
         """
-        if isinstance(images, Tensor) and images.ndim == 3:
+        if _is_one_image(images):
             return self.predict_proba(images[None])[0]
         fit = self._fit()
         images = _check_images(images)
