@@ -179,3 +179,41 @@ def test_a_cpu_compile_does_not_print_the_cuda_home_notice():
         pytest.skip("this torch prints no CUDA_HOME notice here (a CUDA runtime is present, or CPU-only torch)")
     ours = subprocess.run([sys.executable, "-c", script.format(quiet)], capture_output=True, text=True, timeout=120)
     assert ours.returncode == 0 and "No CUDA runtime" not in ours.stderr, ours.stderr
+
+
+def test_a_second_run_on_a_busy_output_folder_is_refused_by_name(mixed_folder, tmp_path, capsys):
+    from torchgmm.cli import main
+    from torchgmm.io.images import lock_output_folder
+
+    (mixed_folder / "lying.png").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".segments.jsonl.abcd1234.tmp").write_bytes(b"in flight")  # the first run's temporary
+    with lock_output_folder(out, "torchgmm segment"):  # the first run, still writing
+        argv = ["segment", str(mixed_folder), "--out", str(out), "--classes", "2", "--device", "cpu",
+                "--workers", "0", "--no-progress"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"error: output folder '{out}' is in use by torchgmm segment (pid " in err
+        assert (out / ".segments.jsonl.abcd1234.tmp").exists()  # its clean-up did not run
+        assert not (out / "segments.jsonl").exists() and not list(out.glob("*.png"))
+    assert main(argv) == 0  # once the first run is done, the folder is free again
+    assert len(list(out.glob("*_labels.png"))) == 3
+
+
+def test_background_refuses_a_busy_output_folder(tmp_path, capsys):
+    from torchgmm.cli import main
+    from torchgmm.io.images import lock_output_folder
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in range(4):
+        (seq / f"{i:03d}.png").write_bytes(encode(pattern(16, 16, seed=i), "PNG"))
+    (tmp_path / "out" / "seq").mkdir(parents=True)
+    with lock_output_folder(tmp_path / "out" / "seq", "torchgmm background"):
+        argv = ["background", str(seq), "--out", str(tmp_path / "out"), "--no-compile", "--no-progress",
+                "--device", "cpu"]
+        assert main(argv) == 2
+        assert "is in use by torchgmm background" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "seq" / "summary.json").exists()
+    assert main(argv) == 0

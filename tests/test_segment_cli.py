@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from torchgmm.cli import main
-from torchgmm.io.images import decode_image_file, find_images
+from torchgmm.io.images import LOCK_NAME, decode_image_file, find_images
 from torchgmm.segmentation import NegligibleClassWarning, segment_files
 from _interrupts import ctrl_c_at_call
 
@@ -189,7 +189,9 @@ def _run(inputs, out, k=2, **kw):
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The outputs in ``folder`` (the lock file, which names its last holder, is no output)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def test_rerun_with_other_settings_is_refused(small_dir, tmp_path):

@@ -42,6 +42,7 @@ from torchgmm.io.images import (
     atomic_write_bytes,
     atomic_write_text,
     decode_image_file,
+    lock_output_folder,
     make_output_folder,
     remove_stale_temporaries,
     write_png,
@@ -687,9 +688,19 @@ def run_background(
         jobs.append(job)
     # Every output folder is made now: a file in the way or a missing permission fails here,
     # before any work, not part-way with other inputs' results half written.
-    for job in jobs:
-        make_output_folder(job.out)
-        remove_stale_temporaries(job.out)  # left by a run killed outright
+    with ExitStack() as locks:  # one run per output folder at a time, held to the end
+        for job in jobs:
+            make_output_folder(job.out)
+            locks.enter_context(lock_output_folder(job.out, "torchgmm background"))
+            remove_stale_temporaries(job.out)  # left by a run killed outright
+        return _run_jobs(jobs, batch_streams, raise_errors, device=device, settings=settings,
+                         mask_format=mask_format, overlay=overlay, checkpoint_every=checkpoint_every, gray=gray,
+                         postprocess=postprocess, progress=progress, tqdm=tqdm, stop_after=stop_after,
+                         positions=dict(start=start, end=end))
+
+
+def _run_jobs(jobs: list[_Job], batch_streams: int, raise_errors: bool, **options: Any) -> list[dict]:
+    """Run the planned jobs, ``batch_streams`` same-size inputs at a time."""
 
     # batched by the size the model sees: with `size` every input, whatever its own size
     groups: dict[tuple, list[_Job]] = {}
@@ -700,11 +711,7 @@ def run_background(
     summaries: dict[Path, dict] = {}
     errors: list[BaseException] = []
     for batch in batches:
-        for job, summary, error in _run_batch(
-            batch, device=device, settings=settings, mask_format=mask_format, overlay=overlay,
-            checkpoint_every=checkpoint_every, gray=gray, postprocess=postprocess, progress=progress, tqdm=tqdm,
-            stop_after=stop_after, positions=dict(start=start, end=end),
-        ):
+        for job, summary, error in _run_batch(batch, **options):
             summaries[job.out] = summary
             if error is not None:
                 errors.append(error)

@@ -1359,6 +1359,10 @@ def segment_files(
       ``negligible_classes``: the classes that ended with less than half a pixel's worth of
       weight (:func:`negligible_classes`), so the image has fewer classes than asked.
 
+    **One run per folder**: the run holds ``OUT/.torchgmm.lock`` (an OS lock, released even
+    when the process is killed); a second run on the same ``out_dir`` meanwhile is refused
+    before any work (:class:`~torchgmm.io.images.OutputFolderBusyError`).
+
     **Re-runs**: images whose outputs and record exist are skipped unless ``overwrite``, so
     an interrupted run resumes; if such a record was made with other settings
     (``n_classes``, ``mode``, ``init``, ``tol``, ``max_iter``) the call refuses before any
@@ -1398,6 +1402,7 @@ def segment_files(
         FileNotFoundError: an input is missing or no image file was found.
         NotADirectoryError: ``out_dir`` (or a folder above it) is a file.
         TypeError: ``n_classes``, ``batch_size``, ``workers`` or ``write_threads`` is not an int.
+        OutputFolderBusyError: another run is writing to ``out_dir`` (an ``OSError``).
         ValueError: one of them is out of range (``n_classes`` <= 256: label maps are 8-bit),
             ``mode``/``init`` is not a known one, ``tol``/``max_iter`` are out of range,
             ``OUT/segments.jsonl`` is damaged (the message gives the line), or it records
@@ -1417,7 +1422,7 @@ def segment_files(
         ...     write_png(f"{d}/in/a.png", img.to(torch.uint8))
         ...     summary = segment_files([f"{d}/in"], f"{d}/out", 2, device="cpu", progress=False)
         ...     print(summary.n_done, sorted(p.name for p in pathlib.Path(d, "out").iterdir()))
-        1 ['a_colour.png', 'a_labels.png', 'segments.jsonl']
+        1 ['.torchgmm.lock', 'a_colour.png', 'a_labels.png', 'segments.jsonl']
     """
     from tqdm.auto import tqdm
 
@@ -1426,6 +1431,7 @@ def segment_files(
         ImageFileDataset,
         atomic_write_text,
         find_images,
+        lock_output_folder,
         make_output_folder,
         remove_stale_temporaries,
     )
@@ -1454,180 +1460,181 @@ def segment_files(
         settings = {"n_classes": n_classes, "mode": mode, "init": init, "tol": tol, "max_iter": max_iter}
         _check_settings(records, (str(s.path.resolve()) for s in sources), jsonl, settings)
     make_output_folder(out_dir)
-    remove_stale_temporaries(out_dir)  # left by a run killed outright
-    todo = []
-    for source in sources:
-        key, paths = str(source.path.resolve()), _output_paths(out_dir, source.relative)
-        if overwrite or key not in records or not all(p.exists() for p in paths):
-            todo.append(source)
-        else:  # skipped: its outputs are where this run would write them
-            records[key] = {**records[key], **_output_fields(paths)}  # older records: relative
-    n_skipped = len(sources) - len(todo)
-    failed: list[tuple[str, str]] = []
-    negligible: list[str] = []  # inputs whose fit has a class of less than half a pixel's weight
-    decode_s = wait_s = segment_s = write_s = 0.0
-    n_done = 0
-    segmenter = HistogramSegmenter(
-        n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, random_state=0,
-        label_dtype=torch.uint8,
-    )
-    # negligible classes are reported per image below (log line, record) instead; not with
-    # warnings.catch_warnings, which swaps the process-wide filters and so races with the
-    # writer threads (a library they call may enter catch_warnings too)
-    segmenter._warn_negligible = False
-    # decoded in worker processes: a file that crashes its decoder costs only that file
-    dataset = ImageFileDataset(todo)
-    workers_pool = DecodeWorkers(todo, workers) if workers > 0 else None
-    items_in_order = workers_pool if workers_pool is not None else (dataset[i] for i in range(len(dataset)))
-    loader = _batched(items_in_order, batch_size)
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="segment")
-    # The records: rewritten whole now (which also drops an unfinished last line of a killed
-    # run), then one line appended per finished image, so a kill loses at most the record
-    # being written (the rewrite every few seconds this replaces lost up to 5 s of work),
-    # and rewritten whole once more at the end (one line per image).
-    def save_records() -> None:  # the whole file, atomically
-        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
+    with lock_output_folder(out_dir, "torchgmm segment"):  # one run per folder at a time
+        remove_stale_temporaries(out_dir)  # left by a run killed outright
+        todo = []
+        for source in sources:
+            key, paths = str(source.path.resolve()), _output_paths(out_dir, source.relative)
+            if overwrite or key not in records or not all(p.exists() for p in paths):
+                todo.append(source)
+            else:  # skipped: its outputs are where this run would write them
+                records[key] = {**records[key], **_output_fields(paths)}  # older records: relative
+        n_skipped = len(sources) - len(todo)
+        failed: list[tuple[str, str]] = []
+        negligible: list[str] = []  # inputs whose fit has a class of less than half a pixel's weight
+        decode_s = wait_s = segment_s = write_s = 0.0
+        n_done = 0
+        segmenter = HistogramSegmenter(
+            n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, random_state=0,
+            label_dtype=torch.uint8,
+        )
+        # negligible classes are reported per image below (log line, record) instead; not with
+        # warnings.catch_warnings, which swaps the process-wide filters and so races with the
+        # writer threads (a library they call may enter catch_warnings too)
+        segmenter._warn_negligible = False
+        # decoded in worker processes: a file that crashes its decoder costs only that file
+        dataset = ImageFileDataset(todo)
+        workers_pool = DecodeWorkers(todo, workers) if workers > 0 else None
+        items_in_order = workers_pool if workers_pool is not None else (dataset[i] for i in range(len(dataset)))
+        loader = _batched(items_in_order, batch_size)
+        bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="segment")
+        # The records: rewritten whole now (which also drops an unfinished last line of a killed
+        # run), then one line appended per finished image, so a kill loses at most the record
+        # being written (the rewrite every few seconds this replaces lost up to 5 s of work),
+        # and rewritten whole once more at the end (one line per image).
+        def save_records() -> None:  # the whole file, atomically
+            atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records.values()))
 
-    save_records()
-    appender = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
-    # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
-    # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
-    pool = ThreadPoolExecutor(write_threads, "torchgmm-write") if write_threads > 0 else None
-    pending: deque[tuple[str, Future]] = deque()  # (input path, write of its outputs)
+        save_records()
+        appender = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+        # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
+        # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
+        pool = ThreadPoolExecutor(write_threads, "torchgmm-write") if write_threads > 0 else None
+        pending: deque[tuple[str, Future]] = deque()  # (input path, write of its outputs)
 
-    def fail(path: str, message: str) -> None:  # one image failed; the run goes on
-        failed.append((path, message))
-        tqdm.write(f"error: {message}", file=log)  # keeps the bar intact
-        bar.update(1)
-
-    def collect(block_until: int) -> None:  # finished writes -> records; wait while too many
-        nonlocal n_done
-        while pending and (len(pending) > block_until or pending[0][1].done()):
-            path, future = pending.popleft()
-            try:
-                rec = future.result()
-            except OSError as exc:  # e.g. a folder where its PNG must go: this image fails
-                fail(path, f"cannot write the outputs of {path!r}: {exc}")
-                continue
-            records[rec["input"]] = rec
-            appender.write(json.dumps(rec) + "\n")
-            appender.flush()  # handed to the OS: survives the process being killed
-            n_done += 1
+        def fail(path: str, message: str) -> None:  # one image failed; the run goes on
+            failed.append((path, message))
+            tqdm.write(f"error: {message}", file=log)  # keeps the bar intact
             bar.update(1)
 
-    def segment_group(group: list) -> tuple[list, Tensor, dict, str]:  # images of one size
-        batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
-        seg_mode = mode if batch.shape[1] == 3 else "luminance"
-        segmenter.mode = seg_mode
-        labels = segmenter(batch)
-        fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
-        # the reduction to_uint8 applied to each 16-bit image, so its record's means can be
-        # read in raw units (times 2^bit_shift)
-        if batch.dtype == torch.uint16:
-            fit["bit_shift"] = _bit_shift(batch.to(torch.int32)).cpu()
-        else:
-            fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
-        return group, labels.cpu(), fit, seg_mode
-
-    it = iter(loader)
-    try:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                items = next(it)
-            except StopIteration:
-                break
-            wait_s += time.perf_counter() - t0
-            groups: dict[tuple, list] = {}
-            for item in items:
-                decode_s += item.decode_s
-                if item.image is None:
-                    fail(str(item.source.path), item.error or "unknown error")
+        def collect(block_until: int) -> None:  # finished writes -> records; wait while too many
+            nonlocal n_done
+            while pending and (len(pending) > block_until or pending[0][1].done()):
+                path, future = pending.popleft()
+                try:
+                    rec = future.result()
+                except OSError as exc:  # e.g. a folder where its PNG must go: this image fails
+                    fail(path, f"cannot write the outputs of {path!r}: {exc}")
                     continue
-                img = item.image  # grey/RGB conversion happens on `device`, in the segmenter
-                groups.setdefault((tuple(img.shape), img.dtype), []).append((item, img))
-            for group in groups.values():
+                records[rec["input"]] = rec
+                appender.write(json.dumps(rec) + "\n")
+                appender.flush()  # handed to the OS: survives the process being killed
+                n_done += 1
+                bar.update(1)
+
+        def segment_group(group: list) -> tuple[list, Tensor, dict, str]:  # images of one size
+            batch = torch.stack([img for _, img in group]).to(device, non_blocking=True)
+            seg_mode = mode if batch.shape[1] == 3 else "luminance"
+            segmenter.mode = seg_mode
+            labels = segmenter(batch)
+            fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+            # the reduction to_uint8 applied to each 16-bit image, so its record's means can be
+            # read in raw units (times 2^bit_shift)
+            if batch.dtype == torch.uint16:
+                fit["bit_shift"] = _bit_shift(batch.to(torch.int32)).cpu()
+            else:
+                fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
+            return group, labels.cpu(), fit, seg_mode
+
+        it = iter(loader)
+        try:
+            while True:
                 t0 = time.perf_counter()
                 try:
-                    parts = [segment_group(group)]
-                except ValueError:
-                    # an image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must
-                    # not take its batch, or the run, down: redo the group one image at a time
-                    parts = []
-                    for one in group:
-                        try:
-                            parts.append(segment_group([one]))
-                        except ValueError as exc:
-                            path = str(one[0].source.path)
-                            fail(path, f"cannot segment {path!r}: {exc}")
-                t1 = time.perf_counter()
-                segment_s += t1 - t0  # fit + labels, transfers included; colouring is output
-                for part, labels, fit, seg_mode in parts:
-                    n_pixels = _fitted_pixels(seg_mode, labels.shape[1], labels.shape[2], segmenter.n_samples)
-                    flagged = negligible_classes(fit["weights_"], n_pixels)
-                    for j, (item, img) in enumerate(part):
-                        empty = flagged[j].nonzero().flatten().tolist()
-                        if empty:
-                            path = str(item.source.path)
-                            negligible.append(path)
-                            used = n_classes - len(empty)
-                            tqdm.write(
-                                f"warning: {path}: segmented into {used} of n_classes={n_classes} "
-                                f"classes ({'class' if len(empty) == 1 else 'classes'} {_join(empty)} "
-                                f"{'holds' if len(empty) == 1 else 'hold'} less than half a pixel's worth "
-                                f"of weight); {_negligible_hint(seg_mode, init)}",
-                                file=log,
-                            )
-                        record = {
-                            "input": str(item.source.path.resolve()),
-                            "height": int(labels.shape[1]),
-                            "width": int(labels.shape[2]),
-                            "channels": int(img.shape[0]),
-                            "bit_shift": int(fit["bit_shift"][j]),
-                            "mode": seg_mode,
-                            "init": init if seg_mode == "luminance" else "kmeans++",
-                            "n_classes": n_classes,
-                            "tol": float(tol),
-                            "max_iter": max_iter,
-                            "weights": fit["weights_"][j].tolist(),
-                            "means": fit["means_"][j].tolist(),
-                            "covariances": fit["covariances_"][j].tolist(),
-                            # strict JSON has no -Infinity/NaN: write null for a non-finite bound
-                            "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
-                            "n_iter": int(fit["n_iter_"][j]),
-                            "converged": bool(fit["converged_"][j]),
-                            "negligible_classes": empty,
-                        }
-                        paths = _output_paths(out_dir, item.source.relative)
-                        if pool is None:  # write_threads=0: write here, synchronously
-                            done: Future = Future()
+                    items = next(it)
+                except StopIteration:
+                    break
+                wait_s += time.perf_counter() - t0
+                groups: dict[tuple, list] = {}
+                for item in items:
+                    decode_s += item.decode_s
+                    if item.image is None:
+                        fail(str(item.source.path), item.error or "unknown error")
+                        continue
+                    img = item.image  # grey/RGB conversion happens on `device`, in the segmenter
+                    groups.setdefault((tuple(img.shape), img.dtype), []).append((item, img))
+                for group in groups.values():
+                    t0 = time.perf_counter()
+                    try:
+                        parts = [segment_group(group)]
+                    except ValueError:
+                        # an image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must
+                        # not take its batch, or the run, down: redo the group one image at a time
+                        parts = []
+                        for one in group:
                             try:
-                                done.set_result(_write_outputs(labels[j], n_classes, paths, record))
-                            except OSError as exc:  # reported by collect(), like a pool's error
-                                done.set_exception(exc)
-                        else:
-                            done = pool.submit(_write_outputs, labels[j], n_classes, paths, record)
-                        pending.append((str(item.source.path), done))
+                                parts.append(segment_group([one]))
+                            except ValueError as exc:
+                                path = str(one[0].source.path)
+                                fail(path, f"cannot segment {path!r}: {exc}")
+                    t1 = time.perf_counter()
+                    segment_s += t1 - t0  # fit + labels, transfers included; colouring is output
+                    for part, labels, fit, seg_mode in parts:
+                        n_pixels = _fitted_pixels(seg_mode, labels.shape[1], labels.shape[2], segmenter.n_samples)
+                        flagged = negligible_classes(fit["weights_"], n_pixels)
+                        for j, (item, img) in enumerate(part):
+                            empty = flagged[j].nonzero().flatten().tolist()
+                            if empty:
+                                path = str(item.source.path)
+                                negligible.append(path)
+                                used = n_classes - len(empty)
+                                tqdm.write(
+                                    f"warning: {path}: segmented into {used} of n_classes={n_classes} "
+                                    f"classes ({'class' if len(empty) == 1 else 'classes'} {_join(empty)} "
+                                    f"{'holds' if len(empty) == 1 else 'hold'} less than half a pixel's worth "
+                                    f"of weight); {_negligible_hint(seg_mode, init)}",
+                                    file=log,
+                                )
+                            record = {
+                                "input": str(item.source.path.resolve()),
+                                "height": int(labels.shape[1]),
+                                "width": int(labels.shape[2]),
+                                "channels": int(img.shape[0]),
+                                "bit_shift": int(fit["bit_shift"][j]),
+                                "mode": seg_mode,
+                                "init": init if seg_mode == "luminance" else "kmeans++",
+                                "n_classes": n_classes,
+                                "tol": float(tol),
+                                "max_iter": max_iter,
+                                "weights": fit["weights_"][j].tolist(),
+                                "means": fit["means_"][j].tolist(),
+                                "covariances": fit["covariances_"][j].tolist(),
+                                # strict JSON has no -Infinity/NaN: write null for a non-finite bound
+                                "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
+                                "n_iter": int(fit["n_iter_"][j]),
+                                "converged": bool(fit["converged_"][j]),
+                                "negligible_classes": empty,
+                            }
+                            paths = _output_paths(out_dir, item.source.relative)
+                            if pool is None:  # write_threads=0: write here, synchronously
+                                done: Future = Future()
+                                try:
+                                    done.set_result(_write_outputs(labels[j], n_classes, paths, record))
+                                except OSError as exc:  # reported by collect(), like a pool's error
+                                    done.set_exception(exc)
+                            else:
+                                done = pool.submit(_write_outputs, labels[j], n_classes, paths, record)
+                            pending.append((str(item.source.path), done))
+                    collect(block_until=2 * batch_size)
+                    write_s += time.perf_counter() - t1
+                t0 = time.perf_counter()
                 collect(block_until=2 * batch_size)
-                write_s += time.perf_counter() - t1
+                write_s += time.perf_counter() - t0
+        finally:  # also on errors and Ctrl-C: finished images keep their records
             t0 = time.perf_counter()
-            collect(block_until=2 * batch_size)
-            write_s += time.perf_counter() - t0
-    finally:  # also on errors and Ctrl-C: finished images keep their records
-        t0 = time.perf_counter()
-        if workers_pool is not None:
-            workers_pool.close()
-        try:
-            collect(block_until=0)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-            appender.close()
-            save_records()  # compact: one line per image (an overwritten image had two)
-            write_s += time.perf_counter() - t0
-            bar.close()
-    return SegmentSummary(
-        n_found=len(sources), n_done=n_done, n_skipped=n_skipped, failed=failed,
-        wall_s=time.perf_counter() - t_start, decode_s=decode_s, wait_s=wait_s,
-        segment_s=segment_s, write_s=write_s, jsonl=str(jsonl), negligible=negligible,
-    )
+            if workers_pool is not None:
+                workers_pool.close()
+            try:
+                collect(block_until=0)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                appender.close()
+                save_records()  # compact: one line per image (an overwritten image had two)
+                write_s += time.perf_counter() - t0
+                bar.close()
+        return SegmentSummary(
+            n_found=len(sources), n_done=n_done, n_skipped=n_skipped, failed=failed,
+            wall_s=time.perf_counter() - t_start, decode_s=decode_s, wait_s=wait_s,
+            segment_s=segment_s, write_s=write_s, jsonl=str(jsonl), negligible=negligible,
+        )

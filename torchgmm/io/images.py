@@ -46,6 +46,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "make_output_folder",
+    "lock_output_folder",
+    "OutputFolderBusyError",
     "remove_stale_temporaries",
     "write_png",
 ]
@@ -739,13 +741,77 @@ def make_output_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+class OutputFolderBusyError(OSError):
+    """Another torchgmm run holds the lock of an output folder (see :func:`lock_output_folder`)."""
+
+
+#: the lock file a job holds in its output folder while it writes there
+LOCK_NAME = ".torchgmm.lock"
+
+
+@contextlib.contextmanager
+def lock_output_folder(folder: str | os.PathLike, job: str) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder for the duration of a job.
+
+    Two runs writing to one folder would both do all the work, and the second's start-up
+    clean-up (:func:`remove_stale_temporaries`) could delete the first's files in flight. The
+    lock is an OS lock (``flock``) on ``folder/.torchgmm.lock``, so a run that dies, even by
+    SIGKILL, releases it with its process; the file itself stays (removing a lock file races
+    with the next run taking it) and names the holder. Where ``fcntl`` does not exist
+    (Windows) nothing is locked.
+
+    Args:
+        folder: an existing output folder.
+        job: what holds it, for the message another run gets (e.g. ``"torchgmm segment"``).
+
+    Yields:
+        the lock file's path.
+
+    Raises:
+        OutputFolderBusyError: another process holds the lock; the message names it.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with lock_output_folder(d, "job A"):
+        ...         try:
+        ...             with lock_output_folder(d, "job B"):
+        ...                 pass
+        ...         except OutputFolderBusyError as exc:
+        ...             print("job A" in str(exc))
+        True
+    """
+    path = Path(folder) / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            raise OutputFolderBusyError(
+                f"output folder {str(folder)!r} is in use by {holder}: wait for that run to end, or choose "
+                "another output folder."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{job} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete the temporary files a killed run left in ``folder`` (recursively).
 
     :func:`atomic_write_bytes` removes its temporary file on any error, but a process killed
     outright (SIGKILL, OOM killer) cannot; the file it was replacing is intact, the
     ``.<name>.<random>.tmp`` beside it is garbage. Jobs call this on their output folder
-    before they start (never while another run writes there).
+    before they start, holding the folder's lock (:func:`lock_output_folder`), so never
+    while another run writes there.
 
     Returns:
         how many files were deleted.
