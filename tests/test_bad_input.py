@@ -217,3 +217,136 @@ def test_background_refuses_a_busy_output_folder(tmp_path, capsys):
         assert "is in use by torchgmm background" in capsys.readouterr().err
         assert not (tmp_path / "out" / "seq" / "summary.json").exists()
     assert main(argv) == 0
+
+
+def _lossless_clip(path: Path, frames: np.ndarray, rotation: int = 0, fps: int = 25) -> Path:
+    """(T, H, W, 3) uint8 -> FFV1 .mkv or H.264 RGB qp 0 .mp4, with a display rotation."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        codec = "ffv1" if path.suffix == ".mkv" else "libx264rgb"
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "rgb24"
+        if codec == "libx264rgb":
+            stream.options = {"qp": "0", "g": "5"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for f in frames:
+            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(p)
+        for p in stream.encode():
+            container.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_videos_are_read_as_players_show_them(tmp_path, rotation):
+    import torch
+
+    from torchgmm.io.video import VideoReader
+
+    frames = np.stack([pattern(24, 40, seed=i) for i in range(6)])  # not square: a turn swaps H and W
+    path = _lossless_clip(tmp_path / "phone.mp4", frames, rotation)
+    k = rotation // 90  # the display matrix turns the frame counter-clockwise (PyAV's frame.rotation)
+    expected = torch.from_numpy(np.rot90(frames, k, axes=(1, 2)).copy()).permute(0, 3, 1, 2)
+    with VideoReader(path, batch_size=10) as reader:
+        assert reader.rotation == rotation and reader.shape == (3, *expected.shape[-2:])
+        (got,) = list(reader)
+    assert torch.equal(got, expected)
+    with VideoReader(path, batch_size=10, size=(20, 16), gray=True) as reader:  # size is of the turned frames
+        (small,) = list(reader)
+    assert small.shape == (6, 1, 20, 16)
+
+
+def test_background_of_a_rotated_video_is_upright_and_says_so(tmp_path):
+    from torchgmm.cli import main
+    from torchgmm.io.images import decode_image_file
+
+    frames = np.stack([pattern(24, 40, seed=0)] * 8)
+    path = _lossless_clip(tmp_path / "phone.mp4", frames, 90)
+    out = tmp_path / "out"
+    assert main(["background", str(path), "--out", str(out), "--no-compile", "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads((out / "phone" / "summary.json").read_text())
+    assert summary["rotation"] == 90 and (summary["height"], summary["width"]) == (40, 24)
+    assert decode_image_file(out / "phone" / "background.png").shape == (3, 40, 24)
+
+
+def _damaged_in_the_middle(tmp_path: Path) -> tuple[Path, int]:
+    """A 40-frame H.264 clip (key frame every 10) whose packet 17 is garbage: the decoder
+    refuses it (InvalidDataError) instead of concealing it."""
+    import av
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "clip.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"g": "10"})
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for _ in range(40):
+            frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+            for p in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(p)
+        for p in stream.encode():
+            container.mux(p)
+    with av.open(str(path)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    pos, size = packets[17]
+    data[pos + 20:pos + size - 20] = rng.integers(0, 256, size - 40, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mkv"
+    damaged.write_bytes(bytes(data))
+    return damaged, 40
+
+
+def test_damage_in_the_middle_stops_or_is_skipped(tmp_path, capsys):
+    import warnings
+
+    from torchgmm.cli import main
+    from torchgmm.io.video import VideoDecodeError, VideoReader
+    from _videos import read_masks
+
+    damaged, n = _damaged_in_the_middle(tmp_path)
+    with VideoReader(damaged) as reader, pytest.raises(VideoDecodeError, match="at frame"):
+        list(reader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with VideoReader(damaged, on_damage="skip", batch_size=100) as reader:
+            (frames,) = list(reader)
+            skipped = reader.skipped
+    assert skipped and all(0 < a <= b < n for a, b, _ in skipped)
+    lost = sum(b - a + 1 for a, b, _ in skipped)
+    assert frames.shape[0] == n - lost and lost < n // 2
+    assert any("could not be decoded and were skipped" in str(w.message) for w in caught)
+
+    out = tmp_path / "out"
+    argv = ["background", str(damaged), "--out", str(out), "--no-compile", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 1  # stop (default): the input ends at the damage
+    stopped = json.loads((out / "damaged" / "summary.json").read_text())
+    # (the decoder's threads hold a few frames back: a stop loses those before the damage too)
+    assert 0 < stopped["frames"] <= skipped[0][0] and stopped["error_frame"] == stopped["frames"]
+    assert main([*argv, "--on-damage", "skip"]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((out / "damaged" / "summary.json").read_text())
+    assert summary["complete"] and summary["on_damage"] == "skip"
+    assert summary["skipped_frames"] == [[a, b] for a, b, _ in skipped]
+    assert summary["frames"] == n - lost and summary["source_frames"] == {"first": 0, "last": n - 1}
+    assert read_masks(out / "damaged" / "mask.mp4").shape[0] == n - lost  # masks of the decoded frames
+    assert "warning: " in err and "were skipped" in err
+    assert main([*argv, "--on-damage", "skip", "--checkpoint", "5"]) == 2
+    assert "cannot be combined with checkpoints" in capsys.readouterr().err
+
+
+def test_a_damaged_image_of_a_sequence_is_skipped_on_request(tmp_path, capsys):
+    from torchgmm.cli import main
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in range(12):
+        (seq / f"in{i + 1:06d}.png").write_bytes(encode(pattern(16, 24, seed=i), "PNG"))
+    (seq / "in000006.png").write_bytes(b"")  # frame index 5
+    out = tmp_path / "out"
+    assert main(["background", str(seq), "--out", str(out), "--no-compile", "--no-progress", "--device", "cpu",
+                 "--on-damage", "skip", "--step", "1"]) == 0
+    summary = json.loads((out / "seq" / "summary.json").read_text())
+    assert summary["complete"] and summary["frames"] == 11 and summary["skipped_frames"] == [[5, 5]]
+    assert "warning: " in capsys.readouterr().err

@@ -204,6 +204,10 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue each input from its checkpoint (same settings, and the same frames: "
                    "--start/--end/--step/--size); the masks equal an uninterrupted run's")
+    p.add_argument("--on-damage", choices=["stop", "skip"], default="stop",
+                   help="a frame that cannot be decoded: stop that input there (default; its masks up to "
+                   "it are kept) or skip past it, as players do; summary.json lists the skipped frames "
+                   "(skip: not with --checkpoint/--resume)")
     p.set_defaults(run=_run_background)
 
 
@@ -226,7 +230,7 @@ def _run_background(args: argparse.Namespace) -> int:
             model_options=settings, device=args.device, batch_streams=args.batch_streams,
             mask_format=args.mask_format, overlay=args.overlay, checkpoint_every=args.checkpoint,
             resume=args.resume, gray=args.gray, start=start, end=end, step=args.step, size=size,
-            postprocess=_postprocess_settings(args),
+            postprocess=_postprocess_settings(args), on_damage=args.on_damage,
             progress=not args.no_progress, raise_errors=False,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work

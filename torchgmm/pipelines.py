@@ -233,6 +233,16 @@ class _Stream:
         self.previous.clear()
 
 
+def _last_source_frame(job: _Job, done: int, skipped: list[tuple[int, int, str]]) -> int:
+    """The source index of the ``done``-th processed frame: ``first + (done - 1) * step``,
+    past the frames skipped as damaged."""
+    index, kept = job.first - job.step, 0
+    while kept < done:
+        index += job.step
+        kept += not any(a <= index <= b for a, b, _ in skipped)
+    return index
+
+
 def _output_name(path: Path) -> str:
     # a CDnet-style ``sequence/input`` folder is named after its sequence
     if path.is_dir():
@@ -516,6 +526,7 @@ def run_background(
     postprocess: dict | None = None,
     progress: bool = True,
     raise_errors: bool = True,
+    on_damage: Literal["stop", "skip"] = "stop",
     stop_after: int | None = None,
 ) -> list[dict]:
     """Run the background model over videos or image-sequence folders and write the results.
@@ -586,6 +597,12 @@ def run_background(
         progress: show a progress bar (frames/s) per batch of streams on stderr.
         raise_errors: when an input fails part-way, raise its error once every other input
             is done; False returns instead, with the error in that input's summary.
+        on_damage: ``"stop"``: an input with a frame that cannot be decoded ends there (its
+            masks up to the damage are written, its summary names the frame, the other
+            inputs go on). ``"skip"``: go on past damaged frames (see
+            :class:`~torchgmm.io.video.VideoReader`); ``summary.json``'s ``skipped_frames``
+            lists the skipped source ranges ``[first, last]``, and the masks are of the frames
+            decoded. Not with ``checkpoint_every``/``resume``, which count processed frames.
         stop_after: stop each batch once this many processed frames of its inputs are done
             (counted from the first selected frame, as checkpoints are); the summaries say
             ``complete: false``. For tests of interrupted runs.
@@ -638,6 +655,13 @@ def run_background(
         raise ValueError(f"`batch_streams` must be an int >= 1, got {batch_streams!r}.")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ValueError(f"`checkpoint_every` must be an int >= 0 (0 = never), got {checkpoint_every!r}.")
+    if on_damage not in ("stop", "skip"):
+        raise ValueError(f"`on_damage` must be 'stop' or 'skip', got {on_damage!r}.")
+    if on_damage == "skip" and (checkpoint_every or resume):
+        raise ValueError(
+            "on_damage='skip' cannot be combined with checkpoints or resume: a checkpoint counts "
+            "processed frames, which skipped frames would shift; use on_damage='stop'."
+        )
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not inputs:
@@ -696,7 +720,7 @@ def run_background(
         return _run_jobs(jobs, batch_streams, raise_errors, device=device, settings=settings,
                          mask_format=mask_format, overlay=overlay, checkpoint_every=checkpoint_every, gray=gray,
                          postprocess=postprocess, progress=progress, tqdm=tqdm, stop_after=stop_after,
-                         positions=dict(start=start, end=end))
+                         positions=dict(start=start, end=end), on_damage=on_damage)
 
 
 def _run_jobs(jobs: list[_Job], batch_streams: int, raise_errors: bool, **options: Any) -> list[dict]:
@@ -725,7 +749,7 @@ def _run_jobs(jobs: list[_Job], batch_streams: int, raise_errors: bool, **option
 def _run_batch(
     jobs: list[_Job], *, device: torch.device, settings: dict, mask_format: str, overlay: bool,
     checkpoint_every: int, gray: bool, postprocess: dict, progress: bool, tqdm: Callable, stop_after: int | None,
-    positions: dict,
+    positions: dict, on_damage: str = "stop",
 ) -> list[tuple[_Job, dict, BaseException | None]]:
     """Process same-size inputs as one batch of streams; one (job, summary, error) per input.
 
@@ -786,8 +810,13 @@ def _run_batch(
             source_height=job.source_height, source_fps=job.fps, output_fps=job.fps / job.step,
             start=positions["start"], end=positions["end"], step=job.step,
             size=None if job.size is None else list(job.size),
-            # the source frames the masks are of: first, first + step, ..., last
-            source_frames=dict(first=job.first, last=job.first + (stream.done - 1) * job.step) if stream.done else None,
+            # the source frames the masks are of: first, first + step, ..., last (less the skipped)
+            source_frames=dict(
+                first=job.first,
+                last=_last_source_frame(job, stream.done, stream.reader.skipped),
+            ) if stream.done else None,
+            rotation=stream.reader.rotation, on_damage=on_damage,
+            skipped_frames=[[first, last] for first, last, _ in stream.reader.skipped],
             device=str(device),
             batch_streams=len(jobs), gray=gray, settings=json.loads(_settings_json(settings)),
             postprocess=postprocess or None,
@@ -822,7 +851,7 @@ def _run_batch(
                                                   lossless=False, channel=False, durable=durable, source=rebuild)
                     stack.enter_context(over)
                     leftovers.append(previous)
-                reader = stack.enter_context(job.reader(gray, skip=resumed, device=device))
+                reader = stack.enter_context(job.reader(gray, skip=resumed, device=device, on_damage=on_damage))
                 active.append(_Stream(job, reader, iter(reader), mask, over, resumed,
                                       previous=[p for p in leftovers if p is not None]))
             while active:

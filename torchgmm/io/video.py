@@ -22,6 +22,7 @@ Shape vocabulary: T frames, C channels (1 grey or 3 RGB), H height, W width.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -262,6 +263,18 @@ class VideoReader:
         prefetch: how many decoded items (frames or batches) the background thread keeps ready;
             0 decodes in the consumer's thread.
         fps: frame rate of an image folder (ignored for video files, which carry their own).
+        on_damage: ``"stop"`` (default): a frame that cannot be decoded ends the iteration
+            with :class:`VideoDecodeError` after the frames before it. ``"skip"``: go on past
+            it, as FFmpeg's own players do: the packets the decoder refuses (or the images
+            of a sequence) are left out, a warning names each skipped range, and
+            :attr:`skipped` lists them; a video's frame indices then come from the frames'
+            timestamps, so the frames after a gap keep their true index. A file that ends
+            early still raises at its end.
+
+    Frames are turned as the video's display matrix says (a phone video recorded upright
+    carries a 90 degree rotation; :attr:`rotation`), so they come out as players show them
+    and ``size``, :attr:`height` and :attr:`width` are of the turned frames. Flips in the
+    matrix are not applied.
 
     Note:
         On a CPU with few cores, leave one core to decoding (``torch.set_num_threads(cores - 1)``):
@@ -301,8 +314,16 @@ class VideoReader:
         threads: bool = True,
         prefetch: int = 2,
         fps: float = 25.0,
+        on_damage: Literal["stop", "skip"] = "stop",
     ) -> None:
         self.path = Path(path)
+        if on_damage not in ("stop", "skip"):
+            raise ValueError(f"`on_damage` must be 'stop' or 'skip', got {on_damage!r}.")
+        self.on_damage = on_damage
+        #: ``(first, last, reason)``: source frame ranges skipped as damaged (``on_damage="skip"``)
+        self.skipped: list[tuple[int, int, str]] = []
+        self._rotation = 0  # degrees counter-clockwise the display matrix asks for
+        self._first: Any = None  # a video's first frame, decoded at open (see _open_video)
         self.step = check_positive_int(step, "step")
         self.gray = bool(gray)
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
@@ -380,6 +401,18 @@ class VideoReader:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self._fps = float(rate) if rate else 25.0
         self._src_h, self._src_w = int(stream.height), int(stream.width)
+        # The display matrix travels with the frames (FFmpeg copies the stream's onto each):
+        # the first frame tells, decoded now and handed out first when iteration starts.
+        self._decoded = self._decode_frames(av)
+        try:
+            self._first = next(self._decoded, None)
+        except av.FFmpegError:
+            self._first = None  # raised again, with the frame index, when iterating
+            self._decoded = self._decode_frames(av, reopen=True)
+        if isinstance(self._first, av.VideoFrame):
+            self._rotation = int(round(self._first.rotation / 90)) * 90 % 360
+            if self._rotation in (90, 270):
+                self._src_h, self._src_w = self._src_w, self._src_h
         # frame count: exact from the header when present, else estimated from a duration.
         # ``_count_reliable``: trusted enough to call a file that ends earlier truncated
         # (a container duration may include audio, so it is trusted only for video-only files)
@@ -442,6 +475,12 @@ class VideoReader:
         return (self.channels, self.height, self.width)
 
     @property
+    def rotation(self) -> int:
+        """Degrees (0, 90, 180, 270) the frames are turned counter-clockwise, as the video's
+        display matrix asks; 0 for image sequences."""
+        return self._rotation
+
+    @property
     def source_size(self) -> tuple[int, int]:
         """``(H, W)`` of the input's frames, before ``size``."""
         return (self._src_h, self._src_w)
@@ -499,8 +538,18 @@ class VideoReader:
         return img.contiguous()
 
     def _frame_into(self, frame: Any, out: np.ndarray) -> None:
-        """Convert a PyAV frame into ``out`` (C, H, W) uint8: swscale to planar, copy planes."""
-        h, w = self.height, self.width
+        """Convert a PyAV frame into ``out`` (C, H, W) uint8: swscale to planar, copy planes,
+        then turn it as the display matrix says."""
+        if self._rotation:
+            k = self._rotation // 90
+            coded = np.empty((out.shape[0], *out.shape[1:][:: (-1) ** k]), np.uint8)  # before turning
+            self._coded_into(frame, coded)
+            out[:] = np.rot90(coded, k, axes=(1, 2))  # counter-clockwise, as np.rot90
+            return
+        self._coded_into(frame, out)
+
+    def _coded_into(self, frame: Any, out: np.ndarray) -> None:
+        h, w = out.shape[1], out.shape[2]
         if not self.gray and w % 16:
             # swscale's YUV -> planar gbrp (libswscale 9.5) corrupts the last columns when
             # W mod 16 is 2..8 (e.g. 854x480); packed rgb24 is exact, at 2-3x the cost
@@ -527,7 +576,13 @@ class VideoReader:
         av = _import_av()
         index = -1
         first_time = last_time = None  # presentation times (s) of the first and last frames
-        decoder = self._container.decode(self._stream)
+        decoder = self._decoded
+        first, self._first = self._first, None
+        if first is not None:
+            decoder = itertools.chain([first], decoder)
+        damage: str | None = None  # the decoder's last refusal, when skipping
+        stream_start = self._stream.start_time
+        zero_time = float(stream_start * self._stream.time_base) if stream_start is not None else None
         while True:
             try:
                 frame = next(decoder)
@@ -540,7 +595,17 @@ class VideoReader:
                     self.path,
                     index + 1,
                 ) from exc
+            if isinstance(frame, Exception):  # on_damage="skip": a packet the decoder refused
+                damage = str(frame)
+                continue
+            previous = index
             index += 1
+            if self.on_damage == "skip" and frame.time is not None and zero_time is not None:
+                # the frame's own time says where it is, whatever was lost before it
+                index = max(index, int(round((frame.time - zero_time) * self._fps)))
+                if index > previous + 1:
+                    self._skip(previous + 1, index - 1, damage or "no frame was decoded there")
+                damage = None
             if frame.time is not None:
                 first_time = frame.time if first_time is None else first_time
                 last_time = frame.time
@@ -571,6 +636,39 @@ class VideoReader:
                     decoded,
                 )
 
+    def _decode_frames(self, av: Any, reopen: bool = False) -> Iterator[Any]:
+        """The stream's frames; with ``on_damage="skip"`` a packet the decoder refuses comes
+        out as its exception, and decoding goes on with the next packet."""
+        if reopen:  # a failed first decode at open: start again, so the error gets its index
+            self._container.seek(0)
+        if self.on_damage == "stop":
+            yield from self._container.decode(self._stream)
+            return
+        for packet in self._container.demux(self._stream):  # ends with a flush packet
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                yield exc
+                continue
+            yield from frames
+
+    def _skip(self, first: int, last: int, reason: str) -> None:
+        """Record (and warn about) source frames ``first..last`` skipped as damaged."""
+        self.skipped.append((first, last, reason))
+        frames = f"frame {first}" if first == last else f"frames {first}..{last}"
+        warnings.warn(f"{str(self.path)!r}: {frames} could not be decoded and were skipped ({reason}).",
+                      stacklevel=2)
+
+    def _image_or_skip(self, src: Path, index: int) -> Tensor | None:
+        """A sequence's image, or None when it is damaged and ``on_damage="skip"``."""
+        try:
+            return self._decode_image(src, index)
+        except VideoDecodeError as exc:
+            if self.on_damage == "stop":
+                raise
+            self._skip(index, index, str(exc.__cause__ or exc))
+            return None
+
     def _new_buffer(self, t: int | None) -> tuple[Tensor, np.ndarray]:
         shape = self.shape if t is None else (t, *self.shape)
         tensor = torch.empty(shape, dtype=torch.uint8, pin_memory=self._pin)
@@ -582,8 +680,9 @@ class VideoReader:
         if bs is None:
             for index, src in self._source_frames():
                 if self._files is not None:
-                    img = self._decode_image(src, index)
-                    yield img.pin_memory() if self._pin else img
+                    img = self._image_or_skip(src, index)
+                    if img is not None:
+                        yield img.pin_memory() if self._pin else img
                 else:
                     tensor, buf = self._new_buffer(None)
                     self._frame_into(src, buf)
@@ -594,7 +693,10 @@ class VideoReader:
         try:
             for index, src in self._source_frames():
                 if self._files is not None:
-                    tensor[n] = self._decode_image(src, index)
+                    img = self._image_or_skip(src, index)
+                    if img is None:
+                        continue
+                    tensor[n] = img
                 else:
                     self._frame_into(src, buf[n])
                 n += 1
