@@ -29,7 +29,7 @@ def _role(match: re.Match) -> str:
 
 def _cells(line: str, spans: list[tuple[int, int]]) -> list[str]:
     cells = []
-    for j, (a, b) in enumerate(spans):
+    for j, (a, _) in enumerate(spans):
         end = spans[j + 1][0] if j + 1 < len(spans) else len(line)
         cells.append(line[a:end].strip().replace("|", "\\|"))
     return cells
@@ -73,12 +73,15 @@ def rst_to_markdown(text: str) -> str:
     """The docstring ``text`` with roles, simple tables and ``::`` blocks in Markdown."""
     text = _ROLE.sub(_role, text)
     lines = _tables(text.split("\n"))
+    out: list[str] = []
     for k, line in enumerate(lines):
-        if line.rstrip().endswith("::") and not line.strip() == "::":
-            lines[k] = line.rstrip()[:-1]  # "as follows::" -> "as follows:"
+        if line.rstrip().endswith("::") and line.strip() != "::":
+            out.append(line.rstrip()[:-1])  # "as follows::" -> "as follows:"
             if k + 1 < len(lines) and lines[k + 1].strip():
-                lines.insert(k + 1, "")
-    return "\n".join(lines)
+                out.append("")  # the literal block starts a block of its own
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 class RstToMarkdown(griffe.Extension):
