@@ -48,6 +48,7 @@ __all__ = [
     "figure_clustering_1d",
     "figure_clustering_2d",
     "synthetic_clip",
+    "figure_background_summary",
     "run_background_demo",
     "run_demo",
 ]
@@ -373,6 +374,81 @@ def _reflect(position: float, span: int) -> int:
     return int(round(p if p <= span else period - p))
 
 
+#: size of the background demo's ``summary.png``: 11 x 4.4 inches at 100 dpi, 1100 x 440 pixels
+SUMMARY_FIGSIZE = (11.0, 4.4)
+SUMMARY_DPI = 100
+
+
+def figure_background_summary(
+    frames: Tensor,
+    masks: Tensor,
+    background: Tensor,
+    *,
+    truth: Tensor | None = None,
+    true_background: Tensor | None = None,
+    n_show: int = 4,
+    first: int = 0,
+) -> Figure:
+    """A few frames above their foreground masks, and the learned background beside them.
+
+    The ``n_show`` frames are spread evenly over ``first .. T-1``. Where ``truth`` is
+    given, each mask's title gives its recall and precision and the true foreground is
+    outlined in red; where ``true_background`` is given it is shown under the learned one,
+    with their mean absolute difference.
+
+    Args:
+        frames: ``(T, C, H, W)`` uint8 frames (C = 1 or 3).
+        masks: ``(T, 1, H, W)`` bool foreground masks.
+        background: ``(C, H, W)`` uint8 learned background.
+        truth: ``(T, 1, H, W)`` bool true foreground (optional).
+        true_background: ``(C, H, W)`` uint8 noise-free background (optional).
+        n_show: number of frames shown.
+        first: first frame that may be shown (e.g. when the foreground enters).
+
+    Returns:
+        a figure of :data:`SUMMARY_FIGSIZE` inches, two rows of ``n_show + 1`` panels.
+    """
+    from matplotlib.patches import Rectangle
+
+    def show(ax: Axes, image: Tensor, title: str) -> None:
+        img = image.cpu()
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    n = frames.shape[0]
+    picks = torch.linspace(first, n - 1, n_show).round().long().unique().tolist()
+    fig, ax = _new_figure(*SUMMARY_FIGSIZE, 2, len(picks) + 1)
+    for j, t in enumerate(picks):
+        show(ax[0, j], frames[t], f"frame {t}")
+        m = masks[t].cpu()
+        title = f"mask {t}"
+        if truth is not None:
+            gt = truth[t].cpu()
+            tp = int((m & gt).sum())
+            if int(gt.sum()) and int(m.sum()):
+                title += f"\nrecall {tp / int(gt.sum()):.2f}, precision {tp / int(m.sum()):.2f}"
+            ys, xs = gt[0].nonzero(as_tuple=True)
+            if ys.numel():
+                y0, x0 = int(ys.min()), int(xs.min())
+                ax[1, j].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1,
+                                             fill=False, color="red", lw=1))
+        show(ax[1, j], m.to(torch.uint8) * 255, title)
+    show(ax[0, -1], background, "learned background")
+    if true_background is not None:
+        error = float((background.float().cpu() - true_background.float().cpu()).abs().mean())
+        show(ax[1, -1], true_background, f"true background\n(mean abs. difference {error:.2f})")
+    else:
+        ax[1, -1].axis("off")
+    if truth is not None:
+        fig.suptitle("foreground masks (white) with the true foreground outlined in red", fontsize=10)
+    return fig
+
+
 # --- the demo ----------------------------------------------------------------------------
 def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int = 96, width: int = 128) -> dict:
     """Model a generated clip with the background subtractor, as ``torchgmm background`` does.
@@ -383,8 +459,9 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
     scores the masks against the square's true position.
 
     Writes into ``out_dir``: ``clip.mkv``, ``clip/mask.mp4`` (foreground masks),
-    ``clip/background.png`` (the learned background), ``clip/overlay.mp4`` and
-    ``clip/summary.json``.
+    ``clip/background.png`` (the learned background), ``clip/overlay.mp4``,
+    ``clip/summary.json`` and ``clip/summary.png`` (a few frames, their masks and the
+    learned background: :func:`figure_background_summary`).
 
     Args:
         out_dir: output folder (created).
@@ -392,11 +469,13 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
 
     Returns:
         the run's summary plus ``"recall"``, ``"precision"`` (frames after the square
-        enters) and ``"background_error"`` (mean absolute difference from the true
-        background, grey levels).
+        enters), ``"background_error"`` (mean absolute difference from the true
+        background, grey levels) and ``"figure"`` (the path of ``summary.png``).
     """
+    import io
+
     from torchgmm.io.video import VideoReader, VideoWriter
-    from torchgmm.io.images import decode_image_file
+    from torchgmm.io.images import atomic_write_bytes, decode_image_file
     from torchgmm.pipelines import run_background
 
     out = Path(out_dir)
@@ -416,7 +495,12 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
     precision = tp / max(int(masks[enter:].sum()), 1)
     learned = decode_image_file(summary["background"])
     error = float((learned.float() - background.float()).abs().mean())
-    return dict(summary, recall=recall, precision=precision, background_error=error)
+    figure = Path(summary["output"]) / "summary.png"
+    buf = io.BytesIO()
+    figure_background_summary(frames, masks, learned, truth=truth, true_background=background,
+                              first=enter).savefig(buf, format="png", dpi=SUMMARY_DPI)
+    atomic_write_bytes(figure, buf.getvalue())
+    return dict(summary, recall=recall, precision=precision, background_error=error, figure=str(figure))
 
 
 def run_demo(out_dir: str | Path, n_classes: int = 3, *, background: bool = True) -> int:
@@ -426,7 +510,8 @@ def run_demo(out_dir: str | Path, n_classes: int = 3, *, background: bool = True
     ``cameraman_colour.png`` and ``cameraman_fit.png`` (image, segmentation, histogram with
     the fitted Gaussians) into ``out_dir``. Background modelling (:func:`run_background_demo`)
     writes the generated clip ``out_dir/clip.mkv`` and, in ``out_dir/clip/``, the mask
-    video ``mask.mp4``, ``background.png``, ``overlay.mp4`` and ``summary.json``. The paths
+    video ``mask.mp4``, ``background.png``, ``overlay.mp4``, ``summary.json`` and
+    ``summary.png`` (frames, masks and the learned background in one figure). The paths
     and scores are printed.
 
     Args:
@@ -464,7 +549,7 @@ def run_demo(out_dir: str | Path, n_classes: int = 3, *, background: bool = True
             f"{bg['fps']:.0f} frames/s; foreground recall {bg['recall']:.3f}, precision "
             f"{bg['precision']:.3f}; background within {bg['background_error']:.2f} grey levels (mean abs.)"
         )
-        for key in ("mask", "background", "overlay"):
+        for key in ("mask", "background", "overlay", "figure"):
             print(bg[key])
         print(Path(bg["output"]) / "summary.json")
     return 0
