@@ -1253,6 +1253,12 @@ def _mean_rows(rows: list[dict]) -> list[dict]:
     return means
 
 
+def _cell(scores: dict, key: str, size: int, digits: int) -> str:
+    """A score for :func:`format_table`; an undefined (NaN) one reads "n/a"."""
+    value = float(scores[key])
+    return f"{value:{size}.{digits}f}" if math.isfinite(value) else f"{'n/a':>{size}}"
+
+
 def format_table(rows: Iterable[dict], *, postprocessed: bool = False) -> str:
     """A plain-text table of Recall, Precision, F-measure, PWC and fps per row.
 
@@ -1273,12 +1279,9 @@ def format_table(rows: Iterable[dict], *, postprocessed: bool = False) -> str:
             if "postprocessed" not in r:
                 continue
             scores = r["postprocessed"]
-        cell = lambda key, size, digits: (  # noqa: E731 - undefined scores read "n/a"
-            f"{float(scores[key]):{size}.{digits}f}" if math.isfinite(float(scores[key])) else f"{'n/a':>{size}}"
-        )
         lines.append(
-            f"{r['method']:{width}} {r['sequence'][:26]:26} {cell('Recall', 7, 4)} "
-            f"{cell('Precision', 9, 4)} {cell('F-measure', 7, 4)} {cell('PWC', 7, 3)} "
+            f"{r['method']:{width}} {r['sequence'][:26]:26} {_cell(scores, 'Recall', 7, 4)} "
+            f"{_cell(scores, 'Precision', 9, 4)} {_cell(scores, 'F-measure', 7, 4)} {_cell(scores, 'PWC', 7, 3)} "
             f"{float(r['fps']):8.1f}"
         )
     return "\n".join(lines)

@@ -563,7 +563,7 @@ class DecodeWorkers:
         sources: Sequence[ImageSource],
         workers: int,
         prefetch: int = 2,
-        decode: Callable[[Path], Tensor] = None,  # type: ignore[assignment]
+        decode: Callable[[Path], Tensor] | None = None,
     ) -> None:
         import multiprocessing
 
