@@ -350,3 +350,16 @@ def test_a_damaged_image_of_a_sequence_is_skipped_on_request(tmp_path, capsys):
     summary = json.loads((out / "seq" / "summary.json").read_text())
     assert summary["complete"] and summary["frames"] == 11 and summary["skipped_frames"] == [[5, 5]]
     assert "warning: " in capsys.readouterr().err
+
+
+def test_a_fifo_given_as_input_is_named_as_one_and_never_opened(tmp_path, capsys):
+    import os
+
+    from torchgmm.cli import main
+
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)  # opening it would block until a writer came: the test would hang
+    assert main(["background", str(fifo), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert f"error: '{fifo}' is a FIFO (named pipe), not a video file" in capsys.readouterr().err
+    assert main(["segment", str(fifo), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert f"error: input '{fifo}' is a FIFO (named pipe), not an image file or a folder" in capsys.readouterr().err

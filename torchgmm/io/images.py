@@ -39,6 +39,7 @@ __all__ = [
     "ImageSource",
     "ImageItem",
     "find_images",
+    "file_kind",
     "decode_image_file",
     "ImageFileDataset",
     "DecodeWorkers",
@@ -99,6 +100,7 @@ def find_images(
 
     Raises:
         FileNotFoundError: an input does not exist, or no image was found at all.
+        ValueError: an input is neither a file nor a folder (a FIFO, a socket, a device).
 
     Example:
         >>> import tempfile
@@ -125,6 +127,8 @@ def find_images(
                     found.setdefault(resolved, ImageSource(path, path.relative_to(root)))
         elif root.is_file():
             found.setdefault(root.resolve(), ImageSource(root, Path(root.name)))
+        elif root.exists():
+            raise ValueError(f"input {str(root)!r} is {file_kind(root)}, not an image file or a folder.")
         else:
             raise FileNotFoundError(f"input {str(root)!r} does not exist.")
     if not found:
@@ -166,20 +170,43 @@ def _sniff_format(data: bytes) -> ImageFormat | None:
     return None
 
 
+def file_kind(path: str | os.PathLike) -> str:
+    """What ``path`` is, for messages: ``"a file"`` (regular), ``"a folder"``, ``"a FIFO
+    (named pipe)"``, ``"a socket"``, ``"a device"`` or ``"not a regular file"``.
+
+    Asked before opening anything: opening a FIFO blocks until a writer comes.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     os.mkfifo(f"{d}/pipe")
+        ...     print(file_kind(d), "/", file_kind(f"{d}/pipe"))
+        a folder / a FIFO (named pipe)
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def _read_image_bytes(path: Path) -> bytes:
     """The bytes of an image file; what is not a non-empty regular file is named as what it is.
 
     A FIFO is never opened (opening one blocks until a writer comes).
     """
-    st = path.stat()  # FileNotFoundError names the path
-    if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a folder" if stat.S_ISDIR(st.st_mode)
-            else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
-            else "a socket" if stat.S_ISSOCK(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "not a regular file"
-        )
+    kind = file_kind(path)  # FileNotFoundError names the path
+    if kind != "a file":
         raise ValueError(f"cannot decode {str(path)!r}: it is {kind}, not an image file.")
     data = path.read_bytes()
     if not data:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_tensor
-from torchgmm.io.images import IMAGE_EXTENSIONS
+from torchgmm.io.images import IMAGE_EXTENSIONS, file_kind
 
 __all__ = ["VideoDecodeError", "VideoReader", "VideoWriter", "list_image_sequence", "parse_position", "parse_size"]
 
@@ -351,6 +351,9 @@ class VideoReader:
 
         if not self.path.exists():
             raise FileNotFoundError(f"video {str(self.path)!r} does not exist.")
+        kind = file_kind(self.path)
+        if kind not in ("a file", "a folder"):  # FFmpeg would block on a FIFO until a writer came
+            raise ValueError(f"{str(self.path)!r} is {kind}, not a video file or a folder of images.")
         if self.path.is_dir():
             self._files = list_image_sequence(self.path)
             _warn_on_numbering_gap(self._files)
