@@ -36,7 +36,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --- segment (issue 3) -------------------------------------------------------------------
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    from torchgmm.segmentation import HISTOGRAM_INITS
+    from torchgmm.defaults import HISTOGRAM_INITS
 
     p = sub.add_parser(
         "segment",
@@ -101,7 +101,7 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 # --- background ------------------------------------------------------------------------
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    from torchgmm.pipelines import PRESETS
+    from torchgmm.defaults import PRESETS
 
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="named model settings (default: default); the options below override it")
@@ -120,7 +120,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _model_settings(args: argparse.Namespace) -> dict:
     """The model's keyword arguments: the preset, overridden by the options given."""
-    from torchgmm.pipelines import PRESETS
+    from torchgmm.defaults import PRESETS
 
     settings = dict(PRESETS[args.preset])
     for key, value in (("n_components", args.components), ("learning_rate", args.learning_rate),

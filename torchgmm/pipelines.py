@@ -83,21 +83,7 @@ __all__ = [
 
 MaskFormat = Literal["mp4", "mkv", "png"]
 
-#: Named settings of :class:`BackgroundSubtractorMOG` (any of its keyword arguments).
-#: ``"default"`` is the module's defaults; ``"cdnet-baseline"`` reaches the published
-#: Stauffer-Grimson CDnet 2014 baseline F-measure (0.8245) without post-processing.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(n_components=3, learning_rate=0.005, background_ratio=0.7),
-    # Tuned on CDnet baseline/highway and baseline/office (scripts/eval_cdnet.py; the README
-    # has the table and the sensitivity to T). With the warm-up rate max(alpha, 1/t) a slow
-    # alpha makes each component a running average over the whole clip; T = 0.5 keeps a person
-    # who sits still in the foreground for as long as the office scene needs; sigma >= 10
-    # (min_var = init_var = 100) absorbs JPEG noise and illumination flicker; OpenCV bgsegm's
-    # constant rho scored slightly higher than rho = alpha / w (office 0.90 vs 0.89 at T = 0.4).
-    "cdnet-baseline": dict(
-        n_components=3, learning_rate=0.0005, background_ratio=0.5, rho="constant", min_var=100.0, init_var=100.0
-    ),
-}
+from torchgmm.defaults import PRESETS  # noqa: E402 - re-exported: torchgmm.pipelines.PRESETS
 
 #: RGB tint of foreground pixels in overlay videos.
 OVERLAY_TINT = (255, 0, 0)

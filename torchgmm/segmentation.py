@@ -86,8 +86,7 @@ __all__ = [
 
 SegmentMode = Literal["luminance", "rgb"]
 HistogramInit = Literal["range", "data-range", "kmeans++", "random"]
-#: initialisations of the histogram EM (see :func:`fit_histogram_mixture`)
-HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
+from torchgmm.defaults import HISTOGRAM_INITS  # noqa: E402 - the CLI reads it without torch
 
 #: number of grey levels (histogram bins) the segmentation works on
 N_LEVELS = 256
