@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import torch
 
 from torchgmm.demo import synthetic_clip
 from torchgmm.io.video import VideoReader, VideoWriter

@@ -622,3 +622,32 @@ class TestCommandLineValues:
     def test_parse_size_refuses(self, text):
         with pytest.raises(ValueError, match=r"`--size` must be WIDTHxHEIGHT in pixels, both >= 1"):
             parse_size(text, "--size")
+
+
+class TestWriterThread:
+    def test_frames_equal_a_plain_writer_and_masks_are_one_grey_plane(self, tmp_path):
+        from torchgmm.io.video import WriterThread
+
+        g = torch.Generator().manual_seed(0)
+        masks = torch.rand(12, 1, 20, 30, generator=g) > 0.7
+        with WriterThread(VideoWriter(tmp_path / "t.mp4", fps=10)) as threaded:
+            for m in masks:
+                threaded.write(m)
+        assert threaded.frames_written == 12
+        assert threaded.writer._encoder == "libx264 (gray)"  # lossless H.264 of one plane (4:0:0)
+        with VideoReader(tmp_path / "t.mp4", gray=True, batch_size=100) as reader:
+            (back,) = list(reader)
+        assert torch.equal(back > 127, masks)
+
+    @pytest.mark.parametrize("maxsize", [0, 4])
+    def test_an_error_of_the_thread_is_raised_to_the_caller(self, tmp_path, maxsize):
+        from torchgmm._checks import ShapeError
+        from torchgmm.io.video import WriterThread
+
+        writer = WriterThread(VideoWriter(tmp_path / "e.mkv", fps=10), maxsize=maxsize)
+        writer.write(torch.zeros(1, 8, 8, dtype=torch.uint8))
+        with pytest.raises(ShapeError, match="must all be"):  # at once, or from the thread at the latest here
+            writer.write(torch.zeros(1, 9, 9, dtype=torch.uint8))  # another size: the writer refuses it
+            writer.drain()
+        writer.close()
+        assert writer.frames_written == 1

@@ -51,6 +51,7 @@ from torchgmm.io.video import (
     VideoDecodeError,
     VideoReader,
     VideoWriter,
+    WriterThread,
     _frame_number,
     _numbering_gap,
     list_image_sequence,
@@ -205,12 +206,18 @@ class _Stream:
     job: _Job
     reader: VideoReader
     frames: Iterator[Tensor]
-    mask: VideoWriter
-    overlay: VideoWriter | None
+    mask: WriterThread
+    overlay: WriterThread | None
     done: int  #: frames written (including those of an interrupted run)
     finished: bool = False
     #: outputs of the interrupted run, deleted once their copies are safely written
     previous: list[Path] = dataclasses.field(default_factory=list)
+
+    def drain(self) -> None:
+        """Wait until the writer threads have handed every queued frame to their writers."""
+        for writer in (self.mask, self.overlay):
+            if writer is not None:
+                writer.drain()
 
     def drop_previous(self) -> None:
         """Delete the interrupted run's outputs: their copies are safely in the new files."""
@@ -347,6 +354,18 @@ def _save_checkpoint(
         buffer,
     )
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _save_trailing_checkpoints(
+    active: list[_Stream], states: list[dict[str, Tensor]], frames: int, settings: dict, gray: bool,
+    postprocess: dict,
+) -> None:
+    """Save each stream's state of ``frames`` frames, once its writers hold those frames
+    (not only queued: a hard kill must not leave a checkpoint ahead of the outputs)."""
+    for stream in active:
+        stream.drain()
+    for stream, state in zip(active, states):
+        _save_checkpoint(stream.job.out / _CHECKPOINT, state, frames, settings, stream.job, gray, postprocess)
 
 
 def _stream_state(model: BackgroundSubtractorMOG, index: int) -> dict[str, Tensor]:
@@ -827,7 +846,9 @@ def _run_batch(
                 fps = job.fps / job.step  # one mask per processed frame, over the same time
                 mask, previous = _open_writer(job.out / f"mask{suffix}", fps, resumed, mask_format,
                                               lossless=True, channel=True, durable=durable)
-                stack.enter_context(mask)
+                # encoded on a thread while the next frame is modelled; a durable run writes in
+                # step, so that a hard kill loses at most the last frame (see VideoWriter)
+                mask = stack.enter_context(WriterThread(mask, maxsize=0 if durable else 8))
                 leftovers = [previous]
                 over = None
                 if overlay:
@@ -835,7 +856,7 @@ def _run_batch(
                     rebuild = functools.partial(_rebuild_overlay, job, resumed, gray, previous) if previous else None
                     over, previous = _open_writer(job.out / f"overlay{suffix}", fps, resumed, mask_format,
                                                   lossless=False, channel=False, durable=durable, source=rebuild)
-                    stack.enter_context(over)
+                    over = stack.enter_context(WriterThread(over, maxsize=0 if durable else 8))
                     leftovers.append(previous)
                 reader = stack.enter_context(job.reader(gray, skip=resumed, device=device, on_damage=on_damage))
                 active.append(_Stream(job, reader, iter(reader), mask, over, resumed,
@@ -882,13 +903,12 @@ def _run_batch(
                         stream.overlay.write(tinted[i])
                     stream.done += 1
                     if stream.previous:  # a durable writer has now passed on the last copied frame
+                        stream.drain()
                         stream.drop_previous()
                 frames_done += 1
                 bar.update(1)
                 if before is not None:
-                    for i, stream in enumerate(active):
-                        _save_checkpoint(stream.job.out / _CHECKPOINT, before[i], frames_done - 1,
-                                         settings, stream.job, gray, postprocess)
+                    _save_trailing_checkpoints(active, before, frames_done - 1, settings, gray, postprocess)
     except BaseException as exc:  # outputs are closed by now; summarise, then re-raise
         interrupt = exc
         raise
