@@ -121,3 +121,30 @@ def test_eval_cdnet_on_a_generated_sequence(tmp_path):
     for row in rows:  # the generated square is easy: both find it
         assert row["F-measure"] > 0.7, row
 
+
+
+def test_bench_jobs_times_whole_processes(tmp_path):
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    from _videos import write_video
+    from torchgmm.demo import synthetic_clip
+
+    frames, _, _ = synthetic_clip(20, 48, 64, seed=1)
+    data = tmp_path / "data"
+    (data / "video").mkdir(parents=True)
+    write_video(data / "video" / "vtest.avi".replace(".avi", ".mkv"), frames)
+    (data / "video" / "vtest.mkv").rename(data / "video" / "vtest.avi")  # FFV1 in Matroska, named as the real one
+    office = data / "cdnet" / "baseline" / "office" / "input"
+    office.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(office / f"in{i + 1:06d}.jpg")
+    out = tmp_path / "jobs.json"
+    run_script("bench_jobs.py", "--data", str(data), "--inputs", "vtest.avi", "--segment-images", "4",
+               "--json", str(out), cwd=tmp_path)
+    rows = {r["job"]: r for r in json.loads(out.read_text())["rows"]}
+    bg, seg = rows["background"], rows["segment"]
+    assert bg["frames"] == 20 and seg["input"] == "4 CDnet office JPEGs"
+    for kind in ("cold", "warm"):
+        assert bg[f"ratio_{kind}"] == pytest.approx(bg[f"torchgmm_{kind}_s"] / bg["opencv_s"], rel=1e-2)
+    assert seg["ratio"] == pytest.approx(seg["torchgmm_s"] / seg["loop_s"], rel=1e-2)
