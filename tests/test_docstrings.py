@@ -17,6 +17,8 @@ MODULES = [
     "torchgmm.io.images",
     "torchgmm.io.video",
     "torchgmm.pipelines",
+    "torchgmm.pixels",
+    "torchgmm.defaults",
 ]
 
 

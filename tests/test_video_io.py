@@ -651,3 +651,18 @@ class TestWriterThread:
             writer.drain()
         writer.close()
         assert writer.frames_written == 1
+
+
+def test_a_12_bit_png_sequence_spans_the_full_8_bit_range(tmp_path):
+    # one bit-depth rule for every job: as segment does (to_uint8), not the high byte (0..15)
+    from PIL import Image
+
+    from torchgmm.pixels import to_uint8
+
+    ramp = (np.linspace(0, 4095, 32 * 24).reshape(24, 32)).astype(np.uint16)
+    for i in range(3):
+        Image.fromarray(ramp).save(tmp_path / f"f{i:03d}.png")  # mode I;16: 16-bit PNG, 12-bit data
+    with VideoReader(tmp_path, gray=True, batch_size=10) as reader:
+        (frames,) = list(reader)
+    assert frames.dtype == torch.uint8 and int(frames.min()) == 0 and int(frames.max()) == 255
+    assert torch.equal(frames[0, 0], to_uint8(torch.from_numpy(ramp)[None])[0])

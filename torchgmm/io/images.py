@@ -347,8 +347,9 @@ def _to_mode(img: Tensor, mode: ImageReadMode) -> Tensor:
     if img.shape[0] in (2, 4):  # grey + alpha, RGBA: drop alpha
         img = img[:-1]
     if mode == "grey" and img.shape[0] == 3:
-        r, g, b = img.to(torch.float32).unbind(0)
-        y = (0.299 * r + 0.587 * g + 0.114 * b).round_()
+        from torchgmm.pixels import luma
+
+        y = luma(*img.to(torch.float32).unbind(0)).round_()
         img = y.clamp_(0, torch.iinfo(img.dtype).max).to(img.dtype).unsqueeze(0)
     elif mode == "rgb" and img.shape[0] == 1:
         img = img.expand(3, -1, -1)

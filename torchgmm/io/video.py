@@ -252,7 +252,10 @@ class VideoReader:
         start: first frame, as an index (int) or a time in seconds (float). Default: 0.
         end: stop before this frame (index or seconds). Default: the end of the input.
         step: keep every ``step``-th frame.
-        gray: decode to one grey channel (C = 1) instead of RGB (C = 3).
+        gray: decode to one grey channel (C = 1) instead of RGB (C = 3). Frames are uint8:
+            a 16-bit image of a sequence is reduced by its effective bit depth
+            (:func:`torchgmm.pixels.to_uint8`, the rule of the segmentation too), so a 12-bit
+            sequence spans 0..255.
         size: ``(H, W)`` to resize every frame to, exactly (the aspect ratio is not kept), or
             None to keep the size. Bilinear, antialiased when shrinking: swscale's bilinear
             filter for video files (it widens with the reduction, so a shrunk pixel averages
@@ -527,8 +530,10 @@ class VideoReader:
                 path,
                 index,
             ) from exc
-        if img.dtype != torch.uint8:  # 16-bit PNG/TIFF: the high byte
-            img = (img.to(torch.int32) >> 8).to(torch.uint8)
+        if img.dtype != torch.uint8:  # 16-bit PNG/TIFF: by its effective bit depth, as segment does
+            from torchgmm.pixels import to_uint8
+
+            img = to_uint8(img[None])[0]
         if resize and self.size is not None and tuple(img.shape[-2:]) != self.size:
             img = torch.nn.functional.interpolate(
                 img[None].float(), size=self.size, mode="bilinear", align_corners=False, antialias=True
