@@ -2,6 +2,12 @@
 
 Building the ``torchgmm`` parser must not import torch (about 2.5 s), so that ``--help``
 answers at once; the settings its options offer live here, and the jobs read them from here.
+
+Example:
+    >>> sorted(PRESETS), PRESETS["default"]["n_components"]
+    (['cdnet-baseline', 'default'], 3)
+    >>> HISTOGRAM_INITS[0]
+    'range'
 """
 
 from __future__ import annotations
