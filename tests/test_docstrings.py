@@ -19,6 +19,7 @@ MODULES = [
     "torchgmm.pipelines",
     "torchgmm.pixels",
     "torchgmm.defaults",
+    "torchgmm.exceptions",
 ]
 
 

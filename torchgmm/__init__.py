@@ -15,6 +15,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, for type checkers and IDEs
+    from torchgmm.exceptions import (
+        ConvergenceWarning,
+        NegligibleClassWarning,
+        OutputFolderBusyError,
+        ShapeError,
+        TorchGMMError,
+        TorchGMMWarning,
+        UndefinedScoreWarning,
+        VideoDecodeError,
+    )
     from torchgmm.background import BackgroundSubtractorMOG, mog_foreground, mog_update
     from torchgmm.mixture import GaussianMixture, fit_gaussian_mixture
     from torchgmm.segmentation import (
@@ -43,6 +53,14 @@ _EXPORTS = {
     "fit_histogram_mixture": "torchgmm.segmentation",
     "label_lut": "torchgmm.segmentation",
     "apply_lut": "torchgmm.segmentation",
+    "TorchGMMError": "torchgmm.exceptions",
+    "ShapeError": "torchgmm.exceptions",
+    "VideoDecodeError": "torchgmm.exceptions",
+    "OutputFolderBusyError": "torchgmm.exceptions",
+    "TorchGMMWarning": "torchgmm.exceptions",
+    "ConvergenceWarning": "torchgmm.exceptions",
+    "NegligibleClassWarning": "torchgmm.exceptions",
+    "UndefinedScoreWarning": "torchgmm.exceptions",
     "BackgroundSubtractorMOG": "torchgmm.background",
     "mog_update": "torchgmm.background",
     "mog_foreground": "torchgmm.background",

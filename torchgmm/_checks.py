@@ -13,6 +13,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from torchgmm.exceptions import ShapeError  # noqa: F401 - re-exported: its home is torchgmm.exceptions
+
 __all__ = [
     "ShapeError",
     "check_tensor",
@@ -27,8 +29,6 @@ __all__ = [
 ]
 
 
-class ShapeError(ValueError):
-    """A tensor argument has the wrong number of dimensions or the wrong sizes."""
 
 
 def check_tensor(value: object, name: str) -> Tensor:

@@ -32,6 +32,7 @@ from typing import Iterable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from torchgmm.exceptions import UndefinedScoreWarning
 from torchgmm._checks import ShapeError, check_tensor
 
 __all__ = [
@@ -207,8 +208,6 @@ def scores(counts: Tensor) -> dict[str, float]:
     }
 
 
-class UndefinedScoreWarning(UserWarning):
-    """A score is undefined (NaN): its denominator counts no pixel (see :func:`scores`)."""
 
 
 def mean_scores(rows: Sequence[dict], keys: Iterable[str]) -> dict[str, float]:

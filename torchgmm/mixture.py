@@ -52,6 +52,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     import numpy as np
 
+from torchgmm.exceptions import ConvergenceWarning
 from torchgmm._checks import (
     ShapeError,
     check_choice,
@@ -84,8 +85,6 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "range", "k
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the lower bound changed by less than ``tol``."""
 
 
 class GaussianMixtureFit(NamedTuple):

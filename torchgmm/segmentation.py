@@ -44,6 +44,7 @@ from typing import Iterable, Iterator, Literal, NamedTuple, TextIO
 import torch
 from torch import Tensor, nn
 
+from torchgmm.exceptions import NegligibleClassWarning
 from torchgmm._checks import (
     ShapeError,
     check_choice,
@@ -527,12 +528,6 @@ def _rgb_log_joint(images: Tensor, fit: GaussianMixtureFit) -> Tensor:
     return log_joint + fit.weights.log().unsqueeze(1)  # (B, H*W, K)
 
 
-class NegligibleClassWarning(UserWarning):
-    """A fitted class ended with less than half a pixel's worth of weight (:func:`negligible_classes`).
-
-    The image was segmented into fewer classes than asked: usually because the
-    ``init="range"`` cut put two classes into one interval or left an interval empty.
-    """
 
 
 def negligible_classes(weights: Tensor, n_pixels: int) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from torchgmm.exceptions import OutputFolderBusyError
 from torchgmm._checks import ShapeError
 
 __all__ = [
@@ -769,8 +770,6 @@ def make_output_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-class OutputFolderBusyError(OSError):
-    """Another torchgmm run holds the lock of an output folder (see :func:`lock_output_folder`)."""
 
 
 #: the lock file a job holds in its output folder while it writes there

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchgmm.exceptions import VideoDecodeError
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_tensor
 from torchgmm.io.images import IMAGE_EXTENSIONS, file_kind
 
@@ -62,19 +63,6 @@ _DURABLE_MUXER_OPTIONS = {
 }
 
 
-class VideoDecodeError(RuntimeError, ValueError):
-    """A video (or an image of a sequence) could not be decoded.
-
-    Attributes:
-        path: the file.
-        frame_index: the 0-based index of the first frame that could not be read, or None when
-            the file could not be opened at all.
-    """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None, frame_index: int | None = None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
-        self.frame_index = frame_index
 
 
 def _import_av() -> Any:
