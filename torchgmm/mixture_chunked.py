@@ -313,15 +313,32 @@ def _features(x: Tensor, summary: _Summary, covariance_type: str) -> Tensor:
     return _quadratic_features(x - summary.shift, covariance_type)
 
 
-def _reduced(coll: Collective, stats: _Statistics | None, like: _Statistics) -> _Statistics:
-    """The statistics summed over the ranks, as one all-reduce of one flat buffer."""
-    if stats is None:  # no chunk on this pass (cannot happen after the first pass's checks)
+def _reduced(
+    coll: Collective, stats: _Statistics | None, like: _Statistics, error: BaseException | None = None
+) -> _Statistics:
+    """The statistics summed over the ranks, as one all-reduce of one flat buffer.
+
+    The buffer also carries one flag per rank, set where ``error`` (this rank's failure to
+    read its shard on this pass) is not None: every rank then raises (the failing one its
+    own error), none waits in the next collective. Reading the flags is one host sync per
+    pass, with more than one process only.
+    """
+    if stats is None:  # this rank failed on this pass: zeros, and its flag
         stats = _Statistics(*(torch.zeros_like(t) for t in like))
     if not coll.active:
+        if error is not None:
+            raise error
         return stats
-    flat = torch.cat([t.reshape(-1) for t in stats])
+    flags = stats.nk.new_zeros(coll.world_size)
+    flags[coll.rank] = error is not None
+    flat = torch.cat([t.reshape(-1) for t in stats] + [flags])
     coll.sum_(flat)
-    parts = flat.split([t.numel() for t in stats])
+    if error is not None:
+        raise error
+    bad = torch.nonzero(flat[-coll.world_size :]).flatten().tolist()
+    if bad:
+        raise ValueError(f"The fit failed on rank(s) {bad} of the process group (see the error raised there).")
+    parts = flat[: -coll.world_size].split([t.numel() for t in stats])
     return _Statistics(*(p.view_as(t) for p, t in zip(parts, stats)))
 
 
@@ -492,8 +509,7 @@ def fit_chunked(
             if not coll.active:
                 raise
             error, stats = exc, None
-        _shared_error(coll, error, fit_device)
-        return _reduced(coll, stats, like)
+        return _reduced(coll, stats, like, error)
 
     fit = _run_em(statistics, summary.total, (weights, means, cov, prec_chol), failed, options)
     return fit._replace(means=fit.means + summary.shift), summary.batched
