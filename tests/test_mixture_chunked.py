@@ -226,3 +226,18 @@ class TestBadChunks:
             fit_gaussian_mixture([], 2)
         with pytest.raises(ValueError, match="N=3 samples per problem, fewer than n_components=4"):
             fit_gaussian_mixture([torch.randn(2, 2), torch.randn(1, 2)], 4)
+
+
+def test_unrolled_statistics_equal_the_matmul_ones():
+    # the sample-wise form the roofline benchmark compiles computes the same statistics
+    from torchgmm.mixture import _unrolled_statistics
+
+    x = blobs(n=3000, d=2).unsqueeze(0) - 100
+    w = torch.rand(1, 3000, dtype=x.dtype)
+    features = _quadratic_features(x, "full")
+    coefficients, constant = _log_prob_coefficients(x[:, :4], torch.eye(2, dtype=x.dtype).expand(1, 4, 2, 2), "full")
+    for weights in (None, w):
+        want = _e_step_statistics(features, weights, coefficients, constant)
+        got = _unrolled_statistics(features, weights, coefficients, constant)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

@@ -432,9 +432,11 @@ def _resp_statistics(features: Tensor, resp: Tensor, sample_weight: Tensor | Non
     return _Statistics(resp.sum(-1), moments, resp.new_zeros(resp.shape[0]))
 
 
-#: the E-step's (B, K, tile) block holds about this many numbers (1 MiB in float32), so that
-#: the log-joint, its exponentials and the responsibilities stay in cache between the steps
-_TILE_NUMBERS = 2**18
+#: the E-step's (B, K, tile) block holds at most about this many numbers (16 MiB in float32):
+#: the memory an iteration needs beyond the features is bounded whatever N. (Smaller, cache-
+#: sized tiles were slower on CPU: a small-K GEMM per tile costs more than the cache saves;
+#: see ``scripts/bench_roofline.py --mode em``, and :func:`_unrolled_statistics` for one loop.)
+_TILE_NUMBERS = 2**22
 
 
 def _tile_size(b: int, k: int) -> int:
@@ -470,6 +472,45 @@ def _e_step_statistics(
         moments = torch.bmm(resp, part.mT)
         total = _add_statistics(total, _Statistics(resp.sum(-1), moments, log_likelihood.sum(1)))
     return total
+
+
+def _unrolled_statistics(
+    features: Tensor, sample_weight: Tensor | None, coefficients: Tensor, constant: Tensor
+) -> _Statistics:
+    """:func:`_e_step_statistics` written sample-wise, loops over K and F unrolled: every
+    operation is element-wise over N or a sum over N, so that ``torch.compile`` makes the
+    whole E-step and the M-step's sums one loop over the samples that reads each feature
+    once and keeps the K log-joints, responsibilities and K (F + 1) + 1 sums in registers.
+
+    Eager, it is slow (K F passes); compiled (``scripts/bench_roofline.py --mode em``), it is
+    the fused kernel. Only for small K F (the unrolled graph has ~3 K F nodes).
+
+    Shape:
+        as :func:`_e_step_statistics`.
+    """
+    k, f = coefficients.shape[1:]
+    phi = features.unbind(1)  # F (B, N)
+    log_joint = []
+    for j in range(k):  # log w_j + log N(x | j) = c_j + sum_f A_jf phi_f
+        acc = constant[:, j, None] + coefficients[:, j, 0, None] * phi[0]
+        for i in range(1, f):
+            acc = acc + coefficients[:, j, i, None] * phi[i]
+        log_joint.append(acc)
+    peak = log_joint[0]
+    for value in log_joint[1:]:
+        peak = torch.maximum(peak, value)
+    exps = [(value - peak).exp() for value in log_joint]  # log-sum-exp, max subtracted
+    total = exps[0]
+    for value in exps[1:]:
+        total = total + value
+    scale = total.reciprocal() if sample_weight is None else sample_weight / total
+    log_likelihood = peak + total.log()
+    if sample_weight is not None:
+        log_likelihood = log_likelihood * sample_weight
+    resp = [value * scale for value in exps]
+    nk = torch.stack([r.sum(-1) for r in resp], 1)
+    moments = torch.stack([torch.stack([(r * p).sum(-1) for p in phi], -1) for r in resp], 1)
+    return _Statistics(nk, moments, log_likelihood.sum(-1))
 
 
 def _params_from_statistics(
