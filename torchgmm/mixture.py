@@ -237,11 +237,18 @@ def _triu_indices(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 def _quadratic_features(x: Tensor, covariance_type: str) -> Tensor:
     """phi(x): (B, N, D) -> (B, F, N), feature-major, the features the log-density is linear in."""
-    xt = x.mT.contiguous()  # (B, D, N)
+    b, n, d = x.shape
+    xt = x.mT  # (B, D, N), a view
     if covariance_type in ("full", "tied"):
-        rows, cols = _triu_indices(x.shape[-1], x.device)
-        second = xt[:, rows] * xt[:, cols]  # x_i x_j, i <= j
-    elif covariance_type == "diag":
+        # x_i x_j, i <= j, written feature by feature into the output: no (B, F, N) temporary
+        # besides the result (a loop over the D (D + 1) / 2 features, never over samples)
+        out = x.new_empty(b, d * (d + 1) // 2 + d, n)
+        rows, cols = torch.triu_indices(d, d).tolist()
+        for f, (i, j) in enumerate(zip(rows, cols)):
+            torch.mul(xt[:, i], xt[:, j], out=out[:, f])
+        out[:, -d:] = xt
+        return out
+    if covariance_type == "diag":
         second = xt * xt
     else:  # spherical
         second = (xt * xt).sum(1, keepdim=True)

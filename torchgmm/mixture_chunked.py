@@ -73,7 +73,7 @@ from torchgmm.mixture import (
     _starting_parameters,
 )
 
-__all__ = ["INIT_SAMPLE_SIZE", "fit_chunked"]
+__all__ = ["INIT_SAMPLE_SIZE", "fit_chunked", "fit_gaussian_mixture_stepwise", "stepwise_step_size"]
 
 #: the k-means family of inits runs on a uniform sample of about this many samples
 INIT_SAMPLE_SIZE = 2**17
@@ -116,6 +116,7 @@ class _ChunkReader:
             x, w = self._check(index, x, w)
             count += x.shape[1]
             yield index, x, w
+            x = w = item = None  # not kept alive while the next chunk is read
         if self.local_n is None:
             self.local_n = count
         elif count != self.local_n:
@@ -360,6 +361,7 @@ def _resp_pass(reader: _ChunkReader, summary: _Summary, coll: Collective, option
         centred = x - summary.shift
         features = _quadratic_features(centred, options.covariance_type)
         stats = _add_statistics(stats, _resp_statistics(features, make_resp(centred), w))
+        x = w = centred = features = None  # freed before the next chunk is read
     stats = _reduced(coll, stats, like)
     return _params_from_statistics(stats, options.covariance_type, options.reg_covar, summary.d)
 
@@ -505,6 +507,7 @@ def fit_chunked(
             for _, chunk, w in reader:
                 features = _features(chunk, summary, options.covariance_type)
                 stats = _add_statistics(stats, _e_step_statistics(features, w, coefficients, constant))
+                chunk = w = features = None  # freed before the next chunk is read
         except (ValueError, TypeError) as exc:
             if not coll.active:
                 raise
@@ -513,3 +516,133 @@ def fit_chunked(
 
     fit = _run_em(statistics, summary.total, (weights, means, cov, prec_chol), failed, options)
     return fit._replace(means=fit.means + summary.shift), summary.batched
+
+
+def stepwise_step_size(step: int, exponent: float = 0.6, offset: float = 2.0) -> float:
+    """The step size of stepwise EM after ``step`` >= 1 chunks: ``(step + offset) ** -exponent``.
+
+    Cappe and Moulines (2009) need ``sum_t gamma_t = inf`` and ``sum_t gamma_t^2 < inf``, i.e.
+    ``0.5 < exponent <= 1``; ``exponent = 1, offset = 0`` averages the chunks' statistics
+    equally (with the first chunk's at full weight), smaller exponents forget the early,
+    badly estimated chunks faster.
+
+    Example:
+        >>> round(stepwise_step_size(1), 4), round(stepwise_step_size(100), 4)
+        (0.5173, 0.0624)
+    """
+    return (step + offset) ** -exponent
+
+
+@torch.no_grad()
+def fit_gaussian_mixture_stepwise(
+    x: Any,
+    n_components: int,
+    *,
+    covariance_type: str = "full",
+    reg_covar: float = 1e-6,
+    init_params: str = "kmeans",
+    step_exponent: float = 0.6,
+    step_offset: float = 2.0,
+    generator: Any = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> GaussianMixtureFit:
+    """Stepwise (online, mini-batch) EM over chunks seen once (Cappe and Moulines, 2009).
+
+    For data too large to pass over many times: the first chunk initialises the mixture
+    (``init_params`` on it, as :func:`~torchgmm.mixture.fit_gaussian_mixture` would) and its
+    normalised statistics ``s_0``; each next chunk t gives its E-step statistics under the
+    current parameters, divided by its total weight, ``s_bar_t``, and
+
+        s_t = (1 - gamma_t) s_{t-1} + gamma_t s_bar_t,    theta_t = M-step(s_t)
+
+    with ``gamma_t = (t + step_offset) ** -step_exponent`` (:func:`stepwise_step_size`). The
+    statistics are those of the batch EM (:func:`torchgmm.mixture._e_step_statistics`), so on
+    well-separated data the result approaches the batch fit as the chunks accumulate; each
+    chunk is read once, so N need not be known. The data are centred on the first chunk's
+    weighted mean. A one-shot iterator is fine here.
+
+    Args:
+        x: chunks as in :func:`~torchgmm.mixture.fit_gaussian_mixture` (``(N_i, D)`` or
+            ``(B, N_i, D)`` tensors, or ``(x, sample_weight)`` pairs), an iterable or a
+            zero-argument callable returning an iterator.
+        n_components, covariance_type, reg_covar, init_params, generator, device, dtype: as
+            in :func:`~torchgmm.mixture.fit_gaussian_mixture`.
+        step_exponent: kappa in (0.5, 1].
+        step_offset: t0 >= 0.
+
+    Returns:
+        :class:`~torchgmm.mixture.GaussianMixtureFit`: ``lower_bounds`` (B, T) holds each
+        chunk's mean log-likelihood under the parameters it was given (T chunks),
+        ``lower_bound`` the last, ``n_iter`` the number of steps (T - 1), ``converged``
+        True (stepwise EM has no stopping test: it runs through the data).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> data = lambda: (torch.cat([torch.randn(100, 1, generator=g) - 5,
+        ...                            torch.randn(100, 1, generator=g) + 5]) for _ in range(20))
+        >>> fit = fit_gaussian_mixture_stepwise(data, 2, init_params="range")
+        >>> fit.means.squeeze().round()
+        tensor([-5.,  5.])
+    """
+    from torchgmm._checks import check_choice, check_positive_int, check_real
+    from torchgmm.mixture import COVARIANCE_TYPES, INIT_METHODS, _initial_resp, _log_prob_coefficients
+    from torchgmm.mixture import precisions_cholesky_from_covariances
+
+    check_positive_int(n_components, "n_components")
+    check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
+    check_choice(init_params, "init_params", INIT_METHODS)
+    reg_covar = check_real(reg_covar, "reg_covar", minimum=0)
+    step_exponent = check_real(step_exponent, "step_exponent", minimum=0)
+    if not 0.5 < step_exponent <= 1:
+        raise ValueError(f"`step_exponent` must be in (0.5, 1] (Cappe and Moulines), got {step_exponent}.")
+    step_offset = check_real(step_offset, "step_offset", minimum=0)
+    reader = _ChunkReader(x if callable(x) else _Once(x), None if device is None else torch.device(device), dtype)
+    k, stats, shift, bounds = n_components, None, None, []
+    weights = means = prec_chol = None
+    step = 0
+    for index, chunk, w in reader:
+        if not bool(torch.isfinite(chunk).all()):
+            raise ValueError(f"chunk {index} of `x` holds NaN or inf; fitting needs finite values.")
+        size = chunk.new_full((chunk.shape[0],), chunk.shape[1]) if w is None else w.sum(1)
+        if shift is None:  # the first chunk: centre, initialise
+            if chunk.shape[1] < k:
+                raise ValueError(f"the first chunk has {chunk.shape[1]} samples, fewer than n_components={k}.")
+            shift = (chunk.mean(1) if w is None else (w.unsqueeze(-1) * chunk).sum(1) / size.unsqueeze(-1)).unsqueeze(1)
+            centred = chunk - shift
+            features = _quadratic_features(centred, covariance_type)
+            resp = _initial_resp(centred, w, k, init_params, _checked_generators(generator, chunk.shape[0], chunk.device))
+            first = _resp_statistics(features, resp, w)
+            stats = _Statistics(first.nk / size[:, None], first.moments / size[:, None, None], first.log_likelihood)
+        else:
+            features = _quadratic_features(chunk - shift, covariance_type)
+            coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
+            part = _e_step_statistics(features, w, coefficients, constant + weights.log())
+            bounds.append(part.log_likelihood / size)
+            step += 1
+            gamma = stepwise_step_size(step, step_exponent, step_offset)
+            normalised = (part.nk / size[:, None], part.moments / size[:, None, None], part.log_likelihood / size)
+            stats = _Statistics(*((1 - gamma) * s + gamma * p for s, p in zip(stats, normalised)))
+        weights, means, cov = _params_from_statistics(stats, covariance_type, reg_covar, chunk.shape[-1])
+        prec_chol, failed = precisions_cholesky_from_covariances(cov, covariance_type)
+        _raise_if_failed(failed)
+    if shift is None:
+        raise ValueError("`x` yielded no chunks: stepwise EM needs at least one (N_i, D) chunk.")
+    b = means.shape[0]
+    lower_bounds = torch.stack(bounds, 1) if bounds else means.new_zeros(b, 0)
+    lower_bound = lower_bounds[:, -1] if bounds else means.new_full((b,), float("nan"))
+    return GaussianMixtureFit(
+        weights, means + shift, cov, prec_chol, lower_bound,
+        torch.full((b,), step, dtype=torch.long, device=means.device),
+        torch.ones(b, dtype=torch.bool, device=means.device), lower_bounds,
+    )
+
+
+class _Once:
+    """An iterable read once (stepwise EM reads each chunk once): a one-shot iterator passes."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __call__(self) -> Iterator[Any]:
+        return iter(self.source)
