@@ -8,6 +8,7 @@ Cases (issue 2):
       Python loop of scikit-learn fits on the equivalent raw samples (scikit-learn has no
       sample weights), same init, same tol.
   (c) with --device cuda (or auto on a machine with a GPU): torchgmm on the GPU, same cases.
+  (e) --compile: torchgmm also with compile=True (dtype "+c"), compiled in the warm-up fit.
   (d) pomegranate (1.x, the PyTorch mixture library) as an optional reference in case (a),
       on the CPU, in the same dtype as torchgmm's row, same init and iteration count; skipped
       when it is not installed. Its module-level import of ``apricot`` (used only by its
@@ -47,6 +48,10 @@ def make_blobs(n: int, d: int, k: int, seed: int) -> np.ndarray:
 
 def identity_precisions(covariance_type: str, k: int, d: int) -> np.ndarray:
     return np.stack([np.eye(d)] * k) if covariance_type == "full" else np.ones((k, d))
+
+
+#: --compile: also time compile=True (set by main)
+COMPILE = False
 
 
 def _pomegranate():
@@ -106,9 +111,11 @@ def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0, r
             sk_time = time.perf_counter() - start
         sk_bound = float(sk.lower_bound_)
     for device in devices:
-        for dtype in (torch.float32, torch.float64):
+        for dtype, compiled in [(t, c) for c in ((False, True) if COMPILE else (False,))
+                                for t in (torch.float32, torch.float64)]:
             xt = torch.tensor(x, dtype=dtype, device=device)
             kw = dict(
+                compile=compiled,
                 covariance_type=covariance_type, tol=0, max_iter=iters,
                 weights_init=torch.tensor(weights, dtype=dtype, device=device),
                 means_init=torch.tensor(means, dtype=dtype, device=device),
@@ -122,12 +129,13 @@ def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0, r
             elapsed = time.perf_counter() - start
             bound = float(fit.lower_bound[0])
             pg = None
-            if run_pomegranate and device.type == "cpu":
+            if run_pomegranate and device.type == "cpu" and not compiled:
                 pg = bench_pomegranate(x, weights, means, precisions, covariance_type, iters, dtype)
             rows.append(
                 dict(
                     case=f"N={n:,} D={d} K={k} {covariance_type}", iters=iters, device=str(device),
-                    dtype=str(dtype).replace("torch.", ""), torchgmm_s=elapsed, sklearn_s=sk_time,
+                    dtype=str(dtype).replace("torch.", "") + ("+c" if compiled else ""), torchgmm_s=elapsed,
+                    sklearn_s=sk_time,
                     ratio=None if sk_time is None else elapsed / sk_time,
                     lower_bound=bound, sklearn_lower_bound=sk_bound,
                     bound_rel_diff=None if sk_bound is None else abs(bound - sk_bound) / abs(sk_bound),
@@ -234,8 +242,11 @@ def main() -> None:
     parser.add_argument("--no-sklearn", action="store_true", help="time torchgmm only")
     parser.add_argument("--no-pomegranate", action="store_true", help="skip pomegranate even if installed")
     parser.add_argument("--first-case", action="store_true", help="only N=1,000,000 D=2 K=5 full")
+    parser.add_argument("--compile", action="store_true", help="also torchgmm with compile=True (dtype +c)")
     parser.add_argument("--json", default="bench_out/bench_em.json")
     args = parser.parse_args()
+    global COMPILE
+    COMPILE = args.compile
 
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits

@@ -299,3 +299,17 @@ class TestStepwise:
         bad[0, 0] = float("inf")
         with pytest.raises(ValueError, match="chunk 1 of `x` holds NaN or inf"):
             fit_gaussian_mixture_stepwise([torch.randn(10, 2), bad], 2)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::torchgmm.mixture.ConvergenceWarning")
+def test_compiled_engine_equals_the_default():
+    # compile=True runs the E-step as one compiled loop (tens of seconds to compile once)
+    x = blobs(n=4000, d=2)
+    w = torch.rand(4000, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    kw = dict(init_params="range", tol=0, max_iter=15)
+    want = fit_gaussian_mixture(x, 3, sample_weight=w, **kw)
+    got = fit_gaussian_mixture(x, 3, sample_weight=w, compile=True, **kw)
+    by_chunks = GaussianMixture(3, compile=True, **kw).fit(split(x, w, 1500))
+    assert_same_fit(got, want, torch.float64)
+    torch.testing.assert_close(by_chunks.means_, want.means[0], rtol=1e-10, atol=0)

@@ -41,6 +41,7 @@ Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``t
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -69,6 +70,7 @@ __all__ = [
     "GaussianMixtureFit",
     "ConvergenceWarning",
     "fit_gaussian_mixture",
+    "is_chunked_source",
     "estimate_log_prob",
     "estimate_log_resp",
     "precisions_cholesky_from_covariances",
@@ -520,6 +522,19 @@ def _unrolled_statistics(
     return _Statistics(nk, moments, log_likelihood.sum(-1))
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_statistics() -> Any:
+    """:func:`_unrolled_statistics` under ``torch.compile`` (one per process; shapes dynamic
+    in N so that chunks and tiles of any size reuse it)."""
+    options = {"cpp_wrapper": True} if not torch.cuda.is_available() else {}
+    return torch.compile(_unrolled_statistics, fullgraph=True, dynamic=True, options=options)
+
+
+def _statistics_function(compiled: bool) -> Any:
+    """The E-step statistics function of a fit: the tiled matmuls, or the compiled loop."""
+    return _compiled_statistics() if compiled else _e_step_statistics
+
+
 def _params_from_statistics(
     stats: _Statistics, covariance_type: str, reg_covar: float, d: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -901,6 +916,7 @@ def fit_gaussian_mixture(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     process_group: Any = None,
+    compile: bool = False,
 ) -> GaussianMixtureFit:
     """Fit B independent Gaussian mixtures by EM in one batched computation.
 
@@ -975,6 +991,12 @@ def fit_gaussian_mixture(
             first chunk's). Chunks on the CPU reach a CUDA ``device`` through pinned memory,
             without blocking.
         process_group: a ``torch.distributed`` process group to fit across (above), or None.
+        compile: run each iteration's E-step and M-step sums as one ``torch.compile``d loop
+            over the samples (:func:`_unrolled_statistics`): several times faster on CPU for
+            small K and D (``scripts/bench_roofline.py --mode em``), but the first fit of a
+            shape compiles for tens of seconds (needs a C++ compiler on CPU), the results
+            differ from the default engine by rounding, and the unrolled graph grows as
+            K D^2: meant for K (D (D + 3) / 2) up to a few hundred.
 
     Returns:
         :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input);
@@ -1006,7 +1028,7 @@ def fit_gaussian_mixture(
     check_choice(init_params, "init_params", INIT_METHODS)
     tol = check_real(tol, "tol", minimum=0)
     reg_covar = check_real(reg_covar, "reg_covar", minimum=0)
-    options = _EMOptions(n_components, covariance_type, tol, reg_covar, max_iter, init_params, check_every)
+    options = _EMOptions(n_components, covariance_type, tol, reg_covar, max_iter, init_params, check_every, bool(compile))
     if process_group is not None or not isinstance(x, Tensor) and is_chunked_source(x):
         from torchgmm.mixture_chunked import fit_chunked  # chunks and processes: their own module
 
@@ -1049,8 +1071,10 @@ def fit_gaussian_mixture(
     total = x.new_full((b,), n) if sample_weight is None else sample_weight.sum(1)
     working = {"features": features, "sample_weight": sample_weight}
 
+    e_step = _statistics_function(options.compile)
+
     def statistics(coefficients: Tensor, constant: Tensor) -> _Statistics:
-        return _e_step_statistics(working["features"], working["sample_weight"], coefficients, constant)
+        return e_step(working["features"], working["sample_weight"], coefficients, constant)
 
     def shrink(keep: Tensor) -> None:
         working["features"] = working["features"][keep]
@@ -1071,6 +1095,7 @@ class _EMOptions(NamedTuple):
     max_iter: int
     init_params: str
     check_every: int
+    compile: bool = False  #: the E-step statistics as one compiled loop (_unrolled_statistics)
 
 
 def is_chunked_source(x: object) -> bool:
@@ -1311,6 +1336,7 @@ class GaussianMixture(nn.Module):
             its own shard to ``fit`` (see :func:`fit_gaussian_mixture`); every rank ends with
             the same parameters.
         distributed: with no ``process_group``, fit across the default (world) group.
+        compile: the E-step as one compiled loop (see :func:`fit_gaussian_mixture`).
 
     ``fit`` also takes a chunked source (a list of chunks, a ``DataLoader``, a zero-argument
     callable returning an iterator; chunks ``(N_i, D)`` or ``(x, sample_weight)`` pairs) and
@@ -1385,6 +1411,7 @@ class GaussianMixture(nn.Module):
         dtype: torch.dtype | None = None,
         process_group: Any = None,
         distributed: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.n_components = n_components
@@ -1401,6 +1428,7 @@ class GaussianMixture(nn.Module):
         self.fit_dtype = dtype
         self.process_group = process_group
         self.distributed = distributed
+        self.compile = compile
         for name in _FITTED_BUFFERS:
             self.register_buffer(name, torch.empty(0))
         # The lower bound after every EM iteration of the last fit: a record of that run, not
@@ -1476,6 +1504,7 @@ class GaussianMixture(nn.Module):
             precisions_init=self.precisions_init,
         )
         if group is None and (isinstance(x, Tensor) or not is_chunked_source(x)):
+            options["compile"] = self.compile
             x = self._prepare(x)
             fit = fit_gaussian_mixture(
                 x, self.n_components, sample_weight=sample_weight, generator=self._generator(x.device), **options
@@ -1492,6 +1521,7 @@ class GaussianMixture(nn.Module):
             em = _EMOptions(
                 self.n_components, self.covariance_type, check_real(self.tol, "tol", minimum=0),
                 check_real(self.reg_covar, "reg_covar", minimum=0), self.max_iter, self.init_params, 4,
+                bool(self.compile),
             )
             device = self._chunk_device(x)
             fit, batched = fit_chunked(

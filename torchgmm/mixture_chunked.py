@@ -51,6 +51,7 @@ from torchgmm.mixture import (
     _check_spread,
     _checked_generators,
     _e_step_statistics,
+    _statistics_function,
     _EMOptions,
     _fit_dtype,
     _given_parameters,
@@ -240,7 +241,7 @@ def _first_pass(reader: _ChunkReader, coll: Collective, k: int) -> _Summary:
     empty = [r for r, row in enumerate(info) if row[1] == 0]
     if empty:
         raise ValueError(
-            f"`x` has no data on rank(s) {empty} of the process group{'' if coll.active else ''}: "
+            f"`x` has no data on rank(s) {empty} of the process group: "
             f"every rank needs at least one sample (give it a shard, or leave it out of the group)."
             if coll.active
             else "`x` yielded no chunks: a chunked source needs at least one (N_i, D) chunk."
@@ -254,7 +255,10 @@ def _first_pass(reader: _ChunkReader, coll: Collective, k: int) -> _Summary:
     n = sum(row[1] for row in info)
     ndim, b, d, weighted = reader.first
     count, weight_sum, weighted_sum, low, high = sums
-    coll.sum_(weight_sum), coll.sum_(weighted_sum), coll.min_(low), coll.max_(high)
+    for total_part in (weight_sum, weighted_sum):
+        coll.sum_(total_part)
+    coll.min_(low)
+    coll.max_(high)
     if n < k:
         raise ValueError(f"`x` has N={n} samples per problem, fewer than n_components={k}.")
     if weighted and bool((weight_sum <= 0).any()):
@@ -420,7 +424,8 @@ def _initial_parameters(
             part_low, part_high = _range_bounds(_range_projection(x - summary.shift, axis), w)
             low = part_low if low is None else torch.minimum(low, part_low)
             high = part_high if high is None else torch.maximum(high, part_high)
-        coll.min_(low), coll.max_(high)
+        coll.min_(low)
+        coll.max_(high)
         initial = _resp_pass(
             reader, summary, coll, options, lambda c: _range_labels(_range_projection(c, axis), low, high, k), like
         )
@@ -501,12 +506,19 @@ def fit_chunked(
     )
     _raise_if_failed(failed)
 
+    e_step = _statistics_function(options.compile)
+    # A tensor shard is one chunk in memory: its features are made once, as in memory.
+    cached = [(_features(c, summary, options.covariance_type), w) for _, c, w in reader] if isinstance(x, Tensor) else None
+
     def statistics(coefficients: Tensor, constant: Tensor) -> _Statistics:
         error, stats = None, None
         try:
-            for _, chunk, w in reader:
+            if cached is not None:
+                for features, w in cached:
+                    stats = _add_statistics(stats, e_step(features, w, coefficients, constant))
+            for _, chunk, w in reader if cached is None else ():
                 features = _features(chunk, summary, options.covariance_type)
-                stats = _add_statistics(stats, _e_step_statistics(features, w, coefficients, constant))
+                stats = _add_statistics(stats, e_step(features, w, coefficients, constant))
                 chunk = w = features = None  # freed before the next chunk is read
         except (ValueError, TypeError) as exc:
             if not coll.active:
