@@ -37,6 +37,13 @@ subtracts terms of size (separation / sigma)^2: in float32 the variances lose ab
 2% at 400, 9% at 1,000; the fit fails near 3,000), where scikit-learn centres each component. Fit such data in
 float64, which matches scikit-learn to ~1e-14.
 Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``tied``.
+
+Sufficient statistics. An iteration needs only ``sum_n w_n r_nk``, ``sum_n w_n r_nk phi(x_n)``
+and ``sum_n w_n log p(x_n)`` (:class:`_Statistics`): the E-step produces them directly, tile by
+tile of N (:func:`_e_step_statistics`; the (B, K, N) responsibilities never exist whole), or as
+one compiled loop over the samples with ``compile=True``. Sums over tiles, chunks and processes
+add up, so the same loop fits data in memory, data streamed in chunks, and shards on several
+processes (:mod:`torchgmm.mixture_chunked`, :mod:`torchgmm.distributed`), with equal results.
 """
 
 from __future__ import annotations
