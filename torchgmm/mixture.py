@@ -52,7 +52,17 @@ import functools
 import math
 import numbers
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, NamedTuple, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    Literal,
+    NamedTuple,
+    Sequence,
+    Union,
+)
 
 import torch
 from torch import Tensor, nn
@@ -206,7 +216,7 @@ def _check_centred(centred: Tensor, x: Tensor) -> None:
     """
     if centred.numel() == 0:
         return
-    b, n, d = centred.shape
+    _, n, d = centred.shape
     _check_spread(float(centred.abs().amax()), centred.dtype, n, d, lambda: check_finite(x, "x"))
 
 
@@ -529,7 +539,7 @@ def _unrolled_statistics(
     return _Statistics(nk, moments, log_likelihood.sum(-1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_statistics() -> Any:
     """:func:`_unrolled_statistics` under ``torch.compile`` (one per process; shapes dynamic
     in N so that chunks and tiles of any size reuse it)."""
@@ -1037,7 +1047,9 @@ def fit_gaussian_mixture(
     reg_covar = check_real(reg_covar, "reg_covar", minimum=0)
     options = _EMOptions(n_components, covariance_type, tol, reg_covar, max_iter, init_params, check_every, bool(compile))
     if process_group is not None or not isinstance(x, Tensor) and is_chunked_source(x):
-        from torchgmm.mixture_chunked import fit_chunked  # chunks and processes: their own module
+        from torchgmm.mixture_chunked import (
+            fit_chunked,  # chunks and processes: their own module
+        )
 
         return fit_chunked(
             x, options, sample_weight=sample_weight, weights_init=weights_init, means_init=means_init,
@@ -1518,7 +1530,9 @@ class GaussianMixture(nn.Module):
             )
             unbatch = x.ndim == 2
         else:
-            from torchgmm.mixture_chunked import fit_chunked  # chunks and processes: their own module
+            from torchgmm.mixture_chunked import (
+                fit_chunked,  # chunks and processes: their own module
+            )
 
             self._check_fit_dtype()
             check_positive_int(self.n_components, "n_components")

@@ -44,14 +44,13 @@ from torch import Tensor
 from torchgmm._checks import ShapeError
 from torchgmm.distributed import Collective
 from torchgmm.mixture import (
-    FIT_DTYPES,
     _HALF_DTYPES,
+    FIT_DTYPES,
     GaussianMixtureFit,
     _add_statistics,
     _check_spread,
     _checked_generators,
     _e_step_statistics,
-    _statistics_function,
     _EMOptions,
     _fit_dtype,
     _given_parameters,
@@ -70,8 +69,9 @@ from torchgmm.mixture import (
     _run_em,
     _second_moment,
     _seed_or_random_resp,
-    _Statistics,
     _starting_parameters,
+    _Statistics,
+    _statistics_function,
 )
 
 __all__ = ["INIT_SAMPLE_SIZE", "fit_chunked", "fit_gaussian_mixture_stepwise", "stepwise_step_size"]
@@ -254,7 +254,7 @@ def _first_pass(reader: _ChunkReader, coll: Collective, k: int) -> _Summary:
         )
     n = sum(row[1] for row in info)
     ndim, b, d, weighted = reader.first
-    count, weight_sum, weighted_sum, low, high = sums
+    _, weight_sum, weighted_sum, low, high = sums
     for total_part in (weight_sum, weighted_sum):
         coll.sum_(total_part)
     coll.min_(low)
@@ -598,8 +598,13 @@ def fit_gaussian_mixture_stepwise(
         tensor([-5.,  5.])
     """
     from torchgmm._checks import check_choice, check_positive_int, check_real
-    from torchgmm.mixture import COVARIANCE_TYPES, INIT_METHODS, _initial_resp, _log_prob_coefficients
-    from torchgmm.mixture import precisions_cholesky_from_covariances
+    from torchgmm.mixture import (
+        COVARIANCE_TYPES,
+        INIT_METHODS,
+        _initial_resp,
+        _log_prob_coefficients,
+        precisions_cholesky_from_covariances,
+    )
 
     check_positive_int(n_components, "n_components")
     check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
