@@ -8,6 +8,11 @@ Cases (issue 2):
       Python loop of scikit-learn fits on the equivalent raw samples (scikit-learn has no
       sample weights), same init, same tol.
   (c) with --device cuda (or auto on a machine with a GPU): torchgmm on the GPU, same cases.
+  (e) --compile: torchgmm also with compile=True (dtype "+c"), compiled in the warm-up fit.
+  (d) pomegranate (1.x, the PyTorch mixture library) as an optional reference in case (a),
+      on the CPU, in the same dtype as torchgmm's row, same init and iteration count; skipped
+      when it is not installed. Its module-level import of ``apricot`` (used only by its
+      submodular inits, not here) is stubbed when apricot is absent.
 
 Prints a table and writes JSON. Example:
     python scripts/bench_em.py --threads 2 --json bench_out/bench_em.json
@@ -45,7 +50,47 @@ def identity_precisions(covariance_type: str, k: int, d: int) -> np.ndarray:
     return np.stack([np.eye(d)] * k) if covariance_type == "full" else np.ones((k, d))
 
 
-def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0) -> list[dict]:
+#: --compile: also time compile=True (set by main)
+COMPILE = False
+
+
+def _pomegranate():
+    """pomegranate's GeneralMixtureModel and Normal, or None when it is not installed."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("pomegranate") is None:
+        return None
+    if "apricot" not in sys.modules and importlib.util.find_spec("apricot") is None:  # its inits only
+        stub = types.ModuleType("apricot")
+        stub.FacilityLocationSelection = stub.FeatureBasedSelection = None
+        sys.modules["apricot"] = stub
+    from pomegranate.distributions import Normal
+    from pomegranate.gmm import GeneralMixtureModel
+
+    return GeneralMixtureModel, Normal
+
+
+def bench_pomegranate(x, weights, means, precisions, covariance_type, iters, dtype) -> tuple[float, float] | None:
+    """Seconds and mean log-likelihood of pomegranate's fit from the same start, or None."""
+    found = _pomegranate()
+    if found is None or covariance_type not in ("full", "diag"):
+        return None
+    GeneralMixtureModel, Normal = found
+    xt = torch.tensor(x, dtype=dtype)
+    covs = np.linalg.inv(precisions) if covariance_type == "full" else 1.0 / precisions
+    components = [Normal(means=torch.tensor(means[j], dtype=dtype), covs=torch.tensor(covs[j], dtype=dtype),
+                         covariance_type=covariance_type) for j in range(len(means))]
+    model = GeneralMixtureModel(components, priors=torch.tensor(weights, dtype=dtype), max_iter=iters,
+                                tol=-float("inf"))  # never stops early: exactly `iters` iterations
+    start = time.perf_counter()
+    model.fit(xt)
+    elapsed = time.perf_counter() - start
+    return elapsed, float(torch.logsumexp(model._emission_matrix(xt), 1).mean())
+
+
+def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0, run_pomegranate=True) -> list[dict]:
     x = make_blobs(n, d, k, seed)
     rng = np.random.default_rng(seed + 1)
     means = x[rng.choice(n, k, replace=False)]
@@ -66,9 +111,11 @@ def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0) -
             sk_time = time.perf_counter() - start
         sk_bound = float(sk.lower_bound_)
     for device in devices:
-        for dtype in (torch.float32, torch.float64):
+        for dtype, compiled in [(t, c) for c in ((False, True) if COMPILE else (False,))
+                                for t in (torch.float32, torch.float64)]:
             xt = torch.tensor(x, dtype=dtype, device=device)
             kw = dict(
+                compile=compiled,
                 covariance_type=covariance_type, tol=0, max_iter=iters,
                 weights_init=torch.tensor(weights, dtype=dtype, device=device),
                 means_init=torch.tensor(means, dtype=dtype, device=device),
@@ -81,13 +128,20 @@ def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0) -
             _sync(device)
             elapsed = time.perf_counter() - start
             bound = float(fit.lower_bound[0])
+            pg = None
+            if run_pomegranate and device.type == "cpu" and not compiled:
+                pg = bench_pomegranate(x, weights, means, precisions, covariance_type, iters, dtype)
             rows.append(
                 dict(
                     case=f"N={n:,} D={d} K={k} {covariance_type}", iters=iters, device=str(device),
-                    dtype=str(dtype).replace("torch.", ""), torchgmm_s=elapsed, sklearn_s=sk_time,
+                    dtype=str(dtype).replace("torch.", "") + ("+c" if compiled else ""), torchgmm_s=elapsed,
+                    sklearn_s=sk_time,
                     ratio=None if sk_time is None else elapsed / sk_time,
                     lower_bound=bound, sklearn_lower_bound=sk_bound,
                     bound_rel_diff=None if sk_bound is None else abs(bound - sk_bound) / abs(sk_bound),
+                    pomegranate_s=None if pg is None else pg[0],
+                    over_pomegranate=None if pg is None else elapsed / pg[0],
+                    pomegranate_mean_log_likelihood=None if pg is None else pg[1],
                 )
             )
     return rows
@@ -159,7 +213,8 @@ def bench_histograms(n_problems, pixels, k, devices, run_sklearn, seed=0) -> lis
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'case':34} {'device':6} {'dtype':8} {'iters':>9} {'torchgmm s':>11} {'sklearn s':>10} {'ratio':>8} {'check':>10}"
+    header = (f"{'case':34} {'device':6} {'dtype':8} {'iters':>9} {'torchgmm s':>11} {'sklearn s':>10} {'ratio':>8} "
+              f"{'check':>10} {'pomegr. s':>10} {'/ pomegr.':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -169,10 +224,13 @@ def print_table(rows: list[dict]) -> None:
         check = "-" if check is None else f"{check:.1e}"
         print(
             f"{r['case']:34} {r['device'][:6]:6} {r['dtype']:8} {str(r['iters']):>9} "
-            f"{r['torchgmm_s']:11.3f} {sk:>10} {ratio:>8} {check:>10}"
+            f"{r['torchgmm_s']:11.3f} {sk:>10} {ratio:>8} {check:>10} "
+            f"{'-' if r.get('pomegranate_s') is None else format(r['pomegranate_s'], '.3f'):>10} "
+            f"{'-' if r.get('over_pomegranate') is None else format(r['over_pomegranate'], '.3f'):>9}"
         )
     print("ratio = torchgmm time / scikit-learn time (lower is better); check = relative "
-          "lower-bound difference (large cases) or max |mean difference| (histograms).")
+          "lower-bound difference (large cases) or max |mean difference| (histograms); "
+          "/ pomegr. = torchgmm time / pomegranate time, same dtype, init and iterations.")
 
 
 def main() -> None:
@@ -182,8 +240,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda; auto adds cuda when present")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--no-sklearn", action="store_true", help="time torchgmm only")
+    parser.add_argument("--no-pomegranate", action="store_true", help="skip pomegranate even if installed")
+    parser.add_argument("--first-case", action="store_true", help="only N=1,000,000 D=2 K=5 full")
+    parser.add_argument("--compile", action="store_true", help="also torchgmm with compile=True (dtype +c)")
     parser.add_argument("--json", default="bench_out/bench_em.json")
     args = parser.parse_args()
+    global COMPILE
+    COMPILE = args.compile
 
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits
@@ -197,10 +260,12 @@ def main() -> None:
     run_sklearn = not args.no_sklearn
     rows: list[dict] = []
     with threadpool_limits(limits=args.threads):
-        rows += bench_large(1_000_000 // scale, 2, 5, "full", args.iters, devices, run_sklearn)
-        rows += bench_large(100_000 // scale, 32, 16, "full", args.iters // 5, devices, run_sklearn)
-        rows += bench_large(100_000 // scale, 32, 16, "diag", args.iters // 5, devices, run_sklearn)
-        rows += bench_histograms(1000 // scale, 4096, 3, devices, run_sklearn)
+        pg = not args.no_pomegranate
+        rows += bench_large(1_000_000 // scale, 2, 5, "full", args.iters, devices, run_sklearn, run_pomegranate=pg)
+        if not args.first_case:
+            rows += bench_large(100_000 // scale, 32, 16, "full", args.iters // 5, devices, run_sklearn, run_pomegranate=pg)
+            rows += bench_large(100_000 // scale, 32, 16, "diag", args.iters // 5, devices, run_sklearn, run_pomegranate=pg)
+            rows += bench_histograms(1000 // scale, 4096, 3, devices, run_sklearn)
     print_table(rows)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,30 @@ Examples:
     python scripts/bench_roofline.py --device cuda --size 3840x2160
 
 Prints a table and writes JSON (``--json``, default ``bench_out/bench_roofline.json``).
+
+``--mode em``: the same question for one EM iteration of :mod:`torchgmm.mixture` (N=1,000,000,
+D=2, K=5, full, float32 by default), interleaved round by round:
+
+- ``engine``: the iteration the fit runs (eager): the fused E-step statistics in tiles of N
+  (:func:`torchgmm.mixture._e_step_statistics`), then the M-step and the Cholesky factors.
+- ``compiled``: the same iteration with the E-step statistics as one compiled loop over the
+  samples (:func:`torchgmm.mixture._unrolled_statistics` under ``torch.compile``), checked
+  against ``engine`` first.
+- ``traffic``: a compiled kernel reading exactly the bytes the iteration must read, the
+  quadratic features ``B F N`` numbers (F = D (D + 3) / 2), with one add per value.
+
+``--mode em-memory``: peak RSS of a chunked fit of ``--em-n`` x ``--em-d`` float32 samples
+generated chunk by chunk (50,000,000 x 8 by default), above the RSS before the fit.
+
+    python scripts/bench_roofline.py --mode em --threads 2
+    python scripts/bench_roofline.py --mode em-memory --em-n 50000000 --em-d 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -81,9 +99,146 @@ def make_frames(n: int, c: int, h: int, w: int, device: torch.device, seed: int 
     return (background + noise).round().clamp(0, 255).to(torch.uint8).to(device)
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def em_main(args: argparse.Namespace) -> None:
+    """One EM iteration versus a traffic-only kernel of the same bytes (see the docstring)."""
+    from torchgmm import mixture as gm
+
+    device, dtype = torch.device(args.device), getattr(torch, args.em_dtype)
+    n, d, k, ct = args.em_n, args.em_d, args.em_k, "full"
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, k, (1, n, 1), generator=g)
+    x = (torch.randn(1, n, d, generator=g) + labels * 6.0).to(device=device, dtype=dtype)
+    x = x - x.mean(1, keepdim=True)
+    features = gm._quadratic_features(x, ct)
+    weights = torch.full((1, k), 1.0 / k, device=device, dtype=dtype)
+    means = x[:, :k].clone()
+    prec = torch.eye(d, device=device, dtype=dtype).expand(1, k, d, d).contiguous()
+    options = {"cpp_wrapper": True} if device.type == "cpu" else {}
+    fused = torch.compile(gm._unrolled_statistics, fullgraph=True, dynamic=False, options=options)
+    traffic_kernel = torch.compile(lambda f: (f + 1.0).sum(-1), fullgraph=True, dynamic=False, options=options)
+
+    def iteration(statistics):  # noqa: ANN001, ANN202
+        coefficients, constant = gm._log_prob_coefficients(means, prec, ct)
+        stats = statistics(features, None, coefficients, constant + weights.log())
+        _, _, cov = gm._params_from_statistics(stats, ct, 1e-6, d)
+        return gm.precisions_cholesky_from_covariances(cov, ct)[0], stats
+
+    kernels = {"engine": lambda: iteration(gm._e_step_statistics),
+               "compiled": lambda: iteration(fused),
+               "traffic": lambda: traffic_kernel(features)}
+    got, want = kernels["compiled"]()[1], kernels["engine"]()[1]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * float(b.abs().max()))
+    nbytes = features.numel() * features.element_size()
+    rows = []
+    thread_counts = args.threads if device.type == "cpu" else [torch.get_num_threads()]
+    for threads in thread_counts:
+        if device.type == "cpu":
+            torch.set_num_threads(threads)
+        for fn in kernels.values():
+            fn()
+        times: dict[str, list[float]] = {name: [] for name in kernels}
+        for _ in range(args.rounds):
+            for name, fn in kernels.items():
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(args.em_repeats):
+                    fn()
+                _sync(device)
+                times[name].append((time.perf_counter() - start) / args.em_repeats * 1e3)
+        median = {name: _median(v) for name, v in times.items()}
+        rows.append(dict(threads=threads, **{f"{name}_ms": v for name, v in median.items()},
+                         engine_over_traffic=median["engine"] / median["traffic"],
+                         compiled_over_traffic=median["compiled"] / median["traffic"],
+                         traffic_gb_s=nbytes / (median["traffic"] * 1e-3) / 1e9, all_rounds_ms=times))
+    print(f"EM iteration, N={n:,} D={d} K={k} {ct} {args.em_dtype} on {device.type}: reads {nbytes / 1e6:.1f} MB "
+          f"of quadratic features; median of {args.rounds} interleaved rounds of {args.em_repeats}")
+    print("| threads | engine ms | compiled ms | traffic ms | engine / traffic | compiled / traffic | traffic GB/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['threads']} | {r['engine_ms']:.2f} | {r['compiled_ms']:.2f} | {r['traffic_ms']:.2f} | "
+              f"{r['engine_over_traffic']:.2f} | {r['compiled_over_traffic']:.2f} | {r['traffic_gb_s']:.1f} |")
+    meta = dict(mode="em", n=n, d=d, k=k, covariance_type=ct, dtype=args.em_dtype, bytes=nbytes,
+                rounds=args.rounds, repeats=args.em_repeats, device=str(device), torch=torch.__version__,
+                machine=platform.machine(), cpu_capability=torch.backends.cpu.get_cpu_capability())
+    _write(args.json, dict(meta=meta, rows=rows))
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux /proc: VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def em_memory_main(args: argparse.Namespace) -> None:
+    """Peak RSS of a chunked fit of data generated chunk by chunk (never all in memory)."""
+    from torchgmm.mixture import fit_gaussian_mixture
+
+    torch.set_num_threads(args.threads[0])
+    n, d, k, chunk = args.em_n, args.em_d, args.em_k, args.em_chunk
+
+    def chunks():  # noqa: ANN202
+        for start in range(0, n, chunk):
+            g = torch.Generator().manual_seed(start)
+            m = min(chunk, n - start)
+            labels = torch.randint(0, k, (m, 1), generator=g)
+            yield torch.randn(m, d, generator=g) + labels * 5.0
+
+    # the peak (VmHWM) so far is the imports': reset it where the kernel allows (Linux >= 4.0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = _rss_bytes()
+    start = time.perf_counter()
+    fit = fit_gaussian_mixture(chunks, k, covariance_type="full", init_params="kmeans++", tol=0,
+                               max_iter=args.em_iters, generator=torch.Generator().manual_seed(0))
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_bytes()
+    chunk_bytes = chunk * d * 4
+    row = dict(n=n, d=d, k=k, chunk=chunk, iters=int(fit.n_iter[0]), seconds=seconds, rss_before_mb=before / 2**20,
+               peak_rss_mb=peak / 2**20, peak_above_before_mb=(peak - before) / 2**20,
+               chunk_mb=chunk_bytes / 2**20, peak_above_before_minus_chunk_mb=(peak - before - chunk_bytes) / 2**20)
+    print(f"chunked fit of {n:,} x {d} float32 samples in chunks of {chunk:,} ({chunk_bytes / 2**20:.0f} MiB), "
+          f"K={k} full, {row['iters']} iterations: {seconds:.1f} s")
+    print(f"RSS before {row['rss_before_mb']:.0f} MiB, peak {row['peak_rss_mb']:.0f} MiB: "
+          f"{row['peak_above_before_mb']:.0f} MiB above, {row['peak_above_before_minus_chunk_mb']:.0f} MiB above "
+          f"the chunk size")
+    _write(args.json, dict(meta=dict(mode="em-memory", torch=torch.__version__, machine=platform.machine()), rows=[row]))
+
+
+def _write(path: str, payload: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", default="background", choices=["background", "em", "em-memory"])
+    parser.add_argument("--em-n", type=int, default=None, help="EM modes: samples (1e6 / 5e7 by default)")
+    parser.add_argument("--em-d", type=int, default=None, help="EM modes: features (2 / 8 by default)")
+    parser.add_argument("--em-k", type=int, default=5, help="EM modes: components")
+    parser.add_argument("--em-dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--em-repeats", type=int, default=5, help="--mode em: iterations per round")
+    parser.add_argument("--em-chunk", type=int, default=1_000_000, help="--mode em-memory: samples per chunk")
+    parser.add_argument("--em-iters", type=int, default=3, help="--mode em-memory: EM iterations")
     parser.add_argument("--size", default="640x480", help="WxH")
     parser.add_argument("--channels", type=int, default=3, choices=[1, 3])
     parser.add_argument("--components", type=int, default=3)
@@ -94,6 +249,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default="bench_out/bench_roofline.json")
     args = parser.parse_args()
+    if args.mode != "background":
+        if args.json == "bench_out/bench_roofline.json":
+            args.json = f"bench_out/bench_roofline_{args.mode.replace('-', '_')}.json"
+        big = args.mode == "em-memory"
+        args.em_n = args.em_n or (50_000_000 if big else 1_000_000)
+        args.em_d = args.em_d or (8 if big else 2)
+        (em_memory_main if big else em_main)(args)
+        return
     if args.frames % args.chain:
         parser.error(f"--frames ({args.frames}) must be a multiple of --chain ({args.chain})")
     device = torch.device(args.device)

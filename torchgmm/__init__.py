@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the names below, for type checkers and IDEs
     )
     from torchgmm.background import BackgroundSubtractorMOG, mog_foreground, mog_update
     from torchgmm.mixture import GaussianMixture, fit_gaussian_mixture
+    from torchgmm.mixture_chunked import fit_gaussian_mixture_stepwise
     from torchgmm.segmentation import (
         HistogramSegmenter,
         apply_lut,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GaussianMixture": "torchgmm.mixture",
     "fit_gaussian_mixture": "torchgmm.mixture",
+    "fit_gaussian_mixture_stepwise": "torchgmm.mixture_chunked",
     "HistogramSegmenter": "torchgmm.segmentation",
     "segment_images": "torchgmm.segmentation",
     "segment_files": "torchgmm.segmentation",

@@ -37,14 +37,32 @@ subtracts terms of size (separation / sigma)^2: in float32 the variances lose ab
 2% at 400, 9% at 1,000; the fit fails near 3,000), where scikit-learn centres each component. Fit such data in
 float64, which matches scikit-learn to ~1e-14.
 Memory: ``phi`` holds ``N (D (D + 3) / 2)`` numbers per problem for ``full``/``tied``.
+
+Sufficient statistics. An iteration needs only ``sum_n w_n r_nk``, ``sum_n w_n r_nk phi(x_n)``
+and ``sum_n w_n log p(x_n)`` (:class:`_Statistics`): the E-step produces them directly, tile by
+tile of N (:func:`_e_step_statistics`; the (B, K, N) responsibilities never exist whole), or as
+one compiled loop over the samples with ``compile=True``. Sums over tiles, chunks and processes
+add up, so the same loop fits data in memory, data streamed in chunks, and shards on several
+processes (:mod:`torchgmm.mixture_chunked`, :mod:`torchgmm.distributed`), with equal results.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    Literal,
+    NamedTuple,
+    Sequence,
+    Union,
+)
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +88,7 @@ __all__ = [
     "GaussianMixtureFit",
     "ConvergenceWarning",
     "fit_gaussian_mixture",
+    "is_chunked_source",
     "estimate_log_prob",
     "estimate_log_resp",
     "precisions_cholesky_from_covariances",
@@ -80,6 +99,9 @@ CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitMethod = Literal["kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++"]
 #: one generator for a batch's random draws, or one per problem (see fit_gaussian_mixture)
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+#: data streamed in chunks: a re-iterable (list, DataLoader) or a zero-argument callable
+#: returning an iterator, of ``(N_i, D)`` / ``(B, N_i, D)`` tensors or ``(x, sample_weight)`` pairs
+Chunks = Union[Iterable[Any], Callable[[], Iterator[Any]]]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "range", "kmeans++")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -193,18 +215,25 @@ def _check_centred(centred: Tensor, x: Tensor) -> None:
     """
     if centred.numel() == 0:
         return
-    peak = float(centred.abs().amax())
+    _, n, d = centred.shape
+    _check_spread(float(centred.abs().amax()), centred.dtype, n, d, lambda: check_finite(x, "x"))
+
+
+def _check_spread(peak: float, dtype: torch.dtype, n: int, d: int, name_non_finite: Any = None) -> None:
+    """Raise unless ``peak`` (the largest ``|x - mean|``, NaN/inf when ``x`` had any) keeps the
+    squared features of N samples of D features finite in ``dtype``; ``name_non_finite()``
+    raises first, naming where the NaN/inf is, when it can."""
     if not math.isfinite(peak):
-        check_finite(x, "x")  # names the NaN/inf
+        if name_non_finite is not None:
+            name_non_finite()
         raise ValueError(
             "The weighted mean of `x` overflowed: `sample_weight` times `x` exceeds "
-            f"{torch.finfo(centred.dtype).max:.3g}; rescale `sample_weight` or `x`, or fit in float64."
+            f"{torch.finfo(dtype).max:.3g}; rescale `sample_weight` or `x`, or fit in float64."
         )
-    b, n, d = centred.shape
-    limit = math.sqrt(torch.finfo(centred.dtype).max / (4 * n * d))
+    limit = math.sqrt(torch.finfo(dtype).max / (4 * n * d))
     if not peak <= limit:
         raise ValueError(
-            f"`x` is too spread out to fit in {centred.dtype}: values lie up to {peak:.3g} from "
+            f"`x` is too spread out to fit in {dtype}: values lie up to {peak:.3g} from "
             f"their mean, and the EM's squared features and k-means++ distances overflow beyond "
             f"{limit:.3g} (for N={n}, D={d}). Rescale `x` (e.g. divide by its standard deviation) "
             f"or fit in float64."
@@ -226,11 +255,18 @@ def _triu_indices(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 def _quadratic_features(x: Tensor, covariance_type: str) -> Tensor:
     """phi(x): (B, N, D) -> (B, F, N), feature-major, the features the log-density is linear in."""
-    xt = x.mT.contiguous()  # (B, D, N)
+    b, n, d = x.shape
+    xt = x.mT  # (B, D, N), a view
     if covariance_type in ("full", "tied"):
-        rows, cols = _triu_indices(x.shape[-1], x.device)
-        second = xt[:, rows] * xt[:, cols]  # x_i x_j, i <= j
-    elif covariance_type == "diag":
+        # x_i x_j, i <= j, written feature by feature into the output: no (B, F, N) temporary
+        # besides the result (a loop over the D (D + 1) / 2 features, never over samples)
+        out = x.new_empty(b, d * (d + 1) // 2 + d, n)
+        rows, cols = torch.triu_indices(d, d).tolist()
+        for f, (i, j) in enumerate(zip(rows, cols)):
+            torch.mul(xt[:, i], xt[:, j], out=out[:, f])
+        out[:, -d:] = xt
+        return out
+    if covariance_type == "diag":
         second = xt * xt
     else:  # spherical
         second = (xt * xt).sum(1, keepdim=True)
@@ -400,28 +436,133 @@ def precisions_cholesky_from_covariances(
     return covariances.clamp_min(torch.finfo(covariances.dtype).tiny).rsqrt(), failed
 
 
-def _m_step(
-    features: Tensor,
-    resp: Tensor,
-    sample_weight: Tensor | None,
-    covariance_type: str,
-    reg_covar: float,
-    d: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights (B, K), means (B, K, D) and covariances from responsibilities (B, K, N).
+class _Statistics(NamedTuple):
+    """The M-step's sufficient statistics: sums over samples, weighted by ``w_n`` (1 without
+    sample weights). Sums over chunks, tiles or processes add up field by field."""
 
-    ``features`` is phi(x), (B, F, N). Weighted sums over samples are one matmul.
-    """
+    nk: Tensor  #: (B, K) sum_n w_n r_nk
+    moments: Tensor  #: (B, K, F) sum_n w_n r_nk phi(x_n)
+    log_likelihood: Tensor  #: (B,) sum_n w_n log p(x_n); zeros where no E-step made them
+
+
+def _add_statistics(a: _Statistics | None, b: _Statistics) -> _Statistics:
+    return b if a is None else _Statistics(*(u + v for u, v in zip(a, b)))
+
+
+def _resp_statistics(features: Tensor, resp: Tensor, sample_weight: Tensor | None) -> _Statistics:
+    """Statistics of given responsibilities: (B, F, N), (B, K, N), (B, N) -> _Statistics."""
     if sample_weight is not None:
         resp = resp * sample_weight.unsqueeze(1)
-    eps = torch.finfo(resp.dtype).eps
-    nk = resp.sum(-1) + 10 * eps  # (B, K); + 10 eps keeps empty components finite (sklearn)
     moments = torch.bmm(resp, features.mT)  # (B, K, F): sum_n r_nk phi(x_n)
+    return _Statistics(resp.sum(-1), moments, resp.new_zeros(resp.shape[0]))
+
+
+#: the E-step's (B, K, tile) block holds at most about this many numbers (16 MiB in float32):
+#: the memory an iteration needs beyond the features is bounded whatever N. (Smaller, cache-
+#: sized tiles were slower on CPU: a small-K GEMM per tile costs more than the cache saves;
+#: see ``scripts/bench_roofline.py --mode em``, and :func:`_unrolled_statistics` for one loop.)
+_TILE_NUMBERS = 2**22
+
+
+def _tile_size(b: int, k: int) -> int:
+    return max(_TILE_NUMBERS // (b * k), 1024)
+
+
+def _e_step_statistics(
+    features: Tensor, sample_weight: Tensor | None, coefficients: Tensor, constant: Tensor
+) -> _Statistics:
+    """E-step fused with the M-step's sums: the statistics of the posterior responsibilities.
+
+    The samples are processed in tiles of N (:func:`_tile_size`): each tile's log-joint
+    ``A @ phi + c`` (B, K, tile) is normalised in place into responsibilities, weighted, and
+    reduced at once to ``sum_n r_nk``, ``sum_n r_nk phi(x_n)`` (one matmul) and the weighted
+    log-likelihood; the full (B, K, N) responsibilities never exist, and the features are
+    read once per iteration from memory (twice from cache).
+
+    Shape:
+        - features: ``(B, F, N)``; sample_weight: ``(B, N)`` or None
+        - coefficients: ``(B, K, F)``; constant: ``(B, K)`` (log w_k included)
+        - output: :class:`_Statistics` ``(B, K)``, ``(B, K, F)``, ``(B,)``
+    """
+    n = features.shape[-1]
+    tile = _tile_size(features.shape[0], coefficients.shape[1])
+    total = None
+    for start in range(0, n, tile):  # one tile when N is small; tiles of thousands of samples
+        part = features[..., start : start + tile] if n > tile else features
+        resp, log_likelihood = _normalise_(_log_joint(part, coefficients, constant))
+        if sample_weight is not None:
+            w = sample_weight[:, start : start + tile] if n > tile else sample_weight
+            resp = resp.mul_(w.unsqueeze(1))
+            log_likelihood = log_likelihood * w
+        moments = torch.bmm(resp, part.mT)
+        total = _add_statistics(total, _Statistics(resp.sum(-1), moments, log_likelihood.sum(1)))
+    return total
+
+
+def _unrolled_statistics(
+    features: Tensor, sample_weight: Tensor | None, coefficients: Tensor, constant: Tensor
+) -> _Statistics:
+    """:func:`_e_step_statistics` written sample-wise, loops over K and F unrolled: every
+    operation is element-wise over N or a sum over N, so that ``torch.compile`` makes the
+    whole E-step and the M-step's sums one loop over the samples that reads each feature
+    once and keeps the K log-joints, responsibilities and K (F + 1) + 1 sums in registers.
+
+    Eager, it is slow (K F passes); compiled (``scripts/bench_roofline.py --mode em``), it is
+    the fused kernel. Only for small K F (the unrolled graph has ~3 K F nodes).
+
+    Shape:
+        as :func:`_e_step_statistics`.
+    """
+    k, f = coefficients.shape[1:]
+    phi = features.unbind(1)  # F (B, N)
+    log_joint = []
+    for j in range(k):  # log w_j + log N(x | j) = c_j + sum_f A_jf phi_f
+        acc = constant[:, j, None] + coefficients[:, j, 0, None] * phi[0]
+        for i in range(1, f):
+            acc = acc + coefficients[:, j, i, None] * phi[i]
+        log_joint.append(acc)
+    peak = log_joint[0]
+    for value in log_joint[1:]:
+        peak = torch.maximum(peak, value)
+    exps = [(value - peak).exp() for value in log_joint]  # log-sum-exp, max subtracted
+    total = exps[0]
+    for value in exps[1:]:
+        total = total + value
+    scale = total.reciprocal() if sample_weight is None else sample_weight / total
+    log_likelihood = peak + total.log()
+    if sample_weight is not None:
+        log_likelihood = log_likelihood * sample_weight
+    resp = [value * scale for value in exps]
+    nk = torch.stack([r.sum(-1) for r in resp], 1)
+    moments = torch.stack([torch.stack([(r * p).sum(-1) for p in phi], -1) for r in resp], 1)
+    return _Statistics(nk, moments, log_likelihood.sum(-1))
+
+
+@functools.cache
+def _compiled_statistics() -> Any:
+    """:func:`_unrolled_statistics` under ``torch.compile`` (one per process; shapes dynamic
+    in N so that chunks and tiles of any size reuse it)."""
+    options = {"cpp_wrapper": True} if not torch.cuda.is_available() else {}
+    return torch.compile(_unrolled_statistics, fullgraph=True, dynamic=True, options=options)
+
+
+def _statistics_function(compiled: bool) -> Any:
+    """The E-step statistics function of a fit: the tiled matmuls, or the compiled loop."""
+    return _compiled_statistics() if compiled else _e_step_statistics
+
+
+def _params_from_statistics(
+    stats: _Statistics, covariance_type: str, reg_covar: float, d: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """M-step: weights (B, K), means (B, K, D) and covariances from the statistics."""
+    eps = torch.finfo(stats.nk.dtype).eps
+    nk = stats.nk + 10 * eps  # (B, K); + 10 eps keeps empty components finite (sklearn)
+    moments = stats.moments
     means = moments[..., -d:] / nk.unsqueeze(-1)
     second = moments[..., :-d]
     weights = nk / nk.sum(-1, keepdim=True)
     if covariance_type in ("full", "tied"):
-        rows, cols = _triu_indices(d, features.device)
+        rows, cols = _triu_indices(d, moments.device)
         b, k = nk.shape
         scatter = second.new_zeros(b, k, d, d)
         scatter[..., rows, cols] = second
@@ -444,6 +585,21 @@ def _m_step(
     return weights, means, cov
 
 
+def _m_step(
+    features: Tensor,
+    resp: Tensor,
+    sample_weight: Tensor | None,
+    covariance_type: str,
+    reg_covar: float,
+    d: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights (B, K), means (B, K, D) and covariances from responsibilities (B, K, N).
+
+    ``features`` is phi(x), (B, F, N). Weighted sums over samples are one matmul.
+    """
+    return _params_from_statistics(_resp_statistics(features, resp, sample_weight), covariance_type, reg_covar, d)
+
+
 # ----------------------------------------------------------------------------------------
 # Initialisation
 # ----------------------------------------------------------------------------------------
@@ -458,29 +614,51 @@ def _range_resp(x: Tensor, sample_weight: Tensor | None, k: int) -> Tensor:
 
     For D > 1 the cut is along the first principal axis of the (weighted, centred) data.
     """
-    if x.shape[-1] == 1:
-        projection = x[..., 0]
-    else:
+    axis = None
+    if x.shape[-1] > 1:
         w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
-        cov = torch.einsum("bn,bni,bnj->bij", w, x, x) / w.sum(1)[:, None, None]
-        _, vectors = torch.linalg.eigh(cov)
-        axis = vectors[..., -1]  # (B, D)
-        # An eigenvector's sign is arbitrary and LAPACK (CPU) and cuSOLVER (CUDA) pick
-        # differently, which would reverse the intervals and so the component order. Fix it
-        # as scikit-learn's svd_flip does: the largest-magnitude coordinate is positive.
-        largest = axis.gather(-1, axis.abs().argmax(-1, keepdim=True))
-        axis = torch.where(largest < 0, -axis, axis)
-        projection = (x @ axis.unsqueeze(-1)).squeeze(-1)
+        axis = _principal_axis(_second_moment(x, w) / w.sum(1)[:, None, None])
+    projection = _range_projection(x, axis)
+    low, high = _range_bounds(projection, sample_weight)
+    return _range_labels(projection, low, high, k)
+
+
+def _second_moment(x: Tensor, w: Tensor) -> Tensor:
+    """sum_n w_n x_n x_n': (B, N, D), (B, N) -> (B, D, D)."""
+    return torch.einsum("bn,bni,bnj->bij", w, x, x)
+
+
+def _principal_axis(cov: Tensor) -> Tensor:
+    """The first principal axis (B, D) of covariances (B, D, D), with a fixed sign."""
+    _, vectors = torch.linalg.eigh(cov)
+    axis = vectors[..., -1]  # (B, D)
+    # An eigenvector's sign is arbitrary and LAPACK (CPU) and cuSOLVER (CUDA) pick
+    # differently, which would reverse the intervals and so the component order. Fix it
+    # as scikit-learn's svd_flip does: the largest-magnitude coordinate is positive.
+    largest = axis.gather(-1, axis.abs().argmax(-1, keepdim=True))
+    return torch.where(largest < 0, -axis, axis)
+
+
+def _range_projection(x: Tensor, axis: Tensor | None) -> Tensor:
+    """(B, N): the samples along ``axis`` (B, D), or the one feature when None (D = 1)."""
+    return x[..., 0] if axis is None else (x @ axis.unsqueeze(-1)).squeeze(-1)
+
+
+def _range_bounds(projection: Tensor, sample_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(low, high) (B, 1) of the projections of the samples of positive weight."""
     if sample_weight is not None:
         present = sample_weight > 0
         low = projection.masked_fill(~present, math.inf).amin(1, keepdim=True)
         high = projection.masked_fill(~present, -math.inf).amax(1, keepdim=True)
-    else:
-        low = projection.amin(1, keepdim=True)
-        high = projection.amax(1, keepdim=True)
-    width = (high - low).clamp_min(torch.finfo(x.dtype).tiny)
+        return low, high
+    return projection.amin(1, keepdim=True), projection.amax(1, keepdim=True)
+
+
+def _range_labels(projection: Tensor, low: Tensor, high: Tensor, k: int) -> Tensor:
+    """One-hot (B, K, N) of the interval of [low, high] cut in K that each projection is in."""
+    width = (high - low).clamp_min(torch.finfo(projection.dtype).tiny)
     labels = ((projection - low) / width * k).floor().clamp(0, k - 1).long()
-    return nn.functional.one_hot(labels, k).to(x.dtype).mT
+    return nn.functional.one_hot(labels, k).to(projection.dtype).mT
 
 
 def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
@@ -528,13 +706,13 @@ def _kmeans_plusplus(
 def _lloyd(
     x: Tensor, w: Tensor, centres: Tensor, max_iter: int, tol: Tensor | None, check_every: int = 4
 ) -> Tensor:
-    """Lloyd's k-means iterations from ``centres`` (B, K, D); the final labels (B, N).
+    """Lloyd's k-means iterations from ``centres`` (B, K, D); the final centres (B, K, D).
 
     Each iteration labels every sample with its nearest centre and moves each centre to the
     weighted mean of its samples (a centre with no samples stays). With ``tol`` (B,) a
     problem stops as scikit-learn's ``_kmeans_single_lloyd`` does: when the labels did not
     change (strict convergence), or when the squared centre shift ``sum_k |c_k' - c_k|^2``
-    is at most ``tol``; the labels returned are those of the final centres. Without ``tol``
+    is at most ``tol``; label the samples by the nearest final centre. Without ``tol``
     it runs exactly ``max_iter`` iterations and never syncs with the host.
     """
     b, k = centres.shape[:2]
@@ -558,7 +736,7 @@ def _lloyd(
         previous = labels
         if (iteration + 1) % check_every == 0 and bool(done.all()):
             break
-    return _squared_distances(x, centres).argmin(-1)
+    return centres
 
 
 def _seed_resp(w: Tensor, seeds: Tensor, sample_weight: Tensor | None) -> Tensor:
@@ -582,19 +760,37 @@ def _initial_resp(
         return _range_resp(x, sample_weight, k)
     w = torch.ones_like(x[..., 0]) if sample_weight is None else sample_weight
     if init_params in ("kmeans", "kmeans++"):
-        if init_params == "kmeans":
-            # scikit-learn's: KMeans(n_clusters=K, n_init=1), i.e. greedy k-means++ seeds, then
-            # Lloyd to convergence (max_iter=300, tol=1e-4 times the mean per-feature variance;
-            # x is centred on its weighted mean, so that variance is mean(w x^2) / mean(w)).
-            variance = (w.unsqueeze(-1) * x * x).sum(1) / w.sum(1, keepdim=True)  # (B, D)
-            trials, max_iter, tol = 2 + int(math.log(k)), 300, 1e-4 * variance.mean(-1)
-        else:
-            # torchgmm's own: plain k-means++ seeds and 10 Lloyd iterations, with no host sync.
-            trials, max_iter, tol = 1, 10, None
-        seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=trials)
-        centres = x.gather(1, seeds.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        labels = _lloyd(x, w, centres, max_iter=max_iter, tol=tol)
-        return nn.functional.one_hot(labels, k).to(x.dtype).mT
+        return _nearest_resp(x, _kmeans_centres(x, w, k, init_params, generator))
+    return _seed_or_random_resp(x, w, sample_weight, k, init_params, generator)
+
+
+def _nearest_resp(x: Tensor, centres: Tensor) -> Tensor:
+    """One-hot responsibilities (B, K, N) of the nearest of ``centres`` (B, K, D)."""
+    labels = _squared_distances(x, centres).argmin(-1)
+    return nn.functional.one_hot(labels, centres.shape[1]).to(x.dtype).mT
+
+
+def _kmeans_centres(x: Tensor, w: Tensor, k: int, init_params: str, generator: Generators) -> Tensor:
+    """The k-means centres (B, K, D) of ``init_params`` "kmeans" or "kmeans++" (see
+    :func:`fit_gaussian_mixture`); ``w`` (B, N) the sample weights (ones without)."""
+    if init_params == "kmeans":
+        # scikit-learn's: KMeans(n_clusters=K, n_init=1), i.e. greedy k-means++ seeds, then
+        # Lloyd to convergence (max_iter=300, tol=1e-4 times the mean per-feature variance;
+        # x is centred on its weighted mean, so that variance is mean(w x^2) / mean(w)).
+        variance = (w.unsqueeze(-1) * x * x).sum(1) / w.sum(1, keepdim=True)  # (B, D)
+        trials, max_iter, tol = 2 + int(math.log(k)), 300, 1e-4 * variance.mean(-1)
+    else:
+        # torchgmm's own: plain k-means++ seeds and 10 Lloyd iterations, with no host sync.
+        trials, max_iter, tol = 1, 10, None
+    seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=trials)
+    centres = x.gather(1, seeds.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return _lloyd(x, w, centres, max_iter=max_iter, tol=tol)
+
+
+def _seed_or_random_resp(
+    x: Tensor, w: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: Generators
+) -> Tensor:
+    """Responsibilities (B, K, N) of the inits "k-means++", "random_from_data" and "random"."""
     if init_params == "k-means++":
         seeds = _kmeans_plusplus(x, w, k, generator, n_local_trials=2 + int(math.log(k)))
         return _seed_resp(w, seeds, sample_weight)
@@ -719,7 +915,7 @@ def _check_weights_init(weights: Tensor) -> None:
 # ----------------------------------------------------------------------------------------
 @torch.no_grad()  # EM is not differentiated through: data with requires_grad must not keep its graph
 def fit_gaussian_mixture(
-    x: Tensor,
+    x: Tensor | Chunks,
     n_components: int,
     *,
     sample_weight: Tensor | None = None,
@@ -733,6 +929,10 @@ def fit_gaussian_mixture(
     precisions_init: Tensor | None = None,
     generator: Generators = None,
     check_every: int = 4,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    process_group: Any = None,
+    compile: bool = False,
 ) -> GaussianMixtureFit:
     """Fit B independent Gaussian mixtures by EM in one batched computation.
 
@@ -743,8 +943,27 @@ def fit_gaussian_mixture(
     changing while the others go on. The host reads the stopping test only every
     ``check_every`` iterations.
 
+    Data in memory or in chunks. ``x`` may instead be a chunked source, streamed once per
+    pass (:mod:`torchgmm.mixture_chunked`): a list of chunks, a ``DataLoader``, or a
+    zero-argument callable returning an iterator; each chunk an ``(N_i, D)`` (or
+    ``(B, N_i, D)``) tensor or an ``(x, sample_weight)`` pair. Each EM iteration then sums the
+    chunks' sufficient statistics, so the fit equals the in-memory fit of the concatenated
+    chunks up to rounding (float64: ~1e-12) with the same init. A first pass finds the mean the
+    data are centred on and checks every chunk (errors name the chunk's index). Inits over
+    chunks: ``"range"`` exactly as in memory (three passes); the k-means family on a uniform
+    sample of at most ``mixture_chunked.INIT_SAMPLE_SIZE`` (131,072) samples, then one
+    labelling pass (all samples when N is at most that: then equal to the in-memory init with
+    the same generator); ``"random"`` draws the responsibilities chunk by chunk.
+
+    Processes. With ``process_group`` (a ``torch.distributed`` group; gloo on CPU, NCCL on
+    CUDA) each rank passes its own shard (a tensor or chunks): the statistics of every pass are
+    all-reduced, the init is made on rank 0 and broadcast, and every rank returns the same
+    fit, equal to a one-process fit of the shards concatenated in rank order (``"random"``
+    aside, whose responsibilities each rank draws for its own shard).
+
     Args:
-        x: data, ``(B, N, D)`` or ``(N, D)``, D >= 1. float32 and float64 are fitted as
+        x: data, ``(B, N, D)`` or ``(N, D)``, D >= 1, or a chunked source (above).
+            float32 and float64 are fitted as
             given; float16 and bfloat16 are fitted in float32 (no half-precision Cholesky,
             and too few digits for the squared features); integer and bool data are cast to
             the default dtype; complex data are refused. The results have the dtype fitted in.
@@ -784,6 +1003,16 @@ def fit_gaussian_mixture(
             sequence of B, one per problem, whose random draws (seeds, samples, random
             responsibilities) are then each problem's alone, whatever else is in the batch.
         check_every: host syncs for the stopping test happen every this many iterations.
+        device, dtype: where and in which precision to fit (default: the data's, i.e. the
+            first chunk's). Chunks on the CPU reach a CUDA ``device`` through pinned memory,
+            without blocking.
+        process_group: a ``torch.distributed`` process group to fit across (above), or None.
+        compile: run each iteration's E-step and M-step sums as one ``torch.compile``d loop
+            over the samples (:func:`_unrolled_statistics`): several times faster on CPU for
+            small K and D (``scripts/bench_roofline.py --mode em``), but the first fit of a
+            shape compiles for tens of seconds (needs a C++ compiler on CPU), the results
+            differ from the default engine by rounding, and the unrolled graph grows as
+            K D^2: meant for K (D (D + 3) / 2) up to a few hundred.
 
     Returns:
         :class:`GaussianMixtureFit`, every field batched (B = 1 for ``(N, D)`` input);
@@ -802,6 +1031,10 @@ def fit_gaussian_mixture(
         >>> fit = fit_gaussian_mixture(x, 2, init_params="range")
         >>> fit.means.squeeze().round()
         tensor([-4.,  4.])
+        >>> chunks = [x[:300], x[300:]]  # the same fit, streamed in two chunks
+        >>> streamed = fit_gaussian_mixture(chunks, 2, init_params="range")
+        >>> bool(torch.allclose(streamed.means, fit.means, rtol=1e-5))
+        True
     """
     check_positive_int(n_components, "n_components")
     # max_iter=0 returns the initial parameters (scikit-learn allows it too).
@@ -811,19 +1044,115 @@ def fit_gaussian_mixture(
     check_choice(init_params, "init_params", INIT_METHODS)
     tol = check_real(tol, "tol", minimum=0)
     reg_covar = check_real(reg_covar, "reg_covar", minimum=0)
+    options = _EMOptions(n_components, covariance_type, tol, reg_covar, max_iter, init_params, check_every, bool(compile))
+    if process_group is not None or not isinstance(x, Tensor) and is_chunked_source(x):
+        from torchgmm.mixture_chunked import (
+            fit_chunked,  # chunks and processes: their own module
+        )
+
+        return fit_chunked(
+            x, options, sample_weight=sample_weight, weights_init=weights_init, means_init=means_init,
+            precisions_init=precisions_init, generator=generator, device=device, dtype=dtype,
+            process_group=process_group,
+        )[0]
+    if device is not None or dtype is not None:
+        check_tensor(x, "x")
+        x = x.to(device=device, dtype=dtype)
     x, sample_weight = _batched_data(x, sample_weight)
     b, n, d = x.shape
     k = n_components
     if n < k:
         raise ValueError(f"`x` has N={n} samples per problem, fewer than n_components={k}.")
-    check_generators(generator, b, x.device)
-    if not (generator is None or isinstance(generator, torch.Generator)):
-        generator = list(generator)
-    weights0 = _batched_init(weights_init, "weights_init", 2, x)
-    means0 = _batched_init(means_init, "means_init", 3, x)
-    precisions0 = _batched_init(
-        precisions_init, "precisions_init", len(_covariance_shape(covariance_type, b, k, d)), x
+    generator = _checked_generators(generator, b, x.device)
+    weights0, means0, prec_chol0 = _given_parameters(
+        weights_init, means_init, precisions_init, x, covariance_type, k
     )
+
+    # Centre the data (see the module docstring); means live in centred coordinates.
+    given = x
+    shift = _weighted_mean(x, sample_weight)
+    x = x - shift
+    _check_centred(x, given)
+    features = _quadratic_features(x, covariance_type)
+
+    # Initialisation, following sklearn's BaseMixture._initialize: parameters from the
+    # init responsibilities, then overridden by whatever was given explicitly.
+    initial = None
+    if weights0 is None or means0 is None or prec_chol0 is None:
+        resp = _initial_resp(x, sample_weight, k, init_params, generator)
+        initial = _m_step(features, resp, sample_weight, covariance_type, reg_covar, d)
+    weights, means, cov, prec_chol, failed = _starting_parameters(
+        initial, weights0, means0, prec_chol0, shift, covariance_type
+    )
+    _raise_if_failed(failed)
+
+    total = x.new_full((b,), n) if sample_weight is None else sample_weight.sum(1)
+    working = {"features": features, "sample_weight": sample_weight}
+
+    e_step = _statistics_function(options.compile)
+
+    def statistics(coefficients: Tensor, constant: Tensor) -> _Statistics:
+        return e_step(working["features"], working["sample_weight"], coefficients, constant)
+
+    def shrink(keep: Tensor) -> None:
+        working["features"] = working["features"][keep]
+        if working["sample_weight"] is not None:
+            working["sample_weight"] = working["sample_weight"][keep]
+
+    fit = _run_em(statistics, total, (weights, means, cov, prec_chol), failed, options, shrink=shrink)
+    return fit._replace(means=fit.means + shift)
+
+
+class _EMOptions(NamedTuple):
+    """The checked scalar options of :func:`fit_gaussian_mixture`."""
+
+    n_components: int
+    covariance_type: str
+    tol: float
+    reg_covar: float
+    max_iter: int
+    init_params: str
+    check_every: int
+    compile: bool = False  #: the E-step statistics as one compiled loop (_unrolled_statistics)
+
+
+def is_chunked_source(x: object) -> bool:
+    """Whether :func:`fit_gaussian_mixture` streams ``x`` as chunks rather than fitting a tensor:
+    a zero-argument callable or a re-iterable that is not an array (lists, DataLoaders).
+
+    Example:
+        >>> is_chunked_source(torch.zeros(3, 2)), is_chunked_source([torch.zeros(3, 2)])
+        (False, True)
+    """
+    if isinstance(x, Tensor) or hasattr(x, "__array__") or isinstance(x, (str, bytes)):
+        return False
+    return callable(x) or hasattr(x, "__iter__")
+
+
+def _checked_generators(generator: Generators, b: int, device: torch.device) -> Generators:
+    check_generators(generator, b, device)
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        return list(generator)
+    return generator
+
+
+def _given_parameters(
+    weights_init: Tensor | None,
+    means_init: Tensor | None,
+    precisions_init: Tensor | None,
+    like: Tensor,
+    covariance_type: str,
+    k: int,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Checked explicit starting parameters: (weights (B, K), means (B, K, D), precisions'
+    Cholesky factors) on ``like``'s (B, N, D) device and dtype, each None if not given."""
+    b, _, d = like.shape
+    weights0 = _batched_init(weights_init, "weights_init", 2, like)
+    means0 = _batched_init(means_init, "means_init", 3, like)
+    precisions0 = _batched_init(
+        precisions_init, "precisions_init", len(_covariance_shape(covariance_type, b, k, d)), like
+    )
+    prec_chol0 = None
     if weights0 is not None:
         _check_param_shape(weights0, "weights_init", (b, k))
         check_finite(weights0, "weights_init")
@@ -835,37 +1164,64 @@ def fit_gaussian_mixture(
         _check_param_shape(precisions0, "precisions_init", _covariance_shape(covariance_type, b, k, d))
         check_finite(precisions0, "precisions_init")
         prec_chol0 = _precisions_cholesky_from_precisions(precisions0, covariance_type)
+    return weights0, means0, prec_chol0
 
-    # Centre the data (see the module docstring); means live in centred coordinates.
-    given = x
-    shift = _weighted_mean(x, sample_weight)
-    x = x - shift
-    _check_centred(x, given)
-    features = _quadratic_features(x, covariance_type)
 
-    # Initialisation, following sklearn's BaseMixture._initialize: parameters from the
-    # init responsibilities, then overridden by whatever was given explicitly.
-    if weights0 is None or means0 is None or precisions0 is None:
-        resp = _initial_resp(x, sample_weight, k, init_params, generator)
-        weights, means, cov = _m_step(features, resp, sample_weight, covariance_type, reg_covar, d)
+def _starting_parameters(
+    initial: tuple[Tensor, Tensor, Tensor] | None,
+    weights0: Tensor | None,
+    means0: Tensor | None,
+    prec_chol0: Tensor | None,
+    shift: Tensor,
+    covariance_type: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(weights, means, cov, precisions_cholesky, failed (B,)) to start EM from: the init's
+    ``initial`` (weights, means, cov), overridden by the given ones (means moved by ``shift``
+    into centred coordinates), as scikit-learn's ``_initialize``."""
+    if initial is not None:
+        weights, means, cov = initial
     if weights0 is not None:
         weights = weights0 / weights0.sum(-1, keepdim=True)
     if means0 is not None:
         means = means0 - shift
-    if precisions0 is not None:
+    if prec_chol0 is not None:
         prec_chol = prec_chol0
         cov = _covariances_from_precisions_cholesky(prec_chol, covariance_type)
-        failed = torch.zeros(b, dtype=torch.bool, device=x.device)
+        failed = torch.zeros(prec_chol.shape[0], dtype=torch.bool, device=prec_chol.device)
     else:
         prec_chol, failed = precisions_cholesky_from_covariances(cov, covariance_type)
-    _raise_if_failed(failed)
+    return weights, means, cov, prec_chol, failed
 
-    weight_total = None if sample_weight is None else sample_weight.sum(1)
-    lower_bound = x.new_full((b,), -math.inf)
-    n_iter = torch.zeros(b, dtype=torch.long, device=x.device)
-    converged = torch.zeros(b, dtype=torch.bool, device=x.device)
-    active = torch.ones(b, dtype=torch.bool, device=x.device)
-    overflowed = torch.zeros(b, dtype=torch.bool, device=x.device)
+
+def _run_em(
+    statistics: Any,
+    total: Tensor,
+    parameters: tuple[Tensor, Tensor, Tensor, Tensor],
+    failed: Tensor,
+    options: _EMOptions,
+    shrink: Any = None,
+) -> GaussianMixtureFit:
+    """The EM iterations from ``parameters`` (weights, means, cov, precisions_cholesky), in the
+    centred coordinates of the data.
+
+    ``statistics(coefficients (B', K, F), constant (B', K))`` returns the :class:`_Statistics`
+    of the current working set of B' problems (all B until ``shrink`` is called), summed over
+    all the data (in memory, over chunks, over processes); ``total`` (B,) is each problem's
+    sample size (its total weight), so the bound is the weighted mean log-likelihood.
+    ``shrink(keep)`` (or None: the working set never shrinks) drops the problems not in
+    ``keep`` from what ``statistics`` reads.
+    """
+    covariance_type, tol, reg_covar, max_iter, check_every = (
+        options.covariance_type, options.tol, options.reg_covar, options.max_iter, options.check_every
+    )
+    weights, means, cov, prec_chol = parameters
+    b, _, d = means.shape
+    device = means.device
+    lower_bound = means.new_full((b,), -math.inf)
+    n_iter = torch.zeros(b, dtype=torch.long, device=device)
+    converged = torch.zeros(b, dtype=torch.bool, device=device)
+    active = torch.ones(b, dtype=torch.bool, device=device)
+    overflowed = torch.zeros(b, dtype=torch.bool, device=device)
     # Rows of the working set -> problems; None while every problem is in it. When most
     # problems have converged, the working set shrinks to the active ones (at a check, when
     # the host syncs anyway), so a batch costs the sum of its problems' iterations rather
@@ -873,19 +1229,15 @@ def fit_gaussian_mixture(
     rows: Tensor | None = None
     results: list[Tensor] | None = None
     # The bound after each iteration, NaN for problems that had stopped (trimmed at the end).
-    lower_bounds = x.new_full((b, max_iter), math.nan)
+    lower_bounds = means.new_full((b, max_iter), math.nan)
     for iteration in range(max_iter):
-        # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring).
+        # E-step: log w_k + log N(x | k) as one matmul of the features (module docstring),
+        # fused with the sums the M-step needs.
         coefficients, constant = _log_prob_coefficients(means, prec_chol, covariance_type)
-        resp, log_likelihood = _normalise_(_log_joint(features, coefficients, constant + weights.log()))
-        if sample_weight is None:
-            new_bound = log_likelihood.mean(1)
-        else:
-            new_bound = (log_likelihood * sample_weight).sum(1) / weight_total
+        stats = statistics(coefficients, constant + weights.log())
+        new_bound = stats.log_likelihood / total
         # M-step.
-        new_weights, new_means, new_cov = _m_step(
-            features, resp, sample_weight, covariance_type, reg_covar, d
-        )
+        new_weights, new_means, new_cov = _params_from_statistics(stats, covariance_type, reg_covar, d)
         new_prec_chol, new_failed = precisions_cholesky_from_covariances(new_cov, covariance_type)
         # Problems that converged earlier keep their parameters.
         weights = _where_active(active, new_weights, weights)
@@ -904,27 +1256,23 @@ def fit_gaussian_mixture(
         converged = converged | (active & (change.abs() < tol))
         active = active & ~converged
         if (iteration + 1) % check_every == 0 or iteration + 1 == max_iter:
-            _raise_if_failed(failed, rows, overflowed, x.dtype)
+            _raise_if_failed(failed, rows, overflowed, means.dtype)
             n_active = int(active.sum())
             if n_active == 0:
                 break
-            if n_active <= active.numel() // 2:
+            if shrink is not None and n_active <= active.numel() // 2:
                 state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
                 results = _store(results, rows, state)
                 keep = torch.nonzero(active).squeeze(1)
                 rows = keep if rows is None else rows[keep]
                 weights, means, cov, prec_chol, lower_bound, n_iter, converged = (t[keep] for t in state)
-                features, active, failed = features[keep], active[keep], failed[keep]
-                overflowed = overflowed[keep]
-                if sample_weight is not None:
-                    sample_weight, weight_total = sample_weight[keep], weight_total[keep]
+                active, failed, overflowed, total = active[keep], failed[keep], overflowed[keep], total[keep]
+                shrink(keep)
     state = (weights, means, cov, prec_chol, lower_bound, n_iter, converged)
     weights, means, cov, prec_chol, lower_bound, n_iter, converged = _store(results, rows, state)
     # columns after every problem had stopped (up to the next check) are all NaN: dropped
     lower_bounds = lower_bounds[:, : int(n_iter.max()) if max_iter else 0].contiguous()
-    return GaussianMixtureFit(
-        weights, means + shift, cov, prec_chol, lower_bound, n_iter, converged, lower_bounds
-    )
+    return GaussianMixtureFit(weights, means, cov, prec_chol, lower_bound, n_iter, converged, lower_bounds)
 
 
 def _store(results: list[Tensor] | None, rows: Tensor | None, state: tuple[Tensor, ...]) -> list[Tensor]:
@@ -1002,6 +1350,16 @@ class GaussianMixture(nn.Module):
             and the fitted buffers are float32. ``fit`` replaces the buffers, so casting
             the module before it (``.double()``) does not choose the precision: pass
             ``dtype`` (or float64 data); casting a fitted module casts its buffers, as usual.
+        process_group: fit across the ranks of this ``torch.distributed`` group, each passing
+            its own shard to ``fit`` (see :func:`fit_gaussian_mixture`); every rank ends with
+            the same parameters.
+        distributed: with no ``process_group``, fit across the default (world) group.
+        compile: the E-step as one compiled loop (see :func:`fit_gaussian_mixture`).
+
+    ``fit`` also takes a chunked source (a list of chunks, a ``DataLoader``, a zero-argument
+    callable returning an iterator; chunks ``(N_i, D)`` or ``(x, sample_weight)`` pairs) and
+    streams it once per EM iteration, equal to the in-memory fit (see
+    :func:`fit_gaussian_mixture`).
 
     scikit-learn's ``n_init`` (best of several initialisations) is not offered: fit a batch
     ``(B, N, D)`` of copies with different ``means_init`` and keep the best ``lower_bound_``.
@@ -1069,6 +1427,9 @@ class GaussianMixture(nn.Module):
         random_state: int | torch.Generator | np.random.RandomState | np.random.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        process_group: Any = None,
+        distributed: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.n_components = n_components
@@ -1083,6 +1444,9 @@ class GaussianMixture(nn.Module):
         self.random_state = random_state
         self.fit_device = device
         self.fit_dtype = dtype
+        self.process_group = process_group
+        self.distributed = distributed
+        self.compile = compile
         for name in _FITTED_BUFFERS:
             self.register_buffer(name, torch.empty(0))
         # The lower bound after every EM iteration of the last fit: a record of that run, not
@@ -1120,20 +1484,34 @@ class GaussianMixture(nn.Module):
         if self.fit_dtype is None:
             # fit_gaussian_mixture picks the precision from x's dtype (half -> float32).
             return x.to(device=device)
-        if self.fit_dtype not in FIT_DTYPES + _HALF_DTYPES:
-            raise TypeError(f"`dtype` must be one of {FIT_DTYPES} (or half precision), got {self.fit_dtype}.")
+        self._check_fit_dtype()
         return x.to(device=device, dtype=self.fit_dtype)
 
-    def fit(self, x: Tensor, sample_weight: Tensor | None = None) -> GaussianMixture:
+    def _check_fit_dtype(self) -> None:
+        if self.fit_dtype is not None and self.fit_dtype not in FIT_DTYPES + _HALF_DTYPES:
+            raise TypeError(f"`dtype` must be one of {FIT_DTYPES} (or half precision), got {self.fit_dtype}.")
+
+    def _process_group(self) -> Any:
+        if self.process_group is not None or not self.distributed:
+            return self.process_group
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "`distributed=True` fits across the default process group, but torch.distributed "
+                "is not initialised: call torch.distributed.init_process_group (or start with torchrun)."
+            )
+        return dist.group.WORLD
+
+    def fit(self, x: Tensor | Chunks, sample_weight: Tensor | None = None) -> GaussianMixture:
         """Estimate the parameters by EM; returns ``self``.
 
-        Warns :class:`ConvergenceWarning` when a problem did not converge.
+        ``x`` is a tensor or a chunked source (see the class docstring); with a process
+        group, this rank's shard. Warns :class:`ConvergenceWarning` when a problem did not
+        converge.
         """
-        x = self._prepare(x)
-        fit = fit_gaussian_mixture(
-            x,
-            self.n_components,
-            sample_weight=sample_weight,
+        group = self._process_group()
+        options = dict(
             covariance_type=self.covariance_type,
             tol=self.tol,
             reg_covar=self.reg_covar,
@@ -1142,9 +1520,36 @@ class GaussianMixture(nn.Module):
             weights_init=self.weights_init,
             means_init=self.means_init,
             precisions_init=self.precisions_init,
-            generator=self._generator(x.device),
         )
-        unbatch = x.ndim == 2
+        if group is None and (isinstance(x, Tensor) or not is_chunked_source(x)):
+            options["compile"] = self.compile
+            x = self._prepare(x)
+            fit = fit_gaussian_mixture(
+                x, self.n_components, sample_weight=sample_weight, generator=self._generator(x.device), **options
+            )
+            unbatch = x.ndim == 2
+        else:
+            from torchgmm.mixture_chunked import (
+                fit_chunked,  # chunks and processes: their own module
+            )
+
+            self._check_fit_dtype()
+            check_positive_int(self.n_components, "n_components")
+            check_positive_int(self.max_iter, "max_iter", minimum=0)
+            check_choice(self.covariance_type, "covariance_type", COVARIANCE_TYPES)
+            check_choice(self.init_params, "init_params", INIT_METHODS)
+            em = _EMOptions(
+                self.n_components, self.covariance_type, check_real(self.tol, "tol", minimum=0),
+                check_real(self.reg_covar, "reg_covar", minimum=0), self.max_iter, self.init_params, 4,
+                bool(self.compile),
+            )
+            device = self._chunk_device(x)
+            fit, batched = fit_chunked(
+                x, em, sample_weight=sample_weight, weights_init=self.weights_init,
+                means_init=self.means_init, precisions_init=self.precisions_init,
+                generator=self._generator(device), device=device, dtype=self.fit_dtype, process_group=group,
+            )
+            unbatch = not batched
         for name, value in zip(_FITTED_BUFFERS, fit):
             setattr(self, name, value[0] if unbatch else value)
         self.lower_bounds_ = fit.lower_bounds[0] if unbatch else fit.lower_bounds
@@ -1158,6 +1563,18 @@ class GaussianMixture(nn.Module):
                 stacklevel=2,
             )
         return self
+
+    def _chunk_device(self, x: Any) -> torch.device:
+        """The device a chunked (or distributed) fit runs on: ``device``, else the data's
+        (a tensor shard's; for chunks, the first chunk's, read once more)."""
+        if self.fit_device is not None:
+            return torch.device(self.fit_device)
+        if isinstance(x, Tensor):
+            return x.device
+        for item in x() if callable(x) else x:
+            first = item if isinstance(item, Tensor) else item[0] if isinstance(item, (tuple, list)) else None
+            return first.device if isinstance(first, Tensor) else torch.device("cpu")
+        return torch.device("cpu")
 
     def fit_predict(self, x: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """Fit, then label ``x``; ``(N,)`` or ``(B, N)`` int64."""
