@@ -20,6 +20,8 @@ MODULES = [
     "torchgmm.pixels",
     "torchgmm.defaults",
     "torchgmm.exceptions",
+    "torchgmm.mixture_chunked",
+    "torchgmm.distributed",
 ]
 
 

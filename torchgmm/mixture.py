@@ -932,7 +932,7 @@ def fit_gaussian_mixture(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     process_group: Any = None,
-    compile: bool = False,
+    compile: bool = False,  # noqa: A002 - the flag's natural name, as torch.compile
 ) -> GaussianMixtureFit:
     """Fit B independent Gaussian mixtures by EM in one batched computation.
 
@@ -1044,8 +1044,10 @@ def fit_gaussian_mixture(
     check_choice(init_params, "init_params", INIT_METHODS)
     tol = check_real(tol, "tol", minimum=0)
     reg_covar = check_real(reg_covar, "reg_covar", minimum=0)
-    options = _EMOptions(n_components, covariance_type, tol, reg_covar, max_iter, init_params, check_every, bool(compile))
-    if process_group is not None or not isinstance(x, Tensor) and is_chunked_source(x):
+    options = _EMOptions(
+        n_components, covariance_type, tol, reg_covar, max_iter, init_params, check_every, bool(compile)
+    )
+    if process_group is not None or (not isinstance(x, Tensor) and is_chunked_source(x)):
         from torchgmm.mixture_chunked import (
             fit_chunked,  # chunks and processes: their own module
         )
@@ -1429,7 +1431,7 @@ class GaussianMixture(nn.Module):
         dtype: torch.dtype | None = None,
         process_group: Any = None,
         distributed: bool = False,
-        compile: bool = False,
+        compile: bool = False,  # noqa: A002 - the flag's natural name, as torch.compile
     ) -> None:
         super().__init__()
         self.n_components = n_components

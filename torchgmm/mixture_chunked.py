@@ -347,7 +347,9 @@ def _reduced(
     return _Statistics(*(p.view_as(t) for p, t in zip(parts, stats)))
 
 
-def _like_statistics(summary: _Summary, k: int, covariance_type: str, device: torch.device, dtype: torch.dtype) -> _Statistics:
+def _like_statistics(
+    summary: _Summary, k: int, covariance_type: str, device: torch.device, dtype: torch.dtype
+) -> _Statistics:
     f = _quadratic_features(torch.zeros(1, 1, summary.d, device=device, dtype=dtype), covariance_type).shape[1]
     b = summary.b
     return _Statistics(
@@ -357,7 +359,10 @@ def _like_statistics(summary: _Summary, k: int, covariance_type: str, device: to
     )
 
 
-def _resp_pass(reader: _ChunkReader, summary: _Summary, coll: Collective, options: _EMOptions, make_resp: Any, like: _Statistics) -> tuple[Tensor, Tensor, Tensor]:
+def _resp_pass(
+    reader: _ChunkReader, summary: _Summary, coll: Collective, options: _EMOptions, make_resp: Any,
+    like: _Statistics,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One pass summing the statistics of ``make_resp(centred x (B, N_i, D))`` (B, K, N_i);
     the M-step's (weights, means, cov) from them."""
     stats = None
@@ -508,7 +513,9 @@ def fit_chunked(
 
     e_step = _statistics_function(options.compile)
     # A tensor shard is one chunk in memory: its features are made once, as in memory.
-    cached = [(_features(c, summary, options.covariance_type), w) for _, c, w in reader] if isinstance(x, Tensor) else None
+    cached = (
+        [(_features(c, summary, options.covariance_type), w) for _, c, w in reader] if isinstance(x, Tensor) else None
+    )
 
     def statistics(coefficients: Tensor, constant: Tensor) -> _Statistics:
         error, stats = None, None
@@ -628,7 +635,8 @@ def fit_gaussian_mixture_stepwise(
             shift = (chunk.mean(1) if w is None else (w.unsqueeze(-1) * chunk).sum(1) / size.unsqueeze(-1)).unsqueeze(1)
             centred = chunk - shift
             features = _quadratic_features(centred, covariance_type)
-            resp = _initial_resp(centred, w, k, init_params, _checked_generators(generator, chunk.shape[0], chunk.device))
+            generators = _checked_generators(generator, chunk.shape[0], chunk.device)
+            resp = _initial_resp(centred, w, k, init_params, generators)
             first = _resp_statistics(features, resp, w)
             stats = _Statistics(first.nk / size[:, None], first.moments / size[:, None, None], first.log_likelihood)
         else:
