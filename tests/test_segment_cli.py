@@ -520,3 +520,18 @@ def test_records_of_the_previous_version_are_recognised(small_dir, tmp_path, mon
         assert {k: v for k, v in new.items() if k not in ("labels", "colour")} == {
             k: v for k, v in rec.items() if k not in ("labels", "colour")
         }
+
+
+def test_batches_are_capped_by_pixels_as_well_as_count():
+    from types import SimpleNamespace
+
+    from torchgmm.segmentation import _batched
+
+    def item(h, w):
+        return SimpleNamespace(image=None if h == 0 else torch.zeros(1, h, w, dtype=torch.uint8))
+
+    sizes = [(10, 10), (10, 10), (0, 0), (20, 20), (10, 10), (30, 30), (10, 10)]
+    got = [[tuple(i.image.shape[1:]) if i.image is not None else None for i in b]
+           for b in _batched([item(*s) for s in sizes], size=3, max_pixels=500)]
+    # 100 + 100 (+ a failed item) = 200, + 400 would pass 500: new batch; 900 alone is over, but one item
+    assert got == [[(10, 10), (10, 10), None], [(20, 20), (10, 10)], [(30, 30)], [(10, 10)]]

@@ -1177,14 +1177,27 @@ def _check_settings(records: dict[str, dict], keys: Iterable[str], jsonl: Path, 
         )
 
 
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of ``size`` items (the last one shorter)."""
+#: the most pixels (H x W summed over a batch's images) that segment_files decodes and
+#: segments at once: a batch of 16 photos of 12 megapixels held 7 GB at its peak; 2**25
+#: pixels (about 33 million: 2 such photos, or 380 CDnet frames) keeps it near 1 GB
+BATCH_PIXELS = 2**25
+
+
+def _batched(items: Iterable, size: int, max_pixels: int = BATCH_PIXELS) -> Iterator[list]:
+    """Consecutive lists of at most ``size`` items and, past the first item of a list, at
+    most ``max_pixels`` pixels of decoded images (failed items count none)."""
     batch: list = []
+    pixels = 0
     for item in items:
+        n = 0 if item.image is None else item.image.shape[-2] * item.image.shape[-1]
+        if batch and pixels + n > max_pixels:
+            yield batch
+            batch, pixels = [], 0
         batch.append(item)
+        pixels += n
         if len(batch) == size:
             yield batch
-            batch = []
+            batch, pixels = [], 0
     if batch:
         yield batch
 
@@ -1261,7 +1274,9 @@ def segment_files(
             ``"kmeans++"`` or ``"random"`` (seed 0); see :func:`segment_images`. Recorded
             as ``"kmeans++"`` for images segmented with ``mode="rgb"``, which always uses it.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a device.
-        batch_size: images decoded and segmented per step.
+        batch_size: images decoded and segmented per step, at most; a step also holds at
+            most :data:`BATCH_PIXELS` pixels (one larger image is a step of its own), so
+            that large photos do not exhaust memory.
         workers: decoding worker processes (:class:`~torchgmm.io.images.DecodeWorkers`: a
             file that crashes the decoder fails alone); 0 decodes in this process.
         overwrite: redo images whose outputs exist, whatever settings they were made with.
