@@ -780,17 +780,13 @@ class BackgroundSubtractorMOG2(nn.Module):
         return masks
 
     def background_image(self) -> Tensor:
-        """OpenCV's ``getBackgroundImage`` (see :func:`mog2_background_image`).
+        """OpenCV's ``getBackgroundImage``: ``(B, C, H, W)`` ``uint8`` (:func:`mog2_background_image`).
 
-        Returns:
-            ``(B, C, H, W)`` ``uint8``.
-
-        Raises:
-            RuntimeError: before the first frame.
+        A RuntimeError before the first frame.
         """
-        if not self.is_initialized:
-            raise RuntimeError("background_image() needs at least one frame: call the model on a frame first.")
-        return mog2_background_image(self.weight, self.mean, self.n_modes, self.background_ratio)
+        if self.is_initialized:
+            return mog2_background_image(self.weight, self.mean, self.n_modes, self.background_ratio)
+        raise RuntimeError("background_image() needs a frame first: call the model on one.")
 
     def extra_repr(self) -> str:
         return (
