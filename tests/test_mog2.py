@@ -215,7 +215,7 @@ class TestReference:
         b, c, h, w = 1, *frames.shape[1:]
         k = SETTINGS[0]["n_mixtures"]
         state = [torch.zeros(b, k, h, w), torch.zeros(b, k, c, h, w), torch.zeros(b, k, h, w)]
-        n_modes = torch.zeros(b, h, w, dtype=torch.uint8)
+        n_modes = torch.zeros(b, h, w)  # the module's float32 counts
         keys = ("complexity_reduction_threshold",)
         kwargs = {key: SETTINGS[0][key] for key in keys}
         for t in range(len(frames)):
@@ -403,10 +403,10 @@ class TestModule:
         model = BackgroundSubtractorMOG2(**SETTINGS[0], compile=False)
         run(model, frames[:20])
         twin = copy.deepcopy(model).to(device)
-        assert twin.weight.device.type == device.type and twin.n_modes.dtype == torch.uint8
+        assert twin.weight.device.type == device.type and twin.n_modes.dtype == torch.float32
         assert torch.equal(run(twin, frames[20:]).cpu(), run(model, frames[20:]))
-        double = copy.deepcopy(model).to(torch.float64)  # floating buffers only
-        assert double.weight.dtype == torch.float64 and double.n_modes.dtype == torch.uint8
+        double = copy.deepcopy(model).to(torch.float64)
+        assert double.weight.dtype == double.n_modes.dtype == torch.float64  # floating buffers, counts too
         assert (run(double, frames[20:]) == run(copy.deepcopy(model), frames[20:])).float().mean() >= 0.99
 
     def test_reset_and_empty_state_round_trip(self):
@@ -507,7 +507,7 @@ class TestModule:
         frame = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
         w, m, v = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 3, 2, 2), torch.ones(1, 2, 2, 2)
         with pytest.raises(ShapeError, match="n_modes"):
-            mog2_update(frame, w, m, v, torch.zeros(1, 2, 2), 0.5)
+            mog2_update(frame, w, m, v, torch.zeros(1, 2, 3), 0.5)
         with pytest.raises(ShapeError, match="one variance per mode"):
             mog2_update(frame, w, m, torch.ones(1, 2, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.uint8), 0.5)
 

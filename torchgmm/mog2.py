@@ -24,7 +24,7 @@ State layout, batch first, stored component-major (see
 ``weight``         ``(B, K, H, W)``
 ``mean``           ``(B, K, C, H, W)``
 ``variance``       ``(B, K, H, W)``
-``n_modes``        ``(B, H, W)`` uint8, modes in use (0..K)
+``n_modes``        ``(B, H, W)`` modes in use (0..K), float32 in the module (see ``_mog2_step``)
 =================  =============================================
 
 One frame, per pixel, with rate ``a`` and ``prune = -a * CT`` (OpenCV's names: ``Tb``
@@ -228,7 +228,7 @@ def _bubble(ws, mus, vs, moving: Tensor, target: Tensor, source: Tensor) -> None
 def _update_planes(xs, ws, mus, vs, count, rate, s, detect_shadows):  # noqa: ANN001, ANN202, C901
     """One ``MOG2Invoker`` step on unpacked planes: ``(background, shadow, ws, mus, vs, count)``.
 
-    ``count`` is ``(B, H, W)`` int32 (modes in use), ``rate`` the ``()`` float64 rate, ``s``
+    ``count`` is ``(B, H, W)`` (modes in use, as floats), ``rate`` the ``()`` float64 rate, ``s``
     the settings as ``()`` tensors of the arithmetic's dtype (``ct`` in float64).
     """
     n_modes, compute = len(ws), xs[0].dtype
@@ -313,9 +313,8 @@ def _check_mog2_state(frame: Tensor, weight: Tensor, mean: Tensor, variance: Ten
         raise ShapeError(f"`variance` must have shape (B, K, H, W) = {(b, k, h, w)} (one variance per mode), "
                          f"got {tuple(variance.shape)}.")
     check_tensor(n_modes, "n_modes")
-    if n_modes.shape != (b, h, w) or n_modes.is_floating_point():
-        raise ShapeError(f"`n_modes` must be an integer tensor of shape (B, H, W) = {(b, h, w)}, "
-                         f"got {n_modes.dtype} of shape {tuple(n_modes.shape)}.")
+    if n_modes.shape != (b, h, w):
+        raise ShapeError(f"`n_modes` must have shape (B, H, W) = {(b, h, w)}, got {tuple(n_modes.shape)}.")
 
 
 def mog2_update(
@@ -344,11 +343,13 @@ def mog2_update(
     OpenCV does. Modes beyond a pixel's ``n_modes`` are never read.
 
     Args:
-        frame: ``(B, C, H, W)`` ``uint8`` (0..255) or floating on the [0, 1] scale.
+        frame: ``(B, C, H, W)`` ``uint8`` (or another integer dtype) on the 0..255 scale, or
+            floating on the [0, 1] scale.
         weight: ``(B, K, H, W)`` mode weights (OpenCV's order).
         mean: ``(B, K, C, H, W)`` means on the 0..255 scale.
         variance: ``(B, K, H, W)`` variances (one per mode, shared by the channels).
-        n_modes: ``(B, H, W)`` integer, modes in use (all 0 = fresh state).
+        n_modes: ``(B, H, W)`` modes in use (all 0 = fresh state): integers, or whole numbers
+            in a floating dtype (the module's choice, see ``_mog2_step``).
         learning_rate: this frame's rate (see :func:`mog2_learning_rate`), a float or ``()``
             tensor, >= 0; 0 learns nothing and creates no mode.
         var_threshold: ``Tb``, squared distance (in variances) of the background test.
@@ -388,17 +389,24 @@ def mog2_update(
     exactly as OpenCV's does.
     """
     _check_mog2_state(frame, weight, mean, variance, n_modes)
+    settings = dict(
+        var_threshold=var_threshold, background_ratio=background_ratio, var_threshold_gen=var_threshold_gen,
+        var_init=var_init, var_min=var_min, var_max=var_max, shadow_threshold=shadow_threshold,
+        complexity_reduction_threshold=complexity_reduction_threshold,
+    )
+    return _update(frame, weight, mean, variance, n_modes, learning_rate, settings, detect_shadows)
+
+
+def _update(frame, weight, mean, variance, n_modes, learning_rate, settings, detect_shadows, raw=False):  # noqa: ANN001, ANN202
+    """:func:`mog2_update` without the checks. ``raw``: a floating ``frame`` holds 0..255 values
+    (the module's CPU path converts uint8 frames so, see ``BackgroundSubtractorMOG2._learn``)."""
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     compute, device = xs[0].dtype, frame.device
-    settings = _settings_tensors(
-        dict(var_threshold=var_threshold, background_ratio=background_ratio, var_threshold_gen=var_threshold_gen,
-             var_init=var_init, var_min=var_min, var_max=var_max, shadow_threshold=shadow_threshold,
-             complexity_reduction_threshold=complexity_reduction_threshold),
-        compute, device,
-    )
+    if raw:
+        xs = [frame[:, c].to(compute) for c in range(frame.shape[1])]
     rate = torch.as_tensor(learning_rate, dtype=torch.float64, device=device)
     background, shadow, ws, mus, vs, count = _update_planes(
-        xs, ws, mus, vs, n_modes.to(torch.int32), rate, settings, detect_shadows
+        xs, ws, mus, vs, n_modes.to(compute), rate, _settings_tensors(settings, compute, device), detect_shadows
     )
     new_weight, new_mean, new_variance = _pack(ws, mus, vs, weight, mean, variance)
     return ~background & ~shadow, shadow, new_weight, new_mean, new_variance, count.to(n_modes.dtype).contiguous()
@@ -446,14 +454,25 @@ def mog2_background_image(weight: Tensor, mean: Tensor, n_modes: Tensor,
 
 
 def _mog2_step(frame, weight, mean, variance, n_modes, frames_seen, base_rate, history, shadow_value, settings,
-               detect_shadows):  # noqa: ANN001, ANN202
-    """Rate schedule + update + OpenCV's mask + frame count: the function the module compiles."""
+               detect_shadows, raw):  # noqa: ANN001, ANN202
+    """Rate schedule + update + frame count: the function the module compiles.
+
+    The labels leave it as one int32 code per pixel, OpenCV's mask value plus 256 for a
+    shadow (so that ``shadow_value`` 0 or 255 stays apart from background and foreground):
+    Inductor's C++ code (torch 2.14, AVX2) stores 8-lane uint8 and bool vectors, and loads 8-lane
+    uint8 and int32 vectors, through a scratch buffer, stalling on it; only float loads and
+    full-width int32 stores are direct. The byte outputs (mask, foreground, shadow, a uint8
+    ``n_modes``) took more than half of the fused step's time and the uint8 frame loads a
+    quarter of the rest (``perf``, 640x480 RGB K = 5). So the labels leave as int32, the
+    module keeps ``n_modes`` as float32 and hands uint8 frames over as float32 0..255 values
+    (``raw``); it turns the code into the uint8 mask or the bool masks it returns.
+    """
     rate = mog2_learning_rate(frames_seen, base_rate, history)
-    foreground, shadow, *state = mog2_update(
-        frame, weight, mean, variance, n_modes, rate, **settings, detect_shadows=detect_shadows
+    foreground, shadow, *state = _update(
+        frame, weight, mean, variance, n_modes, rate, settings, detect_shadows, raw
     )
-    labels = torch.where(foreground, 255, torch.where(shadow, shadow_value, 0)).to(torch.uint8)
-    return (labels, foreground, shadow, *state, frames_seen + 1)
+    code = torch.where(foreground, 255, torch.where(shadow, shadow_value + 256, 0))
+    return (code, *state, frames_seen + 1)
 
 
 #: compiled steps by (configuration, C++ wrapper), shared by all modules
@@ -510,7 +529,8 @@ class BackgroundSubtractorMOG2(nn.Module):
 
     Buffers (empty until the first frame):
         ``weight`` ``(B, K, H, W)``, ``mean`` ``(B, K, C, H, W)``, ``variance``
-        ``(B, K, H, W)``, ``n_modes`` ``(B, H, W)`` uint8, ``frames_seen`` ``()`` int64.
+        ``(B, K, H, W)``, ``n_modes`` ``(B, H, W)`` float32 (whole numbers), ``frames_seen``
+        ``()`` int64.
 
     Example:
         >>> model = BackgroundSubtractorMOG2(compile=False)
@@ -596,8 +616,8 @@ class BackgroundSubtractorMOG2(nn.Module):
         self.register_buffer("mean", torch.empty(0, dtype=state_dtype))
         #: (B, K, H, W) mode variances
         self.register_buffer("variance", torch.empty(0, dtype=state_dtype))
-        #: (B, H, W) uint8 modes in use per pixel
-        self.register_buffer("n_modes", torch.empty(0, dtype=torch.uint8))
+        #: (B, H, W) modes in use per pixel, whole numbers in float32 (not OpenCV's byte: see _mog2_step)
+        self.register_buffer("n_modes", torch.empty(0, dtype=torch.float32))
         #: () frames learned since the model (re)started (OpenCV's nframes)
         self.register_buffer("frames_seen", torch.zeros((), dtype=torch.int64))
 
@@ -637,8 +657,9 @@ class BackgroundSubtractorMOG2(nn.Module):
                 )
                 return
             problem = _state_problem({n: incoming[n] for n in names[:3]})
-            if problem is None and not bool(((incoming["n_modes"] >= 0) & (incoming["n_modes"] <= k)).all()):
-                problem = f"`n_modes` holds values outside 0..{k}"
+            n = incoming["n_modes"]
+            if problem is None and not bool(((n >= 0) & (n <= k) & (n == n.round())).all()):
+                problem = f"`n_modes` holds values other than the whole numbers 0..{k}"
             if problem:
                 error_msgs.append(f"cannot load this BackgroundSubtractorMOG2 state: {problem}.")
                 return
@@ -678,10 +699,12 @@ class BackgroundSubtractorMOG2(nn.Module):
             ``(B, H, W)`` bool foreground (shadows are not foreground); with
             ``return_shadows``, ``(foreground, shadow)``.
         """
-        labels, foreground, shadow = self._learn(frames, learning_rate)
-        return (foreground, shadow) if return_shadows else foreground
+        code = self._learn(frames, learning_rate)
+        foreground = code == 255
+        return (foreground, code >= 256) if return_shadows else foreground
 
-    def _learn(self, frames: Tensor, learning_rate: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _learn(self, frames: Tensor, learning_rate: float | None) -> Tensor:
+        """Learn a frame; the int32 label code of :func:`_mog2_step`, ``(B, H, W)``."""
         self._check_frames(frames)
         if learning_rate is None:
             learning_rate = -1.0
@@ -689,21 +712,24 @@ class BackgroundSubtractorMOG2(nn.Module):
             raise TypeError(f"`learning_rate` must be a float (negative = automatic), got {learning_rate!r}.")
         if not self.is_initialized or learning_rate >= 1:  # OpenCV: learningRate >= 1 restarts
             self._initialise(*frames.shape)
+        raw = frames.device.type == "cpu" and frames.dtype == torch.uint8
         if frames.device.type == "cpu":
+            if raw:  # float32 frames holding the same 0..255 values: fast loads (see _mog2_step)
+                frames = frames.to(torch.float32)
             frames = component_major(frames)  # one fused loop for B > 1 (see BackgroundSubtractorMOG.forward)
         compute = torch.promote_types(self.weight.dtype, torch.float32)
         args = (
             frames, self.weight, self.mean, self.variance, self.n_modes, self.frames_seen,
             self._rate(float(learning_rate)), self._rate(float(self.history)),
             self._shadow_value(),
-            self._settings(), self.detect_shadows,
+            self._settings(), self.detect_shadows, raw,
         )
         config = (frames.dtype, self.weight.dtype, frames.device.type, tuple(self.mean.shape[1:3]),
-                  self.detect_shadows, compute)
-        labels, foreground, shadow, *state = self._step(config, args)
+                  self.detect_shadows, compute, raw)
+        code, *state = self._step(config, args)
         for name, tensor in zip(("weight", "mean", "variance", "n_modes", "frames_seen"), state):
             self._buffers[name] = tensor
-        return labels, foreground, shadow
+        return code
 
     def _rate(self, value: float) -> Tensor:
         # float64 0-d tensors for the rate schedule (OpenCV computes the rate in double), cached
@@ -719,7 +745,7 @@ class BackgroundSubtractorMOG2(nn.Module):
         key = ("u8", self.shadow_value, self.weight.device)
         value = self._scalars.get(key)
         if value is None:
-            value = self._scalars[key] = torch.tensor(self.shadow_value, dtype=torch.uint8, device=self.weight.device)
+            value = self._scalars[key] = torch.tensor(self.shadow_value, dtype=torch.int32, device=self.weight.device)
         return value
 
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
@@ -760,7 +786,7 @@ class BackgroundSubtractorMOG2(nn.Module):
         if callable(frames) and not isinstance(frames, Tensor):
             return super().apply(frames)
         with torch.no_grad():
-            return self._learn(frames, learning_rate)[0]
+            return self._learn(frames, learning_rate).to(torch.uint8)  # the low byte: OpenCV's value
 
     def process(self, clip: Tensor, learning_rate: float | None = -1.0) -> Tensor:
         """Feed a clip of one stream frame by frame.
