@@ -561,3 +561,57 @@ class TestCompile:
         assert torch.equal(run(compiled, frames, rates), run(eager, frames, rates))
         assert_state_equal(state_of(compiled), state_of(eager))
         assert torch.equal(compiled.background_image(), eager.background_image())
+
+
+# ----------------------------------------------------------------------------------------
+# The scripts that measure parity and speed against OpenCV
+# ----------------------------------------------------------------------------------------
+SCRIPTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _run_script(name: str, *args: str, cwd) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"{name} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.slow  # subprocesses that import torch and cv2
+def test_parity_script_on_a_generated_sequence(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    frames, _, _ = shadow_scene(3, seed=8, t=120)
+    folder = tmp_path / "seq" / "input"
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames, start=1):  # CDnet's layout, lossless
+        cv2.imwrite(str(folder / f"in{t:06d}.png"), frame.transpose(1, 2, 0))
+        (folder / f"in{t:06d}.png").rename(folder / f"in{t:06d}.jpg")  # cv2.imread reads by content
+    out = tmp_path / "parity.json"
+    _run_script("parity_mog2.py", "--video", str(folder), "--frames", "120", "--compile", "0", "--threads", "1",
+                "--out", str(out), cwd=tmp_path)
+    import json
+
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 4 and result["target_met"]
+    for row in result["rows"]:
+        assert row["sequence"] == "seq" and row["frames"] == 120 and "error" not in row
+        assert row["mask_agreement"] >= 0.999 and row["background_within_1"] >= 0.999
+        assert row["opencv_foreground"] + row["opencv_shadow"] > 0.003  # something to agree on
+
+
+@pytest.mark.slow
+def test_bench_background_mog2_mode(tmp_path):
+    pytest.importorskip("cv2")
+    out = tmp_path / "bench.json"
+    _run_script("bench_background.py", "--mode", "mog2", "--sizes", "64x48", "--channels", "3", "--components", "5",
+                "--frames", "6", "--warmup", "2", "--threads", "1", "--device", "cpu",
+                "--methods", "torchgmm_mog2_eager", "--json", str(out), cwd=tmp_path)
+    import json
+
+    result = json.loads(out.read_text())
+    methods = {r["method"]: r for r in result["cpu"]}
+    assert set(methods) == {"mog2", "torchgmm_mog2_eager"} and result["meta"]["mode"] == "mog2"
+    for row in methods.values():
+        assert row["frames"] == 6 and "error" not in row and row["detect_shadows"]
+        assert row["ratio"] == pytest.approx(row["ms_per_frame"] / methods["mog2"]["ms_per_frame"])
