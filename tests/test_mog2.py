@@ -158,6 +158,25 @@ class TestReference:
         assert (counts[1:] > counts[:-1]).sum() > 10  # modes created
         assert zero_weight_in_use > 0  # OpenCV's quirk: a pruned mode before the last stays in use at weight 0
 
+    def test_ties_move_the_mode_up_as_opencv(self):
+        # OpenCV moves a mode up past modes of *equal* weight (it stops at a strictly larger one):
+        # (1) a new mode of weight a = 0.5 next to a lone mode rescaled to 1 * (1 - a) = 0.5;
+        frames = np.array([100, 200], dtype=np.uint8).reshape(2, 1, 1, 1)
+        want, state = reference_mog2(frames, learning_rates=[-1, 0.5], complexity_reduction_threshold=0.0)
+        model = BackgroundSubtractorMOG2(complexity_reduction_threshold=0.0, state_dtype=torch.float64, compile=False)
+        np.testing.assert_array_equal(run(model, frames, [-1, 0.5]).numpy(), want)
+        assert model.mean[0, :2, 0, 0, 0].tolist() == [200.0, 100.0] == state["mean"][:2, 0, 0, 0].tolist()
+        assert model.weight[0, :2, 0, 0].tolist() == [0.5, 0.5]
+        # (2) a matched mode of weight 0 (kept in use) reaching the weight of the mode above it
+        weight = torch.tensor([1.0, 0.0], dtype=torch.float64).view(1, 2, 1, 1)
+        mean = torch.tensor([100.0, 200.0], dtype=torch.float64).view(1, 2, 1, 1, 1)
+        variance = torch.full((1, 2, 1, 1), 15.0, dtype=torch.float64)
+        n_modes = torch.full((1, 1, 1), 2.0)
+        frame = torch.full((1, 1, 1, 1), 200, dtype=torch.uint8)
+        _, _, w, m, v, n = mog2_update(frame, weight, mean, variance, n_modes, 0.5, complexity_reduction_threshold=0.0)
+        assert m[0, :, 0, 0, 0].tolist() == [200.0, 100.0] and w[0, :, 0, 0].tolist() == [0.5, 0.5]
+        assert v[0, :, 0, 0].tolist() == [4.0, 15.0] and n.item() == 2  # var 15 + 1 * (0 - 15), floored
+
     @pytest.mark.parametrize("detect_shadows", [True, False], ids=["shadows", "no-shadows"])
     @pytest.mark.parametrize("n_channels", [3, 1], ids=["rgb", "grey"])
     def test_float32_is_opencvs_arithmetic(self, n_channels, detect_shadows):
