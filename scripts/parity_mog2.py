@@ -117,9 +117,9 @@ def print_table(rows: list[dict]) -> None:
     print("-" * len(header))
     for r in rows:
         if "error" in r:
-            print(f"{r['sequence']:<24} {r['channels']:>1} {str(r['detect_shadows']):>7} error: {r['error']}")
+            print(f"{r['sequence']:<24} {r['channels']:>1} {r['detect_shadows']!s:>7} error: {r['error']}")
             continue
-        print(f"{r['sequence']:<24} {r['channels']:>1} {str(r['detect_shadows']):>7} {r['frames']:>6} "
+        print(f"{r['sequence']:<24} {r['channels']:>1} {r['detect_shadows']!s:>7} {r['frames']:>6} "
               f"{r['mask_agreement']:>11.5%} {r['worst_frame_agreement']:>11.4%} {r['background_within_1']:>8.4%} "
               f"{r['background_equal']:>8.4%} {r['opencv_foreground']:>6.2%} {r['opencv_shadow']:>6.2%}")
 

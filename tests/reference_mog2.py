@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_mog2", "reference_background_image", "fresh_state", "DEFAULTS"]
+__all__ = ["DEFAULTS", "fresh_state", "reference_background_image", "reference_mog2"]
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 
@@ -206,7 +206,7 @@ def reference_background_image(state: dict, background_ratio: float = 0.9, dtype
     """``getBackgroundImage_intern`` for uint8 frames: ``(C, H, W)`` uint8."""
     f = dtype
     big_tb = f(background_ratio)
-    k_max, n_channels, height, width = state["mean"].shape
+    _, n_channels, height, width = state["mean"].shape
     out = np.zeros((n_channels, height, width), dtype=np.uint8)
     for yy in range(height):
         for xx in range(width):

@@ -18,9 +18,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from reference_mog2 import _shadow, reference_background_image, reference_mog2
 
 import torchgmm.mog2 as mog2_module
-from reference_mog2 import _shadow, reference_background_image, reference_mog2
 from torchgmm._checks import ShapeError
 from torchgmm.mog2 import (
     BackgroundSubtractorMOG2,
