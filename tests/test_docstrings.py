@@ -12,6 +12,7 @@ MODULES = [
     "torchgmm.mixture",
     "torchgmm.segmentation",
     "torchgmm.background",
+    "torchgmm.mog2",
     "torchgmm.metrics",
     "torchgmm.postprocess",
     "torchgmm.io.images",
