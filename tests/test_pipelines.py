@@ -444,9 +444,24 @@ class TestEvaluation:
         assert settings["device"] == "cpu (2 threads)" and settings["note"] == "x"
         assert settings["methods"] == ["torchgmm"] and settings["postprocess"] is None
 
+    def test_torchgmm_mog2_scores_as_opencv_mog2_with_shadows(self, cdnet):
+        # the same counts as OpenCV's own MOG2 at its defaults with shadows detected, a shadow
+        # (127) scored as not foreground: the models agree bit for bit
+        cv2 = pytest.importorskip("cv2")
+        from torchgmm.pipelines import _opencv_subtractor, evaluate_sequence
+
+        seq = cdnet / "baseline" / "easy"
+        (ours,) = method_factories(["torchgmm-mog2"], device="cpu", model_options=EAGER).values()
+        row = evaluate_sequence(seq, ours, device="cpu")
+        reference = evaluate_sequence(
+            seq, lambda: _opencv_subtractor(cv2.createBackgroundSubtractorMOG2(detectShadows=True)), device="cpu"
+        )
+        assert [row[k] for k in ("TP", "FP", "FN", "TN")] == [reference[k] for k in ("TP", "FP", "FN", "TN")]
+        assert row["TP"] > 0
+
     def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
         pytest.importorskip("cv2")
-        all_methods = ("torchgmm", "mog2", "mog2-defaults", "bgsegm-mog")
+        all_methods = ("torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog")
         methods = method_factories(all_methods, learning_rate=0.01, device="cpu",
                                    model_options=EAGER)
         rows = evaluate_dataset(cdnet, methods=methods, device="cpu", out_dir=tmp_path, progress=False,

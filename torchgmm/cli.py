@@ -261,8 +261,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "arguments or dataset (nothing is run).",
     )
     p.add_argument("root", metavar="DATASET_ROOT")
-    p.add_argument("--method", choices=["torchgmm", "mog2", "mog2-defaults", "bgsegm-mog"], action="append",
-                   help="method to score (repeatable; default torchgmm; the OpenCV methods need "
+    p.add_argument("--method", choices=["torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog"],
+                   action="append",
+                   help="method to score (repeatable; default torchgmm; torchgmm-mog2: OpenCV's MOG2 with "
+                   "shadows at its defaults, computed by torchgmm; the OpenCV methods need "
                    "opencv-contrib-python-headless)")
     _add_model_options(p)
     _add_postprocess_options(p)

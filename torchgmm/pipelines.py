@@ -1306,7 +1306,8 @@ def _opencv_subtractor(subtractor: Any) -> Callable[[Tensor], Tensor]:
         else:
             image = image[..., 0].copy()
         mask = subtractor.apply(image, learningRate=-1)
-        return torch.from_numpy(mask > 0).to(frames.device)[None, None]
+        # 255 is foreground; MOG2's shadow value (127) is not, as CDnet scores a shadow
+        return torch.from_numpy(mask == 255).to(frames.device)[None, None]
 
     return apply
 
@@ -1330,6 +1331,10 @@ def method_factories(
     - ``"mog2-defaults"``: OpenCV ``createBackgroundSubtractorMOG2(detectShadows=False)`` at
       OpenCV's own defaults (history 500, 5 mixtures, T = 0.9, varThreshold 16), ignoring the
       settings above: what a user of OpenCV gets without tuning.
+    - ``"torchgmm-mog2"``: :class:`~torchgmm.mog2.BackgroundSubtractorMOG2` at OpenCV's MOG2
+      defaults (history 500, 5 mixtures, T = 0.9, varThreshold 16, shadows detected and
+      scored as not foreground, as CDnet scores them), ignoring the settings above except
+      ``compile`` in ``model_options``: OpenCV's MOG2 with shadows, as torchgmm computes it.
     - ``"bgsegm-mog"``: OpenCV contrib ``bgsegm.createBackgroundSubtractorMOG(history=
       round(1/alpha), nmixtures=K, backgroundRatio=T)`` (rate ``1/min(t, history)``, the same
       schedule as torchgmm's warmup).
@@ -1352,6 +1357,14 @@ def method_factories(
                 return BackgroundSubtractorMOG(n_components, learning_rate, background_ratio, **options).to(device)
 
             factories[name] = make_torchgmm
+        elif name == "torchgmm-mog2":
+            from torchgmm.mog2 import BackgroundSubtractorMOG2
+
+            def make_torchgmm_mog2(compile_: bool | None = options.get("compile")) -> Callable[[Tensor], Tensor]:
+                model = BackgroundSubtractorMOG2(compile=compile_).to(device)
+                return lambda frames: model(frames).unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+
+            factories[name] = make_torchgmm_mog2
         elif name in ("mog2", "mog2-defaults", "bgsegm-mog"):
             try:
                 import cv2
@@ -1386,5 +1399,7 @@ def method_factories(
 
                 factories[name] = make_mog
         else:
-            raise ValueError(f"unknown method {name!r}; choose from torchgmm, mog2, mog2-defaults, bgsegm-mog.")
+            raise ValueError(
+                f"unknown method {name!r}; choose from torchgmm, torchgmm-mog2, mog2, mog2-defaults, bgsegm-mog."
+            )
     return factories
