@@ -518,11 +518,18 @@ def _get_compiled_step(config: tuple, cpp_wrapper: bool = False):  # noqa: ANN20
     #123897. 2 cores, 640x480 RGB K = 3: a PyAV decode thread ran at 100-240 frames/s
     beside the model, 1,900 with it; the step's own time and the compile time unchanged).
     """
-    key = (config, cpp_wrapper)
+    return compile_step(_mog_step, config, cpp_wrapper)
+
+
+def compile_step(step_fn, config: tuple, cpp_wrapper: bool = False):  # noqa: ANN001, ANN201
+    """``step_fn`` compiled for one configuration, cached in :data:`_compiled_steps`: the
+    compile path of every per-pixel model (this one and :mod:`torchgmm.mog2`), for the
+    reasons in :func:`_get_compiled_step`."""
+    key = (step_fn.__qualname__, config, cpp_wrapper)
     step = _compiled_steps.get(key)
     if step is None:
         _quiet_cuda_home_notice()
-        fresh = types.FunctionType(_mog_step.__code__.replace(), _mog_step.__globals__, _mog_step.__name__)
+        fresh = types.FunctionType(step_fn.__code__.replace(), step_fn.__globals__, step_fn.__name__)
         # Inductor caps a fused kernel at 64 nodes by default; K = 5 exceeds it and was split
         # into 4 loops with (B, H, W) temporaries, 7-10x slower than K = 3. One loop: 1.6x.
         options = {"max_fusion_size": 4096, "cpp_wrapper": cpp_wrapper}

@@ -55,7 +55,6 @@ casts them to float; so does :func:`mog2_update` for a float32 state.
 from __future__ import annotations
 
 import math
-import types
 import warnings
 
 import torch
@@ -71,6 +70,7 @@ from torchgmm.background import (
     _state_problem,
     _swap_where,
     _unpack,
+    compile_step,
     component_major,
 )
 
@@ -477,20 +477,8 @@ def _mog2_step(frame, weight, mean, variance, n_modes, frames_seen, base_rate, h
     return (code, *state, frames_seen + 1)
 
 
-#: compiled steps by (configuration, C++ wrapper), shared by all modules
-_compiled_steps: dict[tuple, object] = {}
-
-
 def _compiled(config: tuple, cpp_wrapper: bool):  # noqa: ANN202
-    # One copy of the code object per configuration, for Dynamo's per-code recompile limit,
-    # and one fused loop (max_fusion_size): the reasons are in background._get_compiled_step.
-    key = (config, cpp_wrapper)
-    if key not in _compiled_steps:
-        fresh = types.FunctionType(_mog2_step.__code__.replace(), _mog2_step.__globals__, _mog2_step.__name__)
-        _compiled_steps[key] = torch.compile(
-            fresh, fullgraph=True, options={"max_fusion_size": 4096, "cpp_wrapper": cpp_wrapper}
-        )
-    return _compiled_steps[key]
+    return compile_step(_mog2_step, config, cpp_wrapper)  # background's cache and options
 
 
 # ----------------------------------------------------------------------------------------
