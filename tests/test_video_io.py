@@ -666,3 +666,16 @@ def test_a_12_bit_png_sequence_spans_the_full_8_bit_range(tmp_path):
         (frames,) = list(reader)
     assert frames.dtype == torch.uint8 and int(frames.min()) == 0 and int(frames.max()) == 255
     assert torch.equal(frames[0, 0], to_uint8(torch.from_numpy(ramp)[None])[0])
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_lossless_grey_video_keeps_every_level(tmp_path, suffix):
+    # a one-channel lossless video (masks: 0 / 127 / 255 with shadows) reads back as written:
+    # H.264 has no grey format, so the file must say full range or decoders stretch 16..235
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).repeat(3, 1, 1, 1)
+    with VideoWriter(tmp_path / f"grey{suffix}", fps=10) as writer:
+        writer.write(levels)
+    for gray in (True, False):
+        with VideoReader(tmp_path / f"grey{suffix}", gray=gray) as reader:
+            frames = torch.stack(list(reader))
+        assert torch.equal(frames, levels.expand(-1, frames.shape[1], -1, -1))

@@ -985,6 +985,11 @@ class VideoWriter:
                 stream.options = options
             if codec == "ffv1":
                 stream.codec_context.thread_count = 0
+            elif pix_fmt.startswith("gray"):
+                # H.264 has no grey pixel format: decoders return the plane as limited-range
+                # luma (16..235) and stretch it, so a mask's 127 read back as 129. Signalling
+                # full range (AVCOL_RANGE_JPEG) makes the plane read back as written.
+                stream.codec_context.color_range = 2
         except Exception as exc:
             container.close()
             raise ValueError(
