@@ -1,7 +1,7 @@
 """Benchmark histogram-EM segmentation: end to end on files, and in memory against scikit-learn.
 
 1. End to end: ``--n`` synthetic 1024 x 1024 grey PNGs written to a temporary folder, then
-   :func:`torchgmm.segmentation.segment_files` (decode, segment, write two PNGs + JSONL).
+   :func:`torchgmm.jobs.segment.segment_files` (decode, segment, write two PNGs + JSONL).
    Reported: images/s and the share of the time in decoding, segmentation and writing,
    measured sequentially (``workers=0, write_threads=0``: the three add up to the wall
    time), then images/s of the overlapped pipeline (``--workers`` decoding processes, two
@@ -56,7 +56,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench_files(n: int, k: int, device: str, batch_size: int, workers: int) -> dict:
-    from torchgmm.segmentation import segment_files
+    from torchgmm.jobs.segment import segment_files
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"

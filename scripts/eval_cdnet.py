@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from torchgmm.background import retain_freed_memory
-from torchgmm.pipelines import PRESETS, evaluate_dataset, format_table, method_factories, write_results
+from torchgmm.defaults import PRESETS
+from torchgmm.jobs.baselines import method_factories
+from torchgmm.jobs.evaluate import evaluate_dataset, format_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "cdnet"

@@ -732,9 +732,7 @@ class TestModule:
         assert component_major_state(fresh)
         assert torch.equal(run_frames(fresh, clip[3:]), run_frames(model, clip[3:]))
         assert component_major_state(fresh)
-        from torchgmm.pipelines import _keep_streams
-
-        _keep_streams(fresh, [0, 2])
+        fresh.keep_streams([0, 2])
         assert component_major_state(fresh) and fresh.weight.shape[0] == 2
         torch.testing.assert_close(fresh.mean, model.mean[[0, 2]], rtol=0, atol=0)
 

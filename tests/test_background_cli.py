@@ -127,7 +127,7 @@ def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
 
 def test_preset_with_override_reaches_the_model(clip, tmp_path):
     from torchgmm.background import BackgroundSubtractorMOG
-    from torchgmm.pipelines import PRESETS
+    from torchgmm.defaults import PRESETS
 
     out = tmp_path / "out"
     argv = ["background", str(clip["path"]), "--out", str(out), "--preset", "cdnet-baseline",
@@ -144,7 +144,7 @@ def test_preset_with_override_reaches_the_model(clip, tmp_path):
 
 def test_postprocess_options_reach_the_masks(clip, tmp_path):
     from torchgmm.background import BackgroundSubtractorMOG
-    from torchgmm.pipelines import apply_postprocess
+    from torchgmm.postprocess import apply_postprocess
 
     out = tmp_path / "out"
     argv = ["background", str(clip["path"]), "--out", str(out), "--mask-format", "png",
@@ -593,7 +593,7 @@ def test_evaluate_cli(dataset, tmp_path, capsys):
     rows = result["rows"]
     row = rows[0]
     # what was run is recorded beside the scores: the preset as given, the post-processing
-    from torchgmm.pipelines import PRESETS
+    from torchgmm.defaults import PRESETS
 
     settings = result["settings"]
     assert settings["preset"] == "default" and settings["methods"] == ["torchgmm"]
@@ -649,10 +649,10 @@ def test_evaluate_cli_without_postprocessing(dataset, tmp_path, capsys):
 
 
 def test_evaluate_out_is_a_file_exit_2_before_any_work(dataset, tmp_path, capsys, monkeypatch):
-    import torchgmm.pipelines as pipelines
+    import torchgmm.jobs.evaluate as evaluate_job
 
     ran = []
-    monkeypatch.setattr(pipelines, "evaluate_sequence", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(evaluate_job, "evaluate_sequence", lambda *a, **k: ran.append(a))
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")
     assert main(["evaluate", str(dataset), "--out", str(blocker), *FAST]) == 2
@@ -758,16 +758,16 @@ def test_png_resume_refuses_missing_frames(clip, tmp_path, capsys):
 def test_ctrl_c_while_finishing_still_writes_summary_and_checkpoint(clip, cli_run, tmp_path, monkeypatch, capsys):
     # Ctrl-C while the last frame's outputs are finalised (writing background.png): the
     # stream is finished again as interrupted, so summary and checkpoint are written
-    import torchgmm.pipelines as pipelines
+    import torchgmm.jobs.background as background_job
 
-    write_png = pipelines.write_png
+    write_png = background_job.write_png
     argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "25", *FAST]
-    monkeypatch.setattr(pipelines, "write_png", ctrl_c_at_call(write_png, 1))
+    monkeypatch.setattr(background_job, "write_png", ctrl_c_at_call(write_png, 1))
     assert main(argv) == 130
     summary = json.loads((tmp_path / "street" / "summary.json").read_text())
     assert summary["frames"] == T and summary["error"] == "interrupted" and not summary["complete"]
     assert (tmp_path / "street" / "background.png").exists()
-    monkeypatch.setattr(pipelines, "write_png", write_png)
+    monkeypatch.setattr(background_job, "write_png", write_png)
     assert main([*argv, "--resume"]) == 0
     summary = json.loads((tmp_path / "street" / "summary.json").read_text())
     assert summary["complete"] and summary["resumed_from"] == T  # the checkpoint has every frame
@@ -786,7 +786,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(clip, tmp_path):
 
 
 def test_interrupted_evaluate_keeps_complete_results(dataset, tmp_path, monkeypatch, capsys):
-    import torchgmm.pipelines as pipelines
+    import torchgmm.jobs.evaluate as evaluate_job
 
     out = tmp_path / "res"
     assert main(["evaluate", str(dataset), "--out", str(out), *FAST]) == 0
@@ -796,7 +796,7 @@ def test_interrupted_evaluate_keeps_complete_results(dataset, tmp_path, monkeypa
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipelines, "evaluate_sequence", ctrl_c)
+    monkeypatch.setattr(evaluate_job, "evaluate_sequence", ctrl_c)
     assert main(["evaluate", str(dataset), "--out", str(out), *FAST]) == 130
     assert "results-interrupted.json" in capsys.readouterr().err
     assert (out / "results.json").read_text() == complete  # not replaced by a partial table
@@ -816,3 +816,62 @@ def test_demo_background_part(tmp_path):
     assert Path(result["background"]) == tmp_path / "clip" / "background.png"
     assert result["recall"] > MIN_RECALL and result["precision"] > MIN_PRECISION
     assert result["background_error"] < 2.0
+
+
+def _raw_masks(path: Path) -> torch.Tensor:
+    """A mask video -> (T, 1, H, W) uint8, the values as written (0, 127, 255)."""
+    with VideoReader(path, batch_size=1000) as reader:
+        return torch.cat(list(reader))[:, :1]
+
+
+def test_model_mog2_with_shadows_writes_opencvs_three_values(clip, tmp_path):
+    # the written masks are BackgroundSubtractorMOG2.apply's, frame for frame, on the decoded frames
+    from torchgmm.mog2 import BackgroundSubtractorMOG2
+
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), "--model", "mog2", "--shadows", *FAST]) == 0
+    written = _raw_masks(out / "street" / "mask.mp4")
+    model = BackgroundSubtractorMOG2(detect_shadows=True, compile=False)
+    with VideoReader(clip["path"]) as reader:
+        expected = torch.stack([model.apply(frame[None])[0] for frame in reader])[:, None]
+    assert torch.equal(written, expected)
+    assert set(written.unique().tolist()) == {0, 127, 255}  # the first frame reads as shadow (as OpenCV's)
+    # OpenCV's defaults (history 500, varThreshold 16) find less of the square than the
+    # Stauffer-Grimson defaults do on this clip (0.83 measured), and no false foreground
+    recall, precision = recall_precision(written == 255, clip["truth"])
+    assert recall > 0.75 and precision > MIN_PRECISION, (recall, precision)
+    summary = json.loads((out / "street" / "summary.json").read_text())
+    assert summary["model"] == "mog2" and summary["shadows"] is True
+    assert summary["settings"]["detect_shadows"] is True
+
+
+def test_model_mog2_without_shadows_writes_two_values(clip, tmp_path):
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), "--model", "mog2", "--components", "3",
+                 "--learning-rate", "0.01", *FAST]) == 0
+    written = _raw_masks(out / "street" / "mask.mp4")
+    assert set(written.unique().tolist()) == {0, 255}
+    summary = json.loads((out / "street" / "summary.json").read_text())
+    # --components is MOG2's n_mixtures, --learning-rate ALPHA its history round(1 / ALPHA)
+    assert summary["shadows"] is False
+    assert summary["settings"] == dict(detect_shadows=False, n_mixtures=3, history=100, compile=False)
+
+
+def test_model_mog2_refuses_a_preset_and_a_zero_rate(clip, tmp_path, capsys):
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path / "o"), "--model", "mog2", *FAST]
+    assert main([*argv, "--preset", "cdnet-baseline"]) == 2
+    assert "does not apply to --model mog2" in capsys.readouterr().err
+    assert main([*argv, "--learning-rate", "0"]) == 2
+    assert "--learning-rate must be > 0 with --model mog2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_model(clip, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["background", str(clip["path"]), "--out", str(out), "--checkpoint", "20", *FAST]
+    assert main(argv) == 0
+    masks = (out / "street" / "mask.mp4").read_bytes()
+    assert main([*argv, "--model", "mog2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was made with model 'mog'; this run has 'mog2'" in err
+    assert (out / "street" / "mask.mp4").read_bytes() == masks  # nothing already produced is lost

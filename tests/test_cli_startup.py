@@ -28,6 +28,7 @@ def test_help_does_not_import_torch(argv):
 
 
 def test_presets_have_one_home():
-    from torchgmm import defaults, pipelines
+    from torchgmm import defaults
+    from torchgmm.jobs import background
 
-    assert pipelines.PRESETS is defaults.PRESETS
+    assert background.PRESETS is defaults.PRESETS

@@ -13,7 +13,7 @@ import pytest
 
 from torchgmm.demo import synthetic_clip
 from torchgmm.io.video import VideoReader, VideoWriter
-from torchgmm.pipelines import run_background
+from torchgmm.jobs.background import MaskOutputs, run_background
 
 #: sha256 (first 16 hex digits) of the (T, 1, H, W) bool masks' bytes, and their foreground count
 PINNED = ("fd4ba2634909bfc7", 7518)
@@ -32,7 +32,7 @@ def clip(tmp_path_factory):
 
 @pytest.mark.parametrize("mask_format", ["mkv", "mp4", "png"])
 def test_masks_are_bit_identical_to_the_pinned_ones(clip, tmp_path, mask_format):
-    (summary,) = run_background([clip], tmp_path, mask_format=mask_format, device="cpu",
+    (summary,) = run_background([clip], tmp_path, outputs=MaskOutputs(format=mask_format), device="cpu",
                                 model_options=dict(compile=False), progress=False)
     with VideoReader(summary["mask"], gray=True, batch_size=1000) as reader:
         (masks,) = list(reader)

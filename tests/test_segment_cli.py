@@ -14,7 +14,8 @@ from PIL import Image
 
 from torchgmm.cli import main
 from torchgmm.io.images import LOCK_NAME, decode_image_file, find_images
-from torchgmm.segmentation import NegligibleClassWarning, segment_files
+from torchgmm.exceptions import NegligibleClassWarning
+from torchgmm.jobs.segment import segment_files
 from _interrupts import ctrl_c_at_call
 
 
@@ -348,11 +349,10 @@ def test_records_are_appended_as_images_finish(small_dir, tmp_path, monkeypatch)
     # A run killed part-way keeps the records of the images it finished. The kill is
     # simulated: the third image's write raises, and no whole-file rewrite reaches the disk
     # (a killed process runs no `finally`), so only the appended lines can be there.
-    import torchgmm.io.images as images
-    import torchgmm.segmentation as segmentation
+    import torchgmm.jobs.segment as segment_job
 
-    monkeypatch.setattr(segmentation, "_write_outputs", ctrl_c_at_call(segmentation._write_outputs, 3))
-    monkeypatch.setattr(images, "atomic_write_text", lambda path, text: None)
+    monkeypatch.setattr(segment_job, "_write_outputs", ctrl_c_at_call(segment_job._write_outputs, 3))
+    monkeypatch.setattr(segment_job, "atomic_write_text", lambda path, text: None)
     with pytest.raises(KeyboardInterrupt):
         _run(small_dir, tmp_path / "out", batch_size=1)
     records = [json.loads(line) for line in (tmp_path / "out" / "segments.jsonl").read_text().splitlines()]
@@ -525,7 +525,7 @@ def test_records_of_the_previous_version_are_recognised(small_dir, tmp_path, mon
 def test_batches_are_capped_by_pixels_as_well_as_count():
     from types import SimpleNamespace
 
-    from torchgmm.segmentation import _batched
+    from torchgmm.jobs.segment import _batched
 
     def item(h, w):
         return SimpleNamespace(image=None if h == 0 else torch.zeros(1, h, w, dtype=torch.uint8))

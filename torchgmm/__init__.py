@@ -2,8 +2,10 @@
 
 EM for Gaussian mixtures as batched tensor ops (:class:`GaussianMixture`), histogram-EM image
 segmentation (:class:`HistogramSegmenter`) and the Stauffer-Grimson adaptive per-pixel
-mixture background model for video (:class:`BackgroundSubtractorMOG`). Decoding and
-writing live in :mod:`torchgmm.io`, change-detection scores in :mod:`torchgmm.metrics`.
+mixture background models for video (:class:`BackgroundSubtractorMOG`,
+:class:`BackgroundSubtractorMOG2`). Decoding and writing live in :mod:`torchgmm.io`, the jobs
+on files (``segment``, ``background``, ``evaluate``) in :mod:`torchgmm.jobs`, change-detection
+scores in :mod:`torchgmm.metrics`.
 
 Shape vocabulary used in every docstring: B batch (independent problems, images or video
 streams), N samples, D features, K components, T frames, C channels, H height, W width.
@@ -35,9 +37,11 @@ if TYPE_CHECKING:  # the names below, for type checkers and IDEs
         fit_histogram_mixture,
         image_histograms,
         label_lut,
-        segment_files,
         segment_images,
     )
+    from torchgmm.jobs.background import run_background
+    from torchgmm.jobs.evaluate import evaluate_dataset
+    from torchgmm.jobs.segment import segment_files
 
 __version__ = "0.1.0"
 
@@ -51,7 +55,9 @@ _EXPORTS = {
     "fit_gaussian_mixture_stepwise": "torchgmm.mixture_chunked",
     "HistogramSegmenter": "torchgmm.segmentation",
     "segment_images": "torchgmm.segmentation",
-    "segment_files": "torchgmm.segmentation",
+    "segment_files": "torchgmm.jobs.segment",
+    "run_background": "torchgmm.jobs.background",
+    "evaluate_dataset": "torchgmm.jobs.evaluate",
     "image_histograms": "torchgmm.segmentation",
     "fit_histogram_mixture": "torchgmm.segmentation",
     "label_lut": "torchgmm.segmentation",

@@ -62,6 +62,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from torchgmm._streams import StreamBatchMixin
 from torchgmm._checks import (
     ShapeError,
     add_note,
@@ -540,7 +541,7 @@ def compile_step(step_fn, config: tuple, cpp_wrapper: bool = False):  # noqa: AN
 # ----------------------------------------------------------------------------------------
 # Module
 # ----------------------------------------------------------------------------------------
-class BackgroundSubtractorMOG(nn.Module):
+class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
     """Stauffer-Grimson adaptive mixture background model for B video streams at once.
 
     Named after OpenCV's ``BackgroundSubtractorMOG``: call it (or :meth:`apply`) on every

@@ -72,7 +72,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from torchgmm.segmentation import segment_files
+    from torchgmm.jobs.segment import segment_files
 
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         print(f"error: --device must be auto, cpu or cuda, got {args.device!r}", file=sys.stderr)
@@ -119,10 +119,35 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _model_settings(args: argparse.Namespace) -> dict:
-    """The model's keyword arguments: the preset, overridden by the options given."""
+    """The model's keyword arguments: the preset, overridden by the options given.
+
+    ``--model mog2`` (``torchgmm background``) starts from OpenCV's MOG2 defaults instead:
+    ``--components`` is its ``n_mixtures``, ``--learning-rate ALPHA`` its ``history``
+    ``round(1 / ALPHA)`` (its automatic rate tends to ``1 / history``), and the presets, which
+    are Stauffer-Grimson settings, do not apply.
+    """
     from torchgmm.defaults import PRESETS
 
+    if getattr(args, "model", "mog") == "mog2":
+        if args.preset != "default":
+            raise ValueError(
+                f"--preset {args.preset} holds Stauffer-Grimson settings: it does not apply to --model mog2."
+            )
+        settings: dict = dict(detect_shadows=args.shadows)
+        if args.components is not None:
+            settings["n_mixtures"] = args.components
+        if args.background_ratio is not None:
+            settings["background_ratio"] = args.background_ratio
+        if args.learning_rate is not None:
+            if not args.learning_rate > 0:
+                raise ValueError(f"--learning-rate must be > 0 with --model mog2, got {args.learning_rate}.")
+            settings["history"] = max(1, round(1 / args.learning_rate))
+        if args.no_compile:
+            settings["compile"] = False
+        return settings
     settings = dict(PRESETS[args.preset])
+    if getattr(args, "shadows", False):
+        settings["detect_shadows"] = True
     for key, value in (("n_components", args.components), ("learning_rate", args.learning_rate),
                        ("background_ratio", args.background_ratio)):
         if value is not None:
@@ -165,7 +190,7 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
         "background",
         help="per-pixel mixture background subtraction of videos",
         description="Model each pixel of static-camera videos as a mixture of K Gaussians "
-        "(Stauffer-Grimson) and write, per input into OUT/NAME/: the foreground masks "
+        "(Stauffer-Grimson, or Zivkovic's MOG2 with --model mog2) and write, per input into OUT/NAME/: the masks "
         "(mask.mp4, mask.mkv or mask/), the final background image (background.png), "
         "optionally an overlay, and summary.json. With --start/--end/--step/--size the model "
         "sees only the selected, resized frames, and every output is of those frames. Exit "
@@ -175,6 +200,12 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of numbered images")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", choices=("mog", "mog2"), default="mog",
+                   help="mog: Stauffer-Grimson (default); mog2: Zivkovic's MOG2 as OpenCV computes it, at "
+                   "OpenCV's defaults (--components sets its mixtures, --learning-rate its history 1/ALPHA)")
+    p.add_argument("--shadows", action="store_true",
+                   help="detect shadows (darker, same-colour background): masks hold 0 background, 127 "
+                   "shadow, 255 foreground; a shadow is not foreground")
     _add_model_options(p)
     p.add_argument("--start", default=None, metavar="POS",
                    help="first frame to model: a frame index (300) or a time in seconds (12.5s: the first "
@@ -194,7 +225,7 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
                    help="process up to N inputs of the same size (after --size: any inputs) together as "
                    "one batch (default 1)")
     p.add_argument("--mask-format", choices=["mp4", "mkv", "png"], default="mp4",
-                   help="lossless H.264 RGB .mp4 (default), FFV1 .mkv, or a PNG sequence")
+                   help="lossless H.264 .mp4 (default), FFV1 .mkv, or a PNG sequence")
     p.add_argument("--overlay", action="store_true", help="also write the frames with the foreground tinted red")
     _add_postprocess_options(p)
     p.add_argument("--checkpoint", type=int, default=0, metavar="N",
@@ -214,24 +245,24 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
 def _run_background(args: argparse.Namespace) -> int:
     from torchgmm.background import retain_freed_memory
     from torchgmm.io.video import parse_position, parse_size
-    from torchgmm.pipelines import run_background
+    from torchgmm.jobs.background import FrameSelection, MaskOutputs, run_background
 
-    settings = _model_settings(args)
     retain_freed_memory()
     _leave_a_core_for_decoding(args.device)
     try:
+        settings = _model_settings(args)
         # the spelling only ("12.5s" -> 12.5 seconds); run_background checks the values
-        start = None if args.start is None else parse_position(args.start, "--start")
-        end = None if args.end is None else parse_position(args.end, "--end")
-        size = None if args.size is None else parse_size(args.size, "--size")
+        frames = FrameSelection(
+            start=None if args.start is None else parse_position(args.start, "--start"),
+            end=None if args.end is None else parse_position(args.end, "--end"), step=args.step,
+            size=None if args.size is None else parse_size(args.size, "--size"), gray=args.gray,
+        )
+        outputs = MaskOutputs(format=args.mask_format, overlay=args.overlay, postprocess=_postprocess_settings(args))
         summaries = run_background(
-            args.inputs, args.out, n_components=settings.pop("n_components"),
-            learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
-            model_options=settings, device=args.device, batch_streams=args.batch_streams,
-            mask_format=args.mask_format, overlay=args.overlay, checkpoint_every=args.checkpoint,
-            resume=args.resume, gray=args.gray, start=start, end=end, step=args.step, size=size,
-            postprocess=_postprocess_settings(args), on_damage=args.on_damage,
-            progress=not args.no_progress, raise_errors=False,
+            args.inputs, args.out, model=args.model, model_options=settings, frames=frames, outputs=outputs,
+            checkpoint_every=args.checkpoint, resume=args.resume, device=args.device,
+            batch_streams=args.batch_streams, on_damage=args.on_damage, progress=not args.no_progress,
+            raise_errors=False,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work
         print(f"error: {exc}", file=sys.stderr)
@@ -274,7 +305,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from torchgmm.background import retain_freed_memory
-    from torchgmm.pipelines import evaluate_dataset, format_table, method_factories
+    from torchgmm.jobs.baselines import method_factories
+    from torchgmm.jobs.evaluate import evaluate_dataset, format_table
 
     settings = _model_settings(args)
     model_settings = dict(settings)  # recorded in results.json; the factories take them apart

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "HISTOGRAM_INITS"]
+__all__ = ["PRESETS", "HISTOGRAM_INITS", "BACKGROUND_MODELS"]
 
 #: initialisations of the histogram EM (see :func:`torchgmm.segmentation.fit_histogram_mixture`)
 HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
+
+#: the per-pixel models of ``torchgmm background --model`` (see
+#: :func:`torchgmm.jobs.background.make_background_model`): Stauffer-Grimson (the default) and
+#: Zivkovic's MOG2 as OpenCV computes it
+BACKGROUND_MODELS = ("mog", "mog2")
 
 #: Named settings of :class:`BackgroundSubtractorMOG` (any of its keyword arguments).
 #: ``"default"`` is the module's defaults; ``"cdnet-baseline"`` reaches the published

@@ -454,7 +454,7 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
     """Model a generated clip with the background subtractor, as ``torchgmm background`` does.
 
     Generates a static-camera clip with a moving square (:func:`synthetic_clip`), writes it
-    as ``clip.mkv`` (lossless) into ``out_dir``, runs :func:`torchgmm.pipelines.run_background`
+    as ``clip.mkv`` (lossless) into ``out_dir``, runs :func:`torchgmm.jobs.background.run_background`
     on it (eager model: on a clip this short, compiling would cost more than it saves) and
     scores the masks against the square's true position.
 
@@ -476,7 +476,7 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
 
     from torchgmm.io.video import VideoReader, VideoWriter
     from torchgmm.io.images import atomic_write_bytes, decode_image_file
-    from torchgmm.pipelines import run_background
+    from torchgmm.jobs.background import MaskOutputs, run_background
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -486,7 +486,7 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
     with VideoWriter(clip, fps=25) as writer:
         writer.write(frames)
     (summary,) = run_background(
-        [clip], out, overlay=True, progress=False, model_options=dict(compile=False), device="cpu"
+        [clip], out, outputs=MaskOutputs(overlay=True), progress=False, model_options=dict(compile=False), device="cpu"
     )
     with VideoReader(summary["mask"], batch_size=n_frames) as reader:
         masks = torch.cat(list(reader))[:, :1] > 127  # (T, 1, H, W)

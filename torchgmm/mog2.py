@@ -60,6 +60,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from torchgmm._streams import StreamBatchMixin
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_real, check_tensor
 from torchgmm.background import (
     BackgroundSubtractorMOG,
@@ -484,7 +485,7 @@ def _compiled(config: tuple, cpp_wrapper: bool):  # noqa: ANN202
 # ----------------------------------------------------------------------------------------
 # Module
 # ----------------------------------------------------------------------------------------
-class BackgroundSubtractorMOG2(nn.Module):
+class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
     """OpenCV's MOG2 background subtractor (Zivkovic's adaptive mixture) for B streams at once.
 
     Named and parametrised as ``cv2.createBackgroundSubtractorMOG2`` (snake case): call it on

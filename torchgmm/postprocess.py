@@ -10,6 +10,8 @@ Shape vocabulary: B frames (batch), H height, W width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,7 +20,7 @@ from torchgmm._checks import ShapeError, check_positive_int, check_tensor
 
 __all__ = [
     "median_filter_mask", "binary_erosion", "binary_dilation", "binary_opening", "remove_small_blobs",
-    "connected_component_labels",
+    "connected_component_labels", "apply_postprocess", "postprocess_settings",
 ]
 
 #: pointer jumps per labelling iteration (see _label_runs and remove_small_blobs)
@@ -401,3 +403,76 @@ def _paint_runs(keys: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
     delta = torch.zeros(b * (h + 1) * (w + 1), dtype=values.dtype, device=values.device)
     delta.scatter_(0, keys, torch.stack([values, -values], 1).view(-1))
     return delta.cumsum_(0).view(b, h + 1, w + 1)[:, None, 1:, :w]
+
+
+# ----------------------------------------------------------------------------------------
+# The clean-up the jobs offer (--median, --opening, --min-area), in one place
+# ----------------------------------------------------------------------------------------
+def apply_postprocess(masks: Tensor, *, median: int = 0, opening: int = 0, min_area: int = 0) -> Tensor:
+    """Optional mask clean-up practitioners use; every step is off at 0.
+
+    Args:
+        masks: foreground masks.
+        median: median-filter window (odd), 0 = off.
+        opening: morphological opening window (odd), 0 = off.
+        min_area: drop connected blobs smaller than this many pixels, 0 = off.
+
+    Returns:
+        the cleaned masks, in the order median, opening, small-blob removal.
+
+    Shape:
+        - masks: ``(B, 1, H, W)`` bool
+        - Output: ``(B, 1, H, W)`` bool
+
+    Example:
+        >>> masks = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+        >>> masks[0, 0, 2:6, 2:6] = True; masks[0, 0, 0, 7] = True  # a blob and a speck
+        >>> int(apply_postprocess(masks, median=3).sum()), int(apply_postprocess(masks, min_area=2).sum())
+        (12, 16)
+    """
+    _check_postprocess(median=median, opening=opening, min_area=min_area)
+    if median:
+        masks = median_filter_mask(masks, median)
+    if opening:
+        masks = binary_opening(masks, opening)
+    if min_area:
+        masks = remove_small_blobs(masks, min_area)
+    return masks
+
+
+_POSTPROCESS_STEPS = ("median", "opening", "min_area")
+
+
+def postprocess_settings(postprocess: Any) -> dict:
+    """Checked :func:`apply_postprocess` settings, keeping only the steps that change a mask
+    (a window or area of 0 or 1 does not), so that equal clean-ups compare equal (on resume).
+
+    Raises:
+        TypeError: ``postprocess`` is not a dict (or None).
+        ValueError: an unknown step, or a bad window or area.
+
+    Example:
+        >>> postprocess_settings(dict(median=5, opening=1)), postprocess_settings(None)
+        ({'median': 5}, {})
+    """
+    if postprocess is None:
+        return {}
+    if not isinstance(postprocess, dict):
+        raise TypeError(f"`postprocess` must be a dict with keys {_POSTPROCESS_STEPS}, got {postprocess!r}.")
+    unknown = sorted(set(postprocess) - set(_POSTPROCESS_STEPS), key=str)
+    if unknown:
+        raise ValueError(f"`postprocess` takes the keys {_POSTPROCESS_STEPS}; unknown: {unknown}.")
+    _check_postprocess(**postprocess)
+    return {step: postprocess[step] for step in _POSTPROCESS_STEPS if postprocess.get(step, 0) > 1}
+
+
+def _check_postprocess(*, median: int = 0, opening: int = 0, min_area: int = 0) -> None:
+    """Post-processing settings are valid (named errors, before any work)."""
+    for name, value in (("median", median), ("opening", opening)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value and value % 2 == 0):
+            raise ValueError(f"`{name}` must be 0 (off) or an odd window size >= 1, got {value!r}.")
+    if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 0:
+        raise ValueError(f"`min_area` must be an int >= 0 (0 = off), got {min_area!r}.")
+
+
+# ----------------------------------------------------------------------------------------

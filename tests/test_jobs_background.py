@@ -1,4 +1,4 @@
-"""``torchgmm.pipelines``: run_background on generated videos, and the CDnet evaluation helpers.
+"""``torchgmm.jobs``: run_background on generated videos, and the CDnet evaluation helpers.
 
 The videos are written here with PyAV directly (FFV1, lossless), so the frames the pipeline
 decodes are exactly the generated ones and the true foreground is known per pixel. The model
@@ -9,6 +9,8 @@ runs eagerly (``compile=False``) to keep the tests fast; compiled equals eager i
 from __future__ import annotations
 
 import csv
+import dataclasses
+import inspect
 import io
 import json
 import shutil
@@ -20,7 +22,7 @@ import torch
 
 av = pytest.importorskip("av")
 
-from torchgmm import pipelines  # noqa: E402
+import torchgmm.jobs.background as background_job  # noqa: E402
 from torchgmm.background import BackgroundSubtractorMOG  # noqa: E402
 from torchgmm.demo import synthetic_clip  # noqa: E402
 from torchgmm.io.images import decode_image_file  # noqa: E402
@@ -28,7 +30,9 @@ from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter  # noqa
 from torchgmm.metrics import ChangeDetectionCounter, read_cdnet_sequence_info  # noqa: E402
 from _interrupts import ctrl_c_at_call  # noqa: E402
 from _videos import read_masks, write_video  # noqa: E402
-from torchgmm.pipelines import (  # noqa: E402
+from torchgmm.jobs import (  # noqa: E402
+    FrameSelection,
+    MaskOutputs,
     evaluate_dataset,
     evaluate_sequence,
     find_cdnet_sequences,
@@ -36,6 +40,8 @@ from torchgmm.pipelines import (  # noqa: E402
     method_factories,
     run_background,
 )
+from torchgmm.jobs.baselines import _opencv_subtractor  # noqa: E402
+from torchgmm.postprocess import apply_postprocess  # noqa: E402
 
 T, H, W, ENTER = 50, 64, 80, 8
 EAGER = dict(compile=False)
@@ -48,10 +54,23 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny frames: see con
 _RUN_DEPENDENT = ("fps", "seconds", "resumed_from", "output", "mask", "overlay", "background")
 
 
-def run(inputs, out, **kwargs) -> list[dict]:
-    """run_background on the CPU, eagerly, quietly (unless told otherwise)."""
-    kwargs = {"device": "cpu", "model_options": EAGER, "progress": False, **kwargs}
-    return run_background(inputs, out, **kwargs)
+_FRAME_KEYS = {field.name for field in dataclasses.fields(FrameSelection)}
+_OUTPUT_KEYS = {"mask_format": "format", "overlay": "overlay", "postprocess": "postprocess"}
+_RUN_KEYS = set(inspect.signature(run_background).parameters)
+
+
+def run(inputs, out, *, stop_after: int | None = None, model_options=EAGER, **kwargs) -> list[dict]:
+    """run_background on the CPU, eagerly, quietly (unless told otherwise). Flat keywords are
+    sorted into FrameSelection, MaskOutputs and model options; ``stop_after`` stops each batch
+    after that many processed frames (an interrupted run)."""
+    frames = FrameSelection(**{k: kwargs.pop(k) for k in list(kwargs) if k in _FRAME_KEYS})
+    outputs = MaskOutputs(**{_OUTPUT_KEYS[k]: kwargs.pop(k) for k in list(kwargs) if k in _OUTPUT_KEYS})
+    settings = {**(model_options or {}), **{k: kwargs.pop(k) for k in list(kwargs) if k not in _RUN_KEYS}}
+    kwargs = {"device": "cpu", "progress": False, **kwargs}
+    if stop_after is None:
+        return run_background(inputs, out, model_options=settings, frames=frames, outputs=outputs, **kwargs)
+    options = background_job._Options.create(model_options=settings, frames=frames, outputs=outputs, **kwargs)
+    return background_job._run_background(inputs, out, options, stop_after=stop_after)
 
 
 def eager_masks(frames: torch.Tensor, **settings) -> torch.Tensor:
@@ -117,13 +136,13 @@ class TestRunBackground:
 
     def test_resume_after_stop_equals_uninterrupted(self, clips, reference, tmp_path, monkeypatch):
         saved = {}
-        original = pipelines._save_checkpoint
+        original = background_job.save_checkpoint
 
-        def keep_copies(path, state, frames_done, *args):
-            original(path, state, frames_done, *args)
+        def keep_copies(path, state, frames_done, *args, **kwargs):
+            original(path, state, frames_done, *args, **kwargs)
             saved[frames_done] = path.read_bytes()
 
-        monkeypatch.setattr(pipelines, "_save_checkpoint", keep_copies)
+        monkeypatch.setattr(background_job, "save_checkpoint", keep_copies)
         kwargs = dict(mask_format="mp4", checkpoint_every=20)
         (s,) = run([clips["a"]], tmp_path, stop_after=37, **kwargs)
         assert s["frames"] == 37 and not s["complete"]
@@ -183,7 +202,7 @@ class TestRunBackground:
         assert s["resumed_from"] == 23 and s["complete"] and s["postprocess"] == post
         masks = read_masks(tmp_path / "a" / "mask")
         # the model learns as without post-processing; only what is written is cleaned
-        expected = pipelines.apply_postprocess(reference["masks"], **post)
+        expected = apply_postprocess(reference["masks"], **post)
         assert torch.equal(masks, expected)
         assert not torch.equal(expected, reference["masks"])  # the clean-up did something
         learned = decode_image_file(tmp_path / "a" / "background.png")
@@ -448,8 +467,6 @@ class TestEvaluation:
         # the same counts as OpenCV's own MOG2 at its defaults with shadows detected, a shadow
         # (127) scored as not foreground: the models agree bit for bit
         cv2 = pytest.importorskip("cv2")
-        from torchgmm.pipelines import _opencv_subtractor, evaluate_sequence
-
         seq = cdnet / "baseline" / "easy"
         (ours,) = method_factories(["torchgmm-mog2"], device="cpu", model_options=EAGER).values()
         row = evaluate_sequence(seq, ours, device="cpu")
