@@ -554,15 +554,22 @@ def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, set
     """Rate schedule + update + frame count: the function the module compiles.
 
     ``shadows`` None: ``(mask, weight, mean, variance, frames_seen)``, the plain update.
-    ``shadows`` a dict of ``()`` tensors (``match_sigma``, ``shadow_threshold``):
-    ``(foreground, shadow, weight, mean, variance, frames_seen)``, the shadow test fused
-    into the same step. It runs on the NEW state, as OpenCV's MOG2 does, and for a reason
-    of this model: the foreground decision (step 7) is taken on the new weights and rank
-    order, so testing the same state makes the components tried for a shadow exactly the
-    background set that just called the pixel foreground. A foreground pixel's own
-    component (matched or new) is never in that set, and the background components'
-    means and variances are those of the old state (only a hit moves them), so the test
-    sees the background as it was, with the updated weights.
+    ``shadows`` a dict of ``()`` tensors (``match_sigma``, ``shadow_threshold``, int32
+    ``shadow_value``): ``(code, weight, mean, variance, frames_seen)`` with the shadow test
+    fused into the same step and the labels as one ``(B, 1, H, W)`` int32 code per pixel:
+    0 background, 255 foreground, ``shadow_value + 256`` shadow (MOG2's code, see
+    ``torchgmm.mog2._mog2_step``: apply's mask is its low byte). One int32 output, not two
+    bool masks: Inductor's C++ code stores bool vectors through a scratch buffer, and two
+    bool outputs made the step 1.6x slower than the plain one, the int32 code not at all
+    (640x480 RGB K = 3, 1 thread, interleaved: plain 7.1 ms, two bools 11.5, code 4.1).
+
+    The test runs on the NEW state, as OpenCV's MOG2 does, and for a reason of this model:
+    the foreground decision (step 7) is taken on the new weights and rank order, so testing
+    the same state makes the components tried for a shadow exactly the background set that
+    just called the pixel foreground. A foreground pixel's own component (matched or new)
+    is never in that set, and the background components' means and variances are those of
+    the old state (only a hit moves them), so the test sees the background as it was, with
+    the updated weights.
     """
     rate = mog_learning_rate(frames_seen, base_rate, warmup)
     if shadows is None:
@@ -572,8 +579,8 @@ def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, set
     mask, ws, mus, vs = _update_planes(xs, ws, mus, vs, rate, **settings)
     shadow = mask & _shadow_colour(xs, ws, mus, vs, settings["background_ratio"], shadows["match_sigma"],
                                    shadows["shadow_threshold"])
-    return ((mask & ~shadow)[:, None], shadow[:, None], *_pack(ws, mus, vs, weight, mean, variance),
-            frames_seen + 1)
+    code = torch.where(mask & ~shadow, 255, torch.where(shadow, shadows["shadow_value"] + 256, 0))  # int32
+    return (code[:, None], *_pack(ws, mus, vs, weight, mean, variance), frames_seen + 1)
 
 
 def _quiet_cuda_home_notice() -> None:
@@ -931,7 +938,12 @@ class BackgroundSubtractorMOG(nn.Module):
     def _shadow_settings(self) -> dict[str, Tensor]:
         """The shadow test's settings as cached ``()`` tensors (a new value does not recompile)."""
         sigma = self.match_sigma if self.shadow_match_sigma is None else self.shadow_match_sigma
-        return {"match_sigma": self._scalar(sigma), "shadow_threshold": self._scalar(self.shadow_threshold)}
+        key = ("i32", self.shadow_value, self.weight.device)
+        value = self._scalars.get(key)
+        if value is None:
+            value = self._scalars[key] = torch.tensor(self.shadow_value, dtype=torch.int32, device=self.weight.device)
+        return {"match_sigma": self._scalar(sigma), "shadow_threshold": self._scalar(self.shadow_threshold),
+                "shadow_value": value}
 
     @torch.no_grad()  # the state is updated online, never differentiated: no autograd graph
     def forward(self, frames: Tensor, learning_rate: float | None = None,
@@ -952,13 +964,15 @@ class BackgroundSubtractorMOG(nn.Module):
             foreground); with ``return_shadows``, ``(foreground, shadow)``, both ``(B, 1, H,
             W)`` bool and disjoint.
         """
-        foreground, shadow = self._learn(frames, learning_rate)
-        if not return_shadows:
-            return foreground
-        return foreground, torch.zeros_like(foreground) if shadow is None else shadow
+        labels = self._learn(frames, learning_rate)
+        if not self.detect_shadows:
+            return (labels, torch.zeros_like(labels)) if return_shadows else labels
+        foreground = labels == 255
+        return (foreground, labels >= 256) if return_shadows else foreground
 
-    def _learn(self, frames: Tensor, learning_rate: float | None) -> tuple[Tensor, Tensor | None]:
-        """Learn a frame: ``(foreground, shadow)``, ``shadow`` None without ``detect_shadows``."""
+    def _learn(self, frames: Tensor, learning_rate: float | None) -> Tensor:
+        """Learn a frame: the ``(B, 1, H, W)`` bool foreground, or with ``detect_shadows`` the
+        int32 code of :func:`_mog_step` (0, 255, ``shadow_value + 256``)."""
         self._check_frames(frames)
         if learning_rate is not None:
             _check_rate(learning_rate, "learning_rate")
@@ -970,12 +984,13 @@ class BackgroundSubtractorMOG(nn.Module):
                 background_ratio=self.background_ratio, match_sigma=self.match_sigma,
             )
             if not self.detect_shadows:
-                return foreground, None
+                return foreground
+            shadows = self._shadow_settings()
             shadow = foreground & mog_shadow(
                 frames, self.weight, self.mean, self.variance, background_ratio=self._scalar(self.background_ratio),
-                **self._shadow_settings(),
+                match_sigma=shadows["match_sigma"], shadow_threshold=shadows["shadow_threshold"],
             )
-            return foreground & ~shadow, shadow
+            return torch.where(foreground & ~shadow, 255, torch.where(shadow, shadows["shadow_value"] + 256, 0))
         if frames.device.type == "cpu":
             # Channel-major frames for B > 1, like the state (see component_major): one cheap
             # copy of the uint8 frames keeps the fused C++ update a single loop. Not on CUDA:
@@ -992,17 +1007,13 @@ class BackgroundSubtractorMOG(nn.Module):
         # what changes the compiled graph beyond shapes (K and C are unrolled)
         config = (frames.dtype, self.weight.dtype, frames.device.type, tuple(self.mean.shape[1:3]),
                   self.covariance_type, self.rho, warmup, self.detect_shadows)
-        outputs = self._step(config, args)
-        if self.detect_shadows:
-            foreground, shadow, *state = outputs
-        else:
-            (foreground, *state), shadow = outputs, None
+        labels, *state = self._step(config, args)
         # Swap the buffers for the new state tensors (the update is out of place, so nothing
         # is copied). Straight into _buffers: nn.Module.__setattr__ costs ~10 us per buffer,
         # a third of the module's per-frame Python overhead.
         for name, tensor in zip(("weight", "mean", "variance", "frames_seen"), state):
             self._buffers[name] = tensor
-        return foreground, shadow
+        return labels
 
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
@@ -1055,11 +1066,10 @@ class BackgroundSubtractorMOG(nn.Module):
         """
         if callable(frames) and not isinstance(frames, Tensor):
             return super().apply(frames)
-        foreground, shadow = self._learn(frames, learning_rate)
-        mask = foreground.view(torch.uint8) * 255  # bool -> 0 / 255 in one pass
-        if shadow is not None and self.shadow_value:
-            mask = mask + shadow.view(torch.uint8) * self.shadow_value  # disjoint from the foreground
-        return mask
+        labels = self._learn(frames, learning_rate)
+        if self.detect_shadows:
+            return labels.to(torch.uint8)  # the code's low byte: 0, 255 or shadow_value
+        return labels.view(torch.uint8) * 255  # bool -> 0 / 255 in one pass
 
     def process(self, clip: Tensor, learning_rate: float | None = None) -> Tensor:
         """Feed a clip of one stream frame by frame.
