@@ -9,6 +9,9 @@ What is measured (CPU, every case, same frames and same thread count for every m
 - ``torchgmm_eager``: the same with ``compile=False``.
 - ``torchgmm_fp16``: compiled, ``state_dtype=torch.float16`` (``--no-fp16`` to leave it out;
   an error is recorded, not raised).
+- ``torchgmm_shadow`` (with ``--shadows``): compiled, ``detect_shadows=True``, the bool
+  foreground of ``model(frames)`` as ``torchgmm``'s row: the cost of the shadow test, to
+  compare with ``torchgmm`` (shadows off) in the same run.
 
 ``--mode mog2`` times OpenCV's MOG2 model itself instead, with shadows on (the default):
 
@@ -59,6 +62,7 @@ Examples:
     python scripts/bench_background.py --skip-eager-above 1000000  # no eager run at 1080p
     python scripts/bench_background.py --quick --cpu-streams 1 2 4  # + B streams per step on the CPU
     python scripts/bench_background.py --mode mog2 --quick          # MOG2 vs OpenCV MOG2, 640x480 RGB K=5
+    python scripts/bench_background.py --quick --shadows --no-fp16  # S-G with shadows on vs off, 640x480 RGB K=3
 
 Prints a table and writes JSON (``--json``, default ``bench_out/bench_background.json``).
 Target: torchgmm / MOG2 <= 1.5 at 640x480 RGB K=3; ``--mode mog2``: torchgmm_mog2 / MOG2 <= 1.0
@@ -308,6 +312,9 @@ def bench_case(video: np.ndarray, k: int, args, device: torch.device) -> list[di
     if not args.no_fp16:
         methods.append(("torchgmm_fp16", lambda: _torch_step(
             torchgmm_model(k, device, compile=True, state_dtype=torch.float16), frames_t), True))
+    if args.shadows:
+        methods.append(("torchgmm_shadow", lambda: _torch_step(
+            torchgmm_model(k, device, compile=True, detect_shadows=True), frames_t), True))
     if args.mode == "mog2":
         methods = _mog2_methods(k, frames_np, frames_t, args, device,
                                 bool(args.skip_eager_above and h * w > args.skip_eager_above))
@@ -321,7 +328,7 @@ def bench_case(video: np.ndarray, k: int, args, device: torch.device) -> list[di
         row = dict(case=f"{w}x{h} C={c} K={k}", width=w, height=h, channels=c, components=k,
                    method=name, frames=args.frames, warmup=args.warmup, interleave=args.interleave)
         rows.append(row)
-        if args.mode == "mog2":
+        if args.mode == "mog2" or name == "torchgmm_shadow":
             row["detect_shadows"] = True
         if make is None:
             row["skipped"] = f"--skip-eager-above {args.skip_eager_above} (frame has {h * w} pixels)"
@@ -532,6 +539,8 @@ def main() -> None:
     parser.add_argument("--skip-eager-above", type=int, default=0, metavar="PIXELS",
                         help="skip eager torchgmm when H*W > PIXELS (0: never skip)")
     parser.add_argument("--no-fp16", action="store_true", help="leave out the float16-state model")
+    parser.add_argument("--shadows", action="store_true",
+                        help="add torchgmm_shadow: BackgroundSubtractorMOG with detect_shadows=True (compiled)")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="restrict to these methods (mog2 always runs: it is the reference)")
     parser.add_argument("--no-retain-memory", action="store_true",

@@ -295,8 +295,9 @@ class TestModuleEqualsReference:
             learning_rate=0.05, covariance_type=covariance_type, state_dtype=torch.float64, compile=False
         )
         x = torch.from_numpy(frames).double() / 255
-        masks = torch.stack([model.apply(f[None])[0, 0] for f in x])
-        np.testing.assert_array_equal(masks.numpy(), masks_ref)
+        labels = torch.stack([model.apply(f[None])[0, 0] for f in x])  # OpenCV's uint8 mask
+        assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) <= {0, 255}
+        np.testing.assert_array_equal((labels == 255).numpy(), masks_ref)
         np.testing.assert_allclose(model.mean[0].numpy(), ref["mean"], rtol=1e-9, atol=1e-9)
 
 class TestEdgeCases:
@@ -900,7 +901,7 @@ class TestErrors:
         assert pipeline.apply(seen.append) is pipeline
         assert seen == [model, head, pipeline]  # children first, as nn.Module.apply does
         masks = model.apply(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))  # OpenCV's meaning
-        assert masks.shape == (2, 1, 4, 4) and int(model.frames_seen) == 1
+        assert masks.shape == (2, 1, 4, 4) and masks.dtype == torch.uint8 and int(model.frames_seen) == 1
 
     def test_nan_frame(self):
         model = BackgroundSubtractorMOG(compile=False)

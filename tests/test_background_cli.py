@@ -875,3 +875,19 @@ def test_resume_refuses_a_checkpoint_of_the_other_model(clip, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "was made with model 'mog'; this run has 'mog2'" in err
     assert (out / "street" / "mask.mp4").read_bytes() == masks  # nothing already produced is lost
+
+
+def test_shadows_with_the_default_model_write_its_apply_masks(clip, tmp_path):
+    # Stauffer-Grimson with --shadows: the masks are BackgroundSubtractorMOG.apply's (0 / 127 / 255)
+    from torchgmm import BackgroundSubtractorMOG
+
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), "--shadows", *FAST]) == 0
+    written = _raw_masks(out / "street" / "mask.mp4")
+    model = BackgroundSubtractorMOG(detect_shadows=True, compile=False)
+    with VideoReader(clip["path"]) as reader:
+        expected = torch.stack([model.apply(frame[None])[0] for frame in reader])
+    assert torch.equal(written, expected)
+    assert set(written.unique().tolist()) <= {0, 127, 255} and (written == 255).any()
+    summary = json.loads((out / "street" / "summary.json").read_text())
+    assert summary["model"] == "mog" and summary["shadows"] is True

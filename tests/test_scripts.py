@@ -88,10 +88,11 @@ def test_bench_background(tmp_path):
     pytest.importorskip("cv2")
     out = tmp_path / "background.json"
     run_script("bench_background.py", "--sizes", "64x48", "--channels", "3", "--components", "3", "--frames", "8",
-               "--warmup", "2", "--threads", "1", "--device", "cpu", "--json", str(out), cwd=tmp_path)
+               "--warmup", "2", "--threads", "1", "--device", "cpu", "--shadows", "--json", str(out), cwd=tmp_path)
     rows = json.loads(out.read_text())["cpu"]
     methods = {r["method"]: r for r in rows}
     assert "mog2" in methods and len(methods) >= 3, sorted(methods)
+    assert methods["torchgmm_shadow"]["detect_shadows"] is True
     for row in rows:
         assert row["frames"] == 8 and "error" not in row, row
         assert row["ratio"] == pytest.approx(row["ms_per_frame"] / methods["mog2"]["ms_per_frame"])

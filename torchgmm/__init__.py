@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the names below, for type checkers and IDEs
         UndefinedScoreWarning,
         VideoDecodeError,
     )
-    from torchgmm.background import BackgroundSubtractorMOG, mog_foreground, mog_update
+    from torchgmm.background import BackgroundSubtractorMOG, mog_foreground, mog_shadow, mog_update
     from torchgmm.mixture import GaussianMixture, fit_gaussian_mixture
     from torchgmm.mixture_chunked import fit_gaussian_mixture_stepwise
     from torchgmm.mog2 import BackgroundSubtractorMOG2, detect_shadow_gmm, mog2_background_image, mog2_update
@@ -73,6 +73,7 @@ _EXPORTS = {
     "BackgroundSubtractorMOG": "torchgmm.background",
     "mog_update": "torchgmm.background",
     "mog_foreground": "torchgmm.background",
+    "mog_shadow": "torchgmm.background",
     "BackgroundSubtractorMOG2": "torchgmm.mog2",
     "mog2_update": "torchgmm.mog2",
     "detect_shadow_gmm": "torchgmm.mog2",

@@ -12,9 +12,10 @@ This module follows OpenCV's CPU code (``modules/video/src/bgfg_gaussmix2.cpp``:
 ``getBackgroundImage_intern``) step by step and in its arithmetic order, so that a float32
 state gives OpenCV's masks (``scripts/parity_mog2.py`` measures how closely). The
 functional core: :func:`mog2_learning_rate` (the rate schedule), :func:`mog2_update`
-(learn a frame), :func:`detect_shadow_gmm` (the shadow test, also for other per-pixel
-mixtures) and :func:`mog2_background_image`. :class:`BackgroundSubtractorMOG2` holds the
-state in buffers and runs the update fused by ``torch.compile``, as
+(learn a frame), :func:`detect_shadow_gmm` (the shadow test, whose maths
+``torchgmm._shadows`` shares with the Stauffer-Grimson model) and
+:func:`mog2_background_image`. :class:`BackgroundSubtractorMOG2` holds the state in
+buffers and runs the update fused by ``torch.compile``, as
 :class:`~torchgmm.background.BackgroundSubtractorMOG` does (same layout, same reasons).
 
 State layout, batch first, stored component-major (see
@@ -62,6 +63,7 @@ from torch import Tensor, nn
 
 from torchgmm._streams import StreamBatchMixin
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_real, check_tensor
+from torchgmm._shadows import shadow_planes
 from torchgmm.background import (
     BackgroundSubtractorMOG,
     _check_state,
@@ -124,40 +126,6 @@ def _setting(value: Tensor | float, dtype: torch.dtype, device: torch.device) ->
     return torch.tensor(value, dtype=dtype, device=device)
 
 
-def _shadow_planes(xs, ws, mus, vs, count, var_threshold, background_ratio, shadow_threshold):  # noqa: ANN001, ANN202
-    """``detectShadowGMM`` on unpacked planes: ``(B, H, W)`` bool (see :func:`detect_shadow_gmm`)."""
-    shadow = done = None
-    t_weight = torch.zeros_like(xs[0])
-    for k, (w, mu, v) in enumerate(zip(ws, mus, vs)):
-        live = torch.ones_like(xs[0], dtype=torch.bool) if count is None else count > k
-        if done is not None:
-            live = live & ~done
-        numerator, denominator = xs[0] * mu[0], mu[0] * mu[0]  # summed in channel order
-        for xc, mc in zip(xs[1:], mu[1:]):
-            numerator = numerator + xc * mc
-            denominator = denominator + mc * mc
-        zero = denominator == 0  # "no division by zero allowed": the test ends, not a shadow
-        a = numerator / denominator  # the brightness ratio of x to the mode's mean
-        dists = [a * mc - xc for xc, mc in zip(xs, mu)]
-        if len(v) == 1:  # OpenCV: |a mu - x|^2 < Tb var a^2
-            dist2a = dists[0] * dists[0]
-            for d in dists[1:]:
-                dist2a = dist2a + d * d
-            close = dist2a < var_threshold * v[0] * a * a
-        else:  # per-channel variances: the same test in Mahalanobis form
-            dist2a = dists[0] * dists[0] / v[0]
-            for d, vc in zip(dists[1:], v[1:]):
-                dist2a = dist2a + d * d / vc
-            close = dist2a < var_threshold * a * a
-        darker = (numerator <= denominator) & (numerator >= shadow_threshold * denominator)
-        found = live & ~zero & darker & close
-        t_weight = t_weight + w
-        stop = live & (zero | found | (t_weight > background_ratio))  # past the background modes
-        shadow = found if shadow is None else shadow | found
-        done = stop if done is None else done | stop
-    return shadow
-
-
 def detect_shadow_gmm(
     frame: Tensor,
     weight: Tensor,
@@ -176,9 +144,10 @@ def detect_shadow_gmm(
     ``a = x.mu / |mu|^2`` lies in ``[shadow_threshold, 1]`` (darker, by at most 1 / tau) and
     its colour distortion is small: ``|a mu - x|^2 < var_threshold var a^2``. A mode with
     ``mu = 0`` ends the test (not a shadow). With per-channel variances ``(B, K, C, H, W)``
-    (e.g. :class:`~torchgmm.background.BackgroundSubtractorMOG` with ``covariance_type="diag"``)
     the distortion is measured as ``sum_c (a mu_c - x_c)^2 / var_c < var_threshold a^2``,
-    which is the same test when the channel variances are equal.
+    which is the same test when the channel variances are equal. The maths lives in
+    ``torchgmm._shadows``, shared with :func:`~torchgmm.background.mog_shadow`, the same
+    test in the Stauffer-Grimson model's terms (its background set and match distance).
 
     This is only the colour test: a caller applies it to its foreground (OpenCV labels a
     pixel shadow when it is not background and this is True).
@@ -210,10 +179,10 @@ def detect_shadow_gmm(
                          f"got {tuple(n_modes.shape)}.")
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     compute, device = xs[0].dtype, frame.device
-    return _shadow_planes(
-        xs, ws, mus, vs, None if n_modes is None else n_modes.to(torch.int32),
-        _setting(var_threshold, compute, device), _setting(background_ratio, compute, device),
-        _setting(shadow_threshold, compute, device),
+    in_use = None if n_modes is None else [n_modes.to(torch.int32) > k for k in range(weight.shape[1])]
+    return shadow_planes(
+        xs, ws, mus, vs, in_use, _setting(var_threshold, compute, device),
+        _setting(background_ratio, compute, device), _setting(shadow_threshold, compute, device),
     )
 
 
@@ -293,8 +262,9 @@ def _update_planes(xs, ws, mus, vs, count, rate, s, detect_shadows):  # noqa: AN
 
     # 4. The label: background, else shadow (tested on the new state, as OpenCV does), else foreground.
     if detect_shadows:
-        shadow = ~background & _shadow_planes(
-            xs, ws, mus, vs, count, s["var_threshold"], s["background_ratio"], s["shadow_threshold"]
+        in_use = [count > k for k in range(n_modes)]
+        shadow = ~background & shadow_planes(
+            xs, ws, mus, vs, in_use, s["var_threshold"], s["background_ratio"], s["shadow_threshold"]
         )
     else:
         shadow = torch.zeros_like(background)
