@@ -84,13 +84,12 @@ def _import_av() -> Any:
     return av
 
 
-def _import_torchcodec() -> tuple[Any, Any]:
-    """TorchCodec's ``decoders`` and ``transforms`` modules, or an ImportError that says how
-    to install them (TorchCodec fails to import, with a RuntimeError, when it finds no FFmpeg
-    shared libraries it was built for: that is reported the same way)."""
+def _import_torchcodec() -> Any:
+    """TorchCodec's ``decoders`` module, or an ImportError that says how to install it
+    (TorchCodec fails to import, with a RuntimeError, when it finds no FFmpeg shared
+    libraries it was built for: that is reported the same way)."""
     try:
         decoders = importlib.import_module("torchcodec.decoders")
-        transforms = importlib.import_module("torchcodec.transforms")
     except Exception as exc:  # noqa: BLE001 - ImportError, or RuntimeError/OSError for FFmpeg's libraries
         raise ImportError(
             f"VideoReader(backend='torchcodec') needs TorchCodec, which cannot be imported here "
@@ -99,7 +98,7 @@ def _import_torchcodec() -> tuple[Any, Any]:
             'from a checkout: `pip install -e ".[torchcodec]"`); TorchCodec also needs FFmpeg\'s '
             "shared libraries (e.g. `apt-get install ffmpeg`). Or use backend='pyav', the default."
         ) from exc
-    return decoders, transforms
+    return decoders
 
 
 def video_backends() -> tuple[str, ...]:
@@ -137,6 +136,16 @@ def _check_backend(backend: object) -> str:
             f"`backend` must be one of {', '.join(repr(b) for b in _BACKENDS)}, got {backend!r}."
         )
     return str(backend)
+
+
+def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 images ``(T, C, H, W)`` resized to ``size`` ``(H, W)``: bilinear, antialiased when
+    shrinking (``interpolate(antialias=True)``), rounded. The resize of image folders and of
+    TorchCodec's frames; PyAV's frames are resized by swscale as they are converted."""
+    out = torch.nn.functional.interpolate(
+        images.float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _torchcodec_message(exc: BaseException) -> str:
@@ -315,9 +324,10 @@ class VideoReader:
             sequence spans 0..255.
         size: ``(H, W)`` to resize every frame to, exactly (the aspect ratio is not kept), or
             None to keep the size. Bilinear, antialiased when shrinking: swscale's bilinear
-            filter for video files (it widens with the reduction, so a shrunk pixel averages
-            the pixels it covers; applied with the conversion to RGB/grey), torch's
-            ``interpolate(mode="bilinear", antialias=True)`` for image folders.
+            filter for video files read by PyAV (it widens with the reduction, so a shrunk
+            pixel averages the pixels it covers; applied with the conversion to RGB/grey),
+            torch's ``interpolate(mode="bilinear", antialias=True)`` for image folders and
+            for video files read by TorchCodec.
         batch_size: yield ``(T, C, H, W)`` batches of up to this many frames instead of single
             ``(C, H, W)`` frames (the last batch may be shorter).
         device: where yielded tensors live; with a CUDA device frames are staged in pinned
@@ -343,14 +353,17 @@ class VideoReader:
     rules), and its pixels are decoded by TorchCodec's ``VideoDecoder`` (``seek_mode="exact"``,
     so indices are exact; ``start`` is reached by seeking, not by decoding every frame before
     it). Its RGB frames equal PyAV's bit for bit on lossless RGB video, and differ by a level
-    or two on YUV video (the two link different FFmpeg builds); ``size`` resizes with
-    TorchCodec's ``Resize`` (swscale bilinear, as PyAV: equal on lossless RGB video).
-    ``gray=True`` is the BT.601 luma of the RGB frames (:func:`torchgmm.pixels.to_grey_uint8`,
-    the rule of image files), which PyAV's swscale grey matches within 1 level on RGB
-    video; on YUV video swscale takes the luma plane, and the two differ where the colours
-    clip (mean 1.2, at most 21 levels on ``vtest.avi``). A frame TorchCodec cannot decode
-    ends the iteration with :class:`VideoDecodeError` as above; ``on_damage="skip"`` is
-    refused.
+    or two on YUV video (the two link different FFmpeg builds). Grey and resizing follow the
+    rules of image folders: ``gray=True`` is the BT.601 luma of the RGB frames
+    (:func:`torchgmm.pixels.to_grey_uint8`), which PyAV's swscale grey matches within 1
+    level on RGB video (on YUV video swscale takes the luma plane, and the two differ where
+    the colours clip: mean 1.2, at most 21 levels on ``vtest.avi``); ``size`` is torch's
+    antialiased bilinear resize (:func:`_resize`), which on lossless RGB video differs from
+    PyAV's (swscale's bilinear filter) by at most a level when enlarging and by up to about
+    30 levels (mean under 1.5) at sharp edges when shrinking. (TorchCodec's own ``Resize``, swscale in its FFmpeg, is not used: with FFmpeg
+    5.1 it shifts the colours of odd-width frames it shrinks by up to 100 levels.) A frame
+    TorchCodec cannot decode ends the iteration with :class:`VideoDecodeError` as above;
+    ``on_damage="skip"`` is refused.
 
     Frames are turned as the video's display matrix says (a phone video recorded upright
     carries a 90 degree rotation; :attr:`rotation`), so they come out as players show them
@@ -439,7 +452,7 @@ class VideoReader:
         self._started = False
         self._closed = False
 
-        torchcodec = _import_torchcodec() if self.backend == "torchcodec" else None
+        torchcodec = _import_torchcodec() if self.backend == "torchcodec" else None  # its decoders module
         if not self.path.exists():
             raise FileNotFoundError(f"video {str(self.path)!r} does not exist.")
         kind = file_kind(self.path)
@@ -459,7 +472,7 @@ class VideoReader:
         else:
             self._open_video()
             if torchcodec is not None:
-                self._open_torchcodec(*torchcodec)
+                self._open_torchcodec(torchcodec)
         self._start = _to_index(start, self._fps, "start", 0)
         self._end = _to_index(end, self._fps, "end", None)
 
@@ -528,15 +541,15 @@ class VideoReader:
         else:
             self._frame_count = 0
 
-    def _open_torchcodec(self, decoders: Any, transforms: Any) -> None:
+    def _open_torchcodec(self, decoders: Any) -> None:
         """Hand decoding over to TorchCodec once PyAV has probed the file (``_open_video``)."""
         self._container.close()  # the probe's container, first frame and decoder are not needed
         self._container = self._stream = self._decoded = self._first = None
-        resize = [transforms.Resize(self.size)] if self.size and self.size != self.source_size else None
+        # (not TorchCodec's decoder-native Resize: with FFmpeg 5.1 it shifts the colours of
+        # odd-width frames it shrinks by up to 100 levels; see _produce_torchcodec)
         try:
             decoder = decoders.VideoDecoder(
-                str(self.path), seek_mode="exact", num_ffmpeg_threads=0 if self.threads else 1,
-                transforms=resize, device="cpu",
+                str(self.path), seek_mode="exact", num_ffmpeg_threads=0 if self.threads else 1, device="cpu"
             )
         except (RuntimeError, ValueError) as exc:
             raise VideoDecodeError(
@@ -645,9 +658,7 @@ class VideoReader:
 
             img = to_uint8(img[None])[0]
         if resize and self.size is not None and tuple(img.shape[-2:]) != self.size:
-            img = torch.nn.functional.interpolate(
-                img[None].float(), size=self.size, mode="bilinear", align_corners=False, antialias=True
-            )[0].round_().clamp_(0, 255).to(torch.uint8)
+            img = _resize(img[None], self.size)[0]
         elif resize and (img.shape[-2], img.shape[-1]) != (self._src_h, self._src_w):
             raise VideoDecodeError(
                 f"frame {index} of the image sequence {str(self.path)!r} ({path.name}) is "
@@ -844,8 +855,9 @@ class VideoReader:
 
     def _produce_torchcodec(self) -> Iterator[Tensor]:
         """``_produce`` with TorchCodec: each call decodes up to ``batch_size`` selected frames
-        (8 when yielding single frames) into one ``(T, 3, H, W)`` tensor, resized by the
-        decoder; grey is computed from it in one vectorised step."""
+        (8 when yielding single frames) into one ``(T, 3, H, W)`` tensor; grey, then the
+        resize, are vectorised steps on it, in the order and with the rules of image folders
+        (:func:`torchgmm.pixels.to_grey_uint8`, :func:`_resize`)."""
         from torchgmm.pixels import to_grey_uint8
 
         decoder = self._decoder
@@ -856,8 +868,12 @@ class VideoReader:
         for first in range(0, len(wanted), chunk):
             frames, error = self._torchcodec_frames(wanted[first : first + chunk])
             if frames.shape[0]:
+                if self.gray:
+                    frames = to_grey_uint8(frames)
+                if self.size is not None and self.size != self.source_size:
+                    frames = _resize(frames, self.size)
                 # TorchCodec's NCHW is a view of NHWC: one copy makes it (T, C, H, W) contiguous
-                frames = to_grey_uint8(frames) if self.gray else frames.contiguous()
+                frames = frames.contiguous()
                 if self._pin:
                     frames = frames.pin_memory()
                 if self.batch_size is None:
