@@ -263,3 +263,27 @@ class TestTorchCodecBackend:
         assert not any(b.is_inference() for b in batches)
         assert all(b.device.type == torch.device(device).type for b in batches)
         assert torch.equal(torch.cat(batches).cpu(), ref)
+
+
+@needs_torchcodec
+def test_bench_video_times_both_backends_side_by_side(tmp_path):
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_video.py"
+    out = tmp_path / "video.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--video", "none", "--model", "none", "--sizes", "64x48", "--gen-frames", "12",
+         "--frames", "12", "--batch-size", "4", "--threads", "1", "--backend", "both", "--repeats", "2",
+         "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "pyav f/s" in done.stdout and "torchcodec f/s" in done.stdout
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert result["backends"] == ["pyav", "torchcodec"] and "torchcodec" in result["versions"]
+    for backend in ("pyav", "torchcodec"):
+        runs = row["decode_by_backend"][backend]["runs"]
+        assert len(runs) == 2 and all(fps > 0 for fps in runs)
+    assert row["frames"] == 12 and row["decode_fps"] == row["decode_by_backend"]["pyav"]["median"]
