@@ -358,7 +358,7 @@ class VideoReader:
     (:func:`torchgmm.pixels.to_grey_uint8`), which PyAV's swscale grey matches within 1
     level on RGB video (on YUV video swscale takes the luma plane, and the two differ where
     the colours clip: mean 1.2, at most 21 levels on ``vtest.avi``); ``size`` is torch's
-    antialiased bilinear resize (:func:`_resize`), which on lossless RGB video differs from
+    antialiased bilinear resize (as for image folders), which on lossless RGB video differs from
     PyAV's (swscale's bilinear filter) by at most a level when enlarging and by up to about
     30 levels (mean under 1.5) at sharp edges when shrinking. (TorchCodec's own ``Resize``, swscale in its FFmpeg, is not used: with FFmpeg
     5.1 it shifts the colours of odd-width frames it shrinks by up to 100 levels.) A frame
