@@ -1,6 +1,7 @@
 """Decoding and encoding at the edge: image files and folders, videos and image sequences.
 
-PyAV (``av``) is imported lazily, on the first video opened.
+PyAV (``av``) is imported lazily, on the first video opened; TorchCodec (an optional
+backend of :class:`VideoReader`, see :func:`video_backends`) only when asked for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torchgmm.io.video import (
     list_image_sequence,
     parse_position,
     parse_size,
+    video_backends,
 )
 
 __all__ = [
@@ -35,4 +37,5 @@ __all__ = [
     "list_image_sequence",
     "parse_position",
     "parse_size",
+    "video_backends",
 ]

@@ -2,7 +2,9 @@
 
 :class:`VideoReader` turns a video file (anything FFmpeg demuxes) or a folder of numbered
 images (``input/in000001.jpg`` ...) into uint8 frames ``(C, H, W)`` or batches
-``(T, C, H, W)``. Decoding runs in a background thread that keeps ``prefetch`` decoded
+``(T, C, H, W)``. Video files are decoded by PyAV (the default) or, with
+``backend="torchcodec"``, by TorchCodec (an optional extra; :func:`video_backends` lists
+what is installed). Decoding runs in a background thread that keeps ``prefetch`` decoded
 items ready, so decoding overlaps whatever the consumer computes; an error in that thread is
 re-raised in the consumer. :class:`VideoWriter` writes uint8 (or bool mask) frames to a video
 file, lossless by default (FFV1 in ``.mkv``), or to a numbered PNG sequence.
@@ -22,6 +24,7 @@ Shape vocabulary: T frames, C channels (1 grey or 3 RGB), H height, W width.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import numbers
@@ -43,9 +46,15 @@ from torchgmm._checks import ShapeError, add_note, check_positive_int, check_ten
 from torchgmm.io.images import IMAGE_EXTENSIONS, file_kind
 
 __all__ = [
-    "VideoDecodeError", "VideoReader", "VideoWriter", "WriterThread", "list_image_sequence", "parse_position",
-    "parse_size",
+    "VideoBackend", "VideoDecodeError", "VideoReader", "VideoWriter", "WriterThread", "list_image_sequence",
+    "parse_position", "parse_size", "video_backends",
 ]
+
+#: the decoders :class:`VideoReader` can read video files with
+VideoBackend = Literal["pyav", "torchcodec"]
+_BACKENDS: tuple[str, ...] = ("pyav", "torchcodec")
+#: frames TorchCodec decodes per call when the reader yields single frames
+_TORCHCODEC_CHUNK = 8
 
 _END = object()  # end-of-stream sentinel in the prefetch queue
 #: containers whose default lossless codec is FFV1 (the others get H.264 RGB with qp 0)
@@ -73,6 +82,75 @@ def _import_av() -> Any:
             "torchgmm.io.video needs PyAV (FFmpeg bindings): install it with `pip install av`."
         ) from exc
     return av
+
+
+def _import_torchcodec() -> Any:
+    """TorchCodec's ``decoders`` module, or an ImportError that says how to install it
+    (TorchCodec fails to import, with a RuntimeError, when it finds no FFmpeg shared
+    libraries it was built for: that is reported the same way)."""
+    try:
+        decoders = importlib.import_module("torchcodec.decoders")
+    except Exception as exc:  # noqa: BLE001 - ImportError, or RuntimeError/OSError for FFmpeg's libraries
+        raise ImportError(
+            f"VideoReader(backend='torchcodec') needs TorchCodec, which cannot be imported here "
+            f"({type(exc).__name__}: {exc}). Install the optional extra with "
+            '`pip install "torchmog[torchcodec]"` (the distribution of torchgmm is named torchmog; '
+            'from a checkout: `pip install -e ".[torchcodec]"`); TorchCodec also needs FFmpeg\'s '
+            "shared libraries (e.g. `apt-get install ffmpeg`). Or use backend='pyav', the default."
+        ) from exc
+    return decoders
+
+
+def video_backends() -> tuple[str, ...]:
+    """The backends :class:`VideoReader` can decode video files with in this environment.
+
+    ``"pyav"`` (the default backend; PyAV is a dependency of torchgmm) comes first when PyAV
+    imports, then ``"torchcodec"`` when TorchCodec and the FFmpeg libraries it needs import
+    (``pip install "torchmog[torchcodec]"``). Image folders are read without either.
+
+    Returns:
+        backend names, e.g. ``("pyav", "torchcodec")`` or ``("pyav",)``.
+
+    Example:
+        >>> backends = video_backends()
+        >>> backends[0], set(backends) <= {"pyav", "torchcodec"}
+        ('pyav', True)
+    """
+    found = []
+    try:
+        _import_av()
+        found.append("pyav")
+    except ImportError:  # pragma: no cover - PyAV is a dependency
+        pass
+    try:
+        _import_torchcodec()
+        found.append("torchcodec")
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _check_backend(backend: object) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"`backend` must be one of {', '.join(repr(b) for b in _BACKENDS)}, got {backend!r}."
+        )
+    return str(backend)
+
+
+def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 images ``(T, C, H, W)`` resized to ``size`` ``(H, W)``: bilinear, antialiased when
+    shrinking (``interpolate(antialias=True)``), rounded. The resize of image folders and of
+    TorchCodec's frames; PyAV's frames are resized by swscale as they are converted."""
+    out = torch.nn.functional.interpolate(
+        images.float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _torchcodec_message(exc: BaseException) -> str:
+    """TorchCodec's error text without the C++ function and source line it starts with."""
+    return re.sub(r"^[^,]*, \S+\.cpp:\d+, ", "", str(exc)).strip()
 
 
 def _natural_key(path: Path) -> tuple:
@@ -246,9 +324,10 @@ class VideoReader:
             sequence spans 0..255.
         size: ``(H, W)`` to resize every frame to, exactly (the aspect ratio is not kept), or
             None to keep the size. Bilinear, antialiased when shrinking: swscale's bilinear
-            filter for video files (it widens with the reduction, so a shrunk pixel averages
-            the pixels it covers; applied with the conversion to RGB/grey), torch's
-            ``interpolate(mode="bilinear", antialias=True)`` for image folders.
+            filter for video files read by PyAV (it widens with the reduction, so a shrunk
+            pixel averages the pixels it covers; applied with the conversion to RGB/grey),
+            torch's ``interpolate(mode="bilinear", antialias=True)`` for image folders and
+            for video files read by TorchCodec.
         batch_size: yield ``(T, C, H, W)`` batches of up to this many frames instead of single
             ``(C, H, W)`` frames (the last batch may be shorter).
         device: where yielded tensors live; with a CUDA device frames are staged in pinned
@@ -263,7 +342,28 @@ class VideoReader:
             of a sequence) are left out, a warning names each skipped range, and
             :attr:`skipped` lists them; a video's frame indices then come from the frames'
             timestamps, so the frames after a gap keep their true index. A file that ends
-            early still raises at its end.
+            early still raises at its end. Only with ``backend="pyav"``.
+        backend: what decodes video files: ``"pyav"`` (default) or ``"torchcodec"`` (the
+            optional extra ``pip install "torchmog[torchcodec]"``; see :func:`video_backends`
+            and "TorchCodec" below). Image folders are read by torchgmm's image decoder
+            with either.
+
+    TorchCodec: the file is probed with PyAV as above (so :attr:`fps`, :attr:`frame_count`,
+    :attr:`rotation`, the refusal of still images and the truncation check follow the same
+    rules), and its pixels are decoded by TorchCodec's ``VideoDecoder`` (``seek_mode="exact"``,
+    so indices are exact; ``start`` is reached by seeking, not by decoding every frame before
+    it). Its RGB frames equal PyAV's bit for bit on lossless RGB video, and differ by a level
+    or two on YUV video (the two link different FFmpeg builds). Grey and resizing follow the
+    rules of image folders: ``gray=True`` is the BT.601 luma of the RGB frames
+    (:func:`torchgmm.pixels.to_grey_uint8`), which PyAV's swscale grey matches within 1
+    level on RGB video (on YUV video swscale takes the luma plane, and the two differ where
+    the colours clip: mean 1.2, at most 21 levels on ``vtest.avi``); ``size`` is torch's
+    antialiased bilinear resize (as for image folders), which on lossless RGB video differs from
+    PyAV's (swscale's bilinear filter) by at most a level when enlarging and by up to about
+    30 levels (mean under 1.5) at sharp edges when shrinking. (TorchCodec's own ``Resize``, swscale in its FFmpeg, is not used: with FFmpeg
+    5.1 it shifts the colours of odd-width frames it shrinks by up to 100 levels.) A frame
+    TorchCodec cannot decode ends the iteration with :class:`VideoDecodeError` as above;
+    ``on_damage="skip"`` is refused.
 
     Frames are turned as the video's display matrix says (a phone video recorded upright
     carries a 90 degree rotation; :attr:`rotation`), so they come out as players show them
@@ -309,10 +409,18 @@ class VideoReader:
         prefetch: int = 2,
         fps: float = 25.0,
         on_damage: Literal["stop", "skip"] = "stop",
+        backend: VideoBackend = "pyav",
     ) -> None:
         self.path = Path(path)
+        #: what decodes video files: ``"pyav"`` or ``"torchcodec"``
+        self.backend = _check_backend(backend)
         if on_damage not in ("stop", "skip"):
             raise ValueError(f"`on_damage` must be 'stop' or 'skip', got {on_damage!r}.")
+        if on_damage == "skip" and self.backend == "torchcodec":
+            raise ValueError(
+                "`on_damage='skip'` needs backend='pyav': TorchCodec cannot decode past a packet "
+                "the decoder refuses; use on_damage='stop' or backend='pyav'."
+            )
         self.on_damage = on_damage
         #: ``(first, last, reason)``: source frame ranges skipped as damaged (``on_damage="skip"``)
         self.skipped: list[tuple[int, int, str]] = []
@@ -336,6 +444,7 @@ class VideoReader:
 
         self._container: Any = None
         self._stream: Any = None
+        self._decoder: Any = None  # TorchCodec's VideoDecoder (backend="torchcodec")
         self._files: list[Path] | None = None
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -343,6 +452,7 @@ class VideoReader:
         self._started = False
         self._closed = False
 
+        torchcodec = _import_torchcodec() if self.backend == "torchcodec" else None  # its decoders module
         if not self.path.exists():
             raise FileNotFoundError(f"video {str(self.path)!r} does not exist.")
         kind = file_kind(self.path)
@@ -361,6 +471,8 @@ class VideoReader:
             self._count_reliable = True
         else:
             self._open_video()
+            if torchcodec is not None:
+                self._open_torchcodec(torchcodec)
         self._start = _to_index(start, self._fps, "start", 0)
         self._end = _to_index(end, self._fps, "end", None)
 
@@ -428,6 +540,29 @@ class VideoReader:
             self._count_reliable = len(container.streams) == 1
         else:
             self._frame_count = 0
+
+    def _open_torchcodec(self, decoders: Any) -> None:
+        """Hand decoding over to TorchCodec once PyAV has probed the file (``_open_video``)."""
+        self._container.close()  # the probe's container, first frame and decoder are not needed
+        self._container = self._stream = self._decoded = self._first = None
+        # (not TorchCodec's decoder-native Resize: with FFmpeg 5.1 it shifts the colours of
+        # odd-width frames it shrinks by up to 100 levels; see _produce_torchcodec)
+        try:
+            decoder = decoders.VideoDecoder(
+                str(self.path), seek_mode="exact", num_ffmpeg_threads=0 if self.threads else 1, device="cpu"
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise VideoDecodeError(
+                f"TorchCodec cannot open {str(self.path)!r} as a video: {_torchcodec_message(exc)}", self.path
+            ) from exc
+        shape = (decoder.metadata.height, decoder.metadata.width)  # after rotation
+        if shape != self.source_size:
+            raise VideoDecodeError(
+                f"TorchCodec reads {str(self.path)!r} as {shape[1]}x{shape[0]} frames, PyAV as "
+                f"{self._src_w}x{self._src_h}; read it with backend='pyav'.",
+                self.path,
+            )
+        self._decoder = decoder
 
     # ------------------------------------------------------------------ properties
     @property
@@ -523,9 +658,7 @@ class VideoReader:
 
             img = to_uint8(img[None])[0]
         if resize and self.size is not None and tuple(img.shape[-2:]) != self.size:
-            img = torch.nn.functional.interpolate(
-                img[None].float(), size=self.size, mode="bilinear", align_corners=False, antialias=True
-            )[0].round_().clamp_(0, 255).to(torch.uint8)
+            img = _resize(img[None], self.size)[0]
         elif resize and (img.shape[-2], img.shape[-1]) != (self._src_h, self._src_w):
             raise VideoDecodeError(
                 f"frame {index} of the image sequence {str(self.path)!r} ({path.name}) is "
@@ -612,17 +745,24 @@ class VideoReader:
                 return
             if index >= start and (index - start) % step == 0:
                 yield index, frame
-        decoded = index + 1
-        # A truncated file ends without an FFmpeg error: compare with the header's promise.
-        # A frame count from the header: at most 1 frame short (edit lists may drop one). A
-        # count estimated from the duration is wrong for variable frame rate, so then the
-        # time the frames span is compared with the duration instead (2 % and 2 frames slack).
+        spanned = None if last_time is None else last_time - first_time + 1 / self._fps
+        self._check_complete(index + 1, spanned)
+
+    def _check_complete(self, decoded: int, spanned: float | None) -> None:
+        """Raise when the file ended (after ``decoded`` frames spanning ``spanned`` seconds,
+        None when unknown) short of what its header announces.
+
+        A truncated file ends without an FFmpeg error: compare with the header's promise.
+        A frame count from the header: at most 1 frame short (edit lists may drop one). A
+        count estimated from the duration is wrong for variable frame rate, so then the
+        time the frames span is compared with the duration instead (2 % and 2 frames slack).
+        """
+        end = self._end
         expected = self._frame_count
-        if self._count_exact or self._duration_s is None or last_time is None:
+        if self._count_exact or self._duration_s is None or spanned is None:
             slack = 1 if self._count_exact else max(2, int(0.02 * expected))
             short = decoded < expected - slack
         else:
-            spanned = last_time - first_time + 1 / self._fps
             short = spanned < 0.98 * self._duration_s - 2 / self._fps
         if expected and self._count_reliable and short:
             if end is None or decoded < end:
@@ -675,6 +815,9 @@ class VideoReader:
 
     def _produce(self) -> Iterator[Tensor]:
         """Decoded CPU items (frames or batches), in order."""
+        if self._decoder is not None:
+            yield from self._produce_torchcodec()
+            return
         bs = self.batch_size
         if bs is None:
             for index, src in self._source_frames():
@@ -709,6 +852,67 @@ class VideoReader:
             raise
         if n:
             yield tensor[:n]
+
+    def _produce_torchcodec(self) -> Iterator[Tensor]:
+        """``_produce`` with TorchCodec: each call decodes up to ``batch_size`` selected frames
+        (8 when yielding single frames) into one ``(T, 3, H, W)`` tensor; grey, then the
+        resize, are vectorised steps on it, in the order and with the rules of image folders
+        (:func:`torchgmm.pixels.to_grey_uint8`, :func:`_resize`)."""
+        from torchgmm.pixels import to_grey_uint8
+
+        decoder = self._decoder
+        n_frames = len(decoder)  # exact: seek_mode="exact" counted the stream's frames
+        stop = n_frames if self._end is None else min(self._end, n_frames)
+        wanted = range(self._start, max(stop, self._start), self.step)
+        chunk = self.batch_size or _TORCHCODEC_CHUNK
+        for first in range(0, len(wanted), chunk):
+            frames, error = self._torchcodec_frames(wanted[first : first + chunk])
+            if frames.shape[0]:
+                if self.gray:
+                    frames = to_grey_uint8(frames)
+                if self.size is not None and self.size != self.source_size:
+                    frames = _resize(frames, self.size)
+                # TorchCodec's NCHW is a view of NHWC: one copy makes it (T, C, H, W) contiguous
+                frames = frames.contiguous()
+                if self._pin:
+                    frames = frames.pin_memory()
+                if self.batch_size is None:
+                    yield from frames.unbind(0)
+                else:
+                    yield frames
+            if error is not None:
+                raise error
+        if self._end is None or self._end > n_frames:  # read to the end of the file
+            metadata = decoder.metadata
+            begin, end = metadata.begin_stream_seconds_from_content, metadata.end_stream_seconds_from_content
+            self._check_complete(n_frames, None if begin is None or end is None else end - begin)
+
+    def _torchcodec_frames(self, selected: range) -> tuple[Tensor, VideoDecodeError | None]:
+        """The frames ``selected`` as ``(T, 3, H, W)`` uint8, or, when one cannot be decoded,
+        the frames before it and the error naming it (found again frame by frame)."""
+        try:
+            # (a sliced range may stop past the last frame: stop just after the last selected one)
+            return self._decoder.get_frames_in_range(selected.start, selected[-1] + 1, selected.step).data, None
+        except RuntimeError:
+            pass
+        good: list[Tensor] = []
+        error: VideoDecodeError | None = None
+        for index in selected:
+            try:
+                good.append(self._decoder.get_frame_at(index).data)
+            except RuntimeError as exc:
+                read = f"frames 0..{index - 1} were read" if index else "no frame was read"
+                error = VideoDecodeError(
+                    f"cannot decode {str(self.path)!r} at frame {index}: {_torchcodec_message(exc)} ({read}).",
+                    self.path,
+                    index,
+                )
+                error.__cause__ = exc
+                break
+        if good:
+            return torch.stack(good), error
+        h, w = self.height, self.width
+        return torch.empty(0, 3, h, w, dtype=torch.uint8), error
 
     def _worker(self) -> None:
         q = self._queue
@@ -805,6 +1009,7 @@ class VideoReader:
         if self._container is not None:
             self._container.close()
             self._container = None
+        self._decoder = None  # TorchCodec closes the file when its decoder is freed
 
     def __enter__(self) -> VideoReader:
         return self
@@ -821,7 +1026,7 @@ class VideoReader:
     def __repr__(self) -> str:
         return (
             f"VideoReader({str(self.path)!r}, frames={self._frame_count}, fps={self._fps:g}, "
-            f"shape={self.shape}, step={self.step}, batch_size={self.batch_size})"
+            f"shape={self.shape}, step={self.step}, batch_size={self.batch_size}, backend={self.backend!r})"
         )
 
 
