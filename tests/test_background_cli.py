@@ -891,3 +891,27 @@ def test_shadows_with_the_default_model_write_its_apply_masks(clip, tmp_path):
     assert set(written.unique().tolist()) <= {0, 127, 255} and (written == 255).any()
     summary = json.loads((out / "street" / "summary.json").read_text())
     assert summary["model"] == "mog" and summary["shadows"] is True
+
+
+def test_decoder_torchcodec_gives_the_same_masks(clip, cli_run, tmp_path):
+    from torchgmm.io.video import video_backends
+
+    if "torchcodec" not in video_backends():  # not installed, or FFmpeg's libraries missing
+        pytest.skip("needs TorchCodec (pip install \"torchmog[torchcodec]\") and FFmpeg's libraries")
+    out = tmp_path / "out"
+    assert main(["background", str(clip["path"]), "--out", str(out), "--decoder", "torchcodec", *FAST]) == 0
+    assert torch.equal(read_masks(out / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))
+    assert json.loads((out / "street" / "summary.json").read_text())["decoder"] == "torchcodec"
+
+
+def test_decoder_that_cannot_serve_exit_2_before_any_work(clip, tmp_path, capsys, monkeypatch):
+    import torchgmm.jobs.background as background_job
+
+    argv = ["background", str(clip["path"]), "--out", str(tmp_path / "o"), "--decoder", "torchcodec", *FAST]
+    monkeypatch.setattr(background_job, "video_backends", lambda: ("pyav",))
+    assert main(argv) == 2
+    assert "decoder 'torchcodec' cannot be imported here" in capsys.readouterr().err
+    monkeypatch.setattr(background_job, "video_backends", lambda: ("pyav", "torchcodec"))
+    assert main([*argv, "--on-damage", "skip"]) == 2
+    assert "needs decoder 'pyav'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -186,6 +186,8 @@ def _leave_a_core_for_decoding(device: str) -> None:
 
 
 def _add_background(sub: argparse._SubParsersAction) -> None:
+    from torchgmm.defaults import BACKGROUND_MODELS, VIDEO_BACKENDS
+
     p = sub.add_parser(
         "background",
         help="per-pixel mixture background subtraction of videos",
@@ -200,7 +202,7 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of numbered images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", choices=("mog", "mog2"), default="mog",
+    p.add_argument("--model", choices=BACKGROUND_MODELS, default="mog",
                    help="mog: Stauffer-Grimson (default); mog2: Zivkovic's MOG2 as OpenCV computes it, at "
                    "OpenCV's defaults (--components sets its mixtures, --learning-rate its history 1/ALPHA)")
     p.add_argument("--shadows", action="store_true",
@@ -235,6 +237,9 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue each input from its checkpoint (same settings, and the same frames: "
                    "--start/--end/--step/--size); the masks equal an uninterrupted run's")
+    p.add_argument("--decoder", choices=VIDEO_BACKENDS, default="pyav",
+                   help="what decodes video files: PyAV (default) or TorchCodec (pip install "
+                   "\"torchmog[torchcodec]\", with the system's FFmpeg libraries)")
     p.add_argument("--on-damage", choices=["stop", "skip"], default="stop",
                    help="a frame that cannot be decoded: stop that input there (default; its masks up to "
                    "it are kept) or skip past it, as players do; summary.json lists the skipped frames "
@@ -256,6 +261,7 @@ def _run_background(args: argparse.Namespace) -> int:
             start=None if args.start is None else parse_position(args.start, "--start"),
             end=None if args.end is None else parse_position(args.end, "--end"), step=args.step,
             size=None if args.size is None else parse_size(args.size, "--size"), gray=args.gray,
+            decoder=args.decoder,
         )
         outputs = MaskOutputs(format=args.mask_format, overlay=args.overlay, postprocess=_postprocess_settings(args))
         summaries = run_background(

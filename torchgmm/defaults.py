@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "HISTOGRAM_INITS", "BACKGROUND_MODELS"]
+__all__ = ["PRESETS", "HISTOGRAM_INITS", "BACKGROUND_MODELS", "VIDEO_BACKENDS"]
 
 #: initialisations of the histogram EM (see :func:`torchgmm.segmentation.fit_histogram_mixture`)
 HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
@@ -23,6 +23,10 @@ HISTOGRAM_INITS = ("range", "data-range", "kmeans++", "random")
 #: :func:`torchgmm.jobs.background.make_background_model`): Stauffer-Grimson (the default) and
 #: Zivkovic's MOG2 as OpenCV computes it
 BACKGROUND_MODELS = ("mog", "mog2")
+
+#: what decodes video files (:class:`torchgmm.io.video.VideoReader`'s ``backend``, ``torchgmm
+#: background --decoder``): PyAV (the default, a dependency) or TorchCodec (an optional extra)
+VIDEO_BACKENDS = ("pyav", "torchcodec")
 
 #: Named settings of :class:`BackgroundSubtractorMOG` (any of its keyword arguments).
 #: ``"default"`` is the module's defaults; ``"cdnet-baseline"`` reaches the published

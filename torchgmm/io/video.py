@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchgmm.defaults import VIDEO_BACKENDS
 from torchgmm.exceptions import VideoDecodeError
 from torchgmm._checks import ShapeError, add_note, check_positive_int, check_tensor
 from torchgmm.io.images import IMAGE_EXTENSIONS, file_kind
@@ -52,7 +53,7 @@ __all__ = [
 
 #: the decoders :class:`VideoReader` can read video files with
 VideoBackend = Literal["pyav", "torchcodec"]
-_BACKENDS: tuple[str, ...] = ("pyav", "torchcodec")
+_BACKENDS: tuple[str, ...] = VIDEO_BACKENDS
 #: frames TorchCodec decodes per call when the reader yields single frames
 _TORCHCODEC_CHUNK = 8
 

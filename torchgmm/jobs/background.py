@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from torchgmm._checks import add_note, resolve_device
-from torchgmm.defaults import BACKGROUND_MODELS, PRESETS
+from torchgmm.defaults import BACKGROUND_MODELS, PRESETS, VIDEO_BACKENDS
 from torchgmm.exceptions import VideoDecodeError
 from torchgmm.io.images import (
     atomic_write_text,
@@ -49,7 +49,7 @@ from torchgmm.io.images import (
     remove_stale_temporaries,
     write_png,
 )
-from torchgmm.io.video import VideoReader, WriterThread
+from torchgmm.io.video import VideoReader, WriterThread, video_backends
 from torchgmm.jobs.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from torchgmm.jobs.outputs import check_png_frames, open_writer, overlay_frames, previous_path, rebuild_overlay
 from torchgmm.postprocess import apply_postprocess, postprocess_settings
@@ -75,10 +75,12 @@ class FrameSelection:
             aspect ratio is not kept; bilinear, antialiased when shrinking). None keeps each
             input's size.
         gray: model grey frames (C = 1) instead of RGB (C = 3).
+        decoder: what decodes video files: ``"pyav"`` or ``"torchcodec"`` (the optional extra;
+            see :func:`~torchgmm.io.video.video_backends`). Image folders are read alike.
 
     Example:
         >>> FrameSelection(start=10, end=1.2, step=2, size=(24, 32))
-        FrameSelection(start=10, end=1.2, step=2, size=(24, 32), gray=False)
+        FrameSelection(start=10, end=1.2, step=2, size=(24, 32), gray=False, decoder='pyav')
     """
 
     start: int | float | None = None
@@ -86,6 +88,7 @@ class FrameSelection:
     step: int = 1
     size: tuple[int, int] | None = None
     gray: bool = False
+    decoder: str = "pyav"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +182,7 @@ class _Options:
             )
         if model not in BACKGROUND_MODELS:
             raise ValueError(f"`model` must be one of {BACKGROUND_MODELS}, got {model!r}.")
+        _check_decoder(frames.decoder, on_damage)
         # "mog": the default preset's three settings are always recorded (checkpoints compare them)
         settings = {**(PRESETS["default"] if model == "mog" else {}), **(model_options or {})}
         make_background_model(model, settings)  # validate the settings before any work
@@ -195,6 +199,19 @@ class _Options:
 
     def make_model(self, **overrides: Any) -> nn.Module:
         return make_background_model(self.model, {**self.settings, **overrides})
+
+
+def _check_decoder(decoder: str, on_damage: str) -> None:
+    """``decoder`` is a backend that imports here and can do what ``on_damage`` asks."""
+    if decoder not in VIDEO_BACKENDS:
+        raise ValueError(f"`decoder` must be one of {VIDEO_BACKENDS}, got {decoder!r}.")
+    if decoder not in video_backends():
+        raise ValueError(
+            f"decoder {decoder!r} cannot be imported here: pip install \"torchmog[torchcodec]\" (it needs the "
+            "system's FFmpeg libraries), or use the default decoder 'pyav'."
+        )
+    if decoder == "torchcodec" and on_damage == "skip":
+        raise ValueError("on_damage='skip' needs decoder 'pyav': TorchCodec cannot decode past a damaged frame.")
 
 
 @dataclasses.dataclass
@@ -224,6 +241,7 @@ class InputPlan:
     input_bytes: int | None = None  #: size of the input file (None for image folders): ties a checkpoint to it
     resumed: int = 0  #: processed frames already done (from a checkpoint)
     state: dict | None = None  #: the checkpoint's model state (one stream), when resuming
+    decoder: str = "pyav"  #: what decodes the video (:attr:`FrameSelection.decoder`)
 
     def selection(self) -> dict:
         """The frame selection as source indices (what a checkpoint records and a resume must repeat)."""
@@ -233,7 +251,8 @@ class InputPlan:
         """A reader of the processed frames from the ``skip``-th on (``count`` of them, or to the end)."""
         first = self.first + skip * self.step
         end = self.end if count is None else first + count * self.step
-        return VideoReader(self.path, start=first, end=end, step=self.step, size=self.size, gray=gray, **options)
+        return VideoReader(self.path, start=first, end=end, step=self.step, size=self.size, gray=gray,
+                           backend=self.decoder, **options)
 
 
 @dataclasses.dataclass
@@ -481,11 +500,11 @@ def _plan_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out_di
         path = Path(path)
         # the reader checks start/end/step/size and turns seconds into frame indices
         with VideoReader(path, gray=frames.gray, prefetch=0, start=frames.start, end=frames.end, step=frames.step,
-                         size=frames.size) as reader:
+                         size=frames.size, backend=frames.decoder) as reader:
             plan = InputPlan(path, out_dir, reader.height, reader.width, *reader.source_size, reader.frame_count,
                              reader.fps, first=reader.start_index, end=reader.end_index, step=reader.step,
                              size=reader.size, selected=len(reader.indices), count_exact=reader.frame_count_exact,
-                             input_bytes=path.stat().st_size if path.is_file() else None)
+                             input_bytes=path.stat().st_size if path.is_file() else None, decoder=frames.decoder)
         _check_selection(plan, frames.start, frames.end)
         name, i = _output_name(path), 1
         while name in used:
@@ -751,7 +770,7 @@ class _Batch:
             source_frames=dict(
                 first=plan.first, last=_last_source_frame(plan, stream.done, stream.reader.skipped),
             ) if stream.done else None,
-            rotation=stream.reader.rotation, on_damage=options.on_damage,
+            rotation=stream.reader.rotation, on_damage=options.on_damage, decoder=frames.decoder,
             skipped_frames=[[first, last] for first, last, _ in stream.reader.skipped],
             device=str(options.device), batch_streams=len(self.plans), gray=frames.gray, model=options.model,
             settings=json.loads(json.dumps(options.settings, sort_keys=True, default=str)),
