@@ -174,6 +174,22 @@ class TestTorchCodecBackend:
         a, b = _read(path, "pyav", gray=True), _read(path, "torchcodec", gray=True)
         assert (a.float() - b.float()).abs().mean() <= 1.5
 
+    @pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("mpeg4", ".avi")])
+    def test_lossy_codecs_with_reordered_frames_select_the_same_frames(self, tmp_path, codec, suffix):
+        # H.264 with B-frames (decode order differs from display order) and MPEG-4 part 2
+        path = tmp_path / f"lossy{suffix}"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(codec, rate=25)
+            stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 64, 48, "yuv420p", 2_000_000
+            for f in _frames(40, 48, 64, seed=7).permute(0, 2, 3, 1).numpy():
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        for options in (dict(), dict(start=7, end=33, step=5), dict(start=0.5)):
+            a, b = _read(path, "pyav", **options), _read(path, "torchcodec", **options)
+            assert a.shape == b.shape and (a.int() - b.int()).abs().max() <= 3, options
+
     @pytest.mark.parametrize("rotation", [90, 270])
     def test_rotated_video_is_turned_as_pyav_turns_it(self, tmp_path, rotation):
         path = _write_yuv(tmp_path / "phone.mp4", _frames(6, 24, 40, seed=3), rotation)

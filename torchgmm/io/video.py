@@ -359,12 +359,14 @@ class VideoReader:
     (:func:`torchgmm.pixels.to_grey_uint8`), which PyAV's swscale grey matches within 1
     level on RGB video (on YUV video swscale takes the luma plane, and the two differ where
     the colours clip: mean 1.2, at most 21 levels on ``vtest.avi``); ``size`` is torch's
-    antialiased bilinear resize (as for image folders), which on lossless RGB video differs from
-    PyAV's (swscale's bilinear filter) by at most a level when enlarging and by up to about
-    30 levels (mean under 1.5) at sharp edges when shrinking. (TorchCodec's own ``Resize``, swscale in its FFmpeg, is not used: with FFmpeg
-    5.1 it shifts the colours of odd-width frames it shrinks by up to 100 levels.) A frame
-    TorchCodec cannot decode ends the iteration with :class:`VideoDecodeError` as above;
-    ``on_damage="skip"`` is refused.
+    antialiased bilinear resize (as for image folders), which on lossless RGB video differs
+    from PyAV's (swscale's bilinear filter) by at most a level when enlarging and by up to
+    about 30 levels (mean under 1.5) at sharp edges when shrinking. (TorchCodec's own
+    ``Resize``, swscale in its FFmpeg, is not used: with FFmpeg 5.1 it shifts the colours of
+    odd-width frames it shrinks by up to 100 levels.) Grey and resized frames cost more than
+    with PyAV, which converts and resizes in one swscale pass (see the background guide for
+    the measured frames/s). A frame TorchCodec cannot decode ends the iteration with
+    :class:`VideoDecodeError` as above; ``on_damage="skip"`` is refused.
 
     Frames are turned as the video's display matrix says (a phone video recorded upright
     carries a 90 degree rotation; :attr:`rotation`), so they come out as players show them
@@ -547,7 +549,7 @@ class VideoReader:
         self._container.close()  # the probe's container, first frame and decoder are not needed
         self._container = self._stream = self._decoded = self._first = None
         # (not TorchCodec's decoder-native Resize: with FFmpeg 5.1 it shifts the colours of
-        # odd-width frames it shrinks by up to 100 levels; see _produce_torchcodec)
+        # odd-width frames it shrinks by up to 100 levels; see the class docstring)
         try:
             decoder = decoders.VideoDecoder(
                 str(self.path), seek_mode="exact", num_ffmpeg_threads=0 if self.threads else 1, device="cpu"
