@@ -123,6 +123,23 @@ def test_eval_cdnet_on_a_generated_sequence(tmp_path):
         assert row["F-measure"] > 0.7, row
 
 
+def test_eval_shadows_on_a_generated_sequence(tmp_path):
+    from _videos import make_sequence
+
+    seq = make_sequence(tmp_path / "cdnet" / "baseline" / "easy", n=24)
+    out = tmp_path / "shadows.json"
+    stdout = run_script("eval_shadows.py", "--root", str(seq), "--no-compile", "--threads", "1", "--verify-off",
+                        "--json", str(out), cwd=tmp_path)
+    assert "sg-cdnet-baseline" in stdout
+    result = json.loads(out.read_text())
+    assert result["meta"]["verified_off"] and result["meta"]["temporal_roi"] == [10, 24]
+    rows = {r["method"]: r for r in result["rows"]}
+    assert sorted(rows) == ["mog2", "sg-cdnet-baseline", "sg-default"]
+    for row in rows.values():  # the generated square is easy, and brighter than nothing: no shadow in it
+        assert row["frames"] == 24 and row["f_off"] > 0.7, row
+        assert row["shadow_tp"] + row["shadow_fn"] == 0  # this ground truth has no 50
+
+
 
 def test_bench_jobs_times_whole_processes(tmp_path):
     pytest.importorskip("cv2")
