@@ -12,14 +12,18 @@ from torchgmm.demo import synthetic_clip
 from torchgmm.io.video import VideoReader
 
 
-def write_video(path: Path, frames: torch.Tensor, codec: str = "ffv1", fps: int = 25) -> Path:
-    """(T, 3, H, W) uint8 -> a lossless video (FFV1 .mkv or H.264 RGB qp 0 .mp4) via PyAV."""
+def write_video(path: Path, frames: torch.Tensor, codec: str = "ffv1", fps: int = 25, *,
+                pix_fmt: str | None = None, options: dict | None = None, rotation: int = 0) -> Path:
+    """(T, 3, H, W) uint8 -> a lossless video (FFV1 .mkv or H.264 RGB qp 0 .mp4) via PyAV;
+    ``pix_fmt`` (FFV1: default bgr0), extra encoder ``options`` and a display ``rotation``."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[-1], frames.shape[-2]
-        stream.pix_fmt = "bgr0" if codec == "ffv1" else "rgb24"
+        stream.pix_fmt = pix_fmt or ("bgr0" if codec == "ffv1" else "rgb24")
         if codec == "libx264rgb":
-            stream.options = {"qp": "0"}
+            stream.options = {"qp": "0", **(options or {})}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for f in frames.permute(0, 2, 3, 1).numpy():
             for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 container.mux(p)

@@ -47,21 +47,9 @@ def _read(path: Path, backend: str, **options) -> torch.Tensor:
 
 def _write_yuv(path: Path, frames: torch.Tensor, rotation: int = 0) -> Path:
     """(T, 3, H, W) -> lossless FFV1 yuv420p (.mkv) or H.264 RGB (.mp4, with a display rotation)."""
-    with av.open(str(path), "w") as container:
-        codec = "ffv1" if path.suffix == ".mkv" else "libx264rgb"
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height = frames.shape[-1], frames.shape[-2]
-        stream.pix_fmt = "yuv420p" if codec == "ffv1" else "rgb24"
-        if codec == "libx264rgb":
-            stream.options = {"qp": "0", "g": "5"}
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for f in frames.permute(0, 2, 3, 1).numpy():
-            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(p)
-        for p in stream.encode():
-            container.mux(p)
-    return path
+    if path.suffix == ".mkv":
+        return write_video(path, frames, "ffv1", pix_fmt="yuv420p", rotation=rotation)
+    return write_video(path, frames, "libx264rgb", options={"g": "5"}, rotation=rotation)
 
 
 class TestBackendChoice:
