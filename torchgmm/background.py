@@ -554,16 +554,16 @@ def mog_shadow(
 def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, settings, shadows):  # noqa: ANN001, ANN202
     """Rate schedule + update + frame count: the function the module compiles.
 
-    ``shadows`` None: ``(mask, weight, mean, variance, frames_seen)``, the plain update.
+    ``shadows`` None: ``(mask, weight, mean, variance, frames_seen)``, the plain update, with
+    the ``(B, 1, H, W)`` mask as ``uint8`` 0 / 1 (see below).
     ``shadows`` a dict of ``()`` tensors (``match_sigma``, ``shadow_threshold``, int32
     ``shadow_value``): ``(code, weight, mean, variance, frames_seen)`` with the shadow test
     fused into the same step and the labels as one ``(B, 1, H, W)`` int32 code per pixel:
     0 background, 255 foreground, ``shadow_value + 256`` shadow (MOG2's code, see
     ``torchgmm.mog2._mog2_step``: apply's mask is its low byte). One int32 output, not two
-    bool masks: Inductor's C++ code stores bool vectors through a scratch buffer; two bool
-    outputs made the step 1.6x slower than the plain one (one bool mask), the int32 code
-    ran faster than the plain step (640x480 RGB K = 3, CPU, 1 thread, interleaved, best of
-    12: plain 7.1 ms, two bools 11.5, code 4.1).
+    bool masks: Inductor's C++ code stores bool vectors through a scratch buffer, which made
+    two bool outputs 1.6x slower than one and one bool mask slower than the int32 code; the
+    plain step's mask is uint8 for the same reason.
 
     The test runs on the NEW state, as OpenCV's MOG2 does, and for a reason of this model:
     the foreground decision (step 7) is taken on the new weights and rank order, so testing
@@ -576,7 +576,9 @@ def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, set
     rate = mog_learning_rate(frames_seen, base_rate, warmup)
     if shadows is None:
         mask, weight, mean, variance = mog_update(frame, weight, mean, variance, rate, **settings)
-        return mask, weight, mean, variance, frames_seen + 1
+        # uint8 0/1, which the module views as bool for free: Inductor's C++ code stores a
+        # bool vector through a scratch buffer, a uint8 one directly
+        return mask.to(torch.uint8), weight, mean, variance, frames_seen + 1
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     mask, ws, mus, vs = _update_planes(xs, ws, mus, vs, rate, **settings)
     shadow = mask & _shadow_colour(xs, ws, mus, vs, settings["background_ratio"], shadows["match_sigma"],
@@ -1016,7 +1018,7 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         # a third of the module's per-frame Python overhead.
         for name, tensor in zip(("weight", "mean", "variance", "frames_seen"), state):
             self._buffers[name] = tensor
-        return labels
+        return labels if self.detect_shadows else labels.view(torch.bool)  # uint8 0 / 1: no copy
 
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
