@@ -35,7 +35,7 @@ import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -102,32 +102,37 @@ def _import_torchcodec() -> Any:
     return decoders
 
 
-def video_backends() -> tuple[str, ...]:
+def video_backends(names: Sequence[str] = _BACKENDS) -> tuple[str, ...]:
     """The backends :class:`VideoReader` can decode video files with in this environment.
 
-    ``"pyav"`` (the default backend; PyAV is a dependency of torchgmm) comes first when PyAV
-    imports, then ``"torchcodec"`` when TorchCodec and the FFmpeg libraries it needs import
-    (``pip install "torchmog[torchcodec]"``). Image folders are read without either.
+    ``"pyav"`` (the default backend; PyAV is a dependency of torchgmm) when PyAV imports,
+    ``"torchcodec"`` when TorchCodec and the FFmpeg libraries it needs import (``pip install
+    "torchmog[torchcodec]"``). Image folders are read without either. Only the backends in
+    ``names`` are tried: importing TorchCodec takes seconds, which a job that decodes with
+    PyAV should not pay.
+
+    Args:
+        names: the backends to try, in the order returned (default: all, ``"pyav"`` first).
 
     Returns:
-        backend names, e.g. ``("pyav", "torchcodec")`` or ``("pyav",)``.
+        the backend names of ``names`` that import, e.g. ``("pyav", "torchcodec")`` or
+        ``("pyav",)``.
 
     Example:
         >>> backends = video_backends()
         >>> backends[0], set(backends) <= {"pyav", "torchcodec"}
         ('pyav', True)
+        >>> video_backends(["pyav"])
+        ('pyav',)
     """
+    importers = {"pyav": _import_av, "torchcodec": _import_torchcodec}
     found = []
-    try:
-        _import_av()
-        found.append("pyav")
-    except ImportError:  # pragma: no cover - PyAV is a dependency
-        pass
-    try:
-        _import_torchcodec()
-        found.append("torchcodec")
-    except ImportError:
-        pass
+    for name in names:
+        try:
+            importers[_check_backend(name)]()
+        except ImportError:
+            continue
+        found.append(name)
     return tuple(found)
 
 

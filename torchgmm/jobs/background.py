@@ -205,7 +205,7 @@ def _check_decoder(decoder: str, on_damage: str) -> None:
     """``decoder`` is a backend that imports here and can do what ``on_damage`` asks."""
     if decoder not in VIDEO_BACKENDS:
         raise ValueError(f"`decoder` must be one of {VIDEO_BACKENDS}, got {decoder!r}.")
-    if decoder not in video_backends():
+    if not video_backends([decoder]):
         raise ValueError(
             f"decoder {decoder!r} cannot be imported here: pip install \"torchmog[torchcodec]\" (it needs the "
             "system's FFmpeg libraries), or use the default decoder 'pyav'."
