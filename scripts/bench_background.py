@@ -113,8 +113,12 @@ def make_video(n: int, h: int, w: int, c: int, seed: int = 0, noise_sigma: float
         y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
         y1, x1 = np.minimum(y0 + 1, gy - 1), np.minimum(x0 + 1, gx - 1)
         fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-        blobs = (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y1][:, x0] * fy * (1 - fx)
-                 + coarse[y0][:, x1] * (1 - fy) * fx + coarse[y1][:, x1] * fy * fx)
+        blobs = (
+            coarse[y0][:, x0] * (1 - fy) * (1 - fx)
+            + coarse[y1][:, x0] * fy * (1 - fx)
+            + coarse[y0][:, x1] * (1 - fy) * fx
+            + coarse[y1][:, x1] * fy * fx
+        )
         gradient = 60 * (xx / max(w - 1, 1)) + 40 * (yy / max(h - 1, 1)) + 20 * ch
         texture = rng.uniform(-15, 15, (h, w)).astype(np.float32)
         background[..., ch] = 70 + gradient + blobs + texture
@@ -132,7 +136,9 @@ def make_video(n: int, h: int, w: int, c: int, seed: int = 0, noise_sigma: float
         frame += background
         for i, (sh, sw) in enumerate(sizes):
             y, x = int(pos[i][0]), int(pos[i][1])
-            frame[y : y + sh, x : x + sw] = colours[i] + frame[y : y + sh, x : x + sw] - background[y : y + sh, x : x + sw]
+            frame[y : y + sh, x : x + sw] = (
+                colours[i] + frame[y : y + sh, x : x + sw] - background[y : y + sh, x : x + sw]
+            )
             pos[i] = pos[i] + vel[i]
             for d, limit in ((0, h - sh), (1, w - sw)):
                 if not 0 <= pos[i][d] <= limit:
@@ -231,18 +237,23 @@ class Timer:
         if out is not None:  # share of foreground pixels in the last mask: a sanity check, untimed
             foreground = float((out > 0).float().mean()) if isinstance(out, torch.Tensor) else float((out > 0).mean())
         return dict(
-            ms_per_frame=ms, fps=1e3 / ms, total_s=self.elapsed,
-            median_ms=float(np.median(per_frame) * 1e3), max_ms=float(per_frame.max() * 1e3),
+            ms_per_frame=ms,
+            fps=1e3 / ms,
+            total_s=self.elapsed,
+            median_ms=float(np.median(per_frame) * 1e3),
+            max_ms=float(per_frame.max() * 1e3),
             slow_frames=int((per_frame > 3 * np.median(per_frame)).sum()),
             first_frame_s=self.warm_s[0] if self.warm_s else None,
             warmup_ms=[round(x * 1e3, 3) for x in self.warm_s],
             graphs_compiled_while_measuring=self.graphs,
-            page_faults_per_frame=self.faults / n, foreground_last_frame=foreground,
+            page_faults_per_frame=self.faults / n,
+            foreground_last_frame=foreground,
         )
 
 
-def time_frames(step: Callable[[int], object], n_warmup: int, n_measure: int,
-                device: torch.device = torch.device("cpu")) -> dict:
+def time_frames(
+    step: Callable[[int], object], n_warmup: int, n_measure: int, device: torch.device = torch.device("cpu")
+) -> dict:
     """Warm-up frames untimed, then the measured frames in one timed loop."""
     timer = Timer(step, device)
     timer.warm(n_warmup)
@@ -290,8 +301,13 @@ def _mog2_methods(k: int, frames_np, frames_t, args, device: torch.device, too_b
     if too_big:
         methods.append(("torchgmm_mog2_eager", None, False))
     else:
-        methods.append(("torchgmm_mog2_eager",
-                        lambda: _torch_apply_step(torchgmm_mog2_model(k, device, compile=False), frames_t), False))
+        methods.append(
+            (
+                "torchgmm_mog2_eager",
+                lambda: _torch_apply_step(torchgmm_mog2_model(k, device, compile=False), frames_t),
+                False,
+            )
+        )
     return methods
 
 
@@ -308,16 +324,29 @@ def bench_case(video: np.ndarray, k: int, args, device: torch.device) -> list[di
     if args.skip_eager_above and h * w > args.skip_eager_above:
         methods.append(("torchgmm_eager", None, False))
     else:
-        methods.append(("torchgmm_eager", lambda: _torch_step(torchgmm_model(k, device, compile=False), frames_t), False))
+        methods.append(
+            ("torchgmm_eager", lambda: _torch_step(torchgmm_model(k, device, compile=False), frames_t), False)
+        )
     if not args.no_fp16:
-        methods.append(("torchgmm_fp16", lambda: _torch_step(
-            torchgmm_model(k, device, compile=True, state_dtype=torch.float16), frames_t), True))
+        methods.append(
+            (
+                "torchgmm_fp16",
+                lambda: _torch_step(torchgmm_model(k, device, compile=True, state_dtype=torch.float16), frames_t),
+                True,
+            )
+        )
     if args.shadows:
-        methods.append(("torchgmm_shadow", lambda: _torch_step(
-            torchgmm_model(k, device, compile=True, detect_shadows=True), frames_t), True))
+        methods.append(
+            (
+                "torchgmm_shadow",
+                lambda: _torch_step(torchgmm_model(k, device, compile=True, detect_shadows=True), frames_t),
+                True,
+            )
+        )
     if args.mode == "mog2":
-        methods = _mog2_methods(k, frames_np, frames_t, args, device,
-                                bool(args.skip_eager_above and h * w > args.skip_eager_above))
+        methods = _mog2_methods(
+            k, frames_np, frames_t, args, device, bool(args.skip_eager_above and h * w > args.skip_eager_above)
+        )
     if args.methods:
         methods = [m for m in methods if m[0] in args.methods or m[0] == "mog2"]
 
@@ -325,8 +354,17 @@ def bench_case(video: np.ndarray, k: int, args, device: torch.device) -> list[di
         torch._dynamo.reset()  # fresh static-shape compilation for this case (fp16 is a second graph)
     rows, timers = [], []
     for name, make, compiled in methods:
-        row = dict(case=f"{w}x{h} C={c} K={k}", width=w, height=h, channels=c, components=k,
-                   method=name, frames=args.frames, warmup=args.warmup, interleave=args.interleave)
+        row = dict(
+            case=f"{w}x{h} C={c} K={k}",
+            width=w,
+            height=h,
+            channels=c,
+            components=k,
+            method=name,
+            frames=args.frames,
+            warmup=args.warmup,
+            interleave=args.interleave,
+        )
         rows.append(row)
         if args.mode == "mog2" or name == "torchgmm_shadow":
             row["detect_shadows"] = True
@@ -356,9 +394,15 @@ def bench_case(video: np.ndarray, k: int, args, device: torch.device) -> list[di
         if "error" not in row:
             row.update(timer.result())
     for row in rows:
-        print(f"  {row['case']:20} {row['method']:15} " + (
-            f"{row['ms_per_frame']:9.2f} ms/frame" if "ms_per_frame" in row else row.get("error", row.get("skipped", ""))
-        ), flush=True)
+        print(
+            f"  {row['case']:20} {row['method']:15} "
+            + (
+                f"{row['ms_per_frame']:9.2f} ms/frame"
+                if "ms_per_frame" in row
+                else row.get("error", row.get("skipped", ""))
+            ),
+            flush=True,
+        )
     ref = next((r for r in rows if r["method"] == "mog2" and "ms_per_frame" in r), None)
     for r in rows:
         r["ratio"] = r["ms_per_frame"] / ref["ms_per_frame"] if ref and "ms_per_frame" in r else None
@@ -393,8 +437,9 @@ def _torch_apply_step(model, frames_t):
 # ----------------------------------------------------------------------------------------
 # GPU section
 # ----------------------------------------------------------------------------------------
-def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, w: int = 3840,
-              batches: list[int] | None = None) -> list[dict]:
+def bench_gpu(
+    args, device: torch.device = torch.device("cuda"), h: int = 2160, w: int = 3840, batches: list[int] | None = None
+) -> list[dict]:
     """Compiled model at 3840x2160 RGB K=3, B = 1, 4, 16 streams, frames already on the GPU.
 
     Also the CPU batch-of-streams section (``--cpu-streams``: ``device`` cpu, a smaller size).
@@ -407,8 +452,12 @@ def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, 
     xx = torch.linspace(0, 1, w, device=device)[None, :]
     rows = []
     for b in batches or args.gpu_batches:
-        row = dict(case=f"{w}x{h} C={c} K={k}", streams=b, method="torchgmm",
-                   device=torch.cuda.get_device_name(device) if cuda else str(device))
+        row = dict(
+            case=f"{w}x{h} C={c} K={k}",
+            streams=b,
+            method="torchgmm",
+            device=torch.cuda.get_device_name(device) if cuda else str(device),
+        )
         try:
             base = torch.stack([70 + 60 * xx + 40 * yy + 20 * ch for ch in range(c)])  # (C, H, W)
             base = base + torch.rand((b, c, h, w), generator=gen, device=device) * 30 - 15
@@ -455,8 +504,10 @@ def bench_gpu(args, device: torch.device = torch.device("cuda"), h: int = 2160, 
 # Output
 # ----------------------------------------------------------------------------------------
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'case':22} {'method':15} {'ms/frame':>9} {'frames/s':>9} {'ratio':>7} {'median':>8} {'ratio_md':>8} {'max':>8} "
-              f"{'1st s':>7} {'faults':>7} {'fg %':>6}")
+    header = (
+        f"{'case':22} {'method':15} {'ms/frame':>9} {'frames/s':>9} {'ratio':>7} {'median':>8} {'ratio_md':>8} {'max':>8} "
+        f"{'1st s':>7} {'faults':>7} {'fg %':>6}"
+    )
     print(header)
     print("-" * len(header))
     last = None
@@ -468,7 +519,10 @@ def print_table(rows: list[dict]) -> None:
                 print(f"[{r['case']}: other processes used {r['other_processes_cpus']:.2f} CPUs meanwhile]")
         last = r["case"]
         if "ms_per_frame" not in r:
-            print(f"{r['case']:22} {r['method']:15} " + ("error: " + r["error"] if "error" in r else "skipped: " + r["skipped"]))
+            print(
+                f"{r['case']:22} {r['method']:15} "
+                + ("error: " + r["error"] if "error" in r else "skipped: " + r["skipped"])
+            )
             continue
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         ratio_md = "-" if r.get("ratio_median") is None else f"{r['ratio_median']:.2f}"
@@ -478,12 +532,16 @@ def print_table(rows: list[dict]) -> None:
             note += f"  RECOMPILED x{r['graphs_compiled_while_measuring']} while measuring"
         if r["slow_frames"]:
             note += f"  {r['slow_frames']} frames > 3x median"
-        print(f"{r['case']:22} {r['method']:15} {r['ms_per_frame']:9.2f} {r['fps']:9.1f} {ratio:>7} "
-              f"{r['median_ms']:8.2f} {ratio_md:>8} {r['max_ms']:8.2f} {first:>7} {r['page_faults_per_frame']:7.0f} "
-              f"{100 * r['foreground_last_frame']:6.2f}{note}")
-    print("ratio = method time / OpenCV MOG2 time (lower is better); median/max = per-frame ms in the "
-          "measured loop;\nratio_md = median frame / MOG2's median frame (robust to load bursts); 1st s = first warm-up frame (torch.compile included);\nfaults = minor page faults per "
-          "measured frame (whole process); fg % = foreground pixels in the last mask (sanity check).")
+        print(
+            f"{r['case']:22} {r['method']:15} {r['ms_per_frame']:9.2f} {r['fps']:9.1f} {ratio:>7} "
+            f"{r['median_ms']:8.2f} {ratio_md:>8} {r['max_ms']:8.2f} {first:>7} {r['page_faults_per_frame']:7.0f} "
+            f"{100 * r['foreground_last_frame']:6.2f}{note}"
+        )
+    print(
+        "ratio = method time / OpenCV MOG2 time (lower is better); median/max = per-frame ms in the "
+        "measured loop;\nratio_md = median frame / MOG2's median frame (robust to load bursts); 1st s = first warm-up frame (torch.compile included);\nfaults = minor page faults per "
+        "measured frame (whole process); fg % = foreground pixels in the last mask (sanity check)."
+    )
 
 
 def print_gpu_table(rows: list[dict]) -> None:
@@ -492,19 +550,31 @@ def print_gpu_table(rows: list[dict]) -> None:
         if "error" in r:
             print(f"{r['case']:22} {r['streams']:>7} error: {r['error']}")
         else:
-            print(f"{r['case']:22} {r['streams']:>7} {r['fps_all_streams']:10.1f} {r['ms_per_frame']:9.2f} {r['gb_per_s']:8.1f}")
+            print(
+                f"{r['case']:22} {r['streams']:>7} {r['fps_all_streams']:10.1f} {r['ms_per_frame']:9.2f} {r['gb_per_s']:8.1f}"
+            )
     print(f"frames/s counts every stream's frame; GB/s assumes {GPU_BYTES_PER_PIXEL} bytes moved per pixel.")
 
 
 def target_line(rows: list[dict], mode: str = "mog") -> tuple[str, float | None]:
     threshold, (w, h, c, k), method = TARGETS[mode]
-    r = next((r for r in rows if (r["width"], r["height"], r["channels"], r["components"]) == (w, h, c, k)
-              and r["method"] == method and r.get("ratio") is not None), None)
+    r = next(
+        (
+            r
+            for r in rows
+            if (r["width"], r["height"], r["channels"], r["components"]) == (w, h, c, k)
+            and r["method"] == method
+            and r.get("ratio") is not None
+        ),
+        None,
+    )
     if r is None:
         return f"target: {method}/MOG2 <= {threshold} at {w}x{h} RGB K={k}: not measured", None
     verdict = "PASS" if r["ratio"] <= threshold else "FAIL"
-    return (f"target: {method}/MOG2 <= {threshold} at {w}x{h} RGB K={k}: {r['ratio']:.2f} {verdict} "
-            f"(median-frame ratio {r['ratio_median']:.2f})"), r["ratio"]
+    return (
+        f"target: {method}/MOG2 <= {threshold} at {w}x{h} RGB K={k}: {r['ratio']:.2f} {verdict} "
+        f"(median-frame ratio {r['ratio_median']:.2f})"
+    ), r["ratio"]
 
 
 def _cpu_model() -> str | None:
@@ -521,38 +591,66 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads and cv2.setNumThreads")
-    parser.add_argument("--mode", choices=sorted(TARGETS), default="mog",
-                        help="mog: BackgroundSubtractorMOG vs OpenCV (default); mog2: BackgroundSubtractorMOG2 vs "
-                             "OpenCV's MOG2, shadows on")
+    parser.add_argument(
+        "--mode",
+        choices=sorted(TARGETS),
+        default="mog",
+        help="mog: BackgroundSubtractorMOG vs OpenCV (default); mog2: BackgroundSubtractorMOG2 vs "
+        "OpenCV's MOG2, shadows on",
+    )
     parser.add_argument("--sizes", nargs="+", default=["640x480", "1920x1080"], help="WxH, e.g. 640x480")
     parser.add_argument("--channels", nargs="+", type=int, default=[1, 3], choices=[1, 3])
     parser.add_argument("--components", nargs="+", type=int, default=[3, 5], help="K values")
     parser.add_argument("--frames", type=int, default=100, help="measured frames per method")
     parser.add_argument("--warmup", type=int, default=20, help="untimed frames first (compilation included)")
     parser.add_argument("--quick", action="store_true", help="640x480 RGB K=3 only")
-    parser.add_argument("--interleave", type=int, default=10, metavar="FRAMES",
-                        help="methods take turns every FRAMES measured frames (0: each method's measured "
-                             "frames in one loop, one method after the other)")
-    parser.add_argument("--skip-eager-above", type=int, default=0, metavar="PIXELS",
-                        help="skip eager torchgmm when H*W > PIXELS (0: never skip)")
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=10,
+        metavar="FRAMES",
+        help="methods take turns every FRAMES measured frames (0: each method's measured "
+        "frames in one loop, one method after the other)",
+    )
+    parser.add_argument(
+        "--skip-eager-above",
+        type=int,
+        default=0,
+        metavar="PIXELS",
+        help="skip eager torchgmm when H*W > PIXELS (0: never skip)",
+    )
     parser.add_argument("--no-fp16", action="store_true", help="leave out the float16-state model")
-    parser.add_argument("--shadows", action="store_true",
-                        help="add torchgmm_shadow: BackgroundSubtractorMOG with detect_shadows=True (compiled)")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="restrict to these methods (mog2 always runs: it is the reference)")
-    parser.add_argument("--no-retain-memory", action="store_true",
-                        help="do not call torchgmm.background.retain_freed_memory()")
-    parser.add_argument("--no-dynamo-reset", action="store_true",
-                        help="keep torch.compile caches between cases (a configuration's second "
-                             "frame size then recompiles it with dynamic shapes)")
+    parser.add_argument(
+        "--shadows",
+        action="store_true",
+        help="add torchgmm_shadow: BackgroundSubtractorMOG with detect_shadows=True (compiled)",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="restrict to these methods (mog2 always runs: it is the reference)"
+    )
+    parser.add_argument(
+        "--no-retain-memory", action="store_true", help="do not call torchgmm.background.retain_freed_memory()"
+    )
+    parser.add_argument(
+        "--no-dynamo-reset",
+        action="store_true",
+        help="keep torch.compile caches between cases (a configuration's second "
+        "frame size then recompiles it with dynamic shapes)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda: GPU section only)")
     parser.add_argument("--gpu-batches", nargs="+", type=int, default=[1, 4, 16])
-    parser.add_argument("--cpu-streams", nargs="+", type=int, default=[],
-                        help="also time B streams per step on the CPU (first --sizes, RGB, K=3), e.g. 1 2 4: "
-                             "per-stream cost of batching")
+    parser.add_argument(
+        "--cpu-streams",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also time B streams per step on the CPU (first --sizes, RGB, K=3), e.g. 1 2 4: "
+        "per-stream cost of batching",
+    )
     parser.add_argument("--gpu-frames", type=int, default=50, help="measured steps per GPU batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
@@ -587,8 +685,10 @@ def main() -> None:
                 for c in args.channels:
                     start = time.perf_counter()
                     video = make_video(args.warmup + args.frames, h, w, c, seed=args.seed)
-                    print(f"{w}x{h} C={c}: {video.shape[0]} frames generated in "
-                          f"{time.perf_counter() - start:.1f} s", flush=True)
+                    print(
+                        f"{w}x{h} C={c}: {video.shape[0]} frames generated in {time.perf_counter() - start:.1f} s",
+                        flush=True,
+                    )
                     for k in args.components:
                         case_load = OtherLoad()
                         case_rows = bench_case(video, k, args, cpu)
@@ -613,8 +713,10 @@ def main() -> None:
 
     if rows:
         print()
-        print(f"CPU, {args.threads} threads (torch and OpenCV), {args.frames} measured frames after "
-              f"{args.warmup} warm-up frames")
+        print(
+            f"CPU, {args.threads} threads (torch and OpenCV), {args.frames} measured frames after "
+            f"{args.warmup} warm-up frames"
+        )
         print_table(rows)
     if cpu_stream_rows:
         print()
@@ -631,18 +733,29 @@ def main() -> None:
     if other_cores is not None:
         print(f"other processes used {other_cores:.2f} of {os.cpu_count()} CPUs on average during the run")
         if other_cores > 0.25:
-            print("note: the machine was shared; with --threads = all cores, OpenMP (torch) suffers more from "
-                  "that than OpenCV's thread pool (a parallel loop waits for its slowest thread). Repeat on a "
-                  "quiet machine, or compare with --threads 1.")
+            print(
+                "note: the machine was shared; with --threads = all cores, OpenMP (torch) suffers more from "
+                "that than OpenCV's thread pool (a parallel loop waits for its slowest thread). Repeat on a "
+                "quiet machine, or compare with --threads 1."
+            )
 
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(
-        threads=args.threads, cpu_count=os.cpu_count(), torch=torch.__version__, opencv=cv2.__version__,
-        numpy=np.__version__, python=platform.python_version(), machine=platform.machine(),
-        processor=platform.processor() or _cpu_model(), torch_threads=torch.get_num_threads(),
-        cv2_threads=cv2.getNumThreads(), retain_freed_memory=retained,
-        dynamo_reset_per_case=not args.no_dynamo_reset, frames=args.frames, warmup=args.warmup,
+        threads=args.threads,
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        opencv=cv2.__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        processor=platform.processor() or _cpu_model(),
+        torch_threads=torch.get_num_threads(),
+        cv2_threads=cv2.getNumThreads(),
+        retain_freed_memory=retained,
+        dynamo_reset_per_case=not args.no_dynamo_reset,
+        frames=args.frames,
+        warmup=args.warmup,
         cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         other_processes_cpus=other_cores,
         device="cpu" + (f" + {torch.cuda.get_device_name()}" if gpu_rows else ""),
@@ -650,7 +763,12 @@ def main() -> None:
     threshold = TARGETS[args.mode][0]
     meta["mode"] = args.mode
     target = dict(text=line, ratio=ratio, threshold=threshold, passed=None if ratio is None else ratio <= threshold)
-    out.write_text(json.dumps(dict(meta=meta, target=target, cpu=rows, cpu_streams=cpu_stream_rows, gpu=gpu_rows, gpu_note=gpu_note), indent=2))
+    out.write_text(
+        json.dumps(
+            dict(meta=meta, target=target, cpu=rows, cpu_streams=cpu_stream_rows, gpu=gpu_rows, gpu_note=gpu_note),
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -48,8 +48,11 @@ def _worker(args: argparse.Namespace) -> None:
     centres = torch.arange(k, dtype=torch.float64)[:, None] * torch.tensor([6.0, -4.0], dtype=torch.float64)
     labels = torch.randint(0, k, (args.samples_per_rank,), generator=g)
     x = (centres[labels] + torch.randn(args.samples_per_rank, d, generator=g, dtype=torch.float64)).to(dtype).to(device)
-    init = dict(weights_init=torch.full((k,), 1.0 / k, dtype=dtype), means_init=(centres + 0.5).to(dtype),
-                precisions_init=torch.eye(d, dtype=dtype).expand(k, d, d).clone())
+    init = dict(
+        weights_init=torch.full((k,), 1.0 / k, dtype=dtype),
+        means_init=(centres + 0.5).to(dtype),
+        precisions_init=torch.eye(d, dtype=dtype).expand(k, d, d).clone(),
+    )
     kw = dict(covariance_type="full", tol=0, **{name: v.to(device) for name, v in init.items()})
     fit_gaussian_mixture(x, k, max_iter=2, process_group=dist.group.WORLD, **kw)  # warm-up
     times = []
@@ -69,18 +72,37 @@ def _worker(args: argparse.Namespace) -> None:
 def _run(procs: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
-                   "--master_port", str(29500 + procs), __file__, "--worker", "--result-file", str(out),
-                   "--samples-per-rank", str(args.samples_per_rank), "--iters", str(args.iters), "--rounds", str(args.rounds),
-                   "--device", args.device, "--dtype", args.dtype]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={procs}",
+            "--master_port",
+            str(29500 + procs),
+            __file__,
+            "--worker",
+            "--result-file",
+            str(out),
+            "--samples-per-rank",
+            str(args.samples_per_rank),
+            "--iters",
+            str(args.iters),
+            "--rounds",
+            str(args.rounds),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--samples-per-rank", type=int, default=1_000_000, help="samples per rank")
     parser.add_argument("--iters", type=int, default=30)
@@ -101,21 +123,41 @@ def main() -> None:
             runs[p].extend(_run(p, args)["times"])
     median = {p: sorted(v)[len(v) // 2] for p, v in runs.items()}
     base = median[min(args.procs)]
-    rows = [dict(procs=p, samples=p * args.samples_per_rank, seconds=median[p], per_iter_ms=median[p] / args.iters * 1e3,
-                 weak_scaling_ratio=median[p] / base, all_seconds=runs[p]) for p in args.procs]
-    print(f"weak scaling: {args.samples_per_rank:,} samples per rank, D=2, K=5, full, {args.iters} iterations, "
-          f"{args.dtype}, {args.device}, one thread per rank; median of {len(runs[args.procs[0]])} fits")
+    rows = [
+        dict(
+            procs=p,
+            samples=p * args.samples_per_rank,
+            seconds=median[p],
+            per_iter_ms=median[p] / args.iters * 1e3,
+            weak_scaling_ratio=median[p] / base,
+            all_seconds=runs[p],
+        )
+        for p in args.procs
+    ]
+    print(
+        f"weak scaling: {args.samples_per_rank:,} samples per rank, D=2, K=5, full, {args.iters} iterations, "
+        f"{args.dtype}, {args.device}, one thread per rank; median of {len(runs[args.procs[0]])} fits"
+    )
     print("| ranks | samples | fit s | ms / iteration | time / time on 1 rank |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['procs']} | {r['samples']:,} | {r['seconds']:.3f} | {r['per_iter_ms']:.2f} | "
-              f"{r['weak_scaling_ratio']:.3f} |")
+        print(
+            f"| {r['procs']} | {r['samples']:,} | {r['seconds']:.3f} | {r['per_iter_ms']:.2f} | "
+            f"{r['weak_scaling_ratio']:.3f} |"
+        )
     import torch
 
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(n_per_rank=args.samples_per_rank, iters=args.iters, dtype=args.dtype, device=args.device,
-                torch=torch.__version__, machine=platform.machine(), cpus=os.cpu_count())
+    meta = dict(
+        n_per_rank=args.samples_per_rank,
+        iters=args.iters,
+        dtype=args.dtype,
+        device=args.device,
+        torch=torch.__version__,
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+    )
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"wrote {out}")
 

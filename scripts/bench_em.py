@@ -81,10 +81,17 @@ def bench_pomegranate(x, weights, means, precisions, covariance_type, iters, dty
     GeneralMixtureModel, Normal = found
     xt = torch.tensor(x, dtype=dtype)
     covs = np.linalg.inv(precisions) if covariance_type == "full" else 1.0 / precisions
-    components = [Normal(means=torch.tensor(means[j], dtype=dtype), covs=torch.tensor(covs[j], dtype=dtype),
-                         covariance_type=covariance_type) for j in range(len(means))]
-    model = GeneralMixtureModel(components, priors=torch.tensor(weights, dtype=dtype), max_iter=iters,
-                                tol=-float("inf"))  # never stops early: exactly `iters` iterations
+    components = [
+        Normal(
+            means=torch.tensor(means[j], dtype=dtype),
+            covs=torch.tensor(covs[j], dtype=dtype),
+            covariance_type=covariance_type,
+        )
+        for j in range(len(means))
+    ]
+    model = GeneralMixtureModel(
+        components, priors=torch.tensor(weights, dtype=dtype), max_iter=iters, tol=-float("inf")
+    )  # never stops early: exactly `iters` iterations
     start = time.perf_counter()
     try:
         model.fit(xt)
@@ -110,18 +117,26 @@ def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0, r
             warnings.simplefilter("ignore")
             start = time.perf_counter()
             sk = GaussianMixture(
-                k, covariance_type=covariance_type, tol=0, max_iter=iters,
-                weights_init=weights, means_init=means, precisions_init=precisions,
+                k,
+                covariance_type=covariance_type,
+                tol=0,
+                max_iter=iters,
+                weights_init=weights,
+                means_init=means,
+                precisions_init=precisions,
             ).fit(x)
             sk_time = time.perf_counter() - start
         sk_bound = float(sk.lower_bound_)
     for device in devices:
-        for dtype, compiled in [(t, c) for c in ((False, True) if COMPILE else (False,))
-                                for t in (torch.float32, torch.float64)]:
+        for dtype, compiled in [
+            (t, c) for c in ((False, True) if COMPILE else (False,)) for t in (torch.float32, torch.float64)
+        ]:
             xt = torch.tensor(x, dtype=dtype, device=device)
             kw = dict(
                 compile=compiled,
-                covariance_type=covariance_type, tol=0, max_iter=iters,
+                covariance_type=covariance_type,
+                tol=0,
+                max_iter=iters,
                 weights_init=torch.tensor(weights, dtype=dtype, device=device),
                 means_init=torch.tensor(means, dtype=dtype, device=device),
                 precisions_init=torch.tensor(precisions, dtype=dtype, device=device),
@@ -138,11 +153,15 @@ def bench_large(n, d, k, covariance_type, iters, devices, run_sklearn, seed=0, r
                 pg = bench_pomegranate(x, weights, means, precisions, covariance_type, iters, dtype)
             rows.append(
                 dict(
-                    case=f"N={n:,} D={d} K={k} {covariance_type}", iters=iters, device=str(device),
-                    dtype=str(dtype).replace("torch.", "") + ("+c" if compiled else ""), torchgmm_s=elapsed,
+                    case=f"N={n:,} D={d} K={k} {covariance_type}",
+                    iters=iters,
+                    device=str(device),
+                    dtype=str(dtype).replace("torch.", "") + ("+c" if compiled else ""),
+                    torchgmm_s=elapsed,
                     sklearn_s=sk_time,
                     ratio=None if sk_time is None else elapsed / sk_time,
-                    lower_bound=bound, sklearn_lower_bound=sk_bound,
+                    lower_bound=bound,
+                    sklearn_lower_bound=sk_bound,
                     bound_rel_diff=None if sk_bound is None else abs(bound - sk_bound) / abs(sk_bound),
                     pomegranate_s=None if pg is None else pg[0],
                     over_pomegranate=None if pg is None else elapsed / pg[0],
@@ -163,8 +182,11 @@ def bench_histograms(n_problems, pixels, k, devices, run_sklearn, seed=0) -> lis
     bins = np.arange(256, dtype=np.float64)
     # Shared init for both sides: the range split computed once by torchgmm (0 iterations).
     init = fit_gaussian_mixture(
-        torch.tensor(bins)[None, :, None].expand(n_problems, 256, 1), k,
-        sample_weight=torch.tensor(counts), init_params="range", max_iter=0,
+        torch.tensor(bins)[None, :, None].expand(n_problems, 256, 1),
+        k,
+        sample_weight=torch.tensor(counts),
+        init_params="range",
+        max_iter=0,
     )
     tol, max_iter = 1e-3, 100
     rows = []
@@ -178,7 +200,10 @@ def bench_histograms(n_problems, pixels, k, devices, run_sklearn, seed=0) -> lis
         for i in range(n_problems):
             raw = np.repeat(bins, counts[i].astype(np.int64))[:, None]
             sk = GaussianMixture(
-                k, tol=tol, max_iter=max_iter, weights_init=init.weights[i].numpy(),
+                k,
+                tol=tol,
+                max_iter=max_iter,
+                weights_init=init.weights[i].numpy(),
                 means_init=init.means[i].numpy(),
                 precisions_init=torch.linalg.inv(init.covariances[i]).numpy(),
             ).fit(raw)
@@ -189,8 +214,11 @@ def bench_histograms(n_problems, pixels, k, devices, run_sklearn, seed=0) -> lis
         x = torch.tensor(bins, device=device)[None, :, None].expand(n_problems, 256, 1)
         w = torch.tensor(counts, device=device)
         kw = dict(
-            sample_weight=w, tol=tol, max_iter=max_iter,
-            weights_init=init.weights.to(device), means_init=init.means.to(device),
+            sample_weight=w,
+            tol=tol,
+            max_iter=max_iter,
+            weights_init=init.weights.to(device),
+            means_init=init.means.to(device),
             precisions_init=torch.linalg.inv(init.covariances).to(device),
         )
         fit_gaussian_mixture(x, k, **kw)  # warm-up
@@ -207,8 +235,12 @@ def bench_histograms(n_problems, pixels, k, devices, run_sklearn, seed=0) -> lis
             max_diff = float(np.abs(fit.means[..., 0].cpu().numpy() - sk_means)[held].max())
         rows.append(
             dict(
-                case=f"{n_problems:,} x 1-D, 256 bins, K={k}", iters=f"tol={tol}", device=str(device),
-                dtype="float64", torchgmm_s=elapsed, sklearn_s=sk_time,
+                case=f"{n_problems:,} x 1-D, 256 bins, K={k}",
+                iters=f"tol={tol}",
+                device=str(device),
+                dtype="float64",
+                torchgmm_s=elapsed,
+                sklearn_s=sk_time,
                 ratio=None if sk_time is None else elapsed / sk_time,
                 speedup=None if sk_time is None else sk_time / elapsed,
                 max_abs_mean_diff=max_diff,
@@ -218,8 +250,10 @@ def bench_histograms(n_problems, pixels, k, devices, run_sklearn, seed=0) -> lis
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'case':34} {'device':6} {'dtype':8} {'iters':>9} {'torchgmm s':>11} {'sklearn s':>10} {'ratio':>8} "
-              f"{'check':>10} {'pomegr. s':>10} {'/ pomegr.':>9}")
+    header = (
+        f"{'case':34} {'device':6} {'dtype':8} {'iters':>9} {'torchgmm s':>11} {'sklearn s':>10} {'ratio':>8} "
+        f"{'check':>10} {'pomegr. s':>10} {'/ pomegr.':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -233,9 +267,11 @@ def print_table(rows: list[dict]) -> None:
             f"{'-' if r.get('pomegranate_s') is None else format(r['pomegranate_s'], '.3f'):>10} "
             f"{'-' if r.get('over_pomegranate') is None else format(r['over_pomegranate'], '.3f'):>9}"
         )
-    print("ratio = torchgmm time / scikit-learn time (lower is better); check = relative "
-          "lower-bound difference (large cases) or max |mean difference| (histograms); "
-          "/ pomegr. = torchgmm time / pomegranate time, same dtype, init and iterations.")
+    print(
+        "ratio = torchgmm time / scikit-learn time (lower is better); check = relative "
+        "lower-bound difference (large cases) or max |mean difference| (histograms); "
+        "/ pomegr. = torchgmm time / pomegranate time, same dtype, init and iterations."
+    )
 
 
 def main() -> None:
@@ -268,15 +304,22 @@ def main() -> None:
         pg = not args.no_pomegranate
         rows += bench_large(1_000_000 // scale, 2, 5, "full", args.iters, devices, run_sklearn, run_pomegranate=pg)
         if not args.first_case:
-            rows += bench_large(100_000 // scale, 32, 16, "full", args.iters // 5, devices, run_sklearn, run_pomegranate=pg)
-            rows += bench_large(100_000 // scale, 32, 16, "diag", args.iters // 5, devices, run_sklearn, run_pomegranate=pg)
+            rows += bench_large(
+                100_000 // scale, 32, 16, "full", args.iters // 5, devices, run_sklearn, run_pomegranate=pg
+            )
+            rows += bench_large(
+                100_000 // scale, 32, 16, "diag", args.iters // 5, devices, run_sklearn, run_pomegranate=pg
+            )
             rows += bench_histograms(1000 // scale, 4096, 3, devices, run_sklearn)
     print_table(rows)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(
-        threads=args.threads, torch=torch.__version__, python=platform.python_version(),
-        machine=platform.machine(), processor=platform.processor(),
+        threads=args.threads,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        processor=platform.processor(),
         cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     )
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))

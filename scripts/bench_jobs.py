@@ -98,8 +98,13 @@ def bench_background(name: str, path: Path, work: Path) -> dict:
     ocv_wall, printed = timed([sys.executable, str(script), opencv_source(path), str(ocv_out)])
     ocv_frames, ocv_fps = printed.split()
     argv = [*TORCHGMM, "background", str(path), "--no-progress"]
-    row = dict(job="background", input=name, opencv_s=round(ocv_wall, 3), opencv_fps=round(float(ocv_fps), 1),
-               frames=int(ocv_frames))
+    row = dict(
+        job="background",
+        input=name,
+        opencv_s=round(ocv_wall, 3),
+        opencv_fps=round(float(ocv_fps), 1),
+        frames=int(ocv_frames),
+    )
     for kind in ("cold", "warm"):
         env = {"TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-cold-{name}" if kind == "cold" else cache)}
         if kind == "warm":
@@ -122,10 +127,16 @@ def bench_segment(images: Path, work: Path, n: int) -> dict:
     loop.write_text(SEGMENT_LOOP)
     (work / "loop-out").mkdir()
     loop_wall, _ = timed([sys.executable, str(loop), str(folder), str(work / "loop-out")])
-    job_wall, _ = timed([*TORCHGMM, "segment", str(folder), "--out",
-                         str(work / "job-out"), "--device", "cpu", "--no-progress"])
-    return dict(job="segment", input=f"{n} CDnet office JPEGs", loop_s=round(loop_wall, 3),
-                torchgmm_s=round(job_wall, 3), ratio=round(job_wall / loop_wall, 3))
+    job_wall, _ = timed(
+        [*TORCHGMM, "segment", str(folder), "--out", str(work / "job-out"), "--device", "cpu", "--no-progress"]
+    )
+    return dict(
+        job="segment",
+        input=f"{n} CDnet office JPEGs",
+        loop_s=round(loop_wall, 3),
+        torchgmm_s=round(job_wall, 3),
+        ratio=round(job_wall / loop_wall, 3),
+    )
 
 
 def main() -> None:
@@ -156,14 +167,20 @@ def main() -> None:
     print(f"\n{'job':10} {'input':22} {'reference s':>11} {'torchgmm s (cold / warm)':>26} {'ratio cold / warm':>18}")
     for r in rows:
         if r["job"] == "background":
-            print(f"{'background':10} {r['input']:22} {r['opencv_s']:11.2f} "
-                  f"{r['torchgmm_cold_s']:12.2f} / {r['torchgmm_warm_s']:<11.2f} {r['ratio_cold']:8.2f} / {r['ratio_warm']:.2f}"
-                  f"   fps: opencv {r['opencv_fps']}, torchgmm {r['torchgmm_warm_fps']}")
+            print(
+                f"{'background':10} {r['input']:22} {r['opencv_s']:11.2f} "
+                f"{r['torchgmm_cold_s']:12.2f} / {r['torchgmm_warm_s']:<11.2f} {r['ratio_cold']:8.2f} / {r['ratio_warm']:.2f}"
+                f"   fps: opencv {r['opencv_fps']}, torchgmm {r['torchgmm_warm_fps']}"
+            )
         else:
             print(f"{'segment':10} {r['input']:22} {r['loop_s']:11.2f} {r['torchgmm_s']:26.2f} {r['ratio']:18.2f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.machine(), cpus=os.cpu_count(),
-                python=platform.python_version())
+    meta = dict(
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+    )
     args.json.write_text(json.dumps(dict(meta, rows=rows), indent=2) + "\n")
     print(f"\nwrote {args.json}")
 

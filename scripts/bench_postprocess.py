@@ -113,33 +113,66 @@ def main(argv: list[str] | None = None) -> int:
         batch = torch.from_numpy(masks[:, None]).to(device)
         t_torch, got = timed(lambda: remove_small_blobs(batch, args.min_area), device, args.repeats)
         t_cv, ref = timed(lambda: opencv_remove_small_blobs(masks, args.min_area), torch.device("cpu"), args.repeats)
-        rows.append(dict(op=f"remove_small_blobs({args.min_area})", masks=kind, torchgmm_ms=1e3 * t_torch,
-                         opencv_ms=1e3 * t_cv, agree=bool(np.array_equal(got[:, 0].cpu().numpy(), ref))))
+        rows.append(
+            dict(
+                op=f"remove_small_blobs({args.min_area})",
+                masks=kind,
+                torchgmm_ms=1e3 * t_torch,
+                opencv_ms=1e3 * t_cv,
+                agree=bool(np.array_equal(got[:, 0].cpu().numpy(), ref)),
+            )
+        )
     masks = make_masks("blobs", args.batch, h, w)
     batch = torch.from_numpy(masks[:, None]).to(device)
     u8 = masks.astype(np.uint8) * 255
     t_torch, got = timed(lambda: median_filter_mask(batch, 5), device, args.repeats)
     t_cv, ref = timed(lambda: np.stack([cv2.medianBlur(m, 5) for m in u8]) > 0, torch.device("cpu"), args.repeats)
-    rows.append(dict(op="median_filter_mask(5)", masks="blobs", torchgmm_ms=1e3 * t_torch, opencv_ms=1e3 * t_cv,
-                     agree=bool(np.array_equal(got[:, 0].cpu().numpy(), ref))))
+    rows.append(
+        dict(
+            op="median_filter_mask(5)",
+            masks="blobs",
+            torchgmm_ms=1e3 * t_torch,
+            opencv_ms=1e3 * t_cv,
+            agree=bool(np.array_equal(got[:, 0].cpu().numpy(), ref)),
+        )
+    )
     kernel = np.ones((3, 3), np.uint8)
     t_torch, got = timed(lambda: binary_opening(batch, 3), device, args.repeats)
-    t_cv, ref = timed(lambda: np.stack([cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel) for m in u8]) > 0,
-                      torch.device("cpu"), args.repeats)
-    rows.append(dict(op="binary_opening(3)", masks="blobs", torchgmm_ms=1e3 * t_torch, opencv_ms=1e3 * t_cv,
-                     agree=bool(np.array_equal(got[:, 0].cpu().numpy(), ref))))
+    t_cv, ref = timed(
+        lambda: np.stack([cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel) for m in u8]) > 0,
+        torch.device("cpu"),
+        args.repeats,
+    )
+    rows.append(
+        dict(
+            op="binary_opening(3)",
+            masks="blobs",
+            torchgmm_ms=1e3 * t_torch,
+            opencv_ms=1e3 * t_cv,
+            agree=bool(np.array_equal(got[:, 0].cpu().numpy(), ref)),
+        )
+    )
 
     print(f"{args.batch} masks of {w}x{h}, {args.threads} threads, torchgmm on {device}")
     print(f"{'op':26s} {'masks':11s} {'torchgmm ms':>12s} {'OpenCV ms':>10s} {'ratio':>7s}  agree")
     print("-" * 76)
     for r in rows:
         r["ratio"] = r["torchgmm_ms"] / r["opencv_ms"]
-        print(f"{r['op']:26s} {r['masks']:11s} {r['torchgmm_ms']:12.1f} {r['opencv_ms']:10.1f} "
-              f"{r['ratio']:7.2f}  {r['agree']}")
+        print(
+            f"{r['op']:26s} {r['masks']:11s} {r['torchgmm_ms']:12.1f} {r['opencv_ms']:10.1f} "
+            f"{r['ratio']:7.2f}  {r['agree']}"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(size=[w, h], batch=args.batch, threads=args.threads, device=str(device), torch=torch.__version__,
-                opencv=cv2.__version__, python=platform.python_version())
+    meta = dict(
+        size=[w, h],
+        batch=args.batch,
+        threads=args.threads,
+        device=str(device),
+        torch=torch.__version__,
+        opencv=cv2.__version__,
+        python=platform.python_version(),
+    )
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"[bench_postprocess] wrote {out}")
     return 0 if all(r["agree"] for r in rows) else 1

@@ -127,9 +127,11 @@ def em_main(args: argparse.Namespace) -> None:
         _, _, cov = gm._params_from_statistics(stats, ct, 1e-6, d)
         return gm.precisions_cholesky_from_covariances(cov, ct)[0], stats
 
-    kernels = {"engine": lambda: iteration(gm._e_step_statistics),
-               "compiled": lambda: iteration(fused),
-               "traffic": lambda: traffic_kernel(features)}
+    kernels = {
+        "engine": lambda: iteration(gm._e_step_statistics),
+        "compiled": lambda: iteration(fused),
+        "traffic": lambda: traffic_kernel(features),
+    }
     got, want = kernels["compiled"]()[1], kernels["engine"]()[1]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * float(b.abs().max()))
@@ -151,20 +153,42 @@ def em_main(args: argparse.Namespace) -> None:
                 _sync(device)
                 times[name].append((time.perf_counter() - start) / args.em_repeats * 1e3)
         median = {name: _median(v) for name, v in times.items()}
-        rows.append(dict(threads=threads, **{f"{name}_ms": v for name, v in median.items()},
-                         engine_over_traffic=median["engine"] / median["traffic"],
-                         compiled_over_traffic=median["compiled"] / median["traffic"],
-                         traffic_gb_s=nbytes / (median["traffic"] * 1e-3) / 1e9, all_rounds_ms=times))
-    print(f"EM iteration, N={n:,} D={d} K={k} {ct} {args.em_dtype} on {device.type}: reads {nbytes / 1e6:.1f} MB "
-          f"of quadratic features; median of {args.rounds} interleaved rounds of {args.em_repeats}")
+        rows.append(
+            dict(
+                threads=threads,
+                **{f"{name}_ms": v for name, v in median.items()},
+                engine_over_traffic=median["engine"] / median["traffic"],
+                compiled_over_traffic=median["compiled"] / median["traffic"],
+                traffic_gb_s=nbytes / (median["traffic"] * 1e-3) / 1e9,
+                all_rounds_ms=times,
+            )
+        )
+    print(
+        f"EM iteration, N={n:,} D={d} K={k} {ct} {args.em_dtype} on {device.type}: reads {nbytes / 1e6:.1f} MB "
+        f"of quadratic features; median of {args.rounds} interleaved rounds of {args.em_repeats}"
+    )
     print("| threads | engine ms | compiled ms | traffic ms | engine / traffic | compiled / traffic | traffic GB/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['threads']} | {r['engine_ms']:.2f} | {r['compiled_ms']:.2f} | {r['traffic_ms']:.2f} | "
-              f"{r['engine_over_traffic']:.2f} | {r['compiled_over_traffic']:.2f} | {r['traffic_gb_s']:.1f} |")
-    meta = dict(mode="em", n=n, d=d, k=k, covariance_type=ct, dtype=args.em_dtype, bytes=nbytes,
-                rounds=args.rounds, repeats=args.em_repeats, device=str(device), torch=torch.__version__,
-                machine=platform.machine(), cpu_capability=torch.backends.cpu.get_cpu_capability())
+        print(
+            f"| {r['threads']} | {r['engine_ms']:.2f} | {r['compiled_ms']:.2f} | {r['traffic_ms']:.2f} | "
+            f"{r['engine_over_traffic']:.2f} | {r['compiled_over_traffic']:.2f} | {r['traffic_gb_s']:.1f} |"
+        )
+    meta = dict(
+        mode="em",
+        n=n,
+        d=d,
+        k=k,
+        covariance_type=ct,
+        dtype=args.em_dtype,
+        bytes=nbytes,
+        rounds=args.rounds,
+        repeats=args.em_repeats,
+        device=str(device),
+        torch=torch.__version__,
+        machine=platform.machine(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )
     _write(args.json, dict(meta=meta, rows=rows))
 
 
@@ -205,20 +229,43 @@ def em_memory_main(args: argparse.Namespace) -> None:
         pass
     before = _rss_bytes()
     start = time.perf_counter()
-    fit = fit_gaussian_mixture(chunks, k, covariance_type="full", init_params="kmeans++", tol=0,
-                               max_iter=args.em_iters, generator=torch.Generator().manual_seed(0))
+    fit = fit_gaussian_mixture(
+        chunks,
+        k,
+        covariance_type="full",
+        init_params="kmeans++",
+        tol=0,
+        max_iter=args.em_iters,
+        generator=torch.Generator().manual_seed(0),
+    )
     seconds = time.perf_counter() - start
     peak = _peak_rss_bytes()
     chunk_bytes = chunk * d * 4
-    row = dict(n=n, d=d, k=k, chunk=chunk, iters=int(fit.n_iter[0]), seconds=seconds, rss_before_mb=before / 2**20,
-               peak_rss_mb=peak / 2**20, peak_above_before_mb=(peak - before) / 2**20,
-               chunk_mb=chunk_bytes / 2**20, peak_above_before_minus_chunk_mb=(peak - before - chunk_bytes) / 2**20)
-    print(f"chunked fit of {n:,} x {d} float32 samples in chunks of {chunk:,} ({chunk_bytes / 2**20:.0f} MiB), "
-          f"K={k} full, {row['iters']} iterations: {seconds:.1f} s")
-    print(f"RSS before {row['rss_before_mb']:.0f} MiB, peak {row['peak_rss_mb']:.0f} MiB: "
-          f"{row['peak_above_before_mb']:.0f} MiB above, {row['peak_above_before_minus_chunk_mb']:.0f} MiB above "
-          f"the chunk size")
-    _write(args.json, dict(meta=dict(mode="em-memory", torch=torch.__version__, machine=platform.machine()), rows=[row]))
+    row = dict(
+        n=n,
+        d=d,
+        k=k,
+        chunk=chunk,
+        iters=int(fit.n_iter[0]),
+        seconds=seconds,
+        rss_before_mb=before / 2**20,
+        peak_rss_mb=peak / 2**20,
+        peak_above_before_mb=(peak - before) / 2**20,
+        chunk_mb=chunk_bytes / 2**20,
+        peak_above_before_minus_chunk_mb=(peak - before - chunk_bytes) / 2**20,
+    )
+    print(
+        f"chunked fit of {n:,} x {d} float32 samples in chunks of {chunk:,} ({chunk_bytes / 2**20:.0f} MiB), "
+        f"K={k} full, {row['iters']} iterations: {seconds:.1f} s"
+    )
+    print(
+        f"RSS before {row['rss_before_mb']:.0f} MiB, peak {row['peak_rss_mb']:.0f} MiB: "
+        f"{row['peak_above_before_mb']:.0f} MiB above, {row['peak_above_before_minus_chunk_mb']:.0f} MiB above "
+        f"the chunk size"
+    )
+    _write(
+        args.json, dict(meta=dict(mode="em-memory", torch=torch.__version__, machine=platform.machine()), rows=[row])
+    )
 
 
 def _write(path: str, payload: dict) -> None:
@@ -229,8 +276,9 @@ def _write(path: str, payload: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", default="background", choices=["background", "em", "em-memory"])
     parser.add_argument("--em-n", type=int, default=None, help="EM modes: samples (1e6 / 5e7 by default)")
     parser.add_argument("--em-d", type=int, default=None, help="EM modes: features (2 / 8 by default)")
@@ -270,8 +318,14 @@ def main() -> None:
     variance = torch.full((1, k, h, w), 100.0, device=device)
     state = [bg.component_major(t) for t in (weight, mean, variance)]
     scalar = lambda v: torch.tensor(v, device=device)  # noqa: E731
-    settings = dict(background_ratio=scalar(0.7), match_sigma=scalar(2.5), init_var=scalar(100.0),
-                    min_var=scalar(36.0), init_weight=scalar(0.05), rho="inverse_weight")
+    settings = dict(
+        background_ratio=scalar(0.7),
+        match_sigma=scalar(2.5),
+        init_var=scalar(100.0),
+        min_var=scalar(36.0),
+        init_weight=scalar(0.05),
+        rho="inverse_weight",
+    )
     seen = torch.zeros((), dtype=torch.int64, device=device)
     # learn the first frames eagerly (rate 1/t) so the timed state is a settled model
     for t in range(min(8, args.frames)):
@@ -281,8 +335,10 @@ def main() -> None:
     options = {"max_fusion_size": 4096}
     if device.type == "cpu":
         options["cpp_wrapper"] = True
-    kernels = {name: torch.compile(fn, fullgraph=True, options=options)
-               for name, fn in (("step", _step), ("traffic", _traffic), ("arithmetic", _chained))}
+    kernels = {
+        name: torch.compile(fn, fullgraph=True, options=options)
+        for name, fn in (("step", _step), ("traffic", _traffic), ("arithmetic", _chained))
+    }
 
     # correctness of the chained kernel: chain frames at once == chain single steps
     chained = kernels["arithmetic"](frames[: args.chain], *state, seen, rate, settings)
@@ -321,25 +377,44 @@ def main() -> None:
             for name in kernels:
                 times[name].append(run(name) / args.frames * 1e3)
         median = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
-        row = dict(threads=threads, **{f"{n}_ms": median[n] for n in kernels},
-                   traffic_over_step=median["traffic"] / median["step"],
-                   arithmetic_over_step=median["arithmetic"] / median["step"],
-                   traffic_gb_s=bytes_per_pixel * pixels / (median["traffic"] * 1e-3) / 1e9,
-                   all_rounds_ms=times)
+        row = dict(
+            threads=threads,
+            **{f"{n}_ms": median[n] for n in kernels},
+            traffic_over_step=median["traffic"] / median["step"],
+            arithmetic_over_step=median["arithmetic"] / median["step"],
+            traffic_gb_s=bytes_per_pixel * pixels / (median["traffic"] * 1e-3) / 1e9,
+            all_rounds_ms=times,
+        )
         rows.append(row)
 
-    print(f"{w}x{h} C={c} K={k} on {device.type}, {bytes_per_pixel} bytes/pixel, chain {args.chain}, "
-          f"median of {args.rounds} interleaved rounds of {args.frames} frames")
-    print("| threads | step ms | traffic ms | arithmetic ms/frame | traffic / step | arithmetic / step | traffic GB/s |")
+    print(
+        f"{w}x{h} C={c} K={k} on {device.type}, {bytes_per_pixel} bytes/pixel, chain {args.chain}, "
+        f"median of {args.rounds} interleaved rounds of {args.frames} frames"
+    )
+    print(
+        "| threads | step ms | traffic ms | arithmetic ms/frame | traffic / step | arithmetic / step | traffic GB/s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['threads']} | {r['step_ms']:.3f} | {r['traffic_ms']:.3f} | {r['arithmetic_ms']:.3f} | "
-              f"{r['traffic_over_step']:.2f} | {r['arithmetic_over_step']:.2f} | {r['traffic_gb_s']:.1f} |")
+        print(
+            f"| {r['threads']} | {r['step_ms']:.3f} | {r['traffic_ms']:.3f} | {r['arithmetic_ms']:.3f} | "
+            f"{r['traffic_over_step']:.2f} | {r['arithmetic_over_step']:.2f} | {r['traffic_gb_s']:.1f} |"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(size=[w, h], channels=c, components=k, chain=args.chain, frames=args.frames, rounds=args.rounds,
-                device=str(device), bytes_per_pixel=bytes_per_pixel, torch=torch.__version__,
-                machine=platform.machine(), cpu_capability=torch.backends.cpu.get_cpu_capability())
+    meta = dict(
+        size=[w, h],
+        channels=c,
+        components=k,
+        chain=args.chain,
+        frames=args.frames,
+        rounds=args.rounds,
+        device=str(device),
+        bytes_per_pixel=bytes_per_pixel,
+        torch=torch.__version__,
+        machine=platform.machine(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"wrote {out}")
 

@@ -68,24 +68,47 @@ def bench_files(n: int, k: int, device: str, batch_size: int, workers: int) -> d
         gen_s = time.perf_counter() - t0
         # sequential: decode, segment, write one after the other in this thread, so the
         # three times add up to the wall time; then the default overlapped pipeline
-        s0 = segment_files([src], Path(tmp) / "out0", k, device=device, batch_size=batch_size,
-                           workers=0, write_threads=0, progress=False)
-        s1 = segment_files([src], Path(tmp) / "out1", k, device=device, batch_size=batch_size,
-                           workers=workers, write_threads=2, progress=False)
+        s0 = segment_files(
+            [src],
+            Path(tmp) / "out0",
+            k,
+            device=device,
+            batch_size=batch_size,
+            workers=0,
+            write_threads=0,
+            progress=False,
+        )
+        s1 = segment_files(
+            [src],
+            Path(tmp) / "out1",
+            k,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            write_threads=2,
+            progress=False,
+        )
     assert s0.n_done == n and s1.n_done == n and not s0.failed
     return {
         "n_images": n,
         "generate_s": gen_s,
         "sequential": {
-            "wall_s": s0.wall_s, "images_per_s": n / s0.wall_s,
-            "decode_s": s0.wait_s, "segment_s": s0.segment_s, "write_s": s0.write_s,
-            "decode_share": s0.wait_s / s0.wall_s, "segment_share": s0.segment_s / s0.wall_s,
+            "wall_s": s0.wall_s,
+            "images_per_s": n / s0.wall_s,
+            "decode_s": s0.wait_s,
+            "segment_s": s0.segment_s,
+            "write_s": s0.write_s,
+            "decode_share": s0.wait_s / s0.wall_s,
+            "segment_share": s0.segment_s / s0.wall_s,
             "write_share": s0.write_s / s0.wall_s,
         },
         "overlapped": {
-            "workers": workers, "write_threads": 2,
-            "wall_s": s1.wall_s, "images_per_s": n / s1.wall_s,
-            "segment_s": s1.segment_s, "segment_share": s1.segment_s / s1.wall_s,
+            "workers": workers,
+            "write_threads": 2,
+            "wall_s": s1.wall_s,
+            "images_per_s": n / s1.wall_s,
+            "segment_s": s1.segment_s,
+            "segment_share": s1.segment_s / s1.wall_s,
             "waiting_for_writes_share": s1.write_s / s1.wall_s,
             "waiting_for_decode_share": s1.wait_s / s1.wall_s,
         },
@@ -113,8 +136,15 @@ def bench_memory(b: int, k: int, device: torch.device, sk_images: int, repeats: 
     sk_times, agree = [], []
     for i in range(sk_images):
         x = images[i].flatten().double().numpy()[:, None]
-        gm = SkGM(k, tol=1e-3, max_iter=100, reg_covar=1e-6, weights_init=w0[i].numpy(),
-                  means_init=mu0[i].numpy()[:, None], precisions_init=(1 / var0[i].numpy()).reshape(k, 1, 1))
+        gm = SkGM(
+            k,
+            tol=1e-3,
+            max_iter=100,
+            reg_covar=1e-6,
+            weights_init=w0[i].numpy(),
+            means_init=mu0[i].numpy()[:, None],
+            precisions_init=(1 / var0[i].numpy()).reshape(k, 1, 1),
+        )
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -125,10 +155,14 @@ def bench_memory(b: int, k: int, device: torch.device, sk_images: int, repeats: 
     sk_per_image = sum(sk_times) / len(sk_times)
     sk_total = sk_per_image * b
     return {
-        "batch_shape": list(images.shape), "device": str(device),
-        "torchgmm_s": ours, "torchgmm_images_per_s": b / ours,
-        "sklearn_images_timed": sk_images, "sklearn_s_per_image": sk_per_image,
-        "sklearn_s_extrapolated": sk_total, "speedup": sk_total / ours,
+        "batch_shape": list(images.shape),
+        "device": str(device),
+        "torchgmm_s": ours,
+        "torchgmm_images_per_s": b / ours,
+        "sklearn_images_timed": sk_images,
+        "sklearn_s_per_image": sk_per_image,
+        "sklearn_s_extrapolated": sk_total,
+        "speedup": sk_total / ours,
         "label_agreement_with_sklearn": min(agree),
     }
 
@@ -144,10 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default="bench_out/bench_segment.json")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     res = {
-        "platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "classes": args.classes,
     }
@@ -157,13 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("device", res["device"]),
         (f"end to end, {args.n} x 1024^2 PNG, sequential", f"{w0['images_per_s']:.1f} images/s"),
-        ("  share decode / segment / write",
-         f"{w0['decode_share']:.0%} / {w0['segment_share']:.1%} / {w0['write_share']:.0%}  (target segment < 10%)"),
-        (f"end to end, overlapped (workers={args.workers}, 2 write threads)",
-         f"{w1['images_per_s']:.1f} images/s, segment {w1['segment_share']:.1%} of wall"),
-        (f"in memory {tuple(mem['batch_shape'])}", f"{mem['torchgmm_s']:.3f} s ({mem['torchgmm_images_per_s']:.0f} images/s)"),
-        (f"scikit-learn per image (timed {mem['sklearn_images_timed']}, extrapolated to {args.batch})",
-         f"{mem['sklearn_s_per_image']:.3f} s/image -> {mem['sklearn_s_extrapolated']:.1f} s"),
+        (
+            "  share decode / segment / write",
+            f"{w0['decode_share']:.0%} / {w0['segment_share']:.1%} / {w0['write_share']:.0%}  (target segment < 10%)",
+        ),
+        (
+            f"end to end, overlapped (workers={args.workers}, 2 write threads)",
+            f"{w1['images_per_s']:.1f} images/s, segment {w1['segment_share']:.1%} of wall",
+        ),
+        (
+            f"in memory {tuple(mem['batch_shape'])}",
+            f"{mem['torchgmm_s']:.3f} s ({mem['torchgmm_images_per_s']:.0f} images/s)",
+        ),
+        (
+            f"scikit-learn per image (timed {mem['sklearn_images_timed']}, extrapolated to {args.batch})",
+            f"{mem['sklearn_s_per_image']:.3f} s/image -> {mem['sklearn_s_extrapolated']:.1f} s",
+        ),
         ("speedup", f"{mem['speedup']:.0f}x  (target >= 50x)"),
         ("label agreement with scikit-learn (worst image)", f"{mem['label_agreement_with_sklearn']:.5f}"),
     ]

@@ -120,8 +120,13 @@ class _EveryConfiguration:
         pass
 
 
-def load_model(device: torch.device, name: str = "mog", n_components: int = 3, python_wrapper: bool = False,
-               threads: int | None = None):
+def load_model(
+    device: torch.device,
+    name: str = "mog",
+    n_components: int = 3,
+    python_wrapper: bool = False,
+    threads: int | None = None,
+):
     """A factory building a fresh model (state is per clip), or None and the reason."""
     if name == "running-average":
         return (lambda: RunningAverage().to(device)), None
@@ -146,8 +151,16 @@ def load_model(device: torch.device, name: str = "mog", n_components: int = 3, p
 def time_decode(path: Path, args, max_frames: int, backend: str | None = None) -> tuple[float, int]:
     n = 0
     t0 = time.perf_counter()
-    with VideoReader(path, batch_size=args.batch_size, gray=args.gray, end=max_frames, size=args.size,
-                     prefetch=args.prefetch, device=args.device, backend=backend or args.backends[0]) as reader:
+    with VideoReader(
+        path,
+        batch_size=args.batch_size,
+        gray=args.gray,
+        end=max_frames,
+        size=args.size,
+        prefetch=args.prefetch,
+        device=args.device,
+        backend=backend or args.backends[0],
+    ) as reader:
         for batch in reader:
             n += batch.shape[0]
     if args.device.type == "cuda":
@@ -157,8 +170,15 @@ def time_decode(path: Path, args, max_frames: int, backend: str | None = None) -
 
 def time_model(model, path: Path, args, max_frames: int, repeats: int = 2) -> float:
     """Model-only frames/s on up to 16 pre-decoded batches; best of ``repeats`` passes."""
-    with VideoReader(path, batch_size=args.batch_size, gray=args.gray, end=min(max_frames, 16 * args.batch_size),
-                     size=args.size, device=args.device, backend=args.backends[0]) as reader:
+    with VideoReader(
+        path,
+        batch_size=args.batch_size,
+        gray=args.gray,
+        end=min(max_frames, 16 * args.batch_size),
+        size=args.size,
+        device=args.device,
+        backend=args.backends[0],
+    ) as reader:
         batches = list(reader)
     best = 0.0
     with torch.inference_mode():
@@ -182,8 +202,16 @@ def time_end_to_end(model, path: Path, args, max_frames: int) -> tuple[float, in
     fg = torch.zeros((), dtype=torch.int64, device=args.device)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        with VideoReader(path, batch_size=args.batch_size, gray=args.gray, end=max_frames, size=args.size,
-                         prefetch=args.prefetch, device=args.device, backend=args.backends[0]) as reader:
+        with VideoReader(
+            path,
+            batch_size=args.batch_size,
+            gray=args.gray,
+            end=max_frames,
+            size=args.size,
+            prefetch=args.prefetch,
+            device=args.device,
+            backend=args.backends[0],
+        ) as reader:
             for batch in reader:
                 mask = model.process(batch)
                 fg += mask.sum()
@@ -203,15 +231,22 @@ def _versions(backends: list[str]) -> dict[str, object]:
         import torchcodec
         from torchcodec import _core  # the FFmpeg it loaded (TorchCodec uses the system's)
 
-        out.update(torchcodec=torchcodec.__version__,
-                   torchcodec_ffmpeg=_core.get_ffmpeg_library_versions().get("ffmpeg_version"))
+        out.update(
+            torchcodec=torchcodec.__version__,
+            torchcodec_ffmpeg=_core.get_ffmpeg_library_versions().get("ffmpeg_version"),
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", type=Path, nargs="+", default=[DEFAULT_VIDEO],
-                   help="real clips (default: shared vtest.avi); a path that is no file is skipped")
+    p.add_argument(
+        "--video",
+        type=Path,
+        nargs="+",
+        default=[DEFAULT_VIDEO],
+        help="real clips (default: shared vtest.avi); a path that is no file is skipped",
+    )
     p.add_argument("--frames", type=int, default=400, help="frames per measurement (at most)")
     p.add_argument("--gen-frames", type=int, default=120, help="frames of each generated clip")
     p.add_argument("--sizes", default="640x480,1920x1080", help="generated clip sizes WxH, comma separated")
@@ -219,23 +254,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--gray", action="store_true", help="decode to one grey channel")
     p.add_argument("--size", default=None, metavar="WxH", help="resize frames as they are decoded (VideoReader size)")
-    p.add_argument("--backend", choices=["pyav", "torchcodec", "both"], default="pyav",
-                   help="what decodes video files; both: decode frames/s of each, side by side")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="decode timings per backend, alternating between backends (median and best kept)")
+    p.add_argument(
+        "--backend",
+        choices=["pyav", "torchcodec", "both"],
+        default="pyav",
+        help="what decodes video files; both: decode frames/s of each, side by side",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="decode timings per backend, alternating between backends (median and best kept)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", choices=["mog", "running-average", "opencv-mog2", "opencv-mog", "none"], default="mog",
-                   help="BackgroundSubtractorMOG (default); a cheap stand-in to check decode/compute "
-                        "overlap; or OpenCV's MOG2 (detectShadows=False) or bgsegm MOG behind the same "
-                        "reader, to measure the reference's keep ratio on the same machine; none: "
-                        "decoding only")
+    p.add_argument(
+        "--model",
+        choices=["mog", "running-average", "opencv-mog2", "opencv-mog", "none"],
+        default="mog",
+        help="BackgroundSubtractorMOG (default); a cheap stand-in to check decode/compute "
+        "overlap; or OpenCV's MOG2 (detectShadows=False) or bgsegm MOG behind the same "
+        "reader, to measure the reference's keep ratio on the same machine; none: "
+        "decoding only",
+    )
     p.add_argument("--components", type=int, default=3, metavar="K", help="Gaussians per pixel (default 3)")
-    p.add_argument("--python-wrapper", action="store_true",
-                   help="compile the CPU step with Inductor's Python wrapper, which holds the GIL during "
-                        "the kernel (the default C++ wrapper releases it): to measure what that costs")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads for the model; default on CPU: cores - 1 (one core is left "
-                        "to the decoding thread: OpenMP workers competing with it for cores stall badly)")
+    p.add_argument(
+        "--python-wrapper",
+        action="store_true",
+        help="compile the CPU step with Inductor's Python wrapper, which holds the GIL during "
+        "the kernel (the default C++ wrapper releases it): to measure what that costs",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the model; default on CPU: cores - 1 (one core is left "
+        "to the decoding thread: OpenMP workers competing with it for cores stall badly)",
+    )
     p.add_argument("--json", type=Path, default=REPO / "bench_out/bench_video.json")
     args = p.parse_args(argv)
     args.device = torch.device(args.device)
@@ -254,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
 
     retain_freed_memory()  # as the torchgmm command does
 
-    model, why = (None, "--model none") if args.model == "none" else load_model(
-        args.device, args.model, args.components, args.python_wrapper, args.threads)
+    model, why = (
+        (None, "--model none")
+        if args.model == "none"
+        else load_model(args.device, args.model, args.components, args.python_wrapper, args.threads)
+    )
     if args.model == "none":
         print("[bench_video] --model none: measuring decoding only.")
     elif model is None:
@@ -276,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench_video] generated {w}x{h} x {args.gen_frames} frames in {time.perf_counter() - t0:.1f} s")
         for name, path in clips:
             with VideoReader(path) as r:
-                info = dict(clip=name, path=str(path), width=r.width, height=r.height, fps=r.fps,
-                            frame_count=r.frame_count)
+                info = dict(
+                    clip=name, path=str(path), width=r.width, height=r.height, fps=r.fps, frame_count=r.frame_count
+                )
             by_backend: dict[str, list[float]] = {b: [] for b in args.backends}
             for backend in args.backends:
                 time_decode(path, args, min(args.frames, 2 * args.batch_size), backend)  # warm caches
@@ -291,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["model_fps"] = time_model(model(), path, args, args.frames)
                 e2e, _, fg = time_end_to_end(model(), path, args, args.frames)
                 dec = row["decode_fps"]  # the first backend's median
-                row.update(end_to_end_fps=e2e, keep=e2e / dec, overlap=e2e / min(dec, row["model_fps"]),
-                           mean_foreground_px=fg)
+                row.update(
+                    end_to_end_fps=e2e, keep=e2e / dec, overlap=e2e / min(dec, row["model_fps"]), mean_foreground_px=fg
+                )
             rows.append(row)
 
     hdr = f"{'clip':<24}{'size':>11}{'frames':>8}{'decode f/s':>12}{'model f/s':>11}{'e2e f/s':>10}{'keep':>7}{'overlap':>9}"
@@ -300,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(hdr))
     for r in rows:
         size = f"{r['width']}x{r['height']}"
-        model_s = f"{r['model_fps']:>11.1f}{r['end_to_end_fps']:>10.1f}{r['keep']:>7.0%}{r['overlap']:>9.0%}" if "keep" in r else f"{'-':>11}{'-':>10}{'-':>7}{'-':>9}"
+        model_s = (
+            f"{r['model_fps']:>11.1f}{r['end_to_end_fps']:>10.1f}{r['keep']:>7.0%}{r['overlap']:>9.0%}"
+            if "keep" in r
+            else f"{'-':>11}{'-':>10}{'-':>7}{'-':>9}"
+        )
         print(f"{r['clip']:<24}{size:>11}{r['frames']:>8}{r['decode_fps']:>12.1f}{model_s}")
     if len(args.backends) > 1:
         hdr = f"{'clip':<24}{'size':>11}{'frames':>8}{'pyav f/s':>12}{'torchcodec f/s':>16}{'tc/pyav':>9}"
@@ -314,16 +377,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['clip']:<24}{size:>11}{r['frames']:>8}{pyav:>12}{tc:>16}{b['median'] / a['median']:>8.2f}x")
 
     out = dict(
-        device=str(args.device), batch_size=args.batch_size, prefetch=args.prefetch, gray=args.gray,
-        size=args.size, backends=args.backends, repeats=args.repeats, versions=_versions(args.backends),
-        torch_threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
-        machine=platform.machine(), cpu_count=os.cpu_count(),
-        load_average_after=os.getloadavg() if hasattr(os, "getloadavg") else None, model=None if model is None else (
+        device=str(args.device),
+        batch_size=args.batch_size,
+        prefetch=args.prefetch,
+        gray=args.gray,
+        size=args.size,
+        backends=args.backends,
+        repeats=args.repeats,
+        versions=_versions(args.backends),
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        load_average_after=os.getloadavg() if hasattr(os, "getloadavg") else None,
+        model=None
+        if model is None
+        else (
             f"BackgroundSubtractorMOG(n_components={args.components}, learning_rate=0.005)"
-            if args.model == "mog" else args.model),
+            if args.model == "mog"
+            else args.model
+        ),
         model_threads=args.threads,
         inductor_wrapper="python" if args.python_wrapper else "c++ (CPU)",
-        model_unavailable=why, rows=rows,
+        model_unavailable=why,
+        rows=rows,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))

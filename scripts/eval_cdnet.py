@@ -63,13 +63,19 @@ def main() -> None:
     if args.no_compile:
         settings["compile"] = False
     methods = method_factories(
-        args.methods.split(","), n_components=settings.pop("n_components"),
-        learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
-        device=args.device, model_options=settings,
+        args.methods.split(","),
+        n_components=settings.pop("n_components"),
+        learning_rate=settings.pop("learning_rate"),
+        background_ratio=settings.pop("background_ratio"),
+        device=args.device,
+        model_options=settings,
     )
     post = dict(median=args.median, opening=args.opening, min_area=args.min_area)
     rows = evaluate_dataset(
-        args.root, methods=methods, device=args.device, postprocess=post if any(post.values()) else None,
+        args.root,
+        methods=methods,
+        device=args.device,
+        postprocess=post if any(post.values()) else None,
     )
     print(f"preset {args.preset}: {PRESETS[args.preset]}")
     print(format_table(rows))
@@ -78,9 +84,18 @@ def main() -> None:
         print(format_table(rows, postprocessed=True))
     print("\npublished Stauffer-Grimson F-measure: " + ", ".join(f"{k} {v:.4f}" for k, v in PUBLISHED.items()))
     paths = write_results(
-        rows, args.out, f"eval_cdnet_{args.preset}", preset=args.preset, settings=PRESETS[args.preset],
-        compile=not args.no_compile, postprocess=post, published=PUBLISHED, threads=args.threads,
-        device=args.device, torch=torch.__version__, machine=platform.machine(),
+        rows,
+        args.out,
+        f"eval_cdnet_{args.preset}",
+        preset=args.preset,
+        settings=PRESETS[args.preset],
+        compile=not args.no_compile,
+        postprocess=post,
+        published=PUBLISHED,
+        threads=args.threads,
+        device=args.device,
+        torch=torch.__version__,
+        machine=platform.machine(),
     )
     print("wrote " + " and ".join(map(str, paths)))
 

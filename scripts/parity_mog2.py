@@ -93,10 +93,15 @@ def compare(frames: list[np.ndarray], detect_shadows: bool, compile_flag: bool |
     got_bg = model.background_image()[0].numpy()
     diff = np.abs(got_bg.astype(np.int16) - want_bg.astype(np.int16))
     return dict(
-        frames=len(frames), mask_agreement=equal / pixels, worst_frame_agreement=worst,
-        frames_equal=frames_equal / len(frames), background_within_1=float((diff <= 1).mean()),
-        background_equal=float((diff == 0).mean()), background_max_diff=int(diff.max()),
-        opencv_foreground=foreground / pixels, opencv_shadow=shadow / pixels,
+        frames=len(frames),
+        mask_agreement=equal / pixels,
+        worst_frame_agreement=worst,
+        frames_equal=frames_equal / len(frames),
+        background_within_1=float((diff <= 1).mean()),
+        background_equal=float((diff == 0).mean()),
+        background_max_diff=int(diff.max()),
+        opencv_foreground=foreground / pixels,
+        opencv_shadow=shadow / pixels,
         seconds=time.perf_counter() - started,
     )
 
@@ -111,17 +116,21 @@ def sources(args) -> list[tuple[str, Path]]:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'sequence':<24} {'C':>1} {'shadows':>7} {'frames':>6} {'masks equal':>11} {'worst frame':>11} " \
-             f"{'bg <= 1':>8} {'bg equal':>8} {'cv fg':>6} {'cv sh':>6}"
+    header = (
+        f"{'sequence':<24} {'C':>1} {'shadows':>7} {'frames':>6} {'masks equal':>11} {'worst frame':>11} "
+        f"{'bg <= 1':>8} {'bg equal':>8} {'cv fg':>6} {'cv sh':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
             print(f"{r['sequence']:<24} {r['channels']:>1} {r['detect_shadows']!s:>7} error: {r['error']}")
             continue
-        print(f"{r['sequence']:<24} {r['channels']:>1} {r['detect_shadows']!s:>7} {r['frames']:>6} "
-              f"{r['mask_agreement']:>11.5%} {r['worst_frame_agreement']:>11.4%} {r['background_within_1']:>8.4%} "
-              f"{r['background_equal']:>8.4%} {r['opencv_foreground']:>6.2%} {r['opencv_shadow']:>6.2%}")
+        print(
+            f"{r['sequence']:<24} {r['channels']:>1} {r['detect_shadows']!s:>7} {r['frames']:>6} "
+            f"{r['mask_agreement']:>11.5%} {r['worst_frame_agreement']:>11.4%} {r['background_within_1']:>8.4%} "
+            f"{r['background_equal']:>8.4%} {r['opencv_foreground']:>6.2%} {r['opencv_shadow']:>6.2%}"
+        )
 
 
 def main() -> None:
@@ -147,29 +156,55 @@ def main() -> None:
         for channels in args.channels:
             frames = bgr if channels == 3 else [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in bgr]
             for detect_shadows in (True, False):
-                row = dict(sequence=name, source=str(path), channels=channels, detect_shadows=detect_shadows,
-                           height=frames[0].shape[0], width=frames[0].shape[1])
+                row = dict(
+                    sequence=name,
+                    source=str(path),
+                    channels=channels,
+                    detect_shadows=detect_shadows,
+                    height=frames[0].shape[0],
+                    width=frames[0].shape[1],
+                )
                 try:
                     row.update(compare(frames, detect_shadows, bool(args.compile)))
                 except Exception as exc:  # noqa: BLE001 - recorded in the table and the JSON
                     row["error"] = f"{type(exc).__name__}: {exc}"
                 rows.append(row)
-                print(f"{name} C={channels} shadows={detect_shadows}: "
-                      + (row.get("error") or f"{row['mask_agreement']:.5%} masks, {row['seconds']:.0f} s"), flush=True)
+                print(
+                    f"{name} C={channels} shadows={detect_shadows}: "
+                    + (row.get("error") or f"{row['mask_agreement']:.5%} masks, {row['seconds']:.0f} s"),
+                    flush=True,
+                )
     print()
     print_table(rows)
     ok = [r for r in rows if "error" not in r]
-    passed = bool(ok) and len(ok) == len(rows) and all(
-        r["mask_agreement"] >= TARGET and r["background_within_1"] >= TARGET for r in ok)
-    print(f"\ntarget: masks and background within 1 level on >= {TARGET:.1%} of pixels: "
-          f"{'met' if passed else 'NOT met'}")
+    passed = (
+        bool(ok)
+        and len(ok) == len(rows)
+        and all(r["mask_agreement"] >= TARGET and r["background_within_1"] >= TARGET for r in ok)
+    )
+    print(
+        f"\ntarget: masks and background within 1 level on >= {TARGET:.1%} of pixels: {'met' if passed else 'NOT met'}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(
-        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=platform.machine(), python=platform.python_version(),
-        torch=torch.__version__, opencv=cv2.__version__, frames=args.frames, compile=bool(args.compile),
-        threads=args.threads, target=TARGET, target_met=passed, rows=rows,
-    ), indent=2))
+    out.write_text(
+        json.dumps(
+            dict(
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                machine=platform.machine(),
+                python=platform.python_version(),
+                torch=torch.__version__,
+                opencv=cv2.__version__,
+                frames=args.frames,
+                compile=bool(args.compile),
+                threads=args.threads,
+                target=TARGET,
+                target_met=passed,
+                rows=rows,
+            ),
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -27,9 +27,11 @@ def pattern(h: int = 48, w: int = 64, c: int = 3, seed: int = 0, dtype=np.uint8)
     return arr[..., 0] if c == 1 else arr
 
 
-def png_bytes(raw: bytes, w: int, h: int, depth: int, colour: int, interlace: int = 0,
-              bad_idat_crc: bool = False) -> bytes:
+def png_bytes(
+    raw: bytes, w: int, h: int, depth: int, colour: int, interlace: int = 0, bad_idat_crc: bool = False
+) -> bytes:
     """A PNG from already filtered scanlines ``raw`` (one IDAT, no ancillary chunks)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = zlib.crc32(kind + body) ^ (kind == b"IDAT" and bad_idat_crc)
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
@@ -68,9 +70,9 @@ def with_jpeg_size(data: bytes, w: int | None = None, h: int | None = None) -> b
     out = bytearray(data)
     i = out.find(b"\xff\xc0")
     if h is not None:
-        out[i + 5:i + 7] = struct.pack(">H", h)
+        out[i + 5 : i + 7] = struct.pack(">H", h)
     if w is not None:
-        out[i + 7:i + 9] = struct.pack(">H", w)
+        out[i + 7 : i + 9] = struct.pack(">H", w)
     return bytes(out)
 
 
@@ -88,12 +90,12 @@ def with_tiff_height(data: bytes, h: int) -> bytes:
     """``data`` (a little-endian TIFF) with ImageLength (tag 257) replaced in its first IFD."""
     out = bytearray(data)
     (ifd,) = struct.unpack("<I", out[4:8])
-    (n,) = struct.unpack("<H", out[ifd:ifd + 2])
+    (n,) = struct.unpack("<H", out[ifd : ifd + 2])
     for i in range(n):
         entry = ifd + 2 + 12 * i
-        tag, kind = struct.unpack("<HH", out[entry:entry + 4])
+        tag, kind = struct.unpack("<HH", out[entry : entry + 4])
         if tag == 257:
-            out[entry + 8:entry + 12] = struct.pack("<H", h) + b"\0\0" if kind == 3 else struct.pack("<I", h)
+            out[entry + 8 : entry + 12] = struct.pack("<H", h) + b"\0\0" if kind == 3 else struct.pack("<I", h)
     return bytes(out)
 
 
@@ -120,7 +122,10 @@ def damaged_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "huge.png": (with_ihdr_size(png, w=100_000, h=100_000), r"header claims 100000x100000 pixels"),
         "cut.png": (png[: len(png) // 2], r"truncated"),
         "bad-filter.png": (png_bytes(scanlines(rgb[..., 0], filter_type=9), 64, 48, 8, 0), r"damaged|unrecognized"),
-        "bad-filter-16bit-rgb.png": (png_bytes(scanlines(wide, filter_type=7), 8, 8, 16, 2), r"unknown PNG filter type"),
+        "bad-filter-16bit-rgb.png": (
+            png_bytes(scanlines(wide, filter_type=7), 8, 8, 16, 2),
+            r"unknown PNG filter type",
+        ),
         "bad-crc-16bit-rgb.png": (png_bytes(scanlines(wide), 8, 8, 16, 2, bad_idat_crc=True), r"CRC is wrong"),
         "bad-zlib.png": (png[:60] + bytes(b ^ 0x5A for b in png[60:-30]) + png[-30:], r"damaged|broken|truncated|CRC"),
         "empty.png": (b"", r"the file is empty \(0 bytes\)"),

@@ -12,8 +12,16 @@ from torchgmm.demo import synthetic_clip
 from torchgmm.io.video import VideoReader
 
 
-def write_video(path: Path, frames: torch.Tensor, codec: str = "ffv1", fps: int = 25, *,
-                pix_fmt: str | None = None, options: dict | None = None, rotation: int = 0) -> Path:
+def write_video(
+    path: Path,
+    frames: torch.Tensor,
+    codec: str = "ffv1",
+    fps: int = 25,
+    *,
+    pix_fmt: str | None = None,
+    options: dict | None = None,
+    rotation: int = 0,
+) -> Path:
     """(T, 3, H, W) uint8 -> a lossless video (FFV1 .mkv or H.264 RGB qp 0 .mp4) via PyAV;
     ``pix_fmt`` (FFV1: default bgr0), extra encoder ``options`` and a display ``rotation``."""
     with av.open(str(path), "w") as container:

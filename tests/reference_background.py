@@ -23,8 +23,9 @@ import numpy as np
 __all__ = ["reference_mog", "reference_pixel_step", "fresh_state"]
 
 
-def fresh_state(n_components: int, n_channels: int, height: int, width: int, *, init_var: float,
-                covariance_type: str) -> dict:
+def fresh_state(
+    n_components: int, n_channels: int, height: int, width: int, *, init_var: float, covariance_type: str
+) -> dict:
     """The unshaped model's state: all weights 0, all means 0, all variances ``init_var``."""
     k, c, h, w = n_components, n_channels, height, width
     variance_shape = (k, h, w) if covariance_type == "spherical" else (k, c, h, w)
@@ -70,8 +71,9 @@ def _exclusive_cum(w: list[float], k: int) -> float:
     return cum
 
 
-def reference_pixel_step(x, w, mu, var, a, *, background_ratio, match_sigma, init_var, min_var,
-                         init_weight, rho, counters=None):
+def reference_pixel_step(
+    x, w, mu, var, a, *, background_ratio, match_sigma, init_var, min_var, init_weight, rho, counters=None
+):
     """One update (``a > 0``) of one pixel: steps 1-7 of the specification.
 
     Args:
@@ -211,15 +213,20 @@ def reference_mog(
     if len(learning_rates) != n_frames:
         raise ValueError("learning_rates must have one entry per frame")
     if state is None:
-        state = fresh_state(n_components, n_channels, height, width, init_var=init_var,
-                            covariance_type=covariance_type)
+        state = fresh_state(n_components, n_channels, height, width, init_var=init_var, covariance_type=covariance_type)
     weight = state["weight"].astype(np.float64).copy()
     mean = state["mean"].astype(np.float64).copy()
     variance = state["variance"].astype(np.float64).copy()
     frames_seen = int(state["frames_seen"])
     spherical = covariance_type == "spherical"
-    settings = dict(background_ratio=background_ratio, match_sigma=match_sigma, init_var=init_var,
-                    min_var=min_var, init_weight=init_weight, rho=rho)
+    settings = dict(
+        background_ratio=background_ratio,
+        match_sigma=match_sigma,
+        init_var=init_var,
+        min_var=min_var,
+        init_weight=init_weight,
+        rho=rho,
+    )
 
     masks = np.zeros((n_frames, height, width), dtype=bool)
     for t_index in range(n_frames):
@@ -243,8 +250,9 @@ def reference_mog(
                 else:
                     var = [[float(variance[k, c, i, j]) for c in range(n_channels)] for k in range(n_components)]
                 if a == 0:  # inference only: state unchanged
-                    fg = reference_pixel_infer(x, w, mu, var, background_ratio=background_ratio,
-                                               match_sigma=match_sigma)
+                    fg = reference_pixel_infer(
+                        x, w, mu, var, background_ratio=background_ratio, match_sigma=match_sigma
+                    )
                     if counters is not None:
                         counters["infer"] = counters.get("infer", 0) + 1
                 else:

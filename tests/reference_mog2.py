@@ -24,9 +24,18 @@ FLT_EPSILON = float(np.finfo(np.float32).eps)
 
 #: OpenCV's defaults (``createBackgroundSubtractorMOG2()``), named as in torchgmm.
 DEFAULTS = dict(
-    history=500, var_threshold=16.0, detect_shadows=True, n_mixtures=5, background_ratio=0.9,
-    var_threshold_gen=9.0, var_init=15.0, var_min=4.0, var_max=75.0, complexity_reduction_threshold=0.05,
-    shadow_value=127, shadow_threshold=0.5,
+    history=500,
+    var_threshold=16.0,
+    detect_shadows=True,
+    n_mixtures=5,
+    background_ratio=0.9,
+    var_threshold_gen=9.0,
+    var_init=15.0,
+    var_min=4.0,
+    var_max=75.0,
+    complexity_reduction_threshold=0.05,
+    shadow_value=127,
+    shadow_threshold=0.5,
 )
 
 
@@ -144,17 +153,23 @@ def _settings(settings: dict, f) -> dict:
     # float settings as OpenCV holds them (float members; varThreshold a double cast at the call)
     var_min, var_max = f(settings["var_min"]), f(settings["var_max"])
     return {
-        "Tb": f(settings["var_threshold"]), "TB": f(settings["background_ratio"]),
-        "Tg": f(settings["var_threshold_gen"]), "var_init": f(settings["var_init"]),
-        "var_min": min(var_min, var_max), "var_max": max(var_min, var_max),
-        "tau": f(settings["shadow_threshold"]), "ct": float(f(settings["complexity_reduction_threshold"])),
-        "detect_shadows": bool(settings["detect_shadows"]), "shadow_value": int(settings["shadow_value"]),
+        "Tb": f(settings["var_threshold"]),
+        "TB": f(settings["background_ratio"]),
+        "Tg": f(settings["var_threshold_gen"]),
+        "var_init": f(settings["var_init"]),
+        "var_min": min(var_min, var_max),
+        "var_max": max(var_min, var_max),
+        "tau": f(settings["shadow_threshold"]),
+        "ct": float(f(settings["complexity_reduction_threshold"])),
+        "detect_shadows": bool(settings["detect_shadows"]),
+        "shadow_value": int(settings["shadow_value"]),
         "history": int(settings["history"]),
     }
 
 
-def reference_mog2(frames: np.ndarray, state: dict | None = None, learning_rates=None, dtype=np.float64,
-                   **settings) -> tuple[np.ndarray, dict]:
+def reference_mog2(
+    frames: np.ndarray, state: dict | None = None, learning_rates=None, dtype=np.float64, **settings
+) -> tuple[np.ndarray, dict]:
     """Run OpenCV's MOG2 over ``frames`` ``(T, C, H, W)`` (0..255 values) pixel by pixel.
 
     Args:
@@ -191,8 +206,9 @@ def reference_mog2(frames: np.ndarray, state: dict | None = None, learning_rates
                 weight = [state["weight"][k, yy, xx] for k in range(k_max)]
                 variance = [state["variance"][k, yy, xx] for k in range(k_max)]
                 mean = [[state["mean"][k, c, yy, xx] for c in range(n_channels)] for k in range(k_max)]
-                value, n_modes = _pixel(x, int(state["n_modes"][yy, xx]), weight, variance, mean, s, alpha,
-                                        alpha1, prune, f)
+                value, n_modes = _pixel(
+                    x, int(state["n_modes"][yy, xx]), weight, variance, mean, s, alpha, alpha1, prune, f
+                )
                 masks[t, yy, xx] = value
                 state["n_modes"][yy, xx] = n_modes
                 for k in range(k_max):

@@ -34,8 +34,15 @@ COVARIANCE_TYPES = ["spherical", "diag"]
 
 # Settings under which the module corresponds to OpenCV contrib bgsegm MOG (the spec's last section).
 OPENCV_SETTINGS = dict(
-    learning_rate=1 / 200, warmup=True, rho="constant", covariance_type="diag", init_var=900.0,
-    init_weight=0.05, min_var=225.0, match_sigma=2.5, background_ratio=0.7,
+    learning_rate=1 / 200,
+    warmup=True,
+    rho="constant",
+    covariance_type="diag",
+    init_var=900.0,
+    init_weight=0.05,
+    min_var=225.0,
+    match_sigma=2.5,
+    background_ratio=0.7,
 )
 
 
@@ -194,8 +201,9 @@ class TestReference:
     def test_one_pixel_three_frames(self):
         frames = np.array([100, 100, 200], dtype=np.uint8).reshape(3, 1, 1, 1)
         counters: dict = {}
-        masks, st = reference_mog(frames, n_components=3, learning_rate=0.1, warmup=False, counters=counters,
-                                  **HAND_COMPUTED)
+        masks, st = reference_mog(
+            frames, n_components=3, learning_rate=0.1, warmup=False, counters=counters, **HAND_COMPUTED
+        )
         # Frame 1 (a = 1): no match, component 2 <- (0.05, 100, 900), renormalised to 1, sorted first.
         # Frame 2 (a = 0.1): matches k=0, w = 0.9 + 0.1 = 1, rho = 0.1 / 1, var = 900 - 0.1 * 900 = 810.
         # Frame 3: |200 - 100|^2 = 1e4 >= 6.25 * 810: no match; w0 = 0.9, component 2 <- (0.05, 200, 900),
@@ -210,8 +218,9 @@ class TestReference:
 
     def test_diag_rgb_constant_rate(self):
         frames = np.array([[10, 20, 30], [14, 20, 26]], dtype=np.uint8).reshape(2, 3, 1, 1)
-        masks, st = reference_mog(frames, learning_rate=0.25, warmup=False, rho="constant", covariance_type="diag",
-                                  **HAND_COMPUTED)
+        masks, st = reference_mog(
+            frames, learning_rate=0.25, warmup=False, rho="constant", covariance_type="diag", **HAND_COMPUTED
+        )
         assert not masks.any()
         # mu <- mu + 0.25 (x - mu); var_c <- 900 + 0.25 (diff_c^2 - 900)
         np.testing.assert_allclose(st["mean"][0, :, 0, 0], [11.0, 20.0, 29.0], rtol=1e-15)
@@ -238,8 +247,9 @@ class TestReference:
 
     def test_inference_leaves_state(self):
         frames = np.array([100, 100, 200, 100], dtype=np.uint8).reshape(4, 1, 1, 1)
-        masks, st = reference_mog(frames, learning_rate=0.1, warmup=False, learning_rates=[None, None, 0.0, 0.0],
-                                  **HAND_COMPUTED)
+        masks, st = reference_mog(
+            frames, learning_rate=0.1, warmup=False, learning_rates=[None, None, 0.0, 0.0], **HAND_COMPUTED
+        )
         _, st2 = reference_mog(frames[:2], learning_rate=0.1, warmup=False, **HAND_COMPUTED)
         assert masks[:, 0, 0].tolist() == [False, False, True, False]
         assert st["frames_seen"] == 2
@@ -270,8 +280,16 @@ class TestModuleEqualsReference:
         frames = random_sequence(seed, n_channels)
         rates = explicit_rates(len(frames))
         settings = dict(
-            n_components=n_components, learning_rate=0.05, background_ratio=0.7, match_sigma=2.5, init_var=900.0,
-            min_var=16.0, init_weight=0.05, rho=rho, covariance_type=covariance_type, warmup=warmup,
+            n_components=n_components,
+            learning_rate=0.05,
+            background_ratio=0.7,
+            match_sigma=2.5,
+            init_var=900.0,
+            min_var=16.0,
+            init_weight=0.05,
+            rho=rho,
+            covariance_type=covariance_type,
+            warmup=warmup,
         )
         counters: dict = {}
         ref_masks, ref = reference_mog(frames, learning_rates=rates, counters=counters, **settings)
@@ -299,6 +317,7 @@ class TestModuleEqualsReference:
         assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) <= {0, 255}
         np.testing.assert_array_equal((labels == 255).numpy(), masks_ref)
         np.testing.assert_allclose(model.mean[0].numpy(), ref["mean"], rtol=1e-9, atol=1e-9)
+
 
 class TestEdgeCases:
     """Hand-built one-pixel sequences that sit exactly on the specification's boundaries.
@@ -334,7 +353,12 @@ class TestEdgeCases:
         # init_var = min_var = 0.01: eta = (2 pi 0.01)^-1/2 exp(-0.1^2 / 0.02) = 2.42, rho = 0.5 * 2.42
         # is clamped to 1, so the mean jumps onto x (unclamped it would overshoot to 100.121).
         masks, st = compare(
-            [100.0, 100.0, 100.1], [None, 0.5, 0.5], device, rho="paper", init_var=0.01, min_var=0.01,
+            [100.0, 100.0, 100.1],
+            [None, 0.5, 0.5],
+            device,
+            rho="paper",
+            init_var=0.01,
+            min_var=0.01,
             covariance_type=covariance_type,
         )
         assert masks == [False, False, False]
@@ -393,7 +417,6 @@ class TestCompiled:
         agreement = (compiled(clip[-2:-1], learning_rate=0.3) == eager(clip[-2:-1], learning_rate=0.3)).float().mean()
         assert agreement >= 0.999
         assert_state_close(state_of(compiled), state_of(eager), rtol=1e-5, atol=1e-4)
-
 
     def test_many_configurations_stay_compiled(self):
         # Dynamo allows `recompile_limit` graphs per code object; with one compiled function
@@ -481,8 +504,9 @@ class TestCompiled:
 
         monkeypatch.setattr(background_module, "_compiled_steps", {})
         monkeypatch.setattr(background_module, "_cpp_wrapper_failures", set())
-        clip = torch.randint(0, 256, (5, streams, 3, 12, 16), dtype=torch.uint8,
-                             generator=torch.Generator().manual_seed(3))
+        clip = torch.randint(
+            0, 256, (5, streams, 3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+        )
         graphs = counters["stats"]["unique_graphs"]
         first = BackgroundSubtractorMOG(compile=True)
         for frame in clip[:3]:
@@ -499,6 +523,7 @@ class TestCompiled:
         def failing(config, cpp_wrapper=False):  # noqa: ANN001, ANN202
             def step(*args):  # noqa: ANN002, ANN202
                 raise RuntimeError("C++ wrapper broken" if cpp_wrapper else "Python wrapper broken")
+
             return step
 
         monkeypatch.setattr(background_module, "_get_compiled_step", failing)
@@ -511,6 +536,7 @@ class TestCompiled:
         with pytest.warns(RuntimeWarning, match="running eagerly"):
             masks = fallback.process(clip)
         assert torch.equal(masks, BackgroundSubtractorMOG(compile=False).process(clip))
+
 
 # ----------------------------------------------------------------------------------------
 # OpenCV contrib bgsegm MOG
@@ -688,8 +714,9 @@ class TestModule:
         clip = torch.from_numpy(random_sequence(4, 3, n_frames=24, height=9, width=8)).to(device)
         changed = BackgroundSubtractorMOG(learning_rate=0.1, compile=False).to(device)
         changed.process(clip[:12])
-        fresh = BackgroundSubtractorMOG(learning_rate=0.1, background_ratio=0.95, match_sigma=1.5,
-                                        min_var=4.0, compile=False).to(device)
+        fresh = BackgroundSubtractorMOG(
+            learning_rate=0.1, background_ratio=0.95, match_sigma=1.5, min_var=4.0, compile=False
+        ).to(device)
         fresh(clip[:1])  # shape the state, then take the other model's
         fresh.load_state_dict(changed.state_dict())
         changed.background_ratio, changed.match_sigma, changed.min_var = 0.95, 1.5, 4.0
@@ -946,12 +973,15 @@ class TestErrors:
             model(torch.tensor([0.5, float("inf")]).view(1, 1, 1, 2))
         model(torch.tensor([0.0, 1.0]).view(1, 1, 1, 2))  # the bounds themselves are fine
 
-    @pytest.mark.parametrize("name, value, match", [
-        ("variance", float("nan"), "`variance` holds NaN"),
-        ("variance", -1.0, "`variance` holds values <= 0"),
-        ("weight", 2.0, r"`weight` holds values outside \[0, 1\]"),
-        ("mean", float("inf"), "`mean` holds NaN or infinite"),
-    ])
+    @pytest.mark.parametrize(
+        "name, value, match",
+        [
+            ("variance", float("nan"), "`variance` holds NaN"),
+            ("variance", -1.0, "`variance` holds values <= 0"),
+            ("weight", 2.0, r"`weight` holds values outside \[0, 1\]"),
+            ("mean", float("inf"), "`mean` holds NaN or infinite"),
+        ],
+    )
     def test_load_unusable_state(self, name, value, match):
         model = BackgroundSubtractorMOG(compile=False)
         model(torch.full((1, 1, 2, 2), 50, dtype=torch.uint8))

@@ -53,8 +53,9 @@ def recall_precision(masks: torch.Tensor, truth: torch.Tensor) -> tuple[float, f
 def clip(tmp_path_factory) -> dict:
     frames, truth, background = synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=7)
     d = tmp_path_factory.mktemp("clip")
-    return dict(path=write_video(d / "street.mp4", frames, "libx264rgb"), frames=frames, truth=truth,
-                background=background)
+    return dict(
+        path=write_video(d / "street.mp4", frames, "libx264rgb"), frames=frames, truth=truth, background=background
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,7 @@ def test_end_to_end_outputs(clip, cli_run, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == T and summary["complete"] and summary["error"] is None
     assert summary["fps"] > 0 and summary["source_fps"] == pytest.approx(25)
-    assert summary["settings"] == {"n_components": 3, "learning_rate": 0.005, "background_ratio": 0.7,
-                                   "compile": False}
+    assert summary["settings"] == {"n_components": 3, "learning_rate": 0.005, "background_ratio": 0.7, "compile": False}
     assert summary["mask"] == str(out / "mask.mp4") and (summary["width"], summary["height"]) == (W, H)
     # without --start/--end/--step/--size: every frame, at the source's size and rate
     assert (summary["start"], summary["end"], summary["step"], summary["size"]) == (None, None, 1, None)
@@ -113,8 +113,19 @@ def test_image_sequence_folder_png(clip, cli_run, tmp_path, capsys):
     for i, f in enumerate(clip["frames"]):
         Image.fromarray(f.permute(1, 2, 0).numpy()).save(seq / f"in{i + 1:06d}.png")
     out = tmp_path / "out"
-    argv = ["background", str(seq), "--out", str(out), "--mask-format", "png", "--components", "4",
-            "--learning-rate", "0.01", *FAST]
+    argv = [
+        "background",
+        str(seq),
+        "--out",
+        str(out),
+        "--mask-format",
+        "png",
+        "--components",
+        "4",
+        "--learning-rate",
+        "0.01",
+        *FAST,
+    ]
     assert main(argv) == 0
     assert "70 frames" in capsys.readouterr().out
     masks = read_masks(out / "street" / "mask")
@@ -130,8 +141,19 @@ def test_preset_with_override_reaches_the_model(clip, tmp_path):
     from torchgmm.defaults import PRESETS
 
     out = tmp_path / "out"
-    argv = ["background", str(clip["path"]), "--out", str(out), "--preset", "cdnet-baseline",
-            "--background-ratio", "0.6", "--mask-format", "png", *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(out),
+        "--preset",
+        "cdnet-baseline",
+        "--background-ratio",
+        "0.6",
+        "--mask-format",
+        "png",
+        *FAST,
+    ]
     assert main(argv) == 0
     expected = {**PRESETS["cdnet-baseline"], "background_ratio": 0.6, "compile": False}
     assert expected["rho"] == "constant" and expected["min_var"] == 100.0  # the preset is not the default
@@ -147,8 +169,19 @@ def test_postprocess_options_reach_the_masks(clip, tmp_path):
     from torchgmm.postprocess import apply_postprocess
 
     out = tmp_path / "out"
-    argv = ["background", str(clip["path"]), "--out", str(out), "--mask-format", "png",
-            "--median", "5", "--min-area", "30", *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(out),
+        "--mask-format",
+        "png",
+        "--median",
+        "5",
+        "--min-area",
+        "30",
+        *FAST,
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "street" / "summary.json").read_text())
     assert summary["postprocess"] == {"median": 5, "min_area": 30}  # the steps that are on
@@ -204,8 +237,13 @@ def _killed_cli_run(argv: list[str], target: str, method: str, call: int) -> Non
         target.{method} = killed
         sys.exit(main({argv!r}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -219,8 +257,17 @@ def test_checkpoint_sigkill_resume(clip, cli_run, tmp_path, mask_format, second_
     # A run killed outright never closes its files: the checkpoint must not be ahead of the
     # frames that reached the mask video. A resume killed while it copies the earlier masks
     # into a new file (or just after, before the copy is flushed) must not lose them either.
-    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15",
-            "--mask-format", mask_format, *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        "15",
+        "--mask-format",
+        mask_format,
+        *FAST,
+    ]
     _killed_cli_run(argv, MODEL, "forward", 41)  # before frame 41: checkpoint at frame 30, one behind
     mask = tmp_path / "street" / f"mask.{mask_format}"
     assert read_masks(mask).shape[0] >= 39  # playable; at most the last frame written is lost
@@ -300,7 +347,10 @@ def test_console_script_subprocess(clip, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [str(script), "background", str(clip["path"]), "--out", str(out), "--gray", "--mask-format", "mkv", *FAST],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "street.mp4: 70 frames" in proc.stdout
@@ -389,8 +439,21 @@ def test_image_folder_selection_and_size(clip, tmp_path):
     for i, f in enumerate(clip["frames"][:30]):
         Image.fromarray(f.permute(1, 2, 0).numpy()).save(seq / f"in{i + 1:06d}.png")
     out = tmp_path / "out"
-    argv = ["background", str(seq), "--out", str(out), "--start", "4", "--step", "2", "--size", "40x32",
-            "--mask-format", "png", *FAST]
+    argv = [
+        "background",
+        str(seq),
+        "--out",
+        str(out),
+        "--start",
+        "4",
+        "--step",
+        "2",
+        "--size",
+        "40x32",
+        "--mask-format",
+        "png",
+        *FAST,
+    ]
     assert main(argv) == 0
     masks = read_masks(out / "cam" / "mask")
     assert masks.shape == (13, 1, 32, 40)  # frames 4, 6, ..., 28
@@ -448,8 +511,17 @@ def test_checkpoint_interrupt_resume_with_selection(clip, selection_run, tmp_pat
     from torchgmm.background import BackgroundSubtractorMOG
 
     forward = BackgroundSubtractorMOG.forward
-    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--overlay", "--checkpoint", "5",
-            *selection_argv(), *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(tmp_path),
+        "--overlay",
+        "--checkpoint",
+        "5",
+        *selection_argv(),
+        *FAST,
+    ]
     monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 18))  # 17 frames done
     assert main(argv) == 130
     assert read_masks(tmp_path / "street" / "mask.mp4").shape == (17, 1, 32, 40)
@@ -466,8 +538,18 @@ def test_checkpoint_interrupt_resume_with_selection(clip, selection_run, tmp_pat
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 def test_checkpoint_sigkill_resume_with_selection(clip, selection_run, tmp_path):
-    argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "5", "--mask-format", "mkv",
-            *selection_argv(), *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        "5",
+        "--mask-format",
+        "mkv",
+        *selection_argv(),
+        *FAST,
+    ]
     _killed_cli_run(argv, MODEL, "forward", 18)  # 17 frames done: the checkpoint is at 14, one behind 15
     assert read_masks(tmp_path / "street" / "mask.mkv").shape[0] >= 15
     assert main([*argv, "--resume"]) == 0
@@ -487,13 +569,22 @@ def test_checkpoint_sigkill_resume_with_selection(clip, selection_run, tmp_path)
         (dict(start=None, end=None, step=None, size=None), "the start and end and step and size differ"),
     ],
 )
-def test_resume_with_another_selection_refused_before_any_work(clip, selection_run, tmp_path, capsys, changed,
-                                                               reason):
+def test_resume_with_another_selection_refused_before_any_work(clip, selection_run, tmp_path, capsys, changed, reason):
     out = tmp_path / "out"
     shutil.copytree(selection_run, out / "street")
     before = {p.name: p.read_bytes() for p in (out / "street").iterdir()}
-    argv = ["background", str(clip["path"]), "--out", str(out), "--overlay", "--checkpoint", "5", "--resume",
-            *selection_argv(**changed), *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(out),
+        "--overlay",
+        "--checkpoint",
+        "5",
+        "--resume",
+        *selection_argv(**changed),
+        *FAST,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "was made with start=3, end=63, step=2 (source frame indices), size=40x32" in err, err
@@ -505,8 +596,18 @@ def test_resume_compares_the_selection_as_frame_indices(clip, selection_run, tmp
     # 0.12 s is frame 3 and frame 63 is 2.5 s at 25 frames/s: the same frames, so the resume goes on
     out = tmp_path / "out"
     shutil.copytree(selection_run, out / "street")
-    argv = ["background", str(clip["path"]), "--out", str(out), "--overlay", "--checkpoint", "5", "--resume",
-            *selection_argv(start="0.12s", end="63"), *FAST]
+    argv = [
+        "background",
+        str(clip["path"]),
+        "--out",
+        str(out),
+        "--overlay",
+        "--checkpoint",
+        "5",
+        "--resume",
+        *selection_argv(start="0.12s", end="63"),
+        *FAST,
+    ]
     assert main(argv) == 0
     assert summary_of(out / "street")["resumed_from"] == 30
     assert torch.equal(read_masks(out / "street" / "mask.mp4"), read_masks(selection_run / "mask.mp4"))
@@ -522,8 +623,25 @@ def test_resume_accepts_the_same_frames_spelled_otherwise(clip, tmp_path):
     assert main([*argv, "--end", "1000", "--resume"]) == 2  # 1000 is not 30
     full = tmp_path / "full"
     assert main(["background", str(clip["path"]), "--out", str(full), "--checkpoint", "5", *FAST]) == 0
-    assert main(["background", str(clip["path"]), "--out", str(full), "--checkpoint", "5", "--end", "1000",
-                 "--size", f"{W}x{H}", "--resume", *FAST]) == 0
+    assert (
+        main(
+            [
+                "background",
+                str(clip["path"]),
+                "--out",
+                str(full),
+                "--checkpoint",
+                "5",
+                "--end",
+                "1000",
+                "--size",
+                f"{W}x{H}",
+                "--resume",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert summary_of(full / "street")["resumed_from"] == T
 
 
@@ -747,8 +865,17 @@ def test_resume_refuses_a_checkpoint_of_another_matroska_input(clip, tmp_path, c
 
 def test_png_resume_refuses_missing_frames(clip, tmp_path, capsys):
     short = write_video(tmp_path / "cam.mkv", clip["frames"][:20])
-    argv = ["background", str(short), "--out", str(tmp_path / "out"), "--checkpoint", "6", "--mask-format", "png",
-            *FAST]
+    argv = [
+        "background",
+        str(short),
+        "--out",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        "6",
+        "--mask-format",
+        "png",
+        *FAST,
+    ]
     assert main([*argv, "--gray"]) == 0  # checkpoint at frame 20: a complete run
     (tmp_path / "out" / "cam" / "mask" / "000005.png").unlink()
     assert main([*argv, "--gray", "--resume"]) == 2
@@ -847,8 +974,24 @@ def test_model_mog2_with_shadows_writes_opencvs_three_values(clip, tmp_path):
 
 def test_model_mog2_without_shadows_writes_two_values(clip, tmp_path):
     out = tmp_path / "out"
-    assert main(["background", str(clip["path"]), "--out", str(out), "--model", "mog2", "--components", "3",
-                 "--learning-rate", "0.01", *FAST]) == 0
+    assert (
+        main(
+            [
+                "background",
+                str(clip["path"]),
+                "--out",
+                str(out),
+                "--model",
+                "mog2",
+                "--components",
+                "3",
+                "--learning-rate",
+                "0.01",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     written = _raw_masks(out / "street" / "mask.mp4")
     assert set(written.unique().tolist()) == {0, 255}
     summary = json.loads((out / "street" / "summary.json").read_text())
@@ -897,7 +1040,7 @@ def test_decoder_torchcodec_gives_the_same_masks(clip, cli_run, tmp_path):
     from torchgmm.io.video import video_backends
 
     if "torchcodec" not in video_backends():  # not installed, or FFmpeg's libraries missing
-        pytest.skip("needs TorchCodec (pip install \"torchmog[torchcodec]\") and FFmpeg's libraries")
+        pytest.skip('needs TorchCodec (pip install "torchmog[torchcodec]") and FFmpeg\'s libraries')
     out = tmp_path / "out"
     assert main(["background", str(clip["path"]), "--out", str(out), "--decoder", "torchcodec", *FAST]) == 0
     assert torch.equal(read_masks(out / "street" / "mask.mp4"), read_masks(cli_run["out"] / "mask.mp4"))

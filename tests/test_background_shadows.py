@@ -65,9 +65,21 @@ def reference_pixel_shadow(x, w, mu, var, *, background_ratio, match_sigma, shad
     return False
 
 
-def reference_shadows(frames: np.ndarray, *, n_components=3, learning_rate=0.05, background_ratio=0.7,
-                      match_sigma=2.5, init_var=100.0, min_var=36.0, init_weight=0.05, rho="inverse_weight",
-                      covariance_type="spherical", shadow_threshold=0.5, shadow_match_sigma=None):
+def reference_shadows(
+    frames: np.ndarray,
+    *,
+    n_components=3,
+    learning_rate=0.05,
+    background_ratio=0.7,
+    match_sigma=2.5,
+    init_var=100.0,
+    min_var=36.0,
+    init_weight=0.05,
+    rho="inverse_weight",
+    covariance_type="spherical",
+    shadow_threshold=0.5,
+    shadow_match_sigma=None,
+):
     """``(foreground, shadow)``, ``(T, H, W)`` bool each, pixel by pixel (warm-up schedule, rate > 0).
 
     The update is ``reference_pixel_step``; the shadow test runs on the state after it, the
@@ -75,8 +87,14 @@ def reference_shadows(frames: np.ndarray, *, n_components=3, learning_rate=0.05,
     """
     n_frames, n_channels, height, width = frames.shape
     state = fresh_state(n_components, n_channels, height, width, init_var=init_var, covariance_type=covariance_type)
-    settings = dict(background_ratio=background_ratio, match_sigma=match_sigma, init_var=init_var, min_var=min_var,
-                    init_weight=init_weight, rho=rho)
+    settings = dict(
+        background_ratio=background_ratio,
+        match_sigma=match_sigma,
+        init_var=init_var,
+        min_var=min_var,
+        init_weight=init_weight,
+        rho=rho,
+    )
     sigma = match_sigma if shadow_match_sigma is None else shadow_match_sigma
     pixels = {}
     for i in range(height):
@@ -96,8 +114,9 @@ def reference_shadows(frames: np.ndarray, *, n_components=3, learning_rate=0.05,
             x = [float(frames[t, c, i, j]) for c in range(n_channels)]
             fg, w, mu, var, _, _ = reference_pixel_step(x, w, mu, var, a, **settings)
             pixels[i, j] = (w, mu, var)
-            is_shadow = fg and reference_pixel_shadow(x, w, mu, var, background_ratio=background_ratio,
-                                                      match_sigma=sigma, shadow_threshold=shadow_threshold)
+            is_shadow = fg and reference_pixel_shadow(
+                x, w, mu, var, background_ratio=background_ratio, match_sigma=sigma, shadow_threshold=shadow_threshold
+            )
             shadow[t, i, j] = is_shadow
             foreground[t, i, j] = fg and not is_shadow
     return foreground, shadow
@@ -137,10 +156,12 @@ def shadow_scene(n_frames: int = 64, learn: int = 40, height: int = 40, width: i
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    texture = np.stack([
-        120 + 50 * np.sin(xx / 5.0 + c) * np.cos(yy / 7.0 - c) + rng.uniform(-20, 20, (height, width))
-        for c in range(3)
-    ])
+    texture = np.stack(
+        [
+            120 + 50 * np.sin(xx / 5.0 + c) * np.cos(yy / 7.0 - c) + rng.uniform(-20, 20, (height, width))
+            for c in range(3)
+        ]
+    )
     background = np.clip(texture, 40, 210)
     frames = np.empty((n_frames, 3, height, width))
     labels = np.zeros((n_frames, height, width), dtype=np.int64)
@@ -227,13 +248,25 @@ class TestReference:
     def test_shadow_match_sigma(self):
         frames = shadow_sequence(2, 3)
         want_fg, want_shadow = reference_shadows(frames, shadow_match_sigma=1.0, shadow_threshold=0.6)
-        model = BackgroundSubtractorMOG(learning_rate=0.05, detect_shadows=True, shadow_match_sigma=1.0,
-                                        shadow_threshold=0.6, state_dtype=torch.float64, compile=False)
+        model = BackgroundSubtractorMOG(
+            learning_rate=0.05,
+            detect_shadows=True,
+            shadow_match_sigma=1.0,
+            shadow_threshold=0.6,
+            state_dtype=torch.float64,
+            compile=False,
+        )
         fg, shadow = run(model, torch.from_numpy(frames))
         np.testing.assert_array_equal(shadow.numpy(), want_shadow)
         np.testing.assert_array_equal(fg.numpy(), want_fg)
-        wide = BackgroundSubtractorMOG(learning_rate=0.05, detect_shadows=True, shadow_match_sigma=6.0,
-                                       shadow_threshold=0.6, state_dtype=torch.float64, compile=False)
+        wide = BackgroundSubtractorMOG(
+            learning_rate=0.05,
+            detect_shadows=True,
+            shadow_match_sigma=6.0,
+            shadow_threshold=0.6,
+            state_dtype=torch.float64,
+            compile=False,
+        )
         assert (run(wide, torch.from_numpy(frames))[1] >= shadow).all()  # a wider bound finds more
         assert run(wide, torch.from_numpy(frames))[1].sum() > shadow.sum()
 
@@ -248,8 +281,14 @@ class TestModule:
         the old one minus the shadows."""
         frames = torch.from_numpy(shadow_sequence(3, 3))
         plain = BackgroundSubtractorMOG(learning_rate=0.05, compile=False)
-        off = BackgroundSubtractorMOG(learning_rate=0.05, compile=False, detect_shadows=False, shadow_threshold=0.7,
-                                      shadow_value=50, shadow_match_sigma=3.0)
+        off = BackgroundSubtractorMOG(
+            learning_rate=0.05,
+            compile=False,
+            detect_shadows=False,
+            shadow_threshold=0.7,
+            shadow_value=50,
+            shadow_match_sigma=3.0,
+        )
         on = BackgroundSubtractorMOG(learning_rate=0.05, compile=False, detect_shadows=True)
         for frame in frames:
             mask = plain(frame[None])
@@ -306,8 +345,9 @@ class TestModule:
         colour = mog_shadow(clip[45:], model.weight, model.mean, model.variance)
         assert torch.equal(shadow, frozen_fg & colour) and torch.equal(fg, frozen_fg & ~colour)
         assert shadow[0, 0].numpy()[labels[45] == 2].all()
-        assert torch.equal(model.apply(clip[45:], learning_rate=0),
-                           torch.where(fg, 255, torch.where(shadow, 127, 0)).to(torch.uint8))
+        assert torch.equal(
+            model.apply(clip[45:], learning_rate=0), torch.where(fg, 255, torch.where(shadow, 127, 0)).to(torch.uint8)
+        )
 
     @pytest.mark.parametrize("covariance_type", ["spherical", "diag"])
     def test_module_equals_function(self, covariance_type):
@@ -315,13 +355,21 @@ class TestModule:
         :func:`mog_shadow` on the new state."""
         frames = torch.from_numpy(shadow_sequence(4, 3))
         settings = dict(learning_rate=0.05, covariance_type=covariance_type, background_ratio=0.6)
-        model = BackgroundSubtractorMOG(**settings, detect_shadows=True, shadow_threshold=0.4,
-                                        shadow_match_sigma=3.0, compile=False)
+        model = BackgroundSubtractorMOG(
+            **settings, detect_shadows=True, shadow_threshold=0.4, shadow_match_sigma=3.0, compile=False
+        )
         found = 0
         for frame in frames:
             fg, shadow = model(frame[None], return_shadows=True)
-            colour = mog_shadow(frame[None], model.weight, model.mean, model.variance, background_ratio=0.6,
-                                match_sigma=3.0, shadow_threshold=0.4)
+            colour = mog_shadow(
+                frame[None],
+                model.weight,
+                model.mean,
+                model.variance,
+                background_ratio=0.6,
+                match_sigma=3.0,
+                shadow_threshold=0.4,
+            )
             assert torch.equal(shadow, (fg | shadow) & colour)
             found += int(shadow.sum())
         assert found >= 20
@@ -340,15 +388,22 @@ class TestModule:
     def test_float_frames(self):
         frames = shadow_sequence(7, 3)
         as_uint8 = run(BackgroundSubtractorMOG(detect_shadows=True, compile=False), torch.from_numpy(frames))
-        as_float = run(BackgroundSubtractorMOG(detect_shadows=True, compile=False),
-                       torch.from_numpy(frames).double() / 255)
+        as_float = run(
+            BackgroundSubtractorMOG(detect_shadows=True, compile=False), torch.from_numpy(frames).double() / 255
+        )
         for got, want in zip(as_float, as_uint8):
             assert (got == want).float().mean() >= 0.999  # x / 255 * 255 may differ from x by an ulp
 
     def test_state_dict_round_trip(self):
         frames = torch.from_numpy(shadow_sequence(8, 3))
-        settings = dict(learning_rate=0.05, detect_shadows=True, shadow_threshold=0.6, shadow_value=80,
-                        shadow_match_sigma=3.0, compile=False)
+        settings = dict(
+            learning_rate=0.05,
+            detect_shadows=True,
+            shadow_threshold=0.6,
+            shadow_value=80,
+            shadow_match_sigma=3.0,
+            compile=False,
+        )
         first = BackgroundSubtractorMOG(**settings)
         run(first, frames[:20])
         resumed = BackgroundSubtractorMOG(**settings)
@@ -363,7 +418,11 @@ class TestModule:
         # the settings are the module's: copies keep them, the repr shows them
         for model in (copy.deepcopy(first), resumed):
             assert (model.detect_shadows, model.shadow_threshold, model.shadow_value, model.shadow_match_sigma) == (
-                True, 0.6, 80, 3.0)
+                True,
+                0.6,
+                80,
+                3.0,
+            )
         text = repr(first)
         assert "detect_shadows=True" in text and "shadow_threshold=0.6" in text
         assert "shadow_value=80" in text and "shadow_match_sigma=3.0" in text
@@ -425,8 +484,9 @@ class TestFunction:
         variance = torch.rand(2, 3, 5, 6, generator=g) * 80 + 36
         frame = (mean[:, 0] * torch.rand(2, 1, 5, 6, generator=g) * 1.2).round().clamp(0, 255).to(torch.uint8)
         got = mog_shadow(frame, weight, mean, variance, background_ratio=0.7, match_sigma=2.5, shadow_threshold=0.5)
-        want = torchgmm.detect_shadow_gmm(frame, weight, mean, variance, var_threshold=2.5 * 2.5 * 3,
-                                          background_ratio=0.7, shadow_threshold=0.5)
+        want = torchgmm.detect_shadow_gmm(
+            frame, weight, mean, variance, var_threshold=2.5 * 2.5 * 3, background_ratio=0.7, shadow_threshold=0.5
+        )
         assert got.shape == (2, 1, 5, 6) and torch.equal(got[:, 0], want) and 5 <= int(got.sum()) < got.numel()
 
     def test_public_names(self):
@@ -453,8 +513,16 @@ class TestFunction:
         weight = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
         mean = torch.tensor([[250.0] * 3, [200.0] * 3]).view(1, 2, 3, 1, 1)
         frame = torch.full((1, 3, 1, 1), 150, dtype=torch.uint8)  # 0.75 of the second, 0.6 of the first
-        assert mog_shadow(frame, weight, mean, torch.full((1, 2, 1, 1), 36.0), background_ratio=1.0,
-                          shadow_threshold=0.7).item() is False
+        assert (
+            mog_shadow(
+                frame, weight, mean, torch.full((1, 2, 1, 1), 36.0), background_ratio=1.0, shadow_threshold=0.7
+            ).item()
+            is False
+        )
         weight = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
-        assert mog_shadow(frame, weight, mean, torch.full((1, 2, 1, 1), 36.0), background_ratio=1.0,
-                          shadow_threshold=0.7).item() is True
+        assert (
+            mog_shadow(
+                frame, weight, mean, torch.full((1, 2, 1, 1), 36.0), background_ratio=1.0, shadow_threshold=0.7
+            ).item()
+            is True
+        )

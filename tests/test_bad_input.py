@@ -40,14 +40,15 @@ def torchgmm(*argv: str, crash_on: str | None = None, timeout: int = 300) -> sub
     env.pop("PYTHONFAULTHANDLER")
     if crash_on:
         env["CRASH_ON"] = crash_on
-    return subprocess.run([sys.executable, "-c", RUN, *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", RUN, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _two_tone(seed: int, h: int = 24, w: int = 32) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.full((h, w, 3), 40.0)
-    img[:, w // 2:] = 200
+    img[:, w // 2 :] = 200
     return (img + rng.normal(0, 4, img.shape)).clip(0, 255).astype(np.uint8)
 
 
@@ -69,8 +70,19 @@ def _records(out: Path) -> dict[str, dict]:
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_segment_names_a_lying_png_and_does_the_rest(mixed_folder, tmp_path, workers):
     out = tmp_path / "out"
-    proc = torchgmm("segment", mixed_folder, "--out", out, "--classes", "2", "--device", "cpu",
-                    "--workers", workers, "--no-progress")
+    proc = torchgmm(
+        "segment",
+        mixed_folder,
+        "--out",
+        out,
+        "--classes",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        workers,
+        "--no-progress",
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"error: cannot decode '{mixed_folder / 'lying.png'}': its header promises 32x48 pixels" in proc.stderr
@@ -78,16 +90,41 @@ def test_segment_names_a_lying_png_and_does_the_rest(mixed_folder, tmp_path, wor
     for i in range(3):
         assert (out / f"good{i}_labels.png").stat().st_size > 0
     # a re-run does not die on it either: the good ones are skipped, the bad one named again
-    again = torchgmm("segment", mixed_folder, "--out", out, "--classes", "2", "--device", "cpu",
-                     "--workers", workers, "--no-progress")
+    again = torchgmm(
+        "segment",
+        mixed_folder,
+        "--out",
+        out,
+        "--classes",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        workers,
+        "--no-progress",
+    )
     assert again.returncode == 1 and "lying.png" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_segment_survives_a_decoder_that_crashes(mixed_folder, tmp_path):
     (mixed_folder / "crash.png").write_bytes(encode(_two_tone(5), "PNG"))
     out = tmp_path / "out"
-    proc = torchgmm("segment", mixed_folder, "--out", out, "--classes", "2", "--device", "cpu",
-                    "--workers", "2", "--batch-size", "2", "--no-progress", crash_on="crash")
+    proc = torchgmm(
+        "segment",
+        mixed_folder,
+        "--out",
+        out,
+        "--classes",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        crash_on="crash",
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "crash.png': the decoding process was killed by SIGSEGV on this file" in proc.stderr
@@ -153,7 +190,8 @@ def test_evaluate_reports_a_sequence_with_nothing_scored_as_undefined(tmp_path, 
     with open(out / "results.csv", newline="") as f:
         csv_rows = {r["sequence"]: r for r in csv.DictReader(f)}
     assert csv_rows["baseline/blank"]["F-measure"] == "" and math.isclose(
-        float(csv_rows["baseline/good"]["F-measure"]), good["F-measure"])
+        float(csv_rows["baseline/good"]["F-measure"]), good["F-measure"]
+    )
 
 
 def test_background_warns_once_about_a_numbering_gap(tmp_path, capsys):
@@ -163,8 +201,10 @@ def test_background_warns_once_about_a_numbering_gap(tmp_path, capsys):
     seq.mkdir()
     for i in [*range(1, 9), *range(12, 16)]:
         (seq / f"in{i:06d}.png").write_bytes(encode(pattern(16, 16, seed=i), "PNG"))
-    assert main(["background", str(seq), "--out", str(tmp_path / "o"), "--no-compile", "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["background", str(seq), "--out", str(tmp_path / "o"), "--no-compile", "--no-progress", "--device", "cpu"])
+        == 0
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "jumps from frame number 8 to 12" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: the image sequence"), err
@@ -190,8 +230,19 @@ def test_a_second_run_on_a_busy_output_folder_is_refused_by_name(mixed_folder, t
     out.mkdir()
     (out / ".segments.jsonl.abcd1234.tmp").write_bytes(b"in flight")  # the first run's temporary
     with lock_output_folder(out, "torchgmm segment"):  # the first run, still writing
-        argv = ["segment", str(mixed_folder), "--out", str(out), "--classes", "2", "--device", "cpu",
-                "--workers", "0", "--no-progress"]
+        argv = [
+            "segment",
+            str(mixed_folder),
+            "--out",
+            str(out),
+            "--classes",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"error: output folder '{out}' is in use by torchgmm segment (pid " in err
@@ -211,8 +262,16 @@ def test_background_refuses_a_busy_output_folder(tmp_path, capsys):
         (seq / f"{i:03d}.png").write_bytes(encode(pattern(16, 16, seed=i), "PNG"))
     (tmp_path / "out" / "seq").mkdir(parents=True)
     with lock_output_folder(tmp_path / "out" / "seq", "torchgmm background"):
-        argv = ["background", str(seq), "--out", str(tmp_path / "out"), "--no-compile", "--no-progress",
-                "--device", "cpu"]
+        argv = [
+            "background",
+            str(seq),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-compile",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
         assert main(argv) == 2
         assert "is in use by torchgmm background" in capsys.readouterr().err
         assert not (tmp_path / "out" / "seq" / "summary.json").exists()
@@ -292,7 +351,7 @@ def _damaged_in_the_middle(tmp_path: Path) -> tuple[Path, int]:
         packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
     data = bytearray(path.read_bytes())
     pos, size = packets[17]
-    data[pos + 20:pos + size - 20] = rng.integers(0, 256, size - 40, dtype=np.uint8).tobytes()
+    data[pos + 20 : pos + size - 20] = rng.integers(0, 256, size - 40, dtype=np.uint8).tobytes()
     damaged = tmp_path / "damaged.mkv"
     damaged.write_bytes(bytes(data))
     return damaged, 40
@@ -345,8 +404,25 @@ def test_a_damaged_image_of_a_sequence_is_skipped_on_request(tmp_path, capsys):
         (seq / f"in{i + 1:06d}.png").write_bytes(encode(pattern(16, 24, seed=i), "PNG"))
     (seq / "in000006.png").write_bytes(b"")  # frame index 5
     out = tmp_path / "out"
-    assert main(["background", str(seq), "--out", str(out), "--no-compile", "--no-progress", "--device", "cpu",
-                 "--on-damage", "skip", "--step", "1"]) == 0
+    assert (
+        main(
+            [
+                "background",
+                str(seq),
+                "--out",
+                str(out),
+                "--no-compile",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--on-damage",
+                "skip",
+                "--step",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "seq" / "summary.json").read_text())
     assert summary["complete"] and summary["frames"] == 11 and summary["skipped_frames"] == [[5, 5]]
     assert "warning: " in capsys.readouterr().err

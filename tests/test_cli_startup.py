@@ -18,8 +18,9 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["segment", "--help"], ["background", "--help"],
-                                  ["evaluate", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["segment", "--help"], ["background", "--help"], ["evaluate", "--help"], ["demo", "--help"]]
+)
 def test_help_does_not_import_torch(argv):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -40,8 +41,10 @@ def test_pyav_job_does_not_import_torchcodec():
     probe = subprocess.run([sys.executable, "-c", "import torchcodec.decoders"], capture_output=True, timeout=120)
     if probe.returncode != 0:
         pytest.skip("TorchCodec is not importable here: nothing to leave unimported")
-    script = ("import sys\nfrom torchgmm.jobs.background import _check_decoder\n"
-              "_check_decoder('pyav', 'stop')\nprint('torchcodec imported:', 'torchcodec' in sys.modules)")
+    script = (
+        "import sys\nfrom torchgmm.jobs.background import _check_decoder\n"
+        "_check_decoder('pyav', 'stop')\nprint('torchcodec imported:', 'torchcodec' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "torchcodec imported: False"

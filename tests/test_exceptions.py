@@ -22,9 +22,15 @@ def test_old_import_paths_are_the_same_classes():
     from torchgmm.segmentation import NegligibleClassWarning
 
     assert (ShapeError, VideoDecodeError, OutputFolderBusyError) == (
-        exceptions.ShapeError, exceptions.VideoDecodeError, exceptions.OutputFolderBusyError)
+        exceptions.ShapeError,
+        exceptions.VideoDecodeError,
+        exceptions.OutputFolderBusyError,
+    )
     assert (ConvergenceWarning, NegligibleClassWarning, UndefinedScoreWarning) == (
-        exceptions.ConvergenceWarning, exceptions.NegligibleClassWarning, exceptions.UndefinedScoreWarning)
+        exceptions.ConvergenceWarning,
+        exceptions.NegligibleClassWarning,
+        exceptions.UndefinedScoreWarning,
+    )
 
 
 def test_errors_are_also_the_builtins_callers_catch():
@@ -33,5 +39,9 @@ def test_errors_are_also_the_builtins_callers_catch():
     assert issubclass(exceptions.OutputFolderBusyError, OSError)
     for name in exceptions.__all__:
         cls = getattr(exceptions, name)
-        assert issubclass(cls, exceptions.TorchGMMError if issubclass(cls, Exception) and not issubclass(
-            cls, Warning) else exceptions.TorchGMMWarning), name
+        assert issubclass(
+            cls,
+            exceptions.TorchGMMError
+            if issubclass(cls, Exception) and not issubclass(cls, Warning)
+            else exceptions.TorchGMMWarning,
+        ), name

@@ -36,8 +36,9 @@ def _decode_in_subprocess(paths: list[str]) -> dict[str, str]:
                 out[path] = f"{type(exc).__name__}: {exc}"
         print(json.dumps(out))
     """)
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(paths)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(paths)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"the decoder crashed (exit {proc.returncode}); last lines:\n{proc.stderr[-2000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -85,8 +85,13 @@ def clips(tmp_path_factory) -> dict:
     a, truth_a, bg_a = synthetic_clip(T, H, W, enter=ENTER, noise=4.0, seed=1)
     b, truth_b, _ = synthetic_clip(40, H, W, enter=ENTER, noise=4.0, seed=2)
     return dict(
-        a=write_video(d / "a.mkv", a), b=write_video(d / "b.mkv", b), frames_a=a, frames_b=b,
-        truth_a=truth_a, truth_b=truth_b, background_a=bg_a,
+        a=write_video(d / "a.mkv", a),
+        b=write_video(d / "b.mkv", b),
+        frames_a=a,
+        frames_b=b,
+        truth_a=truth_a,
+        truth_b=truth_b,
+        background_a=bg_a,
     )
 
 
@@ -211,8 +216,13 @@ class TestRunBackground:
             run([clips["a"]], tmp_path, resume=True, **{**kwargs, "postprocess": dict(median=5)})
         # steps that change nothing (0 or 1) do not count: the same clean-up resumes
         run([clips["b"]], tmp_path / "m", stop_after=5, checkpoint_every=5, postprocess=dict(median=3))
-        (s,) = run([clips["b"]], tmp_path / "m", resume=True, checkpoint_every=5,
-                   postprocess=dict(min_area=1, opening=0, median=3))
+        (s,) = run(
+            [clips["b"]],
+            tmp_path / "m",
+            resume=True,
+            checkpoint_every=5,
+            postprocess=dict(min_area=1, opening=0, median=3),
+        )
         assert s["resumed_from"] == 5 and s["postprocess"] == {"median": 3}
         run([clips["b"]], tmp_path / "off", stop_after=5, checkpoint_every=5, postprocess=dict(median=1, opening=0))
         (s,) = run([clips["b"]], tmp_path / "off", resume=True, checkpoint_every=5)
@@ -329,8 +339,9 @@ class TestRunBackground:
         # the selected, resized source frames reach the model on the device: the masks are
         # the model's on those frames (fed on the same device), for two streams at once
         selection = dict(start=2, end=45, step=3, size=(33, 41))
-        summaries = run([clips["a"], clips["b"]], tmp_path, device=str(device), batch_streams=2, mask_format="png",
-                        **selection)
+        summaries = run(
+            [clips["a"], clips["b"]], tmp_path, device=str(device), batch_streams=2, mask_format="png", **selection
+        )
         for name, summary in zip("ab", summaries):
             with VideoReader(clips[name], batch_size=100, **selection) as reader:
                 (frames,) = list(reader)
@@ -432,7 +443,10 @@ def cdnet(tmp_path_factory) -> Path:
 class TestEvaluation:
     def test_find_sequences(self, cdnet, tmp_path):
         assert [p.relative_to(cdnet).as_posix() for p in find_cdnet_sequences(cdnet)] == [
-            "baseline/easy", "baseline/other", "shadow/third"]
+            "baseline/easy",
+            "baseline/other",
+            "shadow/third",
+        ]
         with pytest.raises(FileNotFoundError, match="nope"):
             find_cdnet_sequences(tmp_path / "nope")
         with pytest.raises(ValueError, match="no CDnet sequences"):
@@ -457,8 +471,14 @@ class TestEvaluation:
 
     def test_metadata_is_recorded_and_may_restate_a_recorded_key(self, cdnet, tmp_path):
         methods = method_factories(["torchgmm"], learning_rate=0.01, device="cpu", model_options=EAGER)
-        evaluate_dataset(cdnet / "baseline" / "easy", methods=methods, device="cpu", out_dir=tmp_path,
-                         progress=False, metadata={"device": "cpu (2 threads)", "note": "x"})
+        evaluate_dataset(
+            cdnet / "baseline" / "easy",
+            methods=methods,
+            device="cpu",
+            out_dir=tmp_path,
+            progress=False,
+            metadata={"device": "cpu (2 threads)", "note": "x"},
+        )
         settings = json.loads((tmp_path / "results.json").read_text())["settings"]
         assert settings["device"] == "cpu (2 threads)" and settings["note"] == "x"
         assert settings["methods"] == ["torchgmm"] and settings["postprocess"] is None
@@ -479,10 +499,10 @@ class TestEvaluation:
     def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
         pytest.importorskip("cv2")
         all_methods = ("torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog")
-        methods = method_factories(all_methods, learning_rate=0.01, device="cpu",
-                                   model_options=EAGER)
-        rows = evaluate_dataset(cdnet, methods=methods, device="cpu", out_dir=tmp_path, progress=False,
-                                postprocess=dict(opening=3))
+        methods = method_factories(all_methods, learning_rate=0.01, device="cpu", model_options=EAGER)
+        rows = evaluate_dataset(
+            cdnet, methods=methods, device="cpu", out_dir=tmp_path, progress=False, postprocess=dict(opening=3)
+        )
         names = [(r["method"], r["sequence"]) for r in rows]
         for m in all_methods:
             assert (m, "baseline/easy") in names and (m, "baseline/mean") in names
@@ -525,8 +545,13 @@ class TestEvaluation:
         with pytest.raises(ValueError, match=r"seq2.ROI\.bmp' is \(4, 5\)"):
             evaluate_dataset(bad, methods={"x": lambda: pytest.fail("ran")}, device="cpu", progress=False)
         with pytest.raises(ValueError, match="`median` must be 0 .off. or an odd window"):
-            evaluate_dataset(cdnet, methods={"x": lambda: pytest.fail("ran")}, device="cpu", progress=False,
-                             postprocess=dict(median=4))
+            evaluate_dataset(
+                cdnet,
+                methods={"x": lambda: pytest.fail("ran")},
+                device="cpu",
+                progress=False,
+                postprocess=dict(median=4),
+            )
 
     def test_unknown_method(self):
         with pytest.raises(ValueError, match="unknown method 'nope'"):

@@ -32,8 +32,14 @@ def clip(tmp_path_factory):
 
 @pytest.mark.parametrize("mask_format", ["mkv", "mp4", "png"])
 def test_masks_are_bit_identical_to_the_pinned_ones(clip, tmp_path, mask_format):
-    (summary,) = run_background([clip], tmp_path, outputs=MaskOutputs(format=mask_format), device="cpu",
-                                model_options=dict(compile=False), progress=False)
+    (summary,) = run_background(
+        [clip],
+        tmp_path,
+        outputs=MaskOutputs(format=mask_format),
+        device="cpu",
+        model_options=dict(compile=False),
+        progress=False,
+    )
     with VideoReader(summary["mask"], gray=True, batch_size=1000) as reader:
         (masks,) = list(reader)
     masks = masks > 127

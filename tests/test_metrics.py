@@ -138,8 +138,9 @@ class TestScores:
         assert math.isnan(s["F-measure"])
         assert s["Specificity"] == 1.0 and s["FPR"] == 0.0 and s["PWC"] == 0.0
         nothing = scores(torch.zeros(4, dtype=torch.int64))  # no pixel scored
-        assert all(math.isnan(nothing[k]) for k in ("Recall", "Specificity", "FPR", "FNR", "PWC", "Precision",
-                                                    "F-measure"))
+        assert all(
+            math.isnan(nothing[k]) for k in ("Recall", "Specificity", "FPR", "FNR", "PWC", "Precision", "F-measure")
+        )
 
     def test_f_measure_of_missed_motion_is_zero_as_in_sklearn(self):
         sk = pytest.importorskip("sklearn.metrics")
@@ -153,8 +154,11 @@ class TestScores:
     def test_mean_scores_leave_undefined_out(self):
         from torchgmm.metrics import mean_scores
 
-        rows = [{"F-measure": 0.5, "Recall": math.nan}, {"F-measure": math.nan, "Recall": math.nan},
-                {"F-measure": 0.9, "Recall": math.nan}]
+        rows = [
+            {"F-measure": 0.5, "Recall": math.nan},
+            {"F-measure": math.nan, "Recall": math.nan},
+            {"F-measure": 0.9, "Recall": math.nan},
+        ]
         means = mean_scores(rows, ["F-measure", "Recall"])
         assert means["F-measure"] == pytest.approx(0.7) and math.isnan(means["Recall"])
 
@@ -304,6 +308,7 @@ class TestPostprocess:
     @staticmethod
     def snakes(h: int, w: int) -> list[np.ndarray]:
         """Masks whose components have long paths: the case plain max propagation is slow on."""
+
         def serpentine(h: int, w: int) -> np.ndarray:  # one path of about h * w / 2 pixels
             m = np.zeros((h, w), bool)
             m[::2] = True
@@ -582,9 +587,13 @@ class TestComponentLabelling:
         equal = torch.equal
         monkeypatch.setattr(torch, "equal", lambda a, b: calls.append(1) or equal(a, b))
         masks = _hard_masks(255, 255)
-        for name, m in [("hilbert", _hilbert(7)), ("serpentine", masks["serpentine"]),
-                        ("column serpentine", masks["column serpentine"]), ("spiral", masks["spiral"]),
-                        ("diagonal snake", masks["diagonal snake"])]:
+        for name, m in [
+            ("hilbert", _hilbert(7)),
+            ("serpentine", masks["serpentine"]),
+            ("column serpentine", masks["column serpentine"]),
+            ("spiral", masks["spiral"]),
+            ("diagonal snake", masks["diagonal snake"]),
+        ]:
             calls.clear()
             labels = connected_component_labels(torch.from_numpy(m[None, None]))
             assert labels.unique().numel() == 2, name  # one component and the background

@@ -52,12 +52,18 @@ def holding_sklearns_fit(sk, x: torch.Tensor) -> GaussianMixture:
     """A GaussianMixture holding the parameters of scikit-learn's fitted ``sk`` (0 EM
     iterations on ``x``, ``(N, D)`` or a batch ``(B, N, D)``)."""
     return GaussianMixture(
-        len(sk.weights_), covariance_type=sk.covariance_type, max_iter=0, weights_init=torch.tensor(sk.weights_),
-        means_init=torch.tensor(sk.means_), precisions_init=torch.tensor(sk.precisions_),
+        len(sk.weights_),
+        covariance_type=sk.covariance_type,
+        max_iter=0,
+        weights_init=torch.tensor(sk.weights_),
+        means_init=torch.tensor(sk.means_),
+        precisions_init=torch.tensor(sk.precisions_),
     ).fit(x)
 
-def fit_both(x: np.ndarray, covariance_type: str, weights_init, means_init, sample_weight=None, repeated=None,
-             **options):
+
+def fit_both(
+    x: np.ndarray, covariance_type: str, weights_init, means_init, sample_weight=None, repeated=None, **options
+):
     """scikit-learn's and torchgmm's fits from the same explicit init (identity precisions).
 
     With ``sample_weight`` (integer counts), scikit-learn fits ``repeated``, the rows repeated
@@ -65,17 +71,25 @@ def fit_both(x: np.ndarray, covariance_type: str, weights_init, means_init, samp
     ``max_iter``) are silenced: these tests compare the iterations, not the stopping.
     """
     k, d = len(weights_init), x.shape[1]
-    init = dict(weights_init=np.asarray(weights_init), means_init=means_init,
-                precisions_init=identity_precisions(covariance_type, k, d))
+    init = dict(
+        weights_init=np.asarray(weights_init),
+        means_init=means_init,
+        precisions_init=identity_precisions(covariance_type, k, d),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sk = sklearn_mixture.GaussianMixture(k, covariance_type=covariance_type, **init, **options).fit(
             x if repeated is None else repeated
         )
         gm = GaussianMixture(
-            k, covariance_type=covariance_type, **{name: torch.tensor(value) for name, value in init.items()},
+            k,
+            covariance_type=covariance_type,
+            **{name: torch.tensor(value) for name, value in init.items()},
             **options,
-        ).fit(torch.tensor(x), sample_weight=None if sample_weight is None else torch.tensor(sample_weight, dtype=torch.float64))
+        ).fit(
+            torch.tensor(x),
+            sample_weight=None if sample_weight is None else torch.tensor(sample_weight, dtype=torch.float64),
+        )
     return sk, gm
 
 
@@ -90,12 +104,22 @@ class TestSklearnParity:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sk = sklearn_mixture.GaussianMixture(
-                k, covariance_type=covariance_type, tol=0, max_iter=25,
-                weights_init=weights, means_init=means, precisions_init=precisions,
+                k,
+                covariance_type=covariance_type,
+                tol=0,
+                max_iter=25,
+                weights_init=weights,
+                means_init=means,
+                precisions_init=precisions,
             ).fit(x)
         fit = fit_gaussian_mixture(
-            torch.tensor(x), k, covariance_type=covariance_type, tol=0, max_iter=25,
-            weights_init=torch.tensor(weights), means_init=torch.tensor(means),
+            torch.tensor(x),
+            k,
+            covariance_type=covariance_type,
+            tol=0,
+            max_iter=25,
+            weights_init=torch.tensor(weights),
+            means_init=torch.tensor(means),
             precisions_init=torch.tensor(precisions),
         )
         assert relative_error(fit.weights[0], sk.weights_) < 1e-6
@@ -111,13 +135,22 @@ class TestSklearnParity:
         means = x[[0, 320, 560]]
         precisions = identity_precisions(covariance_type, 3, 3)
         sk = sklearn_mixture.GaussianMixture(
-            3, covariance_type=covariance_type, tol=1e-4, max_iter=500,
-            weights_init=np.full(3, 1 / 3), means_init=means, precisions_init=precisions,
+            3,
+            covariance_type=covariance_type,
+            tol=1e-4,
+            max_iter=500,
+            weights_init=np.full(3, 1 / 3),
+            means_init=means,
+            precisions_init=precisions,
         ).fit(x)
         gm = GaussianMixture(
-            3, covariance_type=covariance_type, tol=1e-4, max_iter=500,
+            3,
+            covariance_type=covariance_type,
+            tol=1e-4,
+            max_iter=500,
             weights_init=torch.full((3,), 1 / 3, dtype=torch.float64),
-            means_init=torch.tensor(means), precisions_init=torch.tensor(precisions),
+            means_init=torch.tensor(means),
+            precisions_init=torch.tensor(precisions),
         ).fit(torch.tensor(x))
         assert bool(gm.converged_) and sk.converged_
         assert int(gm.n_iter_) == sk.n_iter_
@@ -160,8 +193,16 @@ class TestWeightedCriteria:
     def test_equal_sklearn_on_repeated_rows(self, covariance_type):
         x, counts, repeated = self.weighted_data(20)
         assert counts.sum() != len(x)  # the sample size is the total weight, not N
-        sk, gm = fit_both(x, covariance_type, [0.2, 0.3, 0.5], x[[5, 350, 550]], sample_weight=counts,
-                          repeated=repeated, tol=0, max_iter=20)
+        sk, gm = fit_both(
+            x,
+            covariance_type,
+            [0.2, 0.3, 0.5],
+            x[[5, 350, 550]],
+            sample_weight=counts,
+            repeated=repeated,
+            tol=0,
+            max_iter=20,
+        )
         xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
         # The fit's lower bound is the weighted mean log-likelihood, scikit-learn's on the rows.
         assert float(gm.lower_bound_) == pytest.approx(sk.lower_bound_, rel=1e-10)
@@ -191,8 +232,11 @@ class TestWeightedCriteria:
         gm = holding_sklearns_fit(sk, torch.tensor(np.stack([x, x])))
         xt = torch.tensor(np.stack([x, x]))
         w = torch.tensor(np.stack([counts0, counts1]), dtype=torch.float64)
-        expected = {"bic": [sk.bic(repeated0), sk.bic(repeated1)], "aic": [sk.aic(repeated0), sk.aic(repeated1)],
-                    "score": [sk.score(repeated0), sk.score(repeated1)]}
+        expected = {
+            "bic": [sk.bic(repeated0), sk.bic(repeated1)],
+            "aic": [sk.aic(repeated0), sk.aic(repeated1)],
+            "score": [sk.score(repeated0), sk.score(repeated1)],
+        }
         for name, values in expected.items():
             got = getattr(gm, name)(xt, w)
             assert got.shape == (2,)
@@ -252,7 +296,7 @@ class TestSklearnAttributes:
         assert batched.lower_bounds_.shape == (4, max(n_iter)) and max(n_iter[:3]) + 4 < n_iter[3]
         for i, alone in enumerate(alones):
             torch.testing.assert_close(batched.lower_bounds_[i, : n_iter[i]], alone.lower_bounds_, rtol=1e-12, atol=0)
-            assert torch.isnan(batched.lower_bounds_[i, n_iter[i]:]).all()
+            assert torch.isnan(batched.lower_bounds_[i, n_iter[i] :]).all()
         torch.testing.assert_close(
             batched.lower_bounds_.gather(1, batched.n_iter_[:, None] - 1)[:, 0], batched.lower_bound_, rtol=0, atol=0
         )
@@ -312,10 +356,14 @@ class TestWeightsAndBatches:
         counts[0] = 5
         repeated = np.repeat(x, counts, axis=0)
         kwargs = dict(
-            covariance_type=covariance_type, tol=0, max_iter=15,
+            covariance_type=covariance_type,
+            tol=0,
+            max_iter=15,
             means_init=torch.tensor(x[[0, 50]]),
         )
-        weighted = fit_gaussian_mixture(torch.tensor(x), 2, sample_weight=torch.tensor(counts, dtype=torch.float64), **kwargs)
+        weighted = fit_gaussian_mixture(
+            torch.tensor(x), 2, sample_weight=torch.tensor(counts, dtype=torch.float64), **kwargs
+        )
         plain = fit_gaussian_mixture(torch.tensor(repeated), 2, **kwargs)
         for a, b in zip(weighted[:5], plain[:5]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -323,7 +371,9 @@ class TestWeightsAndBatches:
     @pytest.mark.parametrize("init_params", ["range", "kmeans++", "random"])
     def test_batched_equals_one_by_one(self, init_params):
         rng = np.random.default_rng(4)
-        x = torch.tensor(rng.normal(size=(5, 200, 2)) + rng.normal(0, 5, size=(5, 1, 2)) * (rng.random((5, 200, 1)) > 0.5))
+        x = torch.tensor(
+            rng.normal(size=(5, 200, 2)) + rng.normal(0, 5, size=(5, 1, 2)) * (rng.random((5, 200, 1)) > 0.5)
+        )
         w = torch.tensor(rng.random((5, 200)))
         batched = fit_gaussian_mixture(x, 3, sample_weight=w, init_params="range", tol=1e-6, max_iter=200)
         for i in range(5):
@@ -350,12 +400,19 @@ class TestRecovery:
         g = torch.Generator().manual_seed(0)
         truth_means, truth_std, truth_w = [-5.0, 0.0, 6.0], [1.0, 0.5, 2.0], [0.3, 0.2, 0.5]
         n = 30000
-        parts = [torch.randn(int(n * w), generator=g, dtype=torch.float64) * s + m for m, s, w in zip(truth_means, truth_std, truth_w)]
+        parts = [
+            torch.randn(int(n * w), generator=g, dtype=torch.float64) * s + m
+            for m, s, w in zip(truth_means, truth_std, truth_w)
+        ]
         x = torch.cat(parts)[:, None]
         gm = GaussianMixture(3, init_params="range", tol=1e-8, max_iter=500).fit(x)
         order = gm.means_[:, 0].argsort()
-        torch.testing.assert_close(gm.means_[order, 0], torch.tensor(truth_means, dtype=torch.float64), atol=0.05, rtol=0)
-        torch.testing.assert_close(gm.covariances_[order, 0, 0].sqrt(), torch.tensor(truth_std, dtype=torch.float64), atol=0.05, rtol=0)
+        torch.testing.assert_close(
+            gm.means_[order, 0], torch.tensor(truth_means, dtype=torch.float64), atol=0.05, rtol=0
+        )
+        torch.testing.assert_close(
+            gm.covariances_[order, 0, 0].sqrt(), torch.tensor(truth_std, dtype=torch.float64), atol=0.05, rtol=0
+        )
         torch.testing.assert_close(gm.weights_[order], torch.tensor(truth_w, dtype=torch.float64), atol=0.01, rtol=0)
 
     def test_2d_known_mixture(self):
@@ -371,7 +428,9 @@ class TestRecovery:
         torch.testing.assert_close(gm.covariances_[order], truth_cov, atol=0.15, rtol=0)
         labels = gm.predict(x)
         truth_labels = torch.arange(3).repeat_interleave(4000)
-        assert (order[labels] == truth_labels).float().mean() > 0.97 or (labels == order[truth_labels]).float().mean() > 0.97
+        assert (order[labels] == truth_labels).float().mean() > 0.97 or (
+            labels == order[truth_labels]
+        ).float().mean() > 0.97
 
     def test_float32_close_to_float64(self):
         x = torch.tensor(three_blobs(6))
@@ -389,7 +448,7 @@ class TestInitialisation:
         counts = torch.ones(256, dtype=torch.float64)
         fit = fit_gaussian_mixture(values, 2, sample_weight=counts, init_params="range", max_iter=0)
         torch.testing.assert_close(fit.means[0, :, 0], torch.tensor([63.5, 191.5], dtype=torch.float64))
-        expected_var = (torch.arange(128.0, dtype=torch.float64).var(unbiased=False) + 1e-6)
+        expected_var = torch.arange(128.0, dtype=torch.float64).var(unbiased=False) + 1e-6
         torch.testing.assert_close(fit.covariances[0, :, 0, 0], expected_var.repeat(2))
         torch.testing.assert_close(fit.weights[0], torch.tensor([0.5, 0.5], dtype=torch.float64))
 
@@ -418,12 +477,14 @@ class TestInitialisation:
         # a fit advances the RandomState as scikit-learn's does (the next fit draws anew)
         x = torch.tensor(three_blobs(7))
         fit = lambda state: GaussianMixture(3, init_params="random_from_data", max_iter=0, random_state=state).fit(x)
-        torch.testing.assert_close(fit(np.random.RandomState(5)).means_, fit(np.random.RandomState(5)).means_,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            fit(np.random.RandomState(5)).means_, fit(np.random.RandomState(5)).means_, rtol=0, atol=0
+        )
         shared = np.random.RandomState(5)
         assert not torch.equal(fit(shared).means_, fit(shared).means_)
-        torch.testing.assert_close(fit(np.random.default_rng(2)).means_, fit(np.random.default_rng(2)).means_,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            fit(np.random.default_rng(2)).means_, fit(np.random.default_rng(2)).means_, rtol=0, atol=0
+        )
 
     @pytest.mark.parametrize("state", ["0", 1.5, True, -1])
     def test_other_random_states_are_refused_by_name(self, state):
@@ -434,10 +495,13 @@ class TestInitialisation:
 def reviewer_blobs() -> np.ndarray:
     """Three overlapping 3-D blobs (the reviewer's gmm_vs_sklearn.py data)."""
     rng = np.random.default_rng(0)
-    return np.concatenate([
-        rng.normal([0, 0, 0], [1, 2, 0.5], (400, 3)), rng.normal([5, 5, 0], 1, (300, 3)),
-        rng.normal([0, 6, 4], [0.5, 1, 1], (300, 3)),
-    ])
+    return np.concatenate(
+        [
+            rng.normal([0, 0, 0], [1, 2, 0.5], (400, 3)),
+            rng.normal([5, 5, 0], 1, (300, 3)),
+            rng.normal([0, 6, 4], [0.5, 1, 1], (300, 3)),
+        ]
+    )
 
 
 def separated_blobs(seed: int, sizes=(50, 120, 80, 30), spacing: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
@@ -469,11 +533,13 @@ def test_one_generator_per_problem_gives_each_its_alone_fit(init_params):
     the one it gets alone with that generator, whatever else is in the batch."""
     x = torch.tensor(np.stack([three_blobs(seed) for seed in range(3)]))
     seeds = [11, 12, 13]
-    batched = fit_gaussian_mixture(x, 3, init_params=init_params, max_iter=30,
-                                   generator=[torch.Generator().manual_seed(s) for s in seeds])
+    batched = fit_gaussian_mixture(
+        x, 3, init_params=init_params, max_iter=30, generator=[torch.Generator().manual_seed(s) for s in seeds]
+    )
     for i, seed in enumerate(seeds):
-        alone = fit_gaussian_mixture(x[i : i + 1], 3, init_params=init_params, max_iter=30,
-                                     generator=torch.Generator().manual_seed(seed))
+        alone = fit_gaussian_mixture(
+            x[i : i + 1], 3, init_params=init_params, max_iter=30, generator=torch.Generator().manual_seed(seed)
+        )
         torch.testing.assert_close(batched.means[i], alone.means[0], rtol=1e-10, atol=1e-10)
         assert int(batched.n_iter[i]) == int(alone.n_iter[0])
     with pytest.raises(ValueError, match="sequence of 3"):
@@ -501,8 +567,9 @@ def test_cpu_generator_with_cuda_data_is_refused_by_name():
     with pytest.raises(ValueError, match="`random_state` is on cpu"):
         GaussianMixture(3, random_state=torch.Generator()).fit(x)
     with pytest.raises(ValueError, match="`generator` is on cpu"):
-        segment_images(torch.zeros(1, 3, 8, 8, dtype=torch.uint8).cuda(), 2, mode="rgb", n_samples=10,
-                       generator=torch.Generator())
+        segment_images(
+            torch.zeros(1, 3, 8, 8, dtype=torch.uint8).cuda(), 2, mode="rgb", n_samples=10, generator=torch.Generator()
+        )
 
 
 class TestDrawsBeyondMultinomial:
@@ -573,8 +640,16 @@ class TestSklearnInits:
         ours = initial_fit(xt, 3, random_state=0).means_.numpy()  # our k-means centres, in our order
         sklearn_cluster = pytest.importorskip("sklearn.cluster")
         seed = next(
-            (r for r in range(20)
-             if np.allclose(sklearn_cluster.KMeans(3, n_init=1, random_state=r).fit(x).cluster_centers_, ours, rtol=0, atol=1e-10)),
+            (
+                r
+                for r in range(20)
+                if np.allclose(
+                    sklearn_cluster.KMeans(3, n_init=1, random_state=r).fit(x).cluster_centers_,
+                    ours,
+                    rtol=0,
+                    atol=1e-10,
+                )
+            ),
             None,
         )
         assert seed is not None, "no scikit-learn seed labels the k-means clusters as ours"
@@ -582,7 +657,11 @@ class TestSklearnInits:
             3, covariance_type=covariance_type, means_init=means_init, tol=1e-6, max_iter=500, random_state=seed
         ).fit(x)
         gm = GaussianMixture(
-            3, covariance_type=covariance_type, means_init=torch.tensor(means_init), tol=1e-6, max_iter=500,
+            3,
+            covariance_type=covariance_type,
+            means_init=torch.tensor(means_init),
+            tol=1e-6,
+            max_iter=500,
             random_state=0,
         ).fit(xt)
         for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
@@ -635,12 +714,17 @@ class TestSklearnInits:
             warnings.simplefilter("ignore", ConvergenceWarning)
             weighted.fit(torch.tensor(np.stack([x] * 3)), sample_weight=torch.tensor(counts, dtype=torch.float64))
         for i in range(3):
-            alone = initial_fit(torch.tensor(np.repeat(x, counts[i], axis=0)), 4, random_state=i, covariance_type="diag")
+            alone = initial_fit(
+                torch.tensor(np.repeat(x, counts[i], axis=0)), 4, random_state=i, covariance_type="diag"
+            )
             mine, theirs = np.lexsort(weighted.means_[i].numpy().T), np.lexsort(alone.means_.numpy().T)
             for name in ("means_", "weights_", "covariances_"):
                 np.testing.assert_allclose(
-                    getattr(weighted, name)[i].numpy()[mine], getattr(alone, name).numpy()[theirs],
-                    rtol=1e-10, atol=1e-12, err_msg=name,
+                    getattr(weighted, name)[i].numpy()[mine],
+                    getattr(alone, name).numpy()[theirs],
+                    rtol=1e-10,
+                    atol=1e-12,
+                    err_msg=name,
                 )
 
     @pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])
@@ -690,7 +774,9 @@ class TestSklearnInits:
         w = torch.zeros(20, dtype=torch.float64)
         w[:2] = 1
         with pytest.raises(ValueError, match="draws n_components=3 distinct samples.*problems \\[0\\]"):
-            GaussianMixture(3, init_params="random_from_data").fit(torch.randn(20, 2, dtype=torch.float64), sample_weight=w)
+            GaussianMixture(3, init_params="random_from_data").fit(
+                torch.randn(20, 2, dtype=torch.float64), sample_weight=w
+            )
 
 
 class TestDegenerateData:
@@ -866,9 +952,7 @@ class TestBadInput:
     )
     def test_precisions_init_must_be_positive(self, covariance_type, precisions):
         with pytest.raises(ValueError, match="`precisions_init` must be .*positive"):
-            GaussianMixture(2, covariance_type=covariance_type, precisions_init=precisions).fit(
-                torch.randn(20, 2)
-            )
+            GaussianMixture(2, covariance_type=covariance_type, precisions_init=precisions).fit(torch.randn(20, 2))
 
     def test_e_step_overflow_is_a_clear_error(self):
         # A tight cluster 1e17 from another: its squared Mahalanobis distances overflow
@@ -933,8 +1017,11 @@ class TestOnDevice:
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_attributes_and_weighted_criteria_equal_the_cpu(self, device, covariance_type):
         x, counts, repeated = TestWeightedCriteria.weighted_data(30)
-        init = dict(weights_init=torch.tensor([0.2, 0.3, 0.5]), means_init=torch.tensor(x[[5, 350, 550]]),
-                    precisions_init=torch.tensor(identity_precisions(covariance_type, 3, 3)))
+        init = dict(
+            weights_init=torch.tensor([0.2, 0.3, 0.5]),
+            means_init=torch.tensor(x[[5, 350, 550]]),
+            precisions_init=torch.tensor(identity_precisions(covariance_type, 3, 3)),
+        )
         xt, w = torch.tensor(x), torch.tensor(counts, dtype=torch.float64)
         options = dict(covariance_type=covariance_type, tol=1e-6, max_iter=200, **init)
         cpu = GaussianMixture(3, **options).fit(xt, sample_weight=w)
@@ -942,8 +1029,15 @@ class TestOnDevice:
         gm = GaussianMixture(3, device=device, **options).fit(xt, sample_weight=w)
         assert gm.means_.device.type == device.type and bool(gm.converged_)
         assert int(gm.n_iter_) == int(cpu.n_iter_) and gm.lower_bounds_.shape == (int(cpu.n_iter_),)
-        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_", "lower_bound_",
-                     "lower_bounds_"):
+        for name in (
+            "weights_",
+            "means_",
+            "covariances_",
+            "precisions_cholesky_",
+            "precisions_",
+            "lower_bound_",
+            "lower_bounds_",
+        ):
             torch.testing.assert_close(getattr(gm, name).cpu(), getattr(cpu, name), rtol=1e-7, atol=1e-9, msg=name)
         xd, wd, rep = xt.to(device), w.to(device), torch.tensor(repeated, device=device)
         for name in ("score", "bic", "aic"):
@@ -958,12 +1052,22 @@ class TestOnDevice:
     def test_device_generators_give_each_problem_its_alone_fit(self, device, init_params):
         x = torch.tensor(np.stack([separated_blobs(s)[0] for s in range(3)]), device=device)
         seeds = (11, 12, 13)
-        batched = fit_gaussian_mixture(x, 4, init_params=init_params, max_iter=30,
-                                       generator=[torch.Generator(device=device).manual_seed(s) for s in seeds])
+        batched = fit_gaussian_mixture(
+            x,
+            4,
+            init_params=init_params,
+            max_iter=30,
+            generator=[torch.Generator(device=device).manual_seed(s) for s in seeds],
+        )
         assert batched.means.device.type == device.type
         for i, seed in enumerate(seeds):
-            alone = fit_gaussian_mixture(x[i : i + 1], 4, init_params=init_params, max_iter=30,
-                                         generator=torch.Generator(device=device).manual_seed(seed))
+            alone = fit_gaussian_mixture(
+                x[i : i + 1],
+                4,
+                init_params=init_params,
+                max_iter=30,
+                generator=torch.Generator(device=device).manual_seed(seed),
+            )
             torch.testing.assert_close(batched.means[i], alone.means[0], rtol=1e-9, atol=1e-9)
             assert int(batched.n_iter[i]) == int(alone.n_iter[0])
 
@@ -1005,6 +1109,10 @@ class TestOnDevice:
         generators = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
         both = mixture_module._draw(weights, 3, replacement=replacement, generator=generators)
         for i, seed in enumerate((1, 2)):
-            alone = mixture_module._draw(weights[i : i + 1], 3, replacement=replacement,
-                                         generator=torch.Generator(device=device).manual_seed(seed))
+            alone = mixture_module._draw(
+                weights[i : i + 1],
+                3,
+                replacement=replacement,
+                generator=torch.Generator(device=device).manual_seed(seed),
+            )
             assert torch.equal(both[i], alone[0])

@@ -37,12 +37,23 @@ def _cases() -> dict:
     cases = {}
     for ct in COVARIANCE_TYPES:
         for weighted in (False, True):
-            cases[f"{ct}-w{int(weighted)}"] = (dict(covariance_type=ct, init_params="range", tol=0, max_iter=15),
-                                               None, torch.float64, weighted, weighted)
+            cases[f"{ct}-w{int(weighted)}"] = (
+                dict(covariance_type=ct, init_params="range", tol=0, max_iter=15),
+                None,
+                torch.float64,
+                weighted,
+                weighted,
+            )
     # the stopping test: tol > 0, problems stopping at different iterations in the batch
     cases["kmeans"] = (dict(init_params="kmeans", tol=1e-6, max_iter=40), None, torch.float64, False, True)
     cases["kmeans++-weighted"] = (dict(init_params="kmeans++", tol=0, max_iter=15), None, torch.float64, True, False)
-    cases["batched"] = (dict(covariance_type="diag", init_params="range", tol=1e-6, max_iter=40), 3, torch.float64, True, True)
+    cases["batched"] = (
+        dict(covariance_type="diag", init_params="range", tol=1e-6, max_iter=40),
+        3,
+        torch.float64,
+        True,
+        True,
+    )
     cases["float32"] = (dict(init_params="range", tol=0, max_iter=15), None, torch.float32, False, False)
     return cases
 
@@ -55,8 +66,10 @@ def _shard(x, w, rank, as_chunks):
         return xs, ws
     size = 300
     n = xs.shape[-2]
-    chunks = [xs[..., i : i + size, :] if ws is None else (xs[..., i : i + size, :], ws[..., i : i + size])
-              for i in range(0, n, size)]
+    chunks = [
+        xs[..., i : i + size, :] if ws is None else (xs[..., i : i + size, :], ws[..., i : i + size])
+        for i in range(0, n, size)
+    ]
     return chunks, None
 
 
@@ -68,8 +81,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     for name, (options, b, dtype, weighted, as_chunks) in _cases().items():
         x, w = _data(b, dtype, weighted)
         xs, ws = _shard(x, w, rank, as_chunks)
-        fit = fit_gaussian_mixture(xs, 3, sample_weight=ws, process_group=group,
-                                   generator=torch.Generator().manual_seed(3), **options)
+        fit = fit_gaussian_mixture(
+            xs, 3, sample_weight=ws, process_group=group, generator=torch.Generator().manual_seed(3), **options
+        )
         results[name] = fit._asdict()
     # the module, on the default group
     x, _ = _data()

@@ -267,15 +267,28 @@ class TestShadowFunction:
         n_modes = rng.integers(0, k + 1, (b, h, w))
         frame = np.clip(mean[:, 0] * rng.uniform(0.4, 1.1, (b, 1, h, w)) + rng.normal(0, 4, (b, c, h, w)), 0, 255)
         frame = np.round(frame).astype(np.uint8)
-        got = detect_shadow_gmm(torch.from_numpy(frame), *(torch.from_numpy(a) for a in (weight, mean, variance)),
-                                n_modes=torch.from_numpy(n_modes), var_threshold=16.0, background_ratio=0.9,
-                                shadow_threshold=0.5)
+        got = detect_shadow_gmm(
+            torch.from_numpy(frame),
+            *(torch.from_numpy(a) for a in (weight, mean, variance)),
+            n_modes=torch.from_numpy(n_modes),
+            var_threshold=16.0,
+            background_ratio=0.9,
+            shadow_threshold=0.5,
+        )
         want = np.zeros((h, w), dtype=bool)
         for i in range(h):
             for j in range(w):
-                want[i, j] = _shadow([float(v) for v in frame[0, :, i, j]], int(n_modes[0, i, j]),
-                                     weight[0, :, i, j].tolist(), variance[0, :, i, j].tolist(),
-                                     mean[0, :, :, i, j].tolist(), 16.0, 0.9, 0.5, float)
+                want[i, j] = _shadow(
+                    [float(v) for v in frame[0, :, i, j]],
+                    int(n_modes[0, i, j]),
+                    weight[0, :, i, j].tolist(),
+                    variance[0, :, i, j].tolist(),
+                    mean[0, :, :, i, j].tolist(),
+                    16.0,
+                    0.9,
+                    0.5,
+                    float,
+                )
         np.testing.assert_array_equal(got[0].numpy(), want)
         assert 0 < want.sum() < want.size
 
@@ -592,8 +605,9 @@ def _run_script(name: str, *args: str, cwd) -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, f"{name} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
@@ -607,8 +621,20 @@ def test_parity_script_on_a_generated_sequence(tmp_path):
         cv2.imwrite(str(folder / f"in{t:06d}.png"), frame.transpose(1, 2, 0))
         (folder / f"in{t:06d}.png").rename(folder / f"in{t:06d}.jpg")  # cv2.imread reads by content
     out = tmp_path / "parity.json"
-    _run_script("parity_mog2.py", "--video", str(folder), "--frames", "120", "--compile", "0", "--threads", "1",
-                "--out", str(out), cwd=tmp_path)
+    _run_script(
+        "parity_mog2.py",
+        "--video",
+        str(folder),
+        "--frames",
+        "120",
+        "--compile",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     import json
 
     result = json.loads(out.read_text())
@@ -623,9 +649,30 @@ def test_parity_script_on_a_generated_sequence(tmp_path):
 def test_bench_background_mog2_mode(tmp_path):
     pytest.importorskip("cv2")
     out = tmp_path / "bench.json"
-    _run_script("bench_background.py", "--mode", "mog2", "--sizes", "64x48", "--channels", "3", "--components", "5",
-                "--frames", "6", "--warmup", "2", "--threads", "1", "--device", "cpu",
-                "--methods", "torchgmm_mog2_eager", "--json", str(out), cwd=tmp_path)
+    _run_script(
+        "bench_background.py",
+        "--mode",
+        "mog2",
+        "--sizes",
+        "64x48",
+        "--channels",
+        "3",
+        "--components",
+        "5",
+        "--frames",
+        "6",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--methods",
+        "torchgmm_mog2_eager",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     import json
 
     result = json.loads(out.read_text())

@@ -91,9 +91,7 @@ def test_doc_page_examples_run(page, workdir):
 
 
 #: the blocks marked as needing data outside the repository, each reported as a skip
-MARKED = [
-    (path, line, why) for path in [README, *PAGES] for line, _, why in python_blocks(path) if why is not None
-]
+MARKED = [(path, line, why) for path in [README, *PAGES] for line, _, why in python_blocks(path) if why is not None]
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 def run_script(name: str, *args: str, cwd: Path, timeout: float = 600) -> str:
     """Run ``scripts/<name>`` with ``args``; its stdout, or a failure that shows its output."""
-    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"{name} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -37,8 +38,26 @@ def test_bench_video(model, tmp_path):
         pytest.importorskip("cv2")
     pytest.importorskip("av")
     out = tmp_path / "video.json"
-    run_script("bench_video.py", "--video", "none", "--model", model, "--sizes", "64x48", "--gen-frames", "12",
-               "--frames", "12", "--batch-size", "4", "--threads", "1", "--json", str(out), cwd=tmp_path)
+    run_script(
+        "bench_video.py",
+        "--video",
+        "none",
+        "--model",
+        model,
+        "--sizes",
+        "64x48",
+        "--gen-frames",
+        "12",
+        "--frames",
+        "12",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     result = json.loads(out.read_text())
     assert result["model_unavailable"] is None
     (row,) = result["rows"]
@@ -66,8 +85,20 @@ def test_bench_em_agrees_with_scikit_learn(tmp_path):
 def test_bench_postprocess_agrees_with_opencv(tmp_path):
     pytest.importorskip("cv2")
     out = tmp_path / "pp.json"
-    run_script("bench_postprocess.py", "--size", "64x48", "--batch", "2", "--repeats", "1", "--threads", "1",
-               "--json", str(out), cwd=tmp_path)
+    run_script(
+        "bench_postprocess.py",
+        "--size",
+        "64x48",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     rows = json.loads(out.read_text())["rows"]
     assert {r["op"].split("(")[0] for r in rows} == {"remove_small_blobs", "median_filter_mask", "binary_opening"}
     assert all(r["agree"] for r in rows), [r for r in rows if not r["agree"]]
@@ -76,8 +107,22 @@ def test_bench_postprocess_agrees_with_opencv(tmp_path):
 def test_bench_roofline(tmp_path):
     out = tmp_path / "roofline.json"
     # the script checks that its chained arithmetic kernel ends in the state of single steps
-    run_script("bench_roofline.py", "--size", "64x48", "--chain", "2", "--frames", "2", "--rounds", "1",
-               "--threads", "1", "--json", str(out), cwd=tmp_path)
+    run_script(
+        "bench_roofline.py",
+        "--size",
+        "64x48",
+        "--chain",
+        "2",
+        "--frames",
+        "2",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     result = json.loads(out.read_text())
     assert result["meta"]["bytes_per_pixel"] == 124  # RGB K=3: what the README's GB/s figures assume
     (row,) = result["rows"]
@@ -87,8 +132,27 @@ def test_bench_roofline(tmp_path):
 def test_bench_background(tmp_path):
     pytest.importorskip("cv2")
     out = tmp_path / "background.json"
-    run_script("bench_background.py", "--sizes", "64x48", "--channels", "3", "--components", "3", "--frames", "8",
-               "--warmup", "2", "--threads", "1", "--device", "cpu", "--shadows", "--json", str(out), cwd=tmp_path)
+    run_script(
+        "bench_background.py",
+        "--sizes",
+        "64x48",
+        "--channels",
+        "3",
+        "--components",
+        "3",
+        "--frames",
+        "8",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--shadows",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     rows = json.loads(out.read_text())["cpu"]
     methods = {r["method"]: r for r in rows}
     assert "mog2" in methods and len(methods) >= 3, sorted(methods)
@@ -112,9 +176,21 @@ def test_eval_cdnet_on_a_generated_sequence(tmp_path):
     from _videos import make_sequence
 
     make_sequence(tmp_path / "cdnet" / "baseline" / "easy", n=24)
-    stdout = run_script("eval_cdnet.py", "--root", str(tmp_path / "cdnet"), "--methods", "torchgmm,mog2",
-                        "--no-compile", "--threads", "1", "--median", "3", "--out", str(tmp_path / "out"),
-                        cwd=tmp_path)
+    stdout = run_script(
+        "eval_cdnet.py",
+        "--root",
+        str(tmp_path / "cdnet"),
+        "--methods",
+        "torchgmm,mog2",
+        "--no-compile",
+        "--threads",
+        "1",
+        "--median",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert "published Stauffer-Grimson" in stdout
     result = json.loads((tmp_path / "out" / "eval_cdnet_default.json").read_text())
     rows = [r for r in result["rows"] if r.get("sequence") == "baseline/easy"]
@@ -128,8 +204,18 @@ def test_eval_shadows_on_a_generated_sequence(tmp_path):
 
     seq = make_sequence(tmp_path / "cdnet" / "baseline" / "easy", n=24)
     out = tmp_path / "shadows.json"
-    stdout = run_script("eval_shadows.py", "--root", str(seq), "--no-compile", "--threads", "1", "--verify-off",
-                        "--json", str(out), cwd=tmp_path)
+    stdout = run_script(
+        "eval_shadows.py",
+        "--root",
+        str(seq),
+        "--no-compile",
+        "--threads",
+        "1",
+        "--verify-off",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert "sg-cdnet-baseline" in stdout
     result = json.loads(out.read_text())
     assert result["meta"]["verified_off"] and result["meta"]["temporal_roi"] == [10, 24]
@@ -138,7 +224,6 @@ def test_eval_shadows_on_a_generated_sequence(tmp_path):
     for row in rows.values():  # the generated square is easy, and brighter than nothing: no shadow in it
         assert row["frames"] == 24 and row["f_off"] > 0.7, row
         assert row["shadow_tp"] + row["shadow_fn"] == 0  # this ground truth has no 50
-
 
 
 def test_bench_jobs_times_whole_processes(tmp_path):
@@ -158,8 +243,18 @@ def test_bench_jobs_times_whole_processes(tmp_path):
     for i in range(6):
         Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(office / f"in{i + 1:06d}.jpg")
     out = tmp_path / "jobs.json"
-    run_script("bench_jobs.py", "--data", str(data), "--inputs", "vtest.avi", "--segment-images", "4",
-               "--json", str(out), cwd=tmp_path)
+    run_script(
+        "bench_jobs.py",
+        "--data",
+        str(data),
+        "--inputs",
+        "vtest.avi",
+        "--segment-images",
+        "4",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     rows = {r["job"]: r for r in json.loads(out.read_text())["rows"]}
     bg, seg = rows["background"], rows["segment"]
     assert bg["frames"] == 20 and seg["input"] == "4 CDnet office JPEGs"

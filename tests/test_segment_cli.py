@@ -75,8 +75,7 @@ def test_cli_end_to_end(image_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "corrupt.png" in err and "failed 1" in err and "segmented 5" in err
 
-    expected = {"grey": (30, 40), "sub/rgb": (25, 36), "sub/rgba": (25, 36), "rgb": (25, 36),
-                "deep16": (20, 22)}
+    expected = {"grey": (30, 40), "sub/rgb": (25, 36), "sub/rgba": (25, 36), "rgb": (25, 36), "deep16": (20, 22)}
     for stem, shape in expected.items():
         labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
         assert labels.shape == shape
@@ -120,11 +119,16 @@ def test_cli_empty_input_exit_2(tmp_path, capsys):
 
 def test_segment_files_with_workers(image_dir, tmp_path, device):
     summary = segment_files(
-        [image_dir / "sub", image_dir / "grey.png"], tmp_path / "w", 2, workers=2,
-        device=device, progress=False,
+        [image_dir / "sub", image_dir / "grey.png"],
+        tmp_path / "w",
+        2,
+        workers=2,
+        device=device,
+        progress=False,
     )
-    sequential = segment_files([image_dir / "grey.png"], tmp_path / "s", 2, write_threads=0,
-                               device=device, progress=False)
+    sequential = segment_files(
+        [image_dir / "grey.png"], tmp_path / "s", 2, write_threads=0, device=device, progress=False
+    )
     assert sequential.n_done == 1 and (tmp_path / "s" / "segments.jsonl").exists()
     assert summary.n_done == 3 and not summary.failed
     assert (tmp_path / "w" / "rgb_labels.png").exists()
@@ -132,8 +136,20 @@ def test_segment_files_with_workers(image_dir, tmp_path, device):
 
 def test_cli_rgb_mode(image_dir, tmp_path):
     out = tmp_path / "rgb"
-    argv = ["segment", str(image_dir / "sub"), str(image_dir / "grey.png"), "--out", str(out),
-            "--classes", "2", "--mode", "rgb", "--workers", "0", "--no-progress"]
+    argv = [
+        "segment",
+        str(image_dir / "sub"),
+        str(image_dir / "grey.png"),
+        "--out",
+        str(out),
+        "--classes",
+        "2",
+        "--mode",
+        "rgb",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     records = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
     assert records["rgb.png"]["mode"] == "rgb" and len(records["rgb.png"]["means"][0]) == 3
@@ -142,8 +158,9 @@ def test_cli_rgb_mode(image_dir, tmp_path):
     assert (labels[:, :10] == 0).mean() > 0.95 and (labels[:, -10:] == 1).mean() > 0.95
 
 
-@pytest.mark.parametrize("argv", [["--init", "kmeans++"], ["--init", "random"], ["--mode", "rgb"]],
-                         ids=["kmeans++", "random", "rgb"])
+@pytest.mark.parametrize(
+    "argv", [["--init", "kmeans++"], ["--init", "random"], ["--mode", "rgb"]], ids=["kmeans++", "random", "rgb"]
+)
 def test_random_inits_do_not_depend_on_the_batch(tmp_path, argv):
     """An image's result must not depend on which images share its batch: with seeded
     random draws for the whole batch, --batch-size (or a resume, or the folder's other
@@ -157,12 +174,31 @@ def test_random_inits_do_not_depend_on_the_batch(tmp_path, argv):
     outputs = {}
     for batch in ("1", "5"):
         out = tmp_path / f"out{batch}"
-        assert main(["segment", str(folder), "--out", str(out), "-k", "3", "--batch-size", batch,
-                     "--workers", "0", "--no-progress", *argv]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "-k",
+                    "3",
+                    "--batch-size",
+                    batch,
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                    *argv,
+                ]
+            )
+            == 0
+        )
         outputs[batch] = {Path(r["input"]).name: r["means"] for r in map(json.loads, (out / "segments.jsonl").open())}
         outputs[batch]["labels"] = _snapshot(out)
     alone, batched = outputs["1"].pop("labels"), outputs["5"].pop("labels")
-    assert {k: v for k, v in alone.items() if k.endswith(".png")} == {k: v for k, v in batched.items() if k.endswith(".png")}
+    assert {k: v for k, v in alone.items() if k.endswith(".png")} == {
+        k: v for k, v in batched.items() if k.endswith(".png")
+    }
     for name, means in outputs["1"].items():
         np.testing.assert_allclose(outputs["5"][name], means, rtol=1e-9)
 
@@ -191,8 +227,11 @@ def _run(inputs, out, k=2, **kw):
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     """The outputs in ``folder`` (the lock file, which names its last holder, is no output)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def test_rerun_with_other_settings_is_refused(small_dir, tmp_path):
@@ -248,7 +287,9 @@ def test_rgb_mode_records_ignore_init(small_dir, tmp_path):
     _run(small_dir, out, mode="rgb")
     recs = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
     assert {n: (r["mode"], r["init"]) for n, r in recs.items()} == {
-        "a.png": ("luminance", "range"), "b.png": ("luminance", "range"), "c.png": ("rgb", "kmeans++")
+        "a.png": ("luminance", "range"),
+        "b.png": ("luminance", "range"),
+        "c.png": ("rgb", "kmeans++"),
     }
     assert _run(small_dir / "c.png", out, mode="rgb", init="data-range").n_skipped == 1
     # the grey images were segmented on luminance with init="range": another init is refused
@@ -276,7 +317,9 @@ def test_cli_warns_per_image_with_fewer_classes_and_init_fixes_it(tmp_path, caps
     assert not [w for w in caught if issubclass(w.category, NegligibleClassWarning)]
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warned) == 1 and f"{d / 'shared.png'}: segmented into 2 of n_classes=3 classes (class 1 holds" in warned[0]
+    assert (
+        len(warned) == 1 and f"{d / 'shared.png'}: segmented into 2 of n_classes=3 classes (class 1 holds" in warned[0]
+    )
     assert 'try init="kmeans++" or init="data-range"' in warned[0]
     assert "1 image(s) ended with fewer classes than 3" in err
     recs = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
@@ -399,8 +442,23 @@ def test_rgb_image_with_fewer_pixels_than_k_fails_alone(tmp_path, capsys, batch_
     _save(d / "b_tiny.png", np.array([[[0, 0, 0], [255, 255, 255]]]))  # 1x2 RGB: 2 pixels < K=3
     _save(d / "c_big.png", np.stack([_two_tone(8, 8, seed=s + 3) for s in range(3)], -1))
     out = tmp_path / "out"
-    argv = ["segment", str(d), "--out", str(out), "--mode", "rgb", "-k", "3", "--batch-size",
-            str(batch_size), "--workers", "0", "--no-progress", "--device", "cpu"]
+    argv = [
+        "segment",
+        str(d),
+        "--out",
+        str(out),
+        "--mode",
+        "rgb",
+        "-k",
+        "3",
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "b_tiny.png" in err and "n_classes=3 pixels" in err and "segmented 2" in err
@@ -459,7 +517,9 @@ def test_12_bit_png_uses_all_grey_levels(tmp_path, capsys):
     assert main(["segment", str(d), "-k", "3", "--out", str(out), "--workers", "0", "--no-progress"]) == 0
     labels = np.asarray(Image.open(out / "twelve_labels.png"))
     assert [np.unique(labels[:, cols]).tolist() for cols in (slice(0, 16), slice(16, 32), slice(32, 48))] == [
-        [0], [1], [2]
+        [0],
+        [1],
+        [2],
     ]
     records = {Path(r["input"]).name: r for r in map(json.loads, (out / "segments.jsonl").open())}
     assert records["twelve.png"]["bit_shift"] == 4 and records["full16.png"]["bit_shift"] == 8
@@ -531,7 +591,9 @@ def test_batches_are_capped_by_pixels_as_well_as_count():
         return SimpleNamespace(image=None if h == 0 else torch.zeros(1, h, w, dtype=torch.uint8))
 
     sizes = [(10, 10), (10, 10), (0, 0), (20, 20), (10, 10), (30, 30), (10, 10)]
-    got = [[tuple(i.image.shape[1:]) if i.image is not None else None for i in b]
-           for b in _batched([item(*s) for s in sizes], size=3, max_pixels=500)]
+    got = [
+        [tuple(i.image.shape[1:]) if i.image is not None else None for i in b]
+        for b in _batched([item(*s) for s in sizes], size=3, max_pixels=500)
+    ]
     # 100 + 100 (+ a failed item) = 200, + 400 would pass 500: new batch; 900 alone is over, but one item
     assert got == [[(10, 10), (10, 10), None], [(20, 20), (10, 10)], [(30, 30)], [(10, 10)]]

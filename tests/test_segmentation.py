@@ -254,8 +254,13 @@ class TestFitHistogramMixture:
         fit = fit_histogram_mixture(hist, k, tol=0.0, max_iter=n_iter)
         pixels = cameraman.flatten().double().numpy()[:, None]
         ref = sklearn.GaussianMixture(
-            k, covariance_type="full", tol=0.0, max_iter=n_iter, reg_covar=1e-6,
-            weights_init=w0[0].numpy(), means_init=mu0[0].numpy()[:, None],
+            k,
+            covariance_type="full",
+            tol=0.0,
+            max_iter=n_iter,
+            reg_covar=1e-6,
+            weights_init=w0[0].numpy(),
+            means_init=mu0[0].numpy()[:, None],
             precisions_init=(1 / var0[0].numpy()).reshape(k, 1, 1),
         )
         with warnings.catch_warnings():
@@ -493,9 +498,11 @@ class TestHistogramSegmenter:
         seg = HistogramSegmenter(2)
         rgb = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
         assert seg(rgb).shape == (8, 8) and seg.means_.shape == (1, 2, 1)  # one RGB image, luminance
-        for shape, hint in [((5, 8, 8), r"a 3-D tensor is one \(C, H, W\) image .* \(B, 1, H, W\)"),
-                            ((2, 8, 8), r"got|a 3-D tensor is one"),
-                            ((8, 8), r"a grey image needs its channel dimension, \(1, H, W\)")]:
+        for shape, hint in [
+            ((5, 8, 8), r"a 3-D tensor is one \(C, H, W\) image .* \(B, 1, H, W\)"),
+            ((2, 8, 8), r"got|a 3-D tensor is one"),
+            ((8, 8), r"a grey image needs its channel dimension, \(1, H, W\)"),
+        ]:
             x = torch.zeros(shape, dtype=torch.uint8)
             with pytest.raises(ShapeError, match=rf"`images` of shape {re.escape(str(shape))}: .*"):
                 seg(x)
@@ -596,13 +603,15 @@ class TestOnDevice:
         seg = HistogramSegmenter(3, init=init, tol=1e-6, random_state=5)  # seeds each image with 5
         by_module = seg(imgs)
         for i, seed in enumerate(seeds):
-            alone, one = segment_images(imgs[i : i + 1], 3, init=init, tol=1e-6,
-                                        generator=torch.Generator(device=device).manual_seed(seed))
+            alone, one = segment_images(
+                imgs[i : i + 1], 3, init=init, tol=1e-6, generator=torch.Generator(device=device).manual_seed(seed)
+            )
             assert torch.equal(labels[i], alone[0])
             torch.testing.assert_close(fit.means[i], one.means[0], rtol=1e-9, atol=1e-9)
             torch.testing.assert_close(fit.weights[i], one.weights[0], rtol=1e-9, atol=1e-9)
-        alone5, one5 = segment_images(imgs, 3, init=init, tol=1e-6,
-                                      generator=[torch.Generator(device=device).manual_seed(5) for _ in seeds])
+        alone5, one5 = segment_images(
+            imgs, 3, init=init, tol=1e-6, generator=[torch.Generator(device=device).manual_seed(5) for _ in seeds]
+        )
         assert torch.equal(by_module, alone5) and by_module.device.type == device.type
         torch.testing.assert_close(seg.means_, one5.means, rtol=1e-9, atol=1e-9)
         if init == "kmeans++":  # the known answer (k-means++ found it for 200 of 200 CPU seeds)
@@ -615,8 +624,9 @@ class TestOnDevice:
         labels, fit = segment_images(rgb, 3, mode="rgb", n_samples=100, generator=generators)
         assert fit.means.shape == (2, 3, 3) and fit.means.device.type == device.type
         for i, seed in enumerate((7, 8)):
-            alone, one = segment_images(rgb[i : i + 1], 3, mode="rgb", n_samples=100,
-                                        generator=torch.Generator(device=device).manual_seed(seed))
+            alone, one = segment_images(
+                rgb[i : i + 1], 3, mode="rgb", n_samples=100, generator=torch.Generator(device=device).manual_seed(seed)
+            )
             assert torch.equal(labels[i], alone[0])
             torch.testing.assert_close(fit.means[i], one.means[0], rtol=1e-9, atol=1e-9)
         luma = fit.means @ torch.tensor([0.299, 0.587, 0.114], dtype=fit.means.dtype, device=device)

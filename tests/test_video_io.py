@@ -320,7 +320,9 @@ class TestVideoReader:
         from PIL import Image
 
         path = tmp_path / name
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path, format="PNG" if name.endswith(("png", "mkv")) else "JPEG")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+            path, format="PNG" if name.endswith(("png", "mkv")) else "JPEG"
+        )
         with pytest.raises(ValueError, match=rf"{re.escape(name)}.*single image.*pass their folder"):
             VideoReader(path)
 
@@ -364,8 +366,9 @@ class TestVideoReader:
         with pytest.raises(ValueError, match="closed while it was being iterated"):
             list(it)  # the iterator started before close() ends with an error instead of waiting forever
 
-    @pytest.mark.parametrize("durations_ms", [[20] * 10 + [200] * 10, [200] * 10 + [20] * 10],
-                             ids=["slowing", "speeding"])
+    @pytest.mark.parametrize(
+        "durations_ms", [[20] * 10 + [200] * 10, [200] * 10 + [20] * 10], ids=["slowing", "speeding"]
+    )
     def test_variable_frame_rate_is_not_truncated(self, tmp_path, durations_ms):
         # Matroska has no frame count: the duration x rate estimate is wrong for variable frame
         # rate (101 or 12 frames for these 20), so it must not make a complete file "truncated"
@@ -537,11 +540,14 @@ class TestVideoWriter:
         data = paths["classic"].read_bytes()
         assert b"moof" not in data and data.index(b"moov") < data.index(b"mdat")  # index first
 
-    @pytest.mark.parametrize("codec,suffix,lossless,tol", [
-        ("mjpeg", ".avi", False, 12.0),  # needs full-range yuvj420p, its native format
-        ("libx264", ".mp4", True, 1.0),  # lossless: 4:4:4, no chroma subsampling
-        ("mpeg4", ".avi", False, 12.0),
-    ])
+    @pytest.mark.parametrize(
+        "codec,suffix,lossless,tol",
+        [
+            ("mjpeg", ".avi", False, 12.0),  # needs full-range yuvj420p, its native format
+            ("libx264", ".mp4", True, 1.0),  # lossless: 4:4:4, no chroma subsampling
+            ("mpeg4", ".avi", False, 12.0),
+        ],
+    )
     def test_explicit_codec_gets_a_working_pixel_format(self, tmp_path, codec, suffix, lossless, tol):
         rgb = _chw(_frames(6, 32, 48, seed=3))
         path = tmp_path / f"clip{suffix}"

@@ -101,18 +101,38 @@ class TestTorchCodecBackend:
 
     def test_metadata_equals_pyav(self, clip):
         path, _ = clip
-        with VideoReader(path, start=0.2, end=19, step=3, size=(8, 16)) as a, VideoReader(
-            path, start=0.2, end=19, step=3, size=(8, 16), backend="torchcodec"
-        ) as b:
-            for name in ("fps", "frame_count", "frame_count_exact", "duration", "height", "width", "shape",
-                         "source_size", "rotation", "start_index", "end_index", "indices"):
+        with (
+            VideoReader(path, start=0.2, end=19, step=3, size=(8, 16)) as a,
+            VideoReader(path, start=0.2, end=19, step=3, size=(8, 16), backend="torchcodec") as b,
+        ):
+            for name in (
+                "fps",
+                "frame_count",
+                "frame_count_exact",
+                "duration",
+                "height",
+                "width",
+                "shape",
+                "source_size",
+                "rotation",
+                "start_index",
+                "end_index",
+                "indices",
+            ):
                 assert getattr(b, name) == getattr(a, name), name
             assert len(b) == len(a) and b.backend == "torchcodec"
 
     @pytest.mark.parametrize(
         "options",
-        [dict(start=3, end=20, step=4), dict(start=0.2, end=0.6), dict(start=29), dict(end=1), dict(step=7),
-         dict(start=5, end=100), dict(start=40)],
+        [
+            dict(start=3, end=20, step=4),
+            dict(start=0.2, end=0.6),
+            dict(start=29),
+            dict(end=1),
+            dict(step=7),
+            dict(start=5, end=100),
+            dict(start=40),
+        ],
     )
     @pytest.mark.parametrize("batch_size", [None, 3])
     def test_selection_equals_pyav(self, clip, options, batch_size):
@@ -122,8 +142,11 @@ class TestTorchCodecBackend:
             with VideoReader(path, backend=backend, batch_size=batch_size, **options) as reader:
                 indices = list(reader.indices)
                 items = list(reader)
-            got[backend] = torch.stack(items) if batch_size is None and items else (
-                torch.cat(items) if items else torch.empty(0, *ref.shape[1:], dtype=torch.uint8))
+            got[backend] = (
+                torch.stack(items)
+                if batch_size is None and items
+                else (torch.cat(items) if items else torch.empty(0, *ref.shape[1:], dtype=torch.uint8))
+            )
             assert torch.equal(got[backend], ref[indices]), backend
         assert torch.equal(got["torchcodec"], got["pyav"])
 
@@ -260,9 +283,10 @@ class TestTorchCodecBackend:
     @pytest.mark.parametrize("prefetch", [0, 2])
     def test_frames_are_ordinary_tensors_under_inference_mode(self, clip, prefetch, device):
         path, ref = clip
-        with torch.inference_mode(), VideoReader(
-            path, backend="torchcodec", batch_size=7, prefetch=prefetch, device=device
-        ) as reader:
+        with (
+            torch.inference_mode(),
+            VideoReader(path, backend="torchcodec", batch_size=7, prefetch=prefetch, device=device) as reader,
+        ):
             batches = list(reader)
         assert not any(b.is_inference() for b in batches)
         assert all(b.device.type == torch.device(device).type for b in batches)
@@ -277,10 +301,34 @@ def test_bench_video_times_both_backends_side_by_side(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_video.py"
     out = tmp_path / "video.json"
     done = subprocess.run(
-        [sys.executable, str(script), "--video", "none", "--model", "none", "--sizes", "64x48", "--gen-frames", "12",
-         "--frames", "12", "--batch-size", "4", "--threads", "1", "--backend", "both", "--repeats", "2",
-         "--json", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(script),
+            "--video",
+            "none",
+            "--model",
+            "none",
+            "--sizes",
+            "64x48",
+            "--gen-frames",
+            "12",
+            "--frames",
+            "12",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+            "--backend",
+            "both",
+            "--repeats",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "pyav f/s" in done.stdout and "torchcodec f/s" in done.stdout

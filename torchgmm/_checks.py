@@ -29,8 +29,6 @@ __all__ = [
 ]
 
 
-
-
 def check_tensor(value: object, name: str) -> Tensor:
     """Raise ``TypeError`` unless ``value`` is a tensor; return it."""
     if not isinstance(value, Tensor):
@@ -49,9 +47,7 @@ def check_ndim(x: Tensor, name: str, ndims: Iterable[int], layout: str) -> None:
     """
     ndims = tuple(ndims)
     if x.ndim not in ndims:
-        raise ShapeError(
-            f"`{name}` must have shape {layout}, got a {x.ndim}-D tensor of shape {tuple(x.shape)}."
-        )
+        raise ShapeError(f"`{name}` must have shape {layout}, got a {x.ndim}-D tensor of shape {tuple(x.shape)}.")
 
 
 def check_floating(x: Tensor, name: str) -> None:
@@ -68,9 +64,7 @@ def check_finite(x: Tensor, name: str, use: str = "fitting") -> None:
     """
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
-            f"`{name}` contains {n_bad} NaN or infinite value(s); clean or drop them before {use}."
-        )
+        raise ValueError(f"`{name}` contains {n_bad} NaN or infinite value(s); clean or drop them before {use}.")
 
 
 def check_choice(value: object, name: str, choices: Iterable[object]) -> None:
@@ -90,7 +84,11 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
 
 
 def check_real(
-    value: object, name: str, *, minimum: float | None = None, maximum: float | None = None,
+    value: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
     exclusive_minimum: bool = False,
 ) -> float:
     """Raise ``TypeError``/``ValueError`` unless ``value`` is a finite real number in range; return it as float.
@@ -108,7 +106,12 @@ def check_real(
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__} {value!r}.")
     value = float(value)
     low_ok = minimum is None or (value > minimum if exclusive_minimum else value >= minimum)
-    if value != value or value in (float("inf"), float("-inf")) or not low_ok or (maximum is not None and value > maximum):
+    if (
+        value != value
+        or value in (float("inf"), float("-inf"))
+        or not low_ok
+        or (maximum is not None and value > maximum)
+    ):
         low = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum}"
         high = "" if maximum is None else f"<= {maximum}"
         bounds = " and ".join(b for b in (low, high) if b)
@@ -172,8 +175,7 @@ def check_generators(generator: object, b: int, device: torch.device, name: str 
             generators = []
         if len(generators) != b or not all(isinstance(g, torch.Generator) for g in generators):
             raise ValueError(
-                f"`{name}` must be a torch.Generator or a sequence of {b} (one per problem), "
-                f"got {generator!r}."
+                f"`{name}` must be a torch.Generator or a sequence of {b} (one per problem), got {generator!r}."
             )
     wrong = [g.device for g in generators if g.device.type != torch.device(device).type]
     if wrong:

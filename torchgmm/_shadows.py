@@ -27,9 +27,16 @@ from torch import Tensor
 __all__ = ["shadow_planes"]
 
 
-def shadow_planes(xs: list[Tensor], ws: list[Tensor], mus: list[list[Tensor]], vs: list[list[Tensor]],
-                  in_use: list[Tensor] | None, var_threshold: Tensor, background_ratio: Tensor,
-                  shadow_threshold: Tensor) -> Tensor:
+def shadow_planes(
+    xs: list[Tensor],
+    ws: list[Tensor],
+    mus: list[list[Tensor]],
+    vs: list[list[Tensor]],
+    in_use: list[Tensor] | None,
+    var_threshold: Tensor,
+    background_ratio: Tensor,
+    shadow_threshold: Tensor,
+) -> Tensor:
     """Where ``x`` is a shadow of a background component: ``(B, H, W)`` bool.
 
     Args:

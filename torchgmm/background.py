@@ -119,9 +119,11 @@ def mog_learning_rate(frames_seen: Tensor, learning_rate: Tensor | float, warmup
         >>> mog_learning_rate(torch.tensor(0), 0.01, warmup=False)
         tensor(1., dtype=torch.float64)
     """
-    rate = torch.as_tensor(learning_rate, dtype=torch.float64, device=frames_seen.device) if not isinstance(
-        learning_rate, Tensor
-    ) else learning_rate
+    rate = (
+        torch.as_tensor(learning_rate, dtype=torch.float64, device=frames_seen.device)
+        if not isinstance(learning_rate, Tensor)
+        else learning_rate
+    )
     if warmup:
         t = (frames_seen + 1).to(rate.dtype)
         rate = torch.maximum(rate, 1.0 / t)
@@ -206,8 +208,7 @@ def _check_state(frame: Tensor, weight: Tensor, mean: Tensor, variance: Tensor) 
     b, c, h, w = frame.shape
     if weight.ndim != 4 or weight.shape[0] != b or weight.shape[2:] != (h, w):
         raise ShapeError(
-            f"`weight` must have shape (B, K, H, W) = ({b}, K, {h}, {w}) to match the frame, "
-            f"got {tuple(weight.shape)}."
+            f"`weight` must have shape (B, K, H, W) = ({b}, K, {h}, {w}) to match the frame, got {tuple(weight.shape)}."
         )
     k = weight.shape[1]
     if mean.shape != (b, k, c, h, w):
@@ -278,18 +279,30 @@ def mog_update(
     _check_state(frame, weight, mean, variance)
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     # A tensor rate: torch computes `float / tensor` as float * reciprocal, 1 ulp off a / w.
-    a = learning_rate if isinstance(learning_rate, Tensor) else torch.tensor(
-        learning_rate, dtype=xs[0].dtype, device=frame.device
+    a = (
+        learning_rate
+        if isinstance(learning_rate, Tensor)
+        else torch.tensor(learning_rate, dtype=xs[0].dtype, device=frame.device)
     )
     mask, ws, mus, vs = _update_planes(
-        xs, ws, mus, vs, a, background_ratio=background_ratio, match_sigma=match_sigma,
-        init_var=init_var, min_var=min_var, init_weight=init_weight, rho=rho,
+        xs,
+        ws,
+        mus,
+        vs,
+        a,
+        background_ratio=background_ratio,
+        match_sigma=match_sigma,
+        init_var=init_var,
+        min_var=min_var,
+        init_weight=init_weight,
+        rho=rho,
     )
     return (mask[:, None], *_pack(ws, mus, vs, weight, mean, variance))
 
 
-def _pack(ws: list[Tensor], mus: list[list[Tensor]], vs: list[list[Tensor]], weight: Tensor, mean: Tensor,
-          variance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _pack(
+    ws: list[Tensor], mus: list[list[Tensor]], vs: list[list[Tensor]], weight: Tensor, mean: Tensor, variance: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-component planes -> ``(weight, mean, variance)`` shaped and typed like the old state."""
     # One flat stack per buffer: a nested stack would make inductor write (B, C, H, W)
     # temporaries and copy them, an extra pass over the means. Stacked component-major
@@ -546,8 +559,9 @@ def mog_shadow(
     _check_state(frame, weight, mean, variance)
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     compute, device = xs[0].dtype, frame.device
-    settings = (torch.as_tensor(value, device=device).to(compute)
-                for value in (background_ratio, match_sigma, shadow_threshold))
+    settings = (
+        torch.as_tensor(value, device=device).to(compute) for value in (background_ratio, match_sigma, shadow_threshold)
+    )
     return _shadow_colour(xs, ws, mus, vs, *settings)[:, None]
 
 
@@ -581,8 +595,9 @@ def _mog_step(frame, weight, mean, variance, frames_seen, base_rate, warmup, set
         return mask.to(torch.uint8), weight, mean, variance, frames_seen + 1
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     mask, ws, mus, vs = _update_planes(xs, ws, mus, vs, rate, **settings)
-    shadow = mask & _shadow_colour(xs, ws, mus, vs, settings["background_ratio"], shadows["match_sigma"],
-                                   shadows["shadow_threshold"])
+    shadow = mask & _shadow_colour(
+        xs, ws, mus, vs, settings["background_ratio"], shadows["match_sigma"], shadows["shadow_threshold"]
+    )
     code = torch.where(mask & ~shadow, 255, torch.where(shadow, shadows["shadow_value"] + 256, 0))  # int32
     return (code[:, None], *_pack(ws, mus, vs, weight, mean, variance), frames_seen + 1)
 
@@ -847,7 +862,16 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         self.variance = _empty_component_major(shapes["variance"], self.weight).fill_(self.init_var)
         self.frames_seen = torch.zeros_like(self.frames_seen)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001, E501
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         # Lazily shaped buffers: take the incoming shapes (as a lazy module does), then copy.
         incoming = {n: state_dict.get(prefix + n) for n in ("weight", "mean", "variance")}
         if all(isinstance(t, Tensor) for t in incoming.values()) and incoming["weight"].ndim == 4:
@@ -930,8 +954,11 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
 
     def _settings(self) -> dict:
         floats = dict(
-            background_ratio=self.background_ratio, match_sigma=self.match_sigma, init_var=self.init_var,
-            min_var=self.min_var, init_weight=self.init_weight,
+            background_ratio=self.background_ratio,
+            match_sigma=self.match_sigma,
+            init_var=self.init_var,
+            min_var=self.min_var,
+            init_weight=self.init_weight,
         )
         # rebuilt only when a setting, the device or the dtype changed (saves ~15 us a frame)
         key = (tuple(floats.values()), self.rho, self.weight.device, self.weight.dtype)
@@ -947,12 +974,16 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         value = self._scalars.get(key)
         if value is None:
             value = self._scalars[key] = torch.tensor(self.shadow_value, dtype=torch.int32, device=self.weight.device)
-        return {"match_sigma": self._scalar(sigma), "shadow_threshold": self._scalar(self.shadow_threshold),
-                "shadow_value": value}
+        return {
+            "match_sigma": self._scalar(sigma),
+            "shadow_threshold": self._scalar(self.shadow_threshold),
+            "shadow_value": value,
+        }
 
     @torch.no_grad()  # the state is updated online, never differentiated: no autograd graph
-    def forward(self, frames: Tensor, learning_rate: float | None = None,
-                return_shadows: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, frames: Tensor, learning_rate: float | None = None, return_shadows: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Learn from one frame per stream and return the foreground masks.
 
         Runs without autograd (frames with ``requires_grad`` are fine; no graph is kept).
@@ -985,15 +1016,24 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
             self._initialise(*frames.shape)
         elif learning_rate == 0 or (learning_rate is None and self.learning_rate == 0 and not self.warmup):
             foreground = mog_foreground(
-                frames, self.weight, self.mean, self.variance,
-                background_ratio=self.background_ratio, match_sigma=self.match_sigma,
+                frames,
+                self.weight,
+                self.mean,
+                self.variance,
+                background_ratio=self.background_ratio,
+                match_sigma=self.match_sigma,
             )
             if not self.detect_shadows:
                 return foreground
             shadows = self._shadow_settings()
             shadow = foreground & mog_shadow(
-                frames, self.weight, self.mean, self.variance, background_ratio=self._scalar(self.background_ratio),
-                match_sigma=shadows["match_sigma"], shadow_threshold=shadows["shadow_threshold"],
+                frames,
+                self.weight,
+                self.mean,
+                self.variance,
+                background_ratio=self._scalar(self.background_ratio),
+                match_sigma=shadows["match_sigma"],
+                shadow_threshold=shadows["shadow_threshold"],
             )
             return torch.where(foreground & ~shadow, 255, torch.where(shadow, shadows["shadow_value"] + 256, 0))
         if frames.device.type == "cpu":
@@ -1007,11 +1047,28 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         warmup = self.warmup and not explicit
         # shadows off: None, and the step's graph and outputs are those of the plain update
         shadows = self._shadow_settings() if self.detect_shadows else None
-        args = (frames, self.weight, self.mean, self.variance, self.frames_seen, base, warmup, self._settings(),
-                shadows)
+        args = (
+            frames,
+            self.weight,
+            self.mean,
+            self.variance,
+            self.frames_seen,
+            base,
+            warmup,
+            self._settings(),
+            shadows,
+        )
         # what changes the compiled graph beyond shapes (K and C are unrolled)
-        config = (frames.dtype, self.weight.dtype, frames.device.type, tuple(self.mean.shape[1:3]),
-                  self.covariance_type, self.rho, warmup, self.detect_shadows)
+        config = (
+            frames.dtype,
+            self.weight.dtype,
+            frames.device.type,
+            tuple(self.mean.shape[1:3]),
+            self.covariance_type,
+            self.rho,
+            warmup,
+            self.detect_shadows,
+        )
         labels, *state = self._step(config, args)
         # Swap the buffers for the new state tensors (the update is out of place, so nothing
         # is copied). Straight into _buffers: nn.Module.__setattr__ costs ~10 us per buffer,
@@ -1034,15 +1091,17 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
             return _get_compiled_step(config)(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure
             if cpp_error is not None:
-                add_note(exc, f"compiling with Inductor's C++ wrapper failed first: {type(cpp_error).__name__}: "
-                              f"{cpp_error}")
+                add_note(
+                    exc, f"compiling with Inductor's C++ wrapper failed first: {type(cpp_error).__name__}: {cpp_error}"
+                )
             if self.use_compile:
                 raise
             self._compile_failed = True
             warnings.warn(
                 f"torch.compile of the background update failed ({type(exc).__name__}: {exc}); "
                 "running eagerly (slower). Pass compile=False to silence this.",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning,
+                stacklevel=3,
             )
             return _mog_step(*args)
 

@@ -50,23 +50,34 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
     p.add_argument("--classes", "-k", type=int, default=3, help="number of classes K (default: 3)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mode", choices=("luminance", "rgb"), default="luminance",
-                   help="colour images: segment BT.601 luminance (default) or fit RGB mixtures")
-    p.add_argument("--init", choices=HISTOGRAM_INITS, default="range",
-                   help="how EM starts: range (default, the textbook demo) cuts grey levels 0..255 into K "
-                   "equal intervals and can leave a class empty when two classes share one; data-range "
-                   "cuts each image's occupied [min, max] instead (low-contrast images); kmeans++ "
-                   "seeds from the histogram; random. kmeans++, random and --mode rgb draw with seed 0 for "
-                   "each image, so an image's result does not depend on its batch. Luminance only: "
-                   "--mode rgb always uses k-means++")
+    p.add_argument(
+        "--mode",
+        choices=("luminance", "rgb"),
+        default="luminance",
+        help="colour images: segment BT.601 luminance (default) or fit RGB mixtures",
+    )
+    p.add_argument(
+        "--init",
+        choices=HISTOGRAM_INITS,
+        default="range",
+        help="how EM starts: range (default, the textbook demo) cuts grey levels 0..255 into K "
+        "equal intervals and can leave a class empty when two classes share one; data-range "
+        "cuts each image's occupied [min, max] instead (low-contrast images); kmeans++ "
+        "seeds from the histogram; random. kmeans++, random and --mode rgb draw with seed 0 for "
+        "each image, so an image's result does not depend on its batch. Luminance only: "
+        "--mode rgb always uses k-means++",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     p.add_argument("--workers", type=int, default=2, help="decoding worker processes (default: 2)")
     p.add_argument("--tol", type=float, default=1e-3, help="EM convergence threshold (default: 1e-3)")
     p.add_argument("--max-iter", type=int, default=100, help="most EM iterations (default: 100)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo images whose outputs exist (without it they are skipped, and a rerun with "
-                   "other settings than those recorded in OUT/segments.jsonl is refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo images whose outputs exist (without it they are skipped, and a rerun with "
+        "other settings than those recorded in OUT/segments.jsonl is refused)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=_run_segment)
 
@@ -79,9 +90,18 @@ def _run_segment(args: argparse.Namespace) -> int:
         return 2
     try:
         s = segment_files(
-            args.inputs, args.out, args.classes, mode=args.mode, init=args.init, device=args.device,
-            batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
-            tol=args.tol, max_iter=args.max_iter, progress=not args.no_progress,
+            args.inputs,
+            args.out,
+            args.classes,
+            mode=args.mode,
+            init=args.init,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            tol=args.tol,
+            max_iter=args.max_iter,
+            progress=not args.no_progress,
         )
     except (OSError, ValueError, TypeError) as exc:  # before any work (OSError: e.g. --out is a file)
         print(f"error: {exc}", file=sys.stderr)
@@ -92,8 +112,10 @@ def _run_segment(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if s.negligible:  # each warning line above says what to try
-        print(f"{len(s.negligible)} image(s) ended with fewer classes than {args.classes} "
-              "(named in the warnings above)", file=sys.stderr)
+        print(
+            f"{len(s.negligible)} image(s) ended with fewer classes than {args.classes} (named in the warnings above)",
+            file=sys.stderr,
+        )
     for path, _ in s.failed:
         print(f"failed: {path}", file=sys.stderr)
     return 1 if s.failed else 0
@@ -103,18 +125,35 @@ def _run_segment(args: argparse.Namespace) -> int:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from torchgmm.defaults import PRESETS
 
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="named model settings (default: default); the options below override it")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="named model settings (default: default); the options below override it",
+    )
     p.add_argument("--components", type=int, default=None, metavar="K", help="Gaussians per pixel (default preset: 3)")
-    p.add_argument("--learning-rate", type=float, default=None, metavar="ALPHA",
-                   help="learning rate; about 1/ALPHA frames of memory (default preset: 0.005, cdnet-baseline: 0.0005)")
-    p.add_argument("--background-ratio", type=float, default=None, metavar="T",
-                   help="share of the weight that is background (default preset: 0.7, cdnet-baseline: 0.5)")
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="learning rate; about 1/ALPHA frames of memory (default preset: 0.005, cdnet-baseline: 0.0005)",
+    )
+    p.add_argument(
+        "--background-ratio",
+        type=float,
+        default=None,
+        metavar="T",
+        help="share of the weight that is background (default preset: 0.7, cdnet-baseline: 0.5)",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--gray", action="store_true", help="model grey frames instead of RGB")
-    p.add_argument("--no-compile", action="store_true",
-                   help="run the model eagerly instead of compiling it with torch.compile "
-                   "(no compile time, slower per frame: for short clips)")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="run the model eagerly instead of compiling it with torch.compile "
+        "(no compile time, slower per frame: for short clips)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -148,8 +187,11 @@ def _model_settings(args: argparse.Namespace) -> dict:
     settings = dict(PRESETS[args.preset])
     if getattr(args, "shadows", False):
         settings["detect_shadows"] = True
-    for key, value in (("n_components", args.components), ("learning_rate", args.learning_rate),
-                       ("background_ratio", args.background_ratio)):
+    for key, value in (
+        ("n_components", args.components),
+        ("learning_rate", args.learning_rate),
+        ("background_ratio", args.background_ratio),
+    ):
         if value is not None:
             settings[key] = value
     if args.no_compile:
@@ -160,8 +202,9 @@ def _model_settings(args: argparse.Namespace) -> dict:
 def _add_postprocess_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--median", type=int, default=0, metavar="K", help="post-process: median filter window (0 = off)")
     p.add_argument("--opening", type=int, default=0, metavar="K", help="post-process: opening window (0 = off)")
-    p.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
-                   help="post-process: drop blobs smaller than this (0 = off)")
+    p.add_argument(
+        "--min-area", type=int, default=0, metavar="PIXELS", help="post-process: drop blobs smaller than this (0 = off)"
+    )
 
 
 def _postprocess_settings(args: argparse.Namespace) -> dict | None:
@@ -202,48 +245,95 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of numbered images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", choices=BACKGROUND_MODELS, default="mog",
-                   help="mog: Stauffer-Grimson (default); mog2: Zivkovic's MOG2 as OpenCV computes it, at "
-                   "OpenCV's defaults (--components sets its mixtures, --learning-rate its history 1/ALPHA)")
-    p.add_argument("--shadows", action="store_true",
-                   help="detect shadows (darker, same-colour background): masks hold 0 background, 127 "
-                   "shadow, 255 foreground; a shadow is not foreground")
+    p.add_argument(
+        "--model",
+        choices=BACKGROUND_MODELS,
+        default="mog",
+        help="mog: Stauffer-Grimson (default); mog2: Zivkovic's MOG2 as OpenCV computes it, at "
+        "OpenCV's defaults (--components sets its mixtures, --learning-rate its history 1/ALPHA)",
+    )
+    p.add_argument(
+        "--shadows",
+        action="store_true",
+        help="detect shadows (darker, same-colour background): masks hold 0 background, 127 "
+        "shadow, 255 foreground; a shadow is not foreground",
+    )
     _add_model_options(p)
-    p.add_argument("--start", default=None, metavar="POS",
-                   help="first frame to model: a frame index (300) or a time in seconds (12.5s: the first "
-                   "frame at or after it, at the video's average frame rate; image folders: 25 frames/s); "
-                   "default 0. Earlier frames are decoded and skipped (exact, not a seek)")
-    p.add_argument("--end", default=None, metavar="POS",
-                   help="stop before this frame (index, or seconds as 60s), after --start; default: the end "
-                   "of the video")
-    p.add_argument("--step", type=int, default=1, metavar="N",
-                   help="model every N-th frame from --start (default 1); the masks get one frame per "
-                   "modelled frame, at the video's frame rate / N")
-    p.add_argument("--size", default=None, metavar="WxH",
-                   help="resize every frame to exactly W x H pixels before the model (the aspect ratio is "
-                   "not kept; bilinear, averaging when shrinking); masks, overlay and background.png "
-                   "are at this size")
-    p.add_argument("--batch-streams", type=int, default=1, metavar="N",
-                   help="process up to N inputs of the same size (after --size: any inputs) together as "
-                   "one batch (default 1)")
-    p.add_argument("--mask-format", choices=["mp4", "mkv", "png"], default="mp4",
-                   help="lossless H.264 .mp4 (default), FFV1 .mkv, or a PNG sequence")
+    p.add_argument(
+        "--start",
+        default=None,
+        metavar="POS",
+        help="first frame to model: a frame index (300) or a time in seconds (12.5s: the first "
+        "frame at or after it, at the video's average frame rate; image folders: 25 frames/s); "
+        "default 0. Earlier frames are decoded and skipped (exact, not a seek)",
+    )
+    p.add_argument(
+        "--end",
+        default=None,
+        metavar="POS",
+        help="stop before this frame (index, or seconds as 60s), after --start; default: the end of the video",
+    )
+    p.add_argument(
+        "--step",
+        type=int,
+        default=1,
+        metavar="N",
+        help="model every N-th frame from --start (default 1); the masks get one frame per "
+        "modelled frame, at the video's frame rate / N",
+    )
+    p.add_argument(
+        "--size",
+        default=None,
+        metavar="WxH",
+        help="resize every frame to exactly W x H pixels before the model (the aspect ratio is "
+        "not kept; bilinear, averaging when shrinking); masks, overlay and background.png "
+        "are at this size",
+    )
+    p.add_argument(
+        "--batch-streams",
+        type=int,
+        default=1,
+        metavar="N",
+        help="process up to N inputs of the same size (after --size: any inputs) together as one batch (default 1)",
+    )
+    p.add_argument(
+        "--mask-format",
+        choices=["mp4", "mkv", "png"],
+        default="mp4",
+        help="lossless H.264 .mp4 (default), FFV1 .mkv, or a PNG sequence",
+    )
     p.add_argument("--overlay", action="store_true", help="also write the frames with the foreground tinted red")
     _add_postprocess_options(p)
-    p.add_argument("--checkpoint", type=int, default=0, metavar="N",
-                   help="save the model state every N modelled frames and when interrupted, to --resume "
-                   "from, also after a hard kill (kill -9, OOM): every frame is then written as its own "
-                   "fragment or cluster and the checkpoint trails the written frames by one")
-    p.add_argument("--resume", action="store_true",
-                   help="continue each input from its checkpoint (same settings, and the same frames: "
-                   "--start/--end/--step/--size); the masks equal an uninterrupted run's")
-    p.add_argument("--decoder", choices=VIDEO_BACKENDS, default="pyav",
-                   help="what decodes video files: PyAV (default) or TorchCodec (pip install "
-                   "\"torchmog[torchcodec]\", with the system's FFmpeg libraries)")
-    p.add_argument("--on-damage", choices=["stop", "skip"], default="stop",
-                   help="a frame that cannot be decoded: stop that input there (default; its masks up to "
-                   "it are kept) or skip past it, as players do; summary.json lists the skipped frames "
-                   "(skip: not with --checkpoint/--resume)")
+    p.add_argument(
+        "--checkpoint",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save the model state every N modelled frames and when interrupted, to --resume "
+        "from, also after a hard kill (kill -9, OOM): every frame is then written as its own "
+        "fragment or cluster and the checkpoint trails the written frames by one",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each input from its checkpoint (same settings, and the same frames: "
+        "--start/--end/--step/--size); the masks equal an uninterrupted run's",
+    )
+    p.add_argument(
+        "--decoder",
+        choices=VIDEO_BACKENDS,
+        default="pyav",
+        help="what decodes video files: PyAV (default) or TorchCodec (pip install "
+        '"torchmog[torchcodec]", with the system\'s FFmpeg libraries)',
+    )
+    p.add_argument(
+        "--on-damage",
+        choices=["stop", "skip"],
+        default="stop",
+        help="a frame that cannot be decoded: stop that input there (default; its masks up to "
+        "it are kept) or skip past it, as players do; summary.json lists the skipped frames "
+        "(skip: not with --checkpoint/--resume)",
+    )
     p.set_defaults(run=_run_background)
 
 
@@ -259,15 +349,26 @@ def _run_background(args: argparse.Namespace) -> int:
         # the spelling only ("12.5s" -> 12.5 seconds); run_background checks the values
         frames = FrameSelection(
             start=None if args.start is None else parse_position(args.start, "--start"),
-            end=None if args.end is None else parse_position(args.end, "--end"), step=args.step,
-            size=None if args.size is None else parse_size(args.size, "--size"), gray=args.gray,
+            end=None if args.end is None else parse_position(args.end, "--end"),
+            step=args.step,
+            size=None if args.size is None else parse_size(args.size, "--size"),
+            gray=args.gray,
             decoder=args.decoder,
         )
         outputs = MaskOutputs(format=args.mask_format, overlay=args.overlay, postprocess=_postprocess_settings(args))
         summaries = run_background(
-            args.inputs, args.out, model=args.model, model_options=settings, frames=frames, outputs=outputs,
-            checkpoint_every=args.checkpoint, resume=args.resume, device=args.device,
-            batch_streams=args.batch_streams, on_damage=args.on_damage, progress=not args.no_progress,
+            args.inputs,
+            args.out,
+            model=args.model,
+            model_options=settings,
+            frames=frames,
+            outputs=outputs,
+            checkpoint_every=args.checkpoint,
+            resume=args.resume,
+            device=args.device,
+            batch_streams=args.batch_streams,
+            on_damage=args.on_damage,
+            progress=not args.no_progress,
             raise_errors=False,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work
@@ -281,8 +382,9 @@ def _run_background(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {s['error']}", file=sys.stderr)
     if failed:
-        print(f"{failed} of {len(summaries)} input(s) failed; their frames before the error are written.",
-              file=sys.stderr)
+        print(
+            f"{failed} of {len(summaries)} input(s) failed; their frames before the error are written.", file=sys.stderr
+        )
     return 1 if failed else 0
 
 
@@ -298,11 +400,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "arguments or dataset (nothing is run).",
     )
     p.add_argument("root", metavar="DATASET_ROOT")
-    p.add_argument("--method", choices=["torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog"],
-                   action="append",
-                   help="method to score (repeatable; default torchgmm; torchgmm-mog2: OpenCV's MOG2 with "
-                   "shadows at its defaults, computed by torchgmm; the OpenCV methods need "
-                   "opencv-contrib-python-headless)")
+    p.add_argument(
+        "--method",
+        choices=["torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog"],
+        action="append",
+        help="method to score (repeatable; default torchgmm; torchgmm-mog2: OpenCV's MOG2 with "
+        "shadows at its defaults, computed by torchgmm; the OpenCV methods need "
+        "opencv-contrib-python-headless)",
+    )
     _add_model_options(p)
     _add_postprocess_options(p)
     p.add_argument("--out", default=None, help="write results.json and results.csv into this folder")
@@ -321,13 +426,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _leave_a_core_for_decoding(args.device)
     try:
         methods = method_factories(
-            args.method or ["torchgmm"], n_components=settings.pop("n_components"),
-            learning_rate=settings.pop("learning_rate"), background_ratio=settings.pop("background_ratio"),
-            device=args.device, model_options=settings,
+            args.method or ["torchgmm"],
+            n_components=settings.pop("n_components"),
+            learning_rate=settings.pop("learning_rate"),
+            background_ratio=settings.pop("background_ratio"),
+            device=args.device,
+            model_options=settings,
         )
         rows = evaluate_dataset(
-            args.root, methods=methods, device=args.device, gray=args.gray, out_dir=args.out,
-            postprocess=post, progress=not args.no_progress, raise_errors=False,
+            args.root,
+            methods=methods,
+            device=args.device,
+            gray=args.gray,
+            out_dir=args.out,
+            postprocess=post,
+            progress=not args.no_progress,
+            raise_errors=False,
             metadata=dict(preset=args.preset, model=model_settings),
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work

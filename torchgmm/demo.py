@@ -87,9 +87,7 @@ def em_trajectory(hist: Tensor, n_classes: int, n_iter: int) -> list[tuple[Tenso
     return out
 
 
-def synthetic_mixture(
-    n: int, means: list, scales: list, weights: list, seed: int = 0
-) -> tuple[Tensor, Tensor]:
+def synthetic_mixture(n: int, means: list, scales: list, weights: list, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Samples of a Gaussian mixture with isotropic or full components, and their true labels.
 
     Args:
@@ -107,9 +105,14 @@ def synthetic_mixture(
     mu = torch.as_tensor(means, dtype=torch.float64).reshape(len(means), -1)
     labels = torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), n, True, generator=g)
     z = torch.randn(n, mu.shape[1], generator=g, dtype=torch.float64)
-    a = torch.stack([torch.as_tensor(s, dtype=torch.float64) * torch.eye(mu.shape[1], dtype=torch.float64)
-                     if torch.as_tensor(s).ndim == 0 else torch.as_tensor(s, dtype=torch.float64)
-                     for s in scales])
+    a = torch.stack(
+        [
+            torch.as_tensor(s, dtype=torch.float64) * torch.eye(mu.shape[1], dtype=torch.float64)
+            if torch.as_tensor(s).ndim == 0
+            else torch.as_tensor(s, dtype=torch.float64)
+            for s in scales
+        ]
+    )
     x = mu[labels] + torch.einsum("nde,ne->nd", a[labels], z)
     return x, labels
 
@@ -181,8 +184,7 @@ def plot_covariance_ellipses(
         angle = math.degrees(math.atan2(float(evecs[1, 1]), float(evecs[0, 1])))
         for s in n_std:
             w, h = (2 * s * evals.clamp_min(0).sqrt()).tolist()[::-1]
-            ax.add_patch(Ellipse(means[j].tolist(), w, h, angle=angle, fill=False,
-                                 color=cols[j], lw=1.5))
+            ax.add_patch(Ellipse(means[j].tolist(), w, h, angle=angle, fill=False, color=cols[j], lw=1.5))
         ax.plot(*means[j].tolist(), "k+", ms=10)
 
 
@@ -201,8 +203,15 @@ def figure_initial_split(image: Tensor, n_classes: int = 3) -> Figure:
     w, mu, var = range_init(hist, n_classes)
     interval = torch.div(torch.arange(N_LEVELS) * n_classes, N_LEVELS, rounding_mode="floor")
     fig, ax = _new_figure(7, 3.5)
-    plot_histogram_fit(ax[0, 0], hist, w[0], mu[0], var[0], bar_colours=interval,
-                       title=f"initial split into {n_classes} equal grey-level intervals")
+    plot_histogram_fit(
+        ax[0, 0],
+        hist,
+        w[0],
+        mu[0],
+        var[0],
+        bar_colours=interval,
+        title=f"initial split into {n_classes} equal grey-level intervals",
+    )
     return fig
 
 
@@ -223,18 +232,17 @@ def figure_em_evolution(image: Tensor, n_classes: int = 3, n_iter: int = 30) -> 
     it = list(range(n_iter + 1))
     means = torch.stack([t[1] for t in traj])  # (T, K)
     sd = torch.stack([t[2] for t in traj]).sqrt()
-    lls = [float(fit_histogram_mixture(hist, n_classes, tol=0.0, max_iter=i).lower_bound[0])
-           for i in it[1:]]
+    lls = [float(fit_histogram_mixture(hist, n_classes, tol=0.0, max_iter=i).lower_bound[0]) for i in it[1:]]
     fig, ax = _new_figure(11, 3.5, 1, 2)
     for j, c in enumerate(_colours(n_classes)):
         ax[0, 0].plot(it, means[:, j].numpy(), color=c, label=f"class {j}")
-        ax[0, 0].fill_between(it, (means[:, j] - sd[:, j]).numpy(), (means[:, j] + sd[:, j]).numpy(),
-                              color=c, alpha=0.2)
+        ax[0, 0].fill_between(
+            it, (means[:, j] - sd[:, j]).numpy(), (means[:, j] + sd[:, j]).numpy(), color=c, alpha=0.2
+        )
     ax[0, 0].set(xlabel="EM iteration", ylabel="grey level", title="means +- one standard deviation")
     ax[0, 0].legend(fontsize=7)
     ax[0, 1].plot(it[1:], lls, "k.-")
-    ax[0, 1].set(xlabel="EM iteration", ylabel="mean log-likelihood per pixel",
-                 title="log-likelihood")
+    ax[0, 1].set(xlabel="EM iteration", ylabel="mean log-likelihood per pixel", title="log-likelihood")
     return fig
 
 
@@ -251,8 +259,15 @@ def figure_segmentation(image: Tensor, n_classes: int = 3, *, tol: float = 1e-3)
     ax[0, 1].set_title(f"{n_classes} classes ({int(fit.n_iter[0])} EM iterations)")
     for a in ax[0, :2]:
         a.axis("off")
-    plot_histogram_fit(ax[0, 2], hist[0], fit.weights[0], fit.means[0, :, 0],
-                       fit.covariances[0, :, 0, 0], bar_colours=lut[0], title="final mixture")
+    plot_histogram_fit(
+        ax[0, 2],
+        hist[0],
+        fit.weights[0],
+        fit.means[0, :, 0],
+        fit.covariances[0, :, 0, 0],
+        bar_colours=lut[0],
+        title="final mixture",
+    )
     return fig
 
 
@@ -268,8 +283,7 @@ def figure_clustering_1d(seed: int = 0) -> Figure:
     fig, ax = _new_figure(8, 3.5)
     a = ax[0, 0]
     cols = _colours(3)
-    a.hist([x[labels == j, 0].numpy() for j in range(3)], bins=80, stacked=True, density=True,
-           color=cols, alpha=0.5)
+    a.hist([x[labels == j, 0].numpy() for j in range(3)], bins=80, stacked=True, density=True, color=cols, alpha=0.5)
     grid = torch.linspace(float(x.min()), float(x.max()), 400, dtype=torch.float64)
     for j in range(3):
         pdf = w[j] * torch.exp(-0.5 * (grid - mu[j]) ** 2 / var[j]) / torch.sqrt(2 * math.pi * var[j])
@@ -284,8 +298,11 @@ def figure_clustering_2d(seed: int = 0) -> Figure:
     from torchgmm.mixture import GaussianMixture
 
     x, truth = synthetic_mixture(
-        1500, [[0.0, 0.0], [5.0, 3.0], [-3.0, 5.0]],
-        [[[1.5, 0.0], [0.9, 0.5]], 0.8, [[0.5, 0.0], [-0.6, 1.2]]], [0.4, 0.3, 0.3], seed,
+        1500,
+        [[0.0, 0.0], [5.0, 3.0], [-3.0, 5.0]],
+        [[[1.5, 0.0], [0.9, 0.5]], 0.8, [[0.5, 0.0], [-0.6, 1.2]]],
+        [0.4, 0.3, 0.3],
+        seed,
     )
     gm = GaussianMixture(3, random_state=seed).fit(x)
     labels = gm.predict(x)
@@ -435,8 +452,16 @@ def figure_background_summary(
             ys, xs = gt[0].nonzero(as_tuple=True)
             if ys.numel():
                 y0, x0 = int(ys.min()), int(xs.min())
-                ax[1, j].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1,
-                                             fill=False, color="red", lw=1))
+                ax[1, j].add_patch(
+                    Rectangle(
+                        (x0 - 0.5, y0 - 0.5),
+                        int(xs.max()) - x0 + 1,
+                        int(ys.max()) - y0 + 1,
+                        fill=False,
+                        color="red",
+                        lw=1,
+                    )
+                )
         show(ax[1, j], m.to(torch.uint8) * 255, title)
     show(ax[0, -1], background, "learned background")
     if true_background is not None:
@@ -497,8 +522,9 @@ def run_background_demo(out_dir: str | Path, *, n_frames: int = 150, height: int
     error = float((learned.float() - background.float()).abs().mean())
     figure = Path(summary["output"]) / "summary.png"
     buf = io.BytesIO()
-    figure_background_summary(frames, masks, learned, truth=truth, true_background=background,
-                              first=enter).savefig(buf, format="png", dpi=SUMMARY_DPI)
+    figure_background_summary(frames, masks, learned, truth=truth, true_background=background, first=enter).savefig(
+        buf, format="png", dpi=SUMMARY_DPI
+    )
     atomic_write_bytes(figure, buf.getvalue())
     return dict(summary, recall=recall, precision=precision, background_error=error, figure=str(figure))
 

@@ -125,9 +125,7 @@ def confusion_counts(
         check_tensor(roi, "roi")
         r = roi.reshape(roi.shape[-2:]) if roi.ndim > 2 and roi.shape[:-2].numel() == 1 else roi
         if r.ndim != 2 or tuple(r.shape) != tuple(g.shape[-2:]):
-            raise ShapeError(
-                f"`roi` must have shape (H, W) = {tuple(g.shape[-2:])}, got {tuple(roi.shape)}."
-            )
+            raise ShapeError(f"`roi` must have shape (H, W) = {tuple(g.shape[-2:])}, got {tuple(roi.shape)}.")
         r = r.to(device=g.device) != 0
         positive = positive & r
         negative = negative & r
@@ -206,8 +204,6 @@ def scores(counts: Tensor) -> dict[str, float]:
         "FN": fn,
         "TN": tn,
     }
-
-
 
 
 def mean_scores(rows: Sequence[dict], keys: Iterable[str]) -> dict[str, float]:

@@ -107,8 +107,6 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "range", "k
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-
-
 class GaussianMixtureFit(NamedTuple):
     """The result of :func:`fit_gaussian_mixture`; every field has a leading batch dim B."""
 
@@ -139,8 +137,7 @@ def _fit_dtype(x: Tensor) -> torch.dtype:
     squared features anyway), integers and bool -> the default dtype."""
     if x.is_complex():
         raise TypeError(
-            f"`x` must be real (float32 or float64; integer and half-precision data are cast), "
-            f"got dtype {x.dtype}."
+            f"`x` must be real (float32 or float64; integer and half-precision data are cast), got dtype {x.dtype}."
         )
     if x.dtype in _HALF_DTYPES:
         return torch.float32
@@ -187,8 +184,7 @@ def _batched_weight(sample_weight: Tensor | None, x: Tensor, *, check_values: bo
             raise ValueError("`sample_weight` must be non-negative, got negative values.")
         if bool((sample_weight.sum(1) <= 0).any()):
             raise ValueError(
-                "`sample_weight` sums to zero for at least one problem; every problem needs "
-                "some positive weight."
+                "`sample_weight` sums to zero for at least one problem; every problem needs some positive weight."
             )
     return sample_weight
 
@@ -289,9 +285,7 @@ def _log_det_cholesky(precisions_cholesky: Tensor, covariance_type: str, d: int)
     return d * precisions_cholesky.log()
 
 
-def _log_prob_coefficients(
-    means: Tensor, precisions_cholesky: Tensor, covariance_type: str
-) -> tuple[Tensor, Tensor]:
+def _log_prob_coefficients(means: Tensor, precisions_cholesky: Tensor, covariance_type: str) -> tuple[Tensor, Tensor]:
     """Coefficients (A (B, K, F), c (B, K)) with log N(x | mu_k, Sigma_k) = A_k . phi(x) + c_k."""
     b, k, d = means.shape
     precision = _precision_matrices(precisions_cholesky, covariance_type)
@@ -403,9 +397,7 @@ def estimate_log_resp(
 # ----------------------------------------------------------------------------------------
 # M-step
 # ----------------------------------------------------------------------------------------
-def precisions_cholesky_from_covariances(
-    covariances: Tensor, covariance_type: CovarianceType
-) -> tuple[Tensor, Tensor]:
+def precisions_cholesky_from_covariances(covariances: Tensor, covariance_type: CovarianceType) -> tuple[Tensor, Tensor]:
     """Cholesky factors of the precision matrices, without a host sync.
 
     For full/tied: ``L = inv(chol(Sigma))'`` so that ``L L' = Sigma^-1`` (scikit-learn's
@@ -425,9 +417,7 @@ def precisions_cholesky_from_covariances(
     if covariance_type in ("full", "tied"):
         cov_chol, info = torch.linalg.cholesky_ex(covariances)
         eye = torch.eye(covariances.shape[-1], device=covariances.device, dtype=covariances.dtype)
-        precisions_cholesky = torch.linalg.solve_triangular(
-            cov_chol, eye.expand_as(cov_chol), upper=False
-        ).mT
+        precisions_cholesky = torch.linalg.solve_triangular(cov_chol, eye.expand_as(cov_chol), upper=False).mT
         failed = info != 0
         if covariance_type == "full":
             failed = failed.any(-1)
@@ -667,9 +657,7 @@ def _squared_distances(x: Tensor, centres: Tensor) -> Tensor:
     return (cross + (x * x).sum(-1, keepdim=True)).clamp_min(0)
 
 
-def _kmeans_plusplus(
-    x: Tensor, w: Tensor, k: int, generator: Generators, n_local_trials: int
-) -> Tensor:
+def _kmeans_plusplus(x: Tensor, w: Tensor, k: int, generator: Generators, n_local_trials: int) -> Tensor:
     """k-means++ seeds: indices (B, K) into the N samples.
 
     The first seed is drawn with probability proportional to the weight ``w`` (B, N), each
@@ -703,9 +691,7 @@ def _kmeans_plusplus(
     return torch.stack(picks, 1)
 
 
-def _lloyd(
-    x: Tensor, w: Tensor, centres: Tensor, max_iter: int, tol: Tensor | None, check_every: int = 4
-) -> Tensor:
+def _lloyd(x: Tensor, w: Tensor, centres: Tensor, max_iter: int, tol: Tensor | None, check_every: int = 4) -> Tensor:
     """Lloyd's k-means iterations from ``centres`` (B, K, D); the final centres (B, K, D).
 
     Each iteration labels every sample with its nearest centre and moves each centre to the
@@ -752,9 +738,7 @@ def _seed_resp(w: Tensor, seeds: Tensor, sample_weight: Tensor | None) -> Tensor
     return resp.scatter_(2, seeds.unsqueeze(-1), value.unsqueeze(-1))
 
 
-def _initial_resp(
-    x: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: Generators
-) -> Tensor:
+def _initial_resp(x: Tensor, sample_weight: Tensor | None, k: int, init_params: str, generator: Generators) -> Tensor:
     """Responsibilities (B, K, N) to start EM from (``init_params`` in fit_gaussian_mixture)."""
     if init_params == "range":
         return _range_resp(x, sample_weight, k)
@@ -838,8 +822,9 @@ def _draw(weights: Tensor, n_draws: int, *, replacement: bool = True, generator:
         - output: ``(B, n_draws)`` int64
     """
     if not (generator is None or isinstance(generator, torch.Generator)):
-        return torch.cat([_draw(weights[i : i + 1], n_draws, replacement=replacement, generator=g)
-                          for i, g in enumerate(generator)])
+        return torch.cat(
+            [_draw(weights[i : i + 1], n_draws, replacement=replacement, generator=g) for i, g in enumerate(generator)]
+        )
     if weights.shape[-1] <= _MULTINOMIAL_LIMIT:
         return torch.multinomial(weights, n_draws, replacement=replacement, generator=generator)
     w = weights.to(torch.float64)
@@ -1053,8 +1038,15 @@ def fit_gaussian_mixture(
         )
 
         return fit_chunked(
-            x, options, sample_weight=sample_weight, weights_init=weights_init, means_init=means_init,
-            precisions_init=precisions_init, generator=generator, device=device, dtype=dtype,
+            x,
+            options,
+            sample_weight=sample_weight,
+            weights_init=weights_init,
+            means_init=means_init,
+            precisions_init=precisions_init,
+            generator=generator,
+            device=device,
+            dtype=dtype,
             process_group=process_group,
         )[0]
     if device is not None or dtype is not None:
@@ -1066,9 +1058,7 @@ def fit_gaussian_mixture(
     if n < k:
         raise ValueError(f"`x` has N={n} samples per problem, fewer than n_components={k}.")
     generator = _checked_generators(generator, b, x.device)
-    weights0, means0, prec_chol0 = _given_parameters(
-        weights_init, means_init, precisions_init, x, covariance_type, k
-    )
+    weights0, means0, prec_chol0 = _given_parameters(weights_init, means_init, precisions_init, x, covariance_type, k)
 
     # Centre the data (see the module docstring); means live in centred coordinates.
     given = x
@@ -1214,7 +1204,11 @@ def _run_em(
     ``keep`` from what ``statistics`` reads.
     """
     covariance_type, tol, reg_covar, max_iter, check_every = (
-        options.covariance_type, options.tol, options.reg_covar, options.max_iter, options.check_every
+        options.covariance_type,
+        options.tol,
+        options.reg_covar,
+        options.max_iter,
+        options.check_every,
     )
     weights, means, cov, prec_chol = parameters
     b, _, d = means.shape
@@ -1296,6 +1290,7 @@ def _raise_if_failed(
     """One host sync on the happy path; ``overflowed`` (B,) flags a non-finite E-step."""
     if not bool((failed if overflowed is None else failed | overflowed).any()):
         return
+
     def problems(mask: Tensor) -> list[int]:
         found = torch.nonzero(mask).flatten()
         return (found if rows is None else rows[found]).tolist()[:10]
@@ -1541,15 +1536,27 @@ class GaussianMixture(nn.Module):
             check_choice(self.covariance_type, "covariance_type", COVARIANCE_TYPES)
             check_choice(self.init_params, "init_params", INIT_METHODS)
             em = _EMOptions(
-                self.n_components, self.covariance_type, check_real(self.tol, "tol", minimum=0),
-                check_real(self.reg_covar, "reg_covar", minimum=0), self.max_iter, self.init_params, 4,
+                self.n_components,
+                self.covariance_type,
+                check_real(self.tol, "tol", minimum=0),
+                check_real(self.reg_covar, "reg_covar", minimum=0),
+                self.max_iter,
+                self.init_params,
+                4,
                 bool(self.compile),
             )
             device = self._chunk_device(x)
             fit, batched = fit_chunked(
-                x, em, sample_weight=sample_weight, weights_init=self.weights_init,
-                means_init=self.means_init, precisions_init=self.precisions_init,
-                generator=self._generator(device), device=device, dtype=self.fit_dtype, process_group=group,
+                x,
+                em,
+                sample_weight=sample_weight,
+                weights_init=self.weights_init,
+                means_init=self.means_init,
+                precisions_init=self.precisions_init,
+                generator=self._generator(device),
+                device=device,
+                dtype=self.fit_dtype,
+                process_group=group,
             )
             unbatch = not batched
         for name, value in zip(_FITTED_BUFFERS, fit):
@@ -1634,9 +1641,13 @@ class GaussianMixture(nn.Module):
             raise ShapeError(f"`x` has D={x.shape[-1]} features; the model was fitted with D={means.shape[-1]}.")
         if x.shape[0] != means.shape[0] and means.shape[0] != 1:
             raise ShapeError(f"`x` has B={x.shape[0]} problems; the model was fitted with B={means.shape[0]}.")
-        return x, weights.expand(x.shape[0], -1), means.expand(x.shape[0], -1, -1), prec.expand(
-            x.shape[0], *prec.shape[1:]
-        ), unbatch
+        return (
+            x,
+            weights.expand(x.shape[0], -1),
+            means.expand(x.shape[0], -1, -1),
+            prec.expand(x.shape[0], *prec.shape[1:]),
+            unbatch,
+        )
 
     def _log_resp(self, x: Tensor) -> tuple[Tensor, Tensor, bool]:
         x, weights, means, prec, unbatch = self._params(x)
@@ -1811,7 +1822,7 @@ class GaussianMixture(nn.Module):
             )
 
         def covariance_shape(covariance_type: str) -> tuple[int, ...]:
-            return _covariance_shape(covariance_type, *(lead or (1,)), k, d)[1 - len(lead):]
+            return _covariance_shape(covariance_type, *(lead or (1,)), k, d)[1 - len(lead) :]
 
         expected = {
             "weights_": lead + (k,),
@@ -1837,7 +1848,9 @@ class GaussianMixture(nn.Module):
             )
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: E501
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # noqa: E501
         mismatch = self._state_mismatch(state_dict, prefix)
         if mismatch is not None:
             # load_state_dict raises RuntimeError with it (strict or not); this module is

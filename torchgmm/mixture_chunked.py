@@ -134,17 +134,14 @@ class _ChunkReader:
         if isinstance(item, (tuple, list)) and len(item) in (1, 2):
             return item[0], item[1] if len(item) == 2 else None
         raise TypeError(
-            f"chunk {index} of `x` must be a tensor or an (x, sample_weight) pair, got "
-            f"{type(item).__name__}."
+            f"chunk {index} of `x` must be a tensor or an (x, sample_weight) pair, got {type(item).__name__}."
         )
 
     def _check(self, index: int, x: Any, w: Any) -> tuple[Tensor, Tensor | None]:
         if not isinstance(x, Tensor):
             raise TypeError(f"chunk {index} of `x` must be a tensor, got {type(x).__name__}.")
         if x.ndim not in (2, 3):
-            raise ShapeError(
-                f"chunk {index} of `x` must be (N_i, D) or (B, N_i, D), got shape {tuple(x.shape)}."
-            )
+            raise ShapeError(f"chunk {index} of `x` must be (N_i, D) or (B, N_i, D), got shape {tuple(x.shape)}.")
         batched = x.ndim == 3
         xb = x if batched else x.unsqueeze(0)
         b, n, d = xb.shape
@@ -360,7 +357,11 @@ def _like_statistics(
 
 
 def _resp_pass(
-    reader: _ChunkReader, summary: _Summary, coll: Collective, options: _EMOptions, make_resp: Any,
+    reader: _ChunkReader,
+    summary: _Summary,
+    coll: Collective,
+    options: _EMOptions,
+    make_resp: Any,
     like: _Statistics,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One pass summing the statistics of ``make_resp(centred x (B, N_i, D))`` (B, K, N_i);
@@ -409,7 +410,11 @@ def _sample(reader: _ChunkReader, summary: _Summary, coll: Collective, generator
 
 
 def _initial_parameters(
-    reader: _ChunkReader, summary: _Summary, coll: Collective, options: _EMOptions, generator: Any,
+    reader: _ChunkReader,
+    summary: _Summary,
+    coll: Collective,
+    options: _EMOptions,
+    generator: Any,
     like: _Statistics,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(weights, means, cov) of ``options.init_params`` in centred coordinates, the same on
@@ -435,6 +440,7 @@ def _initial_parameters(
             reader, summary, coll, options, lambda c: _range_labels(_range_projection(c, axis), low, high, k), like
         )
     elif init == "random":
+
         def random_resp(centred: Tensor) -> Tensor:
             resp = _rand((centred.shape[0], centred.shape[1], k), generator, device=centred.device, dtype=centred.dtype)
             return (resp / resp.sum(-1, keepdim=True)).mT
@@ -454,8 +460,12 @@ def _initial_parameters(
                 resp = _seed_or_random_resp(x, ones, w, k, init, generator)
                 initial = _m_step(_quadratic_features(x, cov_type), resp, w, cov_type, options.reg_covar, summary.d)
             else:
-                cov_shape = {"full": (summary.b, k, summary.d, summary.d), "tied": (summary.b, summary.d, summary.d),
-                             "diag": (summary.b, k, summary.d), "spherical": (summary.b, k)}[cov_type]
+                cov_shape = {
+                    "full": (summary.b, k, summary.d, summary.d),
+                    "tied": (summary.b, summary.d, summary.d),
+                    "diag": (summary.b, k, summary.d),
+                    "spherical": (summary.b, k),
+                }[cov_type]
                 initial = (x.new_zeros(summary.b, k), x.new_zeros(summary.b, k, summary.d), x.new_zeros(cov_shape))
     for t in initial:  # bit-identical starting parameters on every rank
         coll.broadcast_(t)
@@ -657,9 +667,14 @@ def fit_gaussian_mixture_stepwise(
     lower_bounds = torch.stack(bounds, 1) if bounds else means.new_zeros(b, 0)
     lower_bound = lower_bounds[:, -1] if bounds else means.new_full((b,), float("nan"))
     return GaussianMixtureFit(
-        weights, means + shift, cov, prec_chol, lower_bound,
+        weights,
+        means + shift,
+        cov,
+        prec_chol,
+        lower_bound,
         torch.full((b,), step, dtype=torch.long, device=means.device),
-        torch.ones(b, dtype=torch.bool, device=means.device), lower_bounds,
+        torch.ones(b, dtype=torch.bool, device=means.device),
+        lower_bounds,
     )
 
 

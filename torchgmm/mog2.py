@@ -175,14 +175,21 @@ def detect_shadow_gmm(
     """
     _check_state(frame, weight, mean, variance)
     if n_modes is not None and n_modes.shape != (weight.shape[0], *weight.shape[2:]):
-        raise ShapeError(f"`n_modes` must have shape (B, H, W) = {(weight.shape[0], *weight.shape[2:])}, "
-                         f"got {tuple(n_modes.shape)}.")
+        raise ShapeError(
+            f"`n_modes` must have shape (B, H, W) = {(weight.shape[0], *weight.shape[2:])}, got {tuple(n_modes.shape)}."
+        )
     xs, ws, mus, vs = _unpack(frame, weight, mean, variance)
     compute, device = xs[0].dtype, frame.device
     in_use = None if n_modes is None else [n_modes.to(torch.int32) > k for k in range(weight.shape[1])]
     return shadow_planes(
-        xs, ws, mus, vs, in_use, _setting(var_threshold, compute, device),
-        _setting(background_ratio, compute, device), _setting(shadow_threshold, compute, device),
+        xs,
+        ws,
+        mus,
+        vs,
+        in_use,
+        _setting(var_threshold, compute, device),
+        _setting(background_ratio, compute, device),
+        _setting(shadow_threshold, compute, device),
     )
 
 
@@ -282,8 +289,10 @@ def _check_mog2_state(frame: Tensor, weight: Tensor, mean: Tensor, variance: Ten
     _check_state(frame, weight, mean, variance)
     b, k, h, w = weight.shape
     if variance.shape != (b, k, h, w):
-        raise ShapeError(f"`variance` must have shape (B, K, H, W) = {(b, k, h, w)} (one variance per mode), "
-                         f"got {tuple(variance.shape)}.")
+        raise ShapeError(
+            f"`variance` must have shape (B, K, H, W) = {(b, k, h, w)} (one variance per mode), "
+            f"got {tuple(variance.shape)}."
+        )
     check_tensor(n_modes, "n_modes")
     if n_modes.shape != (b, h, w):
         raise ShapeError(f"`n_modes` must have shape (B, H, W) = {(b, h, w)}, got {tuple(n_modes.shape)}.")
@@ -363,8 +372,13 @@ def mog2_update(
     """
     _check_mog2_state(frame, weight, mean, variance, n_modes)
     settings = dict(
-        var_threshold=var_threshold, background_ratio=background_ratio, var_threshold_gen=var_threshold_gen,
-        var_init=var_init, var_min=var_min, var_max=var_max, shadow_threshold=shadow_threshold,
+        var_threshold=var_threshold,
+        background_ratio=background_ratio,
+        var_threshold_gen=var_threshold_gen,
+        var_init=var_init,
+        var_min=var_min,
+        var_max=var_max,
+        shadow_threshold=shadow_threshold,
         complexity_reduction_threshold=complexity_reduction_threshold,
     )
     return _update(frame, weight, mean, variance, n_modes, learning_rate, settings, detect_shadows)
@@ -385,8 +399,7 @@ def _update(frame, weight, mean, variance, n_modes, learning_rate, settings, det
     return ~background & ~shadow, shadow, new_weight, new_mean, new_variance, count.to(n_modes.dtype).contiguous()
 
 
-def mog2_background_image(weight: Tensor, mean: Tensor, n_modes: Tensor,
-                          background_ratio: float = 0.9) -> Tensor:
+def mog2_background_image(weight: Tensor, mean: Tensor, n_modes: Tensor, background_ratio: float = 0.9) -> Tensor:
     """OpenCV's ``getBackgroundImage``: the weighted mean of each pixel's background modes.
 
     Modes are summed in order until their cumulative weight exceeds ``background_ratio``;
@@ -426,8 +439,20 @@ def mog2_background_image(weight: Tensor, mean: Tensor, n_modes: Tensor,
     return torch.stack([torch.round(a * inv).clamp(0, 255) for a in acc], 1).to(torch.uint8)
 
 
-def _mog2_step(frame, weight, mean, variance, n_modes, frames_seen, base_rate, history, shadow_value, settings,  # noqa: ANN001, ANN202 - compiled: annotations add nothing
-               detect_shadows, raw):  # noqa: ANN001, ANN202
+def _mog2_step(  # noqa: ANN202 - compiled: the annotations say what goes in, not the tuple out
+    frame: Tensor,
+    weight: Tensor,
+    mean: Tensor,
+    variance: Tensor,
+    n_modes: Tensor,
+    frames_seen: Tensor,
+    base_rate: Tensor,
+    history: Tensor,
+    shadow_value: Tensor,
+    settings: dict,
+    detect_shadows: bool,
+    raw: bool,
+):
     """Rate schedule + update + frame count: the function the module compiles.
 
     The labels leave it as one int32 code per pixel, OpenCV's mask value plus 256 for a
@@ -441,9 +466,7 @@ def _mog2_step(frame, weight, mean, variance, n_modes, frames_seen, base_rate, h
     (``raw``); it turns the code into the uint8 mask or the bool masks it returns.
     """
     rate = mog2_learning_rate(frames_seen, base_rate, history)
-    foreground, shadow, *state = _update(
-        frame, weight, mean, variance, n_modes, rate, settings, detect_shadows, raw
-    )
+    foreground, shadow, *state = _update(frame, weight, mean, variance, n_modes, rate, settings, detect_shadows, raw)
     code = torch.where(foreground, 255, torch.where(shadow, shadow_value + 256, 0))
     return (code, *state, frames_seen + 1)
 
@@ -603,7 +626,16 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         self.n_modes = self.n_modes.new_zeros((b, h, w))
         self.frames_seen = torch.zeros_like(self.frames_seen)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001, ANN202, E501
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         # Lazily shaped buffers: take the incoming shapes (as a lazy module does), then copy.
         names = ("weight", "mean", "variance", "n_modes")
         incoming = {n: state_dict.get(prefix + n) for n in names}
@@ -636,17 +668,22 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
 
     def _settings(self) -> dict:
         floats = dict(
-            var_threshold=self.var_threshold, background_ratio=self.background_ratio,
-            var_threshold_gen=self.var_threshold_gen, var_init=self.var_init, var_min=self.var_min,
-            var_max=self.var_max, complexity_reduction_threshold=self.complexity_reduction_threshold,
+            var_threshold=self.var_threshold,
+            background_ratio=self.background_ratio,
+            var_threshold_gen=self.var_threshold_gen,
+            var_init=self.var_init,
+            var_min=self.var_min,
+            var_max=self.var_max,
+            complexity_reduction_threshold=self.complexity_reduction_threshold,
             shadow_threshold=self.shadow_threshold,
         )
         return {k: self._scalar(v) for k, v in floats.items()}
 
     # -- frames -----------------------------------------------------------------------
     @torch.no_grad()  # the state is updated online, never differentiated
-    def forward(self, frames: Tensor, learning_rate: float | None = -1.0,
-                return_shadows: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, frames: Tensor, learning_rate: float | None = -1.0, return_shadows: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Learn from one frame per stream and return the foreground masks.
 
         Args:
@@ -680,13 +717,28 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
             frames = component_major(frames)  # one fused loop for B > 1 (see BackgroundSubtractorMOG.forward)
         compute = torch.promote_types(self.weight.dtype, torch.float32)
         args = (
-            frames, self.weight, self.mean, self.variance, self.n_modes, self.frames_seen,
-            self._rate(float(learning_rate)), self._rate(float(self.history)),
+            frames,
+            self.weight,
+            self.mean,
+            self.variance,
+            self.n_modes,
+            self.frames_seen,
+            self._rate(float(learning_rate)),
+            self._rate(float(self.history)),
             self._shadow_value(),
-            self._settings(), self.detect_shadows, raw,
+            self._settings(),
+            self.detect_shadows,
+            raw,
         )
-        config = (frames.dtype, self.weight.dtype, frames.device.type, tuple(self.mean.shape[1:3]),
-                  self.detect_shadows, compute, raw)
+        config = (
+            frames.dtype,
+            self.weight.dtype,
+            frames.device.type,
+            tuple(self.mean.shape[1:3]),
+            self.detect_shadows,
+            compute,
+            raw,
+        )
         code, *state = self._step(config, args)
         for name, tensor in zip(("weight", "mean", "variance", "n_modes", "frames_seen"), state):
             self._buffers[name] = tensor
@@ -721,15 +773,17 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
                 errors.append(exc)
         error = errors[-1]
         if len(errors) > 1:
-            add_note(error, f"compiling with Inductor's C++ wrapper failed first: {type(errors[0]).__name__}: "
-                            f"{errors[0]}")
+            add_note(
+                error, f"compiling with Inductor's C++ wrapper failed first: {type(errors[0]).__name__}: {errors[0]}"
+            )
         if self.use_compile:
             raise error
         self._compile_failed = True
         warnings.warn(
             f"torch.compile of the MOG2 update failed ({type(error).__name__}: {error}); "
             "running eagerly (slower). Pass compile=False to silence this.",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning,
+            stacklevel=4,
         )
         return _mog2_step(*args)
 

@@ -19,8 +19,14 @@ from torch import Tensor
 from torchgmm._checks import ShapeError, check_positive_int, check_tensor
 
 __all__ = [
-    "median_filter_mask", "binary_erosion", "binary_dilation", "binary_opening", "remove_small_blobs",
-    "connected_component_labels", "apply_postprocess", "postprocess_settings",
+    "median_filter_mask",
+    "binary_erosion",
+    "binary_dilation",
+    "binary_opening",
+    "remove_small_blobs",
+    "connected_component_labels",
+    "apply_postprocess",
+    "postprocess_settings",
 ]
 
 #: pointer jumps per labelling iteration (see _label_runs and remove_small_blobs)

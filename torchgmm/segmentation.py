@@ -118,8 +118,7 @@ def _check_label_dtype(label_dtype: object, n_classes: int) -> None:
         )
     if torch.iinfo(label_dtype).max < n_classes - 1:
         raise ValueError(
-            f"`label_dtype` {label_dtype} cannot hold label {n_classes - 1} of n_classes={n_classes}; "
-            "use torch.int64."
+            f"`label_dtype` {label_dtype} cannot hold label {n_classes - 1} of n_classes={n_classes}; use torch.int64."
         )
 
 
@@ -365,7 +364,6 @@ def fit_histogram_mixture(
     return _sort_fit(fit, fit.means[..., 0])
 
 
-
 def posterior_lut(fit: GaussianMixtureFit, n_levels: int = N_LEVELS) -> Tensor:
     """Posterior probability of each class for every grey level.
 
@@ -518,8 +516,6 @@ def _rgb_log_joint(images: Tensor, fit: GaussianMixtureFit) -> Tensor:
     return log_joint + fit.weights.log().unsqueeze(1)  # (B, H*W, K)
 
 
-
-
 def negligible_classes(weights: Tensor, n_pixels: int) -> Tensor:
     """Which fitted classes hold less than half a pixel's worth of weight: ``weight * n_pixels < 1/2``.
 
@@ -663,8 +659,16 @@ def segment_images(
         [0, 0, 0, 0, 1, 1, 1, 1]
     """
     labels, fit = _segment_images(
-        images, n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
-        n_samples=n_samples, generator=generator, label_dtype=label_dtype,
+        images,
+        n_classes,
+        mode=mode,
+        init=init,
+        tol=tol,
+        max_iter=max_iter,
+        reg_covar=reg_covar,
+        n_samples=n_samples,
+        generator=generator,
+        label_dtype=label_dtype,
     )
     n_pixels = _fitted_pixels(mode, labels.shape[1], labels.shape[2], n_samples)
     _warn_negligible(fit.weights, n_pixels, mode, init, stacklevel=2)
@@ -709,8 +713,13 @@ def _segment_images(
             )
         images = to_uint8(images)
         fit = _fit_rgb(
-            images, n_classes, n_samples=n_samples, tol=tol, max_iter=max_iter,
-            reg_covar=reg_covar, generator=generator,
+            images,
+            n_classes,
+            n_samples=n_samples,
+            tol=tol,
+            max_iter=max_iter,
+            reg_covar=reg_covar,
+            generator=generator,
         )
         labels = _rgb_log_joint(images, fit).argmax(dim=2).to(label_dtype)
         return labels.view(images.shape[0], *images.shape[2:]), fit
@@ -718,8 +727,13 @@ def _segment_images(
     _, _, h, w = grey.shape
     idx = _offset_index(grey)  # one index for histogram and lookup
     fit = fit_histogram_mixture(
-        _histograms_from_index(idx), n_classes, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
-        init=init, generator=generator,
+        _histograms_from_index(idx),
+        n_classes,
+        tol=tol,
+        max_iter=max_iter,
+        reg_covar=reg_covar,
+        init=init,
+        generator=generator,
     )
     # == apply_lut(label_lut(fit), grey)
     return _lookup(label_lut(fit).to(label_dtype), idx, h, w), fit
@@ -809,8 +823,13 @@ class HistogramSegmenter(nn.Module):
     converged_: Tensor
 
     _state = (
-        "weights_", "means_", "covariances_", "precisions_cholesky_",
-        "lower_bound_", "n_iter_", "converged_",
+        "weights_",
+        "means_",
+        "covariances_",
+        "precisions_cholesky_",
+        "lower_bound_",
+        "n_iter_",
+        "converged_",
     )
     #: whether forward warns about negligible classes (segment_files reports them per file)
     _warn_negligible = True
@@ -897,9 +916,16 @@ class HistogramSegmenter(nn.Module):
             # kmeans++/random init) are then the same whatever batch it comes in
             gen = [torch.Generator(device=images.device).manual_seed(self.random_state) for _ in range(images.shape[0])]
         labels, fit = _segment_images(
-            images, self.n_classes, mode=self.mode, init=self.init, tol=self.tol,
-            max_iter=self.max_iter, reg_covar=self.reg_covar, n_samples=self.n_samples,
-            generator=gen, label_dtype=self.label_dtype,
+            images,
+            self.n_classes,
+            mode=self.mode,
+            init=self.init,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            reg_covar=self.reg_covar,
+            n_samples=self.n_samples,
+            generator=gen,
+            label_dtype=self.label_dtype,
         )
         for name in self._state:
             setattr(self, name, getattr(fit, name[:-1]))
@@ -954,8 +980,16 @@ class HistogramSegmenter(nn.Module):
 # --- files -------------------------------------------------------------------------------
 #: colours of the first classes in colourised label maps (matplotlib's tab10), RGB uint8
 _PALETTE = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
 )
 
 
@@ -1012,7 +1046,9 @@ def colourise(labels: Tensor, n_classes: int) -> Tensor:
     """
     check_tensor(labels, "labels")
     if labels.ndim != 3 or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ShapeError(f"`labels` must be a (B, H, W) integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}.")
+        raise ShapeError(
+            f"`labels` must be a (B, H, W) integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}."
+        )
     b, h, w = labels.shape
     pal = palette(n_classes).to(labels.device).t().contiguous()  # (3, K)
     if labels.numel():

@@ -35,4 +35,3 @@ def on_files(files: Files, config: Any) -> Files:
             module = match["module"]
             files.append(File.generated(config, path, content=f"::: {module}\n"))
     return files
-

@@ -229,8 +229,10 @@ def _open_header(data: bytes, fmt: ImageFormat) -> Any:
 
         return WebPImagePlugin.WebPImageFile(io.BytesIO(data))
     plugin = {
-        "PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.JpegImageFile,
-        "GIF": GifImagePlugin.GifImageFile, "BMP": BmpImagePlugin.BmpImageFile,
+        "PNG": PngImagePlugin.PngImageFile,
+        "JPEG": JpegImagePlugin.JpegImageFile,
+        "GIF": GifImagePlugin.GifImageFile,
+        "BMP": BmpImagePlugin.BmpImageFile,
         "TIFF": TiffImagePlugin.TiffImageFile,
     }[fmt]
     return plugin(io.BytesIO(data))
@@ -275,13 +277,13 @@ def _png_image_data(data: bytes, *, keep: bool) -> tuple[int, bytes | None, bool
     produced, kept, crc_ok, pos = 0, [], True, 8
     try:
         while pos + 12 <= len(data):
-            (length,) = struct.unpack(">I", data[pos:pos + 4])
-            kind = data[pos + 4:pos + 8]
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            kind = data[pos + 4 : pos + 8]
             end = pos + 12 + length
             if end > len(data):
                 raise ValueError(f"its {kind.decode('latin-1')!r} chunk runs past the end of the file (truncated)")
-            body = data[pos + 8:pos + 8 + length]
-            crc_ok &= zlib.crc32(kind + body) == struct.unpack(">I", data[end - 4:end])[0]
+            body = data[pos + 8 : pos + 8 + length]
+            crc_ok &= zlib.crc32(kind + body) == struct.unpack(">I", data[end - 4 : end])[0]
             if kind == b"IDAT":
                 while body and not inflater.eof:
                     out = inflater.decompress(body, 1 << 20)
@@ -409,8 +411,7 @@ def decode_image_file(
     fmt = _sniff_format(data)
     if fmt is None:
         raise ValueError(
-            f"cannot decode {str(path)!r}: not a PNG, JPEG, GIF, BMP, TIFF or WebP file "
-            f"(it starts with {data[:8]!r})."
+            f"cannot decode {str(path)!r}: not a PNG, JPEG, GIF, BMP, TIFF or WebP file (it starts with {data[:8]!r})."
         )
     try:
         im = _open_header(data, fmt)
@@ -654,7 +655,11 @@ class DecodeWorkers:
             self.close()
 
     def _collect(
-        self, w: int, assigned: dict[int, deque[int]], done: dict[int, ImageItem], todo: deque,
+        self,
+        w: int,
+        assigned: dict[int, deque[int]],
+        done: dict[int, ImageItem],
+        todo: deque,
         replace_idle: bool = False,
     ) -> None:
         """Take worker ``w``'s finished items; if it died, fail its file and replace it."""
@@ -678,7 +683,9 @@ class DecodeWorkers:
         culprit = assigned[w].popleft()  # a worker decodes its files in the order given
         source = self.sources[culprit]
         done[culprit] = ImageItem(
-            culprit, source, None,
+            culprit,
+            source,
+            None,
             f"cannot decode {str(source.path)!r}: the decoding process was {_signal_name(proc.exitcode)} "
             "on this file (a crash of the image decoder, or out of memory); the other files go on",
             0.0,
@@ -768,8 +775,6 @@ def make_output_folder(folder: str | os.PathLike) -> Path:
     except (FileExistsError, NotADirectoryError) as exc:  # a file where a parent folder must be
         raise NotADirectoryError(f"cannot create output folder {str(folder)!r}: {exc}") from exc
     return folder
-
-
 
 
 #: the lock file a job holds in its output folder while it writes there
@@ -963,8 +968,7 @@ def write_png(path: str | os.PathLike, image: Tensor, compression_level: int = 1
         image = image.unsqueeze(0)
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ShapeError(
-            f"write_png({str(path)!r}): `image` must have shape (H, W) or (C, H, W) with C = 1 or 3, "
-            f"got {given}."
+            f"write_png({str(path)!r}): `image` must have shape (H, W) or (C, H, W) with C = 1 or 3, got {given}."
         )
     if image.shape[1] == 0 or image.shape[2] == 0:  # libpng crashes the interpreter on these
         raise ShapeError(

@@ -47,8 +47,15 @@ from torchgmm._checks import ShapeError, add_note, check_positive_int, check_ten
 from torchgmm.io.images import IMAGE_EXTENSIONS, file_kind
 
 __all__ = [
-    "VideoBackend", "VideoDecodeError", "VideoReader", "VideoWriter", "WriterThread", "list_image_sequence",
-    "parse_position", "parse_size", "video_backends",
+    "VideoBackend",
+    "VideoDecodeError",
+    "VideoReader",
+    "VideoWriter",
+    "WriterThread",
+    "list_image_sequence",
+    "parse_position",
+    "parse_size",
+    "video_backends",
 ]
 
 #: the decoders :class:`VideoReader` can read video files with
@@ -69,19 +76,17 @@ _CRASH_SAFE_MUXER_OPTIONS = {".mp4": _FRAGMENTED_MP4, ".mov": _FRAGMENTED_MP4, "
 #: arrives, so a hard kill loses at most the last frame written)
 _MP4_FRAGMENT_PER_FRAME = {"movflags": "frag_every_frame+empty_moov+default_base_moof"}
 _DURABLE_MUXER_OPTIONS = {
-    ".mp4": _MP4_FRAGMENT_PER_FRAME, ".mov": _MP4_FRAGMENT_PER_FRAME, ".mkv": {"cluster_time_limit": "0"}
+    ".mp4": _MP4_FRAGMENT_PER_FRAME,
+    ".mov": _MP4_FRAGMENT_PER_FRAME,
+    ".mkv": {"cluster_time_limit": "0"},
 }
-
-
 
 
 def _import_av() -> Any:
     try:
         import av
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "torchgmm.io.video needs PyAV (FFmpeg bindings): install it with `pip install av`."
-        ) from exc
+        raise ImportError("torchgmm.io.video needs PyAV (FFmpeg bindings): install it with `pip install av`.") from exc
     return av
 
 
@@ -138,9 +143,7 @@ def video_backends(names: Sequence[str] = _BACKENDS) -> tuple[str, ...]:
 
 def _check_backend(backend: object) -> str:
     if backend not in _BACKENDS:
-        raise ValueError(
-            f"`backend` must be one of {', '.join(repr(b) for b in _BACKENDS)}, got {backend!r}."
-        )
+        raise ValueError(f"`backend` must be one of {', '.join(repr(b) for b in _BACKENDS)}, got {backend!r}.")
     return str(backend)
 
 
@@ -300,9 +303,7 @@ def parse_size(text: str, name: str = "size") -> tuple[int, int]:
     """
     match = _SIZE.match(text)
     if match is None or not int(match[1]) or not int(match[2]):
-        raise ValueError(
-            f"`{name}` must be WIDTHxHEIGHT in pixels, both >= 1 (e.g. 640x360), got {text!r}."
-        )
+        raise ValueError(f"`{name}` must be WIDTHxHEIGHT in pixels, both >= 1 (e.g. 640x360), got {text!r}.")
     return int(match[2]), int(match[1])
 
 
@@ -513,7 +514,9 @@ class VideoReader:
             stream.codec_context.thread_count = 0  # FFmpeg picks the number of threads
         if not stream.width or not stream.height:
             container.close()
-            raise VideoDecodeError(f"{str(self.path)!r}: video stream has no frame size; the file looks damaged.", self.path)
+            raise VideoDecodeError(
+                f"{str(self.path)!r}: video stream has no frame size; the file looks damaged.", self.path
+            )
         self._container, self._stream = container, stream
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self._fps = float(rate) if rate else 25.0
@@ -656,8 +659,7 @@ class VideoReader:
             img = decode_image_file(path, mode="grey" if self.gray else "rgb")
         except (OSError, ValueError) as exc:
             raise VideoDecodeError(
-                f"cannot decode frame {index} of the image sequence {str(self.path)!r} "
-                f"({path.name}): {exc}",
+                f"cannot decode frame {index} of the image sequence {str(self.path)!r} ({path.name}): {exc}",
                 path,
                 index,
             ) from exc
@@ -803,8 +805,7 @@ class VideoReader:
         """Record (and warn about) source frames ``first..last`` skipped as damaged."""
         self.skipped.append((first, last, reason))
         frames = f"frame {first}" if first == last else f"frames {first}..{last}"
-        warnings.warn(f"{str(self.path)!r}: {frames} could not be decoded and were skipped ({reason}).",
-                      stacklevel=2)
+        warnings.warn(f"{str(self.path)!r}: {frames} could not be decoded and were skipped ({reason}).", stacklevel=2)
 
     def _image_or_skip(self, src: Path, index: int) -> Tensor | None:
         """A sequence's image, or None when it is damaged and ``on_damage="skip"``."""
@@ -982,9 +983,7 @@ class VideoReader:
                     yield self._to_device(item)
                 return
             self._queue = queue.Queue(maxsize=self.prefetch)
-            self._thread = threading.Thread(
-                target=self._worker, name=f"VideoReader({self.path.name})", daemon=True
-            )
+            self._thread = threading.Thread(target=self._worker, name=f"VideoReader({self.path.name})", daemon=True)
             self._thread.start()
             while True:
                 try:
@@ -1278,8 +1277,7 @@ class VideoWriter:
                     self._container.mux(packet)
             except av.FFmpegError as exc:
                 raise ValueError(
-                    f"cannot encode frame {self.frames_written} of {str(self.path)!r} with "
-                    f"{self._encoder}: {exc}"
+                    f"cannot encode frame {self.frames_written} of {str(self.path)!r} with {self._encoder}: {exc}"
                 ) from exc
             self.frames_written += 1
 

@@ -155,10 +155,19 @@ class _Options:
 
     @classmethod
     def create(
-        cls, *, model: str = "mog", model_options: dict | None = None, frames: FrameSelection | None = None,
-        outputs: MaskOutputs | None = None, checkpoint_every: int = 0, resume: bool = False,
-        device: str | torch.device = "auto", batch_streams: int = 1, on_damage: str = "stop",
-        progress: bool = True, raise_errors: bool = True,
+        cls,
+        *,
+        model: str = "mog",
+        model_options: dict | None = None,
+        frames: FrameSelection | None = None,
+        outputs: MaskOutputs | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
+        device: str | torch.device = "auto",
+        batch_streams: int = 1,
+        on_damage: str = "stop",
+        progress: bool = True,
+        raise_errors: bool = True,
     ) -> _Options:
         """Check every setting (named errors, before any input is opened)."""
         frames = FrameSelection() if frames is None else frames
@@ -188,8 +197,19 @@ class _Options:
         make_background_model(model, settings)  # validate the settings before any work
         frames = dataclasses.replace(frames, start=_json_position(frames.start), end=_json_position(frames.end))
         outputs = dataclasses.replace(outputs, postprocess=postprocess_settings(outputs.postprocess))
-        return cls(model, settings, frames, outputs, checkpoint_every, resume, resolve_device(device), batch_streams,
-                   on_damage, progress, raise_errors)
+        return cls(
+            model,
+            settings,
+            frames,
+            outputs,
+            checkpoint_every,
+            resume,
+            resolve_device(device),
+            batch_streams,
+            on_damage,
+            progress,
+            raise_errors,
+        )
 
     @property
     def shadows(self) -> bool:
@@ -207,7 +227,7 @@ def _check_decoder(decoder: str, on_damage: str) -> None:
         raise ValueError(f"`decoder` must be one of {VIDEO_BACKENDS}, got {decoder!r}.")
     if not video_backends([decoder]):
         raise ValueError(
-            f"decoder {decoder!r} cannot be imported here: pip install \"torchmog[torchcodec]\" (it needs the "
+            f'decoder {decoder!r} cannot be imported here: pip install "torchmog[torchcodec]" (it needs the '
             "system's FFmpeg libraries), or use the default decoder 'pyav'."
         )
     if decoder == "torchcodec" and on_damage == "skip":
@@ -251,8 +271,9 @@ class InputPlan:
         """A reader of the processed frames from the ``skip``-th on (``count`` of them, or to the end)."""
         first = self.first + skip * self.step
         end = self.end if count is None else first + count * self.step
-        return VideoReader(self.path, start=first, end=end, step=self.step, size=self.size, gray=gray,
-                           backend=self.decoder, **options)
+        return VideoReader(
+            self.path, start=first, end=end, step=self.step, size=self.size, gray=gray, backend=self.decoder, **options
+        )
 
 
 @dataclasses.dataclass
@@ -299,7 +320,6 @@ def _output_name(path: Path) -> str:
     return path.stem
 
 
-
 def _position_text(value: int | float | None, index: int | None) -> str:
     """``start``/``end`` as given and as a frame index, for messages: ``12.5 s = frame 312``."""
     given = f"{value:g} s" if isinstance(value, float) else f"frame {value}"
@@ -327,9 +347,7 @@ def _check_selection(job: InputPlan, start: int | float | None, end: int | float
 
 def _nothing_selected(job: InputPlan) -> ValueError:
     """The error of an input that ended before its first selected frame."""
-    return ValueError(
-        f"{str(job.path)!r} ended before frame {job.first} (`start`): no frame was processed."
-    )
+    return ValueError(f"{str(job.path)!r} ended before frame {job.first} (`start`): no frame was processed.")
 
 
 def _json_position(value: Any) -> Any:
@@ -466,16 +484,27 @@ def run_background(
         model="mog2")``.
     """
     options = _Options.create(
-        model=model, model_options=model_options, frames=frames, outputs=outputs, checkpoint_every=checkpoint_every,
-        resume=resume, device=device, batch_streams=batch_streams, on_damage=on_damage, progress=progress,
+        model=model,
+        model_options=model_options,
+        frames=frames,
+        outputs=outputs,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        device=device,
+        batch_streams=batch_streams,
+        on_damage=on_damage,
+        progress=progress,
         raise_errors=raise_errors,
     )
     return _run_background(inputs, out_dir, options)
 
 
 def _run_background(
-    inputs: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike, options: _Options,
-    *, stop_after: int | None = None,
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    options: _Options,
+    *,
+    stop_after: int | None = None,
 ) -> list[dict]:
     """:func:`run_background`'s steps. ``stop_after`` (for tests of interrupted runs): stop each
     batch once this many processed frames of its inputs are done (counted from the first
@@ -485,8 +514,9 @@ def _run_background(
         return _run_plans(plans, options, stop_after)
 
 
-def _plan_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: Path,
-                 options: _Options) -> list[InputPlan]:
+def _plan_inputs(
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: Path, options: _Options
+) -> list[InputPlan]:
     """Open (and so validate) every input, name its output folder and read its checkpoint,
     before any work."""
     if isinstance(inputs, (str, os.PathLike)):
@@ -499,12 +529,33 @@ def _plan_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out_di
     for path in inputs:
         path = Path(path)
         # the reader checks start/end/step/size and turns seconds into frame indices
-        with VideoReader(path, gray=frames.gray, prefetch=0, start=frames.start, end=frames.end, step=frames.step,
-                         size=frames.size, backend=frames.decoder) as reader:
-            plan = InputPlan(path, out_dir, reader.height, reader.width, *reader.source_size, reader.frame_count,
-                             reader.fps, first=reader.start_index, end=reader.end_index, step=reader.step,
-                             size=reader.size, selected=len(reader.indices), count_exact=reader.frame_count_exact,
-                             input_bytes=path.stat().st_size if path.is_file() else None, decoder=frames.decoder)
+        with VideoReader(
+            path,
+            gray=frames.gray,
+            prefetch=0,
+            start=frames.start,
+            end=frames.end,
+            step=frames.step,
+            size=frames.size,
+            backend=frames.decoder,
+        ) as reader:
+            plan = InputPlan(
+                path,
+                out_dir,
+                reader.height,
+                reader.width,
+                *reader.source_size,
+                reader.frame_count,
+                reader.fps,
+                first=reader.start_index,
+                end=reader.end_index,
+                step=reader.step,
+                size=reader.size,
+                selected=len(reader.indices),
+                count_exact=reader.frame_count_exact,
+                input_bytes=path.stat().st_size if path.is_file() else None,
+                decoder=frames.decoder,
+            )
         _check_selection(plan, frames.start, frames.end)
         name, i = _output_name(path), 1
         while name in used:
@@ -517,8 +568,13 @@ def _plan_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out_di
         checkpoint = plan.out / CHECKPOINT_NAME
         if options.resume and checkpoint.exists():
             plan.resumed, plan.state = read_checkpoint(
-                checkpoint, options.settings, plan, frames.gray, options.outputs.postprocess,
-                model=options.model, make_model=functools.partial(options.make_model, compile=False),
+                checkpoint,
+                options.settings,
+                plan,
+                frames.gray,
+                options.outputs.postprocess,
+                model=options.model,
+                make_model=functools.partial(options.make_model, compile=False),
             )
             for kind, wanted in (("mask", True), ("overlay", options.outputs.overlay)):
                 previous = plan.out / (kind + ("" if fmt == "png" else f".{fmt}"))
@@ -591,8 +647,12 @@ class _Batch:
 
         lengths = [plan.selected for plan in self.plans]
         self.bar = tqdm(
-            total=max(lengths) if all(lengths) else None, initial=self.resumed, unit="frame", dynamic_ncols=True,
-            desc=", ".join(plan.path.name for plan in self.plans)[:60], disable=not self.options.progress,
+            total=max(lengths) if all(lengths) else None,
+            initial=self.resumed,
+            unit="frame",
+            dynamic_ncols=True,
+            desc=", ".join(plan.path.name for plan in self.plans)[:60],
+            disable=not self.options.progress,
             file=sys.stderr,
         )
         interrupt: BaseException | None = None
@@ -631,8 +691,9 @@ class _Batch:
         # durable when a checkpoint may be resumed from: see open_writer and _save_trailing_checkpoints
         durable = bool(options.checkpoint_every) or resumed > 0
         fps = plan.fps / plan.step  # one mask per processed frame, over the same time
-        mask, previous = open_writer(plan.out / f"mask{suffix}", fps, resumed, fmt, lossless=True, channel=True,
-                                     durable=durable)
+        mask, previous = open_writer(
+            plan.out / f"mask{suffix}", fps, resumed, fmt, lossless=True, channel=True, durable=durable
+        )
         # encoded on a thread while the next frame is modelled; a durable run writes in step, so
         # that a hard kill loses at most the last frame (see VideoWriter)
         mask = stack.enter_context(WriterThread(mask, maxsize=0 if durable else 8))
@@ -641,14 +702,24 @@ class _Batch:
         if options.outputs.overlay:
             # video masks of an interrupted run: the lossy overlay is rebuilt from them
             rebuild = functools.partial(rebuild_overlay, plan, resumed, gray, previous) if previous else None
-            over, previous = open_writer(plan.out / f"overlay{suffix}", fps, resumed, fmt, lossless=False,
-                                         channel=False, durable=durable, source=rebuild)
+            over, previous = open_writer(
+                plan.out / f"overlay{suffix}",
+                fps,
+                resumed,
+                fmt,
+                lossless=False,
+                channel=False,
+                durable=durable,
+                source=rebuild,
+            )
             over = stack.enter_context(WriterThread(over, maxsize=0 if durable else 8))
             leftovers.append(previous)
-        reader = stack.enter_context(plan.reader(gray, skip=resumed, device=options.device,
-                                                 on_damage=options.on_damage))
-        return _Stream(plan, reader, iter(reader), mask, over, resumed,
-                       previous=[p for p in leftovers if p is not None])
+        reader = stack.enter_context(
+            plan.reader(gray, skip=resumed, device=options.device, on_damage=options.on_damage)
+        )
+        return _Stream(
+            plan, reader, iter(reader), mask, over, resumed, previous=[p for p in leftovers if p is not None]
+        )
 
     def _next_frames(self) -> list[Tensor]:
         """The next frame of every active stream; streams that ended (or failed) are finished
@@ -715,8 +786,11 @@ class _Batch:
             masks, shadow = masks.unsqueeze(1), shadow.unsqueeze(1)
         masks = apply_postprocess(masks, **postprocess) if postprocess else masks
         shadow_value = torch.tensor(int(self.model.shadow_value), dtype=torch.uint8, device=masks.device)
-        written = torch.where(masks, torch.tensor(255, dtype=torch.uint8, device=masks.device),
-                              torch.where(shadow, shadow_value, torch.zeros_like(shadow_value)))
+        written = torch.where(
+            masks,
+            torch.tensor(255, dtype=torch.uint8, device=masks.device),
+            torch.where(shadow, shadow_value, torch.zeros_like(shadow_value)),
+        )
         return masks, written
 
     def finish(self, stream: _Stream, position: int, error: BaseException | None, complete: bool) -> None:
@@ -744,8 +818,16 @@ class _Batch:
         if model.is_initialized:
             write_png(plan.out / "background.png", model.background_image()[position].cpu())
         if options.checkpoint_every and consistent and stream.done > self.resumed and close_error is None:
-            save_checkpoint(plan.out / CHECKPOINT_NAME, model.stream_state(position), stream.done, options.settings,
-                            plan, options.frames.gray, options.outputs.postprocess, model=options.model)
+            save_checkpoint(
+                plan.out / CHECKPOINT_NAME,
+                model.stream_state(position),
+                stream.done,
+                options.settings,
+                plan,
+                options.frames.gray,
+                options.outputs.postprocess,
+                model=options.model,
+            )
         summary = self._summary(stream, error, complete)
         atomic_write_text(plan.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.results.append((plan, summary, None if isinstance(error, KeyboardInterrupt) else error))
@@ -758,35 +840,66 @@ class _Batch:
         message = "interrupted" if isinstance(error, KeyboardInterrupt) else (None if error is None else str(error))
         frames = options.frames
         return dict(
-            input=str(plan.path.absolute()), output=str(plan.out.absolute()), frames=stream.done,
-            resumed_from=resumed, complete=complete and error is None, error=message,
-            error_type=None if error is None else type(error).__name__, error_frame=getattr(error, "frame_index", None),
+            input=str(plan.path.absolute()),
+            output=str(plan.out.absolute()),
+            frames=stream.done,
+            resumed_from=resumed,
+            complete=complete and error is None,
+            error=message,
+            error_type=None if error is None else type(error).__name__,
+            error_frame=getattr(error, "frame_index", None),
             # None when nothing was left to do (a resumed run that was already complete)
             fps=round((stream.done - resumed) / elapsed, 2) if elapsed > 0 and stream.done > resumed else None,
-            seconds=round(elapsed, 3), width=plan.width, height=plan.height, source_width=plan.source_width,
-            source_height=plan.source_height, source_fps=plan.fps, output_fps=plan.fps / plan.step,
-            start=frames.start, end=frames.end, step=plan.step, size=None if plan.size is None else list(plan.size),
+            seconds=round(elapsed, 3),
+            width=plan.width,
+            height=plan.height,
+            source_width=plan.source_width,
+            source_height=plan.source_height,
+            source_fps=plan.fps,
+            output_fps=plan.fps / plan.step,
+            start=frames.start,
+            end=frames.end,
+            step=plan.step,
+            size=None if plan.size is None else list(plan.size),
             # the source frames the masks are of: first, first + step, ..., last (less the skipped)
             source_frames=dict(
-                first=plan.first, last=_last_source_frame(plan, stream.done, stream.reader.skipped),
-            ) if stream.done else None,
-            rotation=stream.reader.rotation, on_damage=options.on_damage, decoder=frames.decoder,
+                first=plan.first,
+                last=_last_source_frame(plan, stream.done, stream.reader.skipped),
+            )
+            if stream.done
+            else None,
+            rotation=stream.reader.rotation,
+            on_damage=options.on_damage,
+            decoder=frames.decoder,
             skipped_frames=[[first, last] for first, last, _ in stream.reader.skipped],
-            device=str(options.device), batch_streams=len(self.plans), gray=frames.gray, model=options.model,
+            device=str(options.device),
+            batch_streams=len(self.plans),
+            gray=frames.gray,
+            model=options.model,
             settings=json.loads(json.dumps(options.settings, sort_keys=True, default=str)),
-            shadows=options.shadows, postprocess=options.outputs.postprocess or None,
+            shadows=options.shadows,
+            postprocess=options.outputs.postprocess or None,
             mask=str(stream.mask.path.absolute()),
             overlay=None if stream.overlay is None else str(stream.overlay.path.absolute()),
             background=str((plan.out / "background.png").absolute()) if self.model.is_initialized else None,
         )
 
 
-def _save_trailing_checkpoints(active: list[_Stream], states: list[dict[str, Tensor]], frames: int,
-                               options: _Options) -> None:
+def _save_trailing_checkpoints(
+    active: list[_Stream], states: list[dict[str, Tensor]], frames: int, options: _Options
+) -> None:
     """Save each stream's state of ``frames`` frames, once its writers hold those frames
     (not only queued: a hard kill must not leave a checkpoint ahead of the outputs)."""
     for stream in active:
         stream.drain()
     for stream, state in zip(active, states):
-        save_checkpoint(stream.plan.out / CHECKPOINT_NAME, state, frames, options.settings, stream.plan,
-                        options.frames.gray, options.outputs.postprocess, model=options.model)
+        save_checkpoint(
+            stream.plan.out / CHECKPOINT_NAME,
+            state,
+            frames,
+            options.settings,
+            stream.plan,
+            options.frames.gray,
+            options.outputs.postprocess,
+            model=options.model,
+        )

@@ -108,8 +108,7 @@ def method_factories(
                     cv2.bgsegm  # noqa: B018 - contrib module present?
             except (ImportError, AttributeError) as exc:
                 raise ImportError(
-                    f"method {name!r} needs OpenCV with the contrib modules: "
-                    "pip install opencv-contrib-python-headless"
+                    f"method {name!r} needs OpenCV with the contrib modules: pip install opencv-contrib-python-headless"
                 ) from exc
             if name == "mog2":
 
@@ -129,8 +128,11 @@ def method_factories(
             else:
 
                 def make_mog() -> Callable[[Tensor], Tensor]:
-                    return _opencv_subtractor(cv2.bgsegm.createBackgroundSubtractorMOG(
-                        history=history, nmixtures=n_components, backgroundRatio=background_ratio))
+                    return _opencv_subtractor(
+                        cv2.bgsegm.createBackgroundSubtractorMOG(
+                            history=history, nmixtures=n_components, backgroundRatio=background_ratio
+                        )
+                    )
 
                 factories[name] = make_mog
         else:

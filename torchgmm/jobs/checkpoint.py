@@ -81,7 +81,13 @@ def _canonical_selection(selection: dict, job: InputPlan) -> dict:
 
 
 def read_checkpoint(
-    path: Path, settings: dict, job: InputPlan, gray: bool, postprocess: dict, *, model: str,
+    path: Path,
+    settings: dict,
+    job: InputPlan,
+    gray: bool,
+    postprocess: dict,
+    *,
+    model: str,
     make_model: Callable[[], Any],
 ) -> tuple[int, dict]:
     """``(frames_done, state)`` of the checkpoint at ``path``, refused (``ValueError`` naming
@@ -134,8 +140,10 @@ def read_checkpoint(
     stored_count = ckpt.get("frame_count")
     # only a count from the header (or a file listing) binds: one estimated from the duration
     # (e.g. Matroska) is wrong for variable frame rate, and the checkpoint may then be ahead of it
-    if job.count_exact and job.frame_count and (
-        frames_done > job.selected or (stored_count is not None and stored_count != job.frame_count)
+    if (
+        job.count_exact
+        and job.frame_count
+        and (frames_done > job.selected or (stored_count is not None and stored_count != job.frame_count))
     ):
         made_for = f" made for an input of {stored_count} frames" if stored_count is not None else ""
         selected = f" ({job.selected} selected)" if job.selected != job.frame_count else ""
@@ -159,18 +167,33 @@ def read_checkpoint(
 
 
 def save_checkpoint(
-    path: Path, state: dict, frames_done: int, settings: dict, job: InputPlan, gray: bool, postprocess: dict, *,
+    path: Path,
+    state: dict,
+    frames_done: int,
+    settings: dict,
+    job: InputPlan,
+    gray: bool,
+    postprocess: dict,
+    *,
     model: str,
 ) -> None:
     """Write the checkpoint of one stream (``state``: :meth:`stream_state`) atomically."""
     buffer = io.BytesIO()
     torch.save(
         dict(
-            format=_CHECKPOINT_FORMAT, model=model, frames_done=frames_done, state=state,
-            settings=_state_settings(settings), gray=gray, size=[job.height, job.width],
+            format=_CHECKPOINT_FORMAT,
+            model=model,
+            frames_done=frames_done,
+            state=state,
+            settings=_state_settings(settings),
+            gray=gray,
+            size=[job.height, job.width],
             source_size=[job.source_height, job.source_width],
-            selection=job.selection(), input=str(job.path), postprocess=postprocess,
-            frame_count=job.frame_count if job.count_exact else None, input_bytes=job.input_bytes,
+            selection=job.selection(),
+            input=str(job.path),
+            postprocess=postprocess,
+            frame_count=job.frame_count if job.count_exact else None,
+            input_bytes=job.input_bytes,
         ),
         buffer,
     )

@@ -42,8 +42,13 @@ from torchgmm.metrics import (
 from torchgmm.postprocess import apply_postprocess, postprocess_settings
 
 __all__ = [
-    "SCORE_KEYS", "INTERRUPTED_STEM", "find_cdnet_sequences", "evaluate_sequence", "evaluate_dataset",
-    "write_results", "format_table",
+    "SCORE_KEYS",
+    "INTERRUPTED_STEM",
+    "find_cdnet_sequences",
+    "evaluate_sequence",
+    "evaluate_dataset",
+    "write_results",
+    "format_table",
 ]
 
 
@@ -99,8 +104,7 @@ def _check_sequence(seq_dir: Path) -> None:
         size = tuple(decode_image_file(images[0]).shape[-2:])
         if info.roi is not None and tuple(info.roi.shape[-2:]) != size:
             raise ValueError(
-                f"{str(seq_dir / 'ROI.bmp')!r} is {tuple(info.roi.shape[-2:])} (H, W) but {str(images[0])!r} "
-                f"is {size}."
+                f"{str(seq_dir / 'ROI.bmp')!r} is {tuple(info.roi.shape[-2:])} (H, W) but {str(images[0])!r} is {size}."
             )
         gap = _numbering_gap(images[:last])
         if gap is not None:
@@ -164,9 +168,10 @@ def evaluate_sequence(
     unlabelled = torch.zeros((), dtype=torch.int64, device=device)  # scored pixels with other values
     frames = 0
     t0 = time.perf_counter()
-    with VideoReader(seq_dir / "input", gray=gray, end=last, device=device) as inputs, VideoReader(
-        seq_dir / "groundtruth", gray=True, end=last, device=device
-    ) as truth:
+    with (
+        VideoReader(seq_dir / "input", gray=gray, end=last, device=device) as inputs,
+        VideoReader(seq_dir / "groundtruth", gray=True, end=last, device=device) as truth,
+    ):
         for index, (frame, gt) in enumerate(zip(inputs, truth, strict=True)):
             mask = model(frame.unsqueeze(0))
             raw.update(mask, gt.unsqueeze(0), frame_index=index)
@@ -200,8 +205,10 @@ def _warn_undefined(row: dict) -> None:
     why = (
         "no pixel is scored (every pixel of its temporal ROI is outside the ROI or unknown: 85/170)"
         if tp + fp + fn + tn == 0
-        else "its ground truth has no motion pixel (255)" if tp + fn == 0
-        else "nothing was detected" if tp + fp == 0
+        else "its ground truth has no motion pixel (255)"
+        if tp + fn == 0
+        else "nothing was detected"
+        if tp + fp == 0
         else "no static pixel (0/50) is scored"
     )
     warnings.warn(
@@ -280,8 +287,15 @@ def evaluate_dataset(
     if out_dir is not None:
         make_output_folder(out_dir)  # a file in the way fails now, not after the work
     settings = {  # the caller's facts win over those recorded here
-        **dict(root=str(Path(root).resolve()), methods=list(methods), device=str(device), gray=gray,
-               postprocess=postprocess, torchgmm=__version__, torch=torch.__version__),
+        **dict(
+            root=str(Path(root).resolve()),
+            methods=list(methods),
+            device=str(device),
+            gray=gray,
+            postprocess=postprocess,
+            torchgmm=__version__,
+            torch=torch.__version__,
+        ),
         **(metadata or {}),
     }
     rows: list[dict] = []
@@ -297,8 +311,9 @@ def evaluate_dataset(
                 rows.append(dict(method=name, **row))
     except BaseException as exc:  # Ctrl-C: the rows done so far are kept, apart from a complete run's
         if out_dir is not None:
-            paths = write_results(rows + _mean_rows(rows), out_dir, stem=INTERRUPTED_STEM, complete=False,
-                                  settings=settings)
+            paths = write_results(
+                rows + _mean_rows(rows), out_dir, stem=INTERRUPTED_STEM, complete=False, settings=settings
+            )
             add_note(exc, f"the {len(rows)} sequence run(s) done are in {str(paths[0])!r}")
         raise
     rows += _mean_rows(rows)
@@ -327,9 +342,7 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
     rows = [_defined_or_none(r) for r in rows]  # strict JSON has no NaN: undefined is null
-    atomic_write_text(
-        json_path, json.dumps(dict(extra, rows=rows), indent=2, default=str, allow_nan=False) + "\n"
-    )
+    atomic_write_text(json_path, json.dumps(dict(extra, rows=rows), indent=2, default=str, allow_nan=False) + "\n")
     flat = []
     for r in rows:
         line = {k: v for k, v in r.items() if not isinstance(v, dict)}
@@ -364,8 +377,11 @@ def _mean_rows(rows: list[dict]) -> list[dict]:
 
     def mean_row(method: str, label: str, members: list[dict], videos: list[dict]) -> dict:
         row = dict(
-            method=method, sequence=label, frames=sum(r["frames"] for r in videos),
-            fps=sum(r["fps"] for r in videos) / len(videos), **mean(members),
+            method=method,
+            sequence=label,
+            frames=sum(r["frames"] for r in videos),
+            fps=sum(r["fps"] for r in videos) / len(videos),
+            **mean(members),
         )
         if all("postprocessed" in r for r in members):
             row["postprocessed"] = mean([r["postprocessed"] for r in members])

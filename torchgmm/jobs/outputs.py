@@ -45,8 +45,6 @@ def overlay_frames(frames: Tensor, masks: Tensor) -> Tensor:
     return torch.where(masks, (rgb >> 1) + half_tint, rgb)
 
 
-
-
 def _clear_png_frames(folder: Path, first: int) -> None:
     """Delete the numbered frames ``first`` and later of an earlier run (stale otherwise)."""
     if folder.is_dir():
@@ -81,7 +79,14 @@ def rebuild_overlay(job: InputPlan, done: int, gray: bool, masks: Path) -> Itera
 
 
 def open_writer(
-    path: Path, fps: float, done: int, mask_format: str, *, lossless: bool, channel: bool, durable: bool,
+    path: Path,
+    fps: float,
+    done: int,
+    mask_format: str,
+    *,
+    lossless: bool,
+    channel: bool,
+    durable: bool,
     source: Callable[[], Iterator[Tensor]] | None = None,
 ) -> tuple[VideoWriter, Path | None]:
     """A writer that already holds the first ``done`` frames of an interrupted run.
@@ -128,4 +133,3 @@ def open_writer(
         os.replace(previous, path)  # leave the earlier output as it was
         raise
     return writer, previous
-

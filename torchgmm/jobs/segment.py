@@ -145,8 +145,7 @@ def _read_records(jsonl: Path) -> dict[str, dict]:
             ) from exc
         if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
             raise ValueError(
-                f"{str(jsonl)!r} line {n} is not a segmentation record (a JSON object with an "
-                f'"input" path); {hint}'
+                f'{str(jsonl)!r} line {n} is not a segmentation record (a JSON object with an "input" path); {hint}'
             )
         records[rec["input"]] = rec
     return records
@@ -332,8 +331,17 @@ def segment_files(
         1 ['.torchgmm.lock', 'a_colour.png', 'a_labels.png', 'segments.jsonl']
     """
     options = _SegmentOptions.create(
-        n_classes=n_classes, mode=mode, init=init, tol=tol, max_iter=max_iter, device=device, batch_size=batch_size,
-        workers=workers, write_threads=write_threads, overwrite=overwrite, progress=progress,
+        n_classes=n_classes,
+        mode=mode,
+        init=init,
+        tol=tol,
+        max_iter=max_iter,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        write_threads=write_threads,
+        overwrite=overwrite,
+        progress=progress,
         log=sys.stderr if log is None else log,
     )
     run = _SegmentRun(options, Path(out_dir))
@@ -405,8 +413,7 @@ class _SegmentRun:
         self.sources = find_images(inputs, exclude=[out_dir])
         self.records = _read_records(self.jsonl)
         if not options.overwrite:
-            _check_settings(self.records, (str(s.path.resolve()) for s in self.sources), self.jsonl,
-                            options.recorded())
+            _check_settings(self.records, (str(s.path.resolve()) for s in self.sources), self.jsonl, options.recorded())
         make_output_folder(out_dir)
         self.todo = []
         for source in self.sources:
@@ -425,8 +432,13 @@ class _SegmentRun:
         options = self.options
         self.tqdm = tqdm
         self.segmenter = HistogramSegmenter(
-            options.n_classes, mode=options.mode, init=options.init, tol=options.tol, max_iter=options.max_iter,
-            random_state=0, label_dtype=torch.uint8,
+            options.n_classes,
+            mode=options.mode,
+            init=options.init,
+            tol=options.tol,
+            max_iter=options.max_iter,
+            random_state=0,
+            label_dtype=torch.uint8,
         )
         # negligible classes are reported per image instead (log line, record); not with
         # warnings.catch_warnings, which swaps the process-wide filters and so races with the
@@ -462,8 +474,13 @@ class _SegmentRun:
         finally:
             self._finish(workers)
         return SegmentSummary(
-            n_found=len(self.sources), n_done=self.n_done, n_skipped=len(self.sources) - len(self.todo),
-            failed=self.failed, wall_s=time.perf_counter() - self.t_start, **self.times, jsonl=str(self.jsonl),
+            n_found=len(self.sources),
+            n_done=self.n_done,
+            n_skipped=len(self.sources) - len(self.todo),
+            failed=self.failed,
+            wall_s=time.perf_counter() - self.t_start,
+            **self.times,
+            jsonl=str(self.jsonl),
             negligible=self.negligible,
         )
 
@@ -524,8 +541,9 @@ class _SegmentRun:
             fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
         return group, labels.cpu(), fit, seg_mode
 
-    def _record(self, item: ImageItem, img: Tensor, labels: Tensor, fit: dict, j: int, seg_mode: str,
-                empty: list[int]) -> dict:
+    def _record(
+        self, item: ImageItem, img: Tensor, labels: Tensor, fit: dict, j: int, seg_mode: str, empty: list[int]
+    ) -> dict:
         """The ``segments.jsonl`` record of image ``j`` of a segmented group (see :func:`segment_files`)."""
         options = self.options
         return {
