@@ -209,7 +209,9 @@ def test_checkpoint_interrupt_resume(clip, cli_run, tmp_path, monkeypatch, capsy
 
     forward = BackgroundSubtractorMOG.forward
     argv = ["background", str(clip["path"]), "--out", str(tmp_path), "--checkpoint", "15", *FAST]
-    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 41))  # at frame 40
+    monkeypatch.setattr(
+        BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 42)
+    )  # at frame 40 (call 1: the compile warm-up)
     assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
     assert read_masks(tmp_path / "street" / "mask.mp4").shape[0] == 40  # playable
@@ -268,13 +270,15 @@ def test_checkpoint_sigkill_resume(clip, cli_run, tmp_path, mask_format, second_
         mask_format,
         *FAST,
     ]
-    _killed_cli_run(argv, MODEL, "forward", 41)  # before frame 41: checkpoint at frame 30, one behind
+    _killed_cli_run(
+        argv, MODEL, "forward", 42
+    )  # before frame 41 (call 1: the compile warm-up): checkpoint at frame 30, one behind
     mask = tmp_path / "street" / f"mask.{mask_format}"
     assert read_masks(mask).shape[0] >= 39  # playable; at most the last frame written is lost
     if second_kill == "during-copy":
         _killed_cli_run([*argv, "--resume"], WRITER, "write", 10)
     elif second_kill == "after-copy":
-        _killed_cli_run([*argv, "--resume"], MODEL, "forward", 1)
+        _killed_cli_run([*argv, "--resume"], MODEL, "forward", 2)  # the first resumed frame
     if second_kill:
         assert (tmp_path / "street" / f"mask.previous.{mask_format}").exists()
     assert main([*argv, "--resume"]) == 0
@@ -522,7 +526,9 @@ def test_checkpoint_interrupt_resume_with_selection(clip, selection_run, tmp_pat
         *selection_argv(),
         *FAST,
     ]
-    monkeypatch.setattr(BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 18))  # 17 frames done
+    monkeypatch.setattr(
+        BackgroundSubtractorMOG, "forward", ctrl_c_at_call(forward, 19)
+    )  # 17 frames done (call 1: the compile warm-up)
     assert main(argv) == 130
     assert read_masks(tmp_path / "street" / "mask.mp4").shape == (17, 1, 32, 40)
     monkeypatch.setattr(BackgroundSubtractorMOG, "forward", forward)
@@ -550,7 +556,9 @@ def test_checkpoint_sigkill_resume_with_selection(clip, selection_run, tmp_path)
         *selection_argv(),
         *FAST,
     ]
-    _killed_cli_run(argv, MODEL, "forward", 18)  # 17 frames done: the checkpoint is at 14, one behind 15
+    _killed_cli_run(
+        argv, MODEL, "forward", 19
+    )  # 17 frames done (call 1: the warm-up): the checkpoint is at 14, one behind 15
     assert read_masks(tmp_path / "street" / "mask.mkv").shape[0] >= 15
     assert main([*argv, "--resume"]) == 0
     summary = summary_of(tmp_path / "street")
