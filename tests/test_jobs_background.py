@@ -188,6 +188,25 @@ class TestRunBackground:
         assert s["resumed_from"] == 33
         assert torch.equal(read_masks(tmp_path / "a" / "mask"), reference["masks"])
 
+    def test_warm_up_step_only_on_a_fresh_start(self, clips, reference, tmp_path, monkeypatch):
+        # a fresh batch compiles on one throwaway frame first; a resumed one, whose model
+        # already holds its state, does not (a second state would double the memory)
+        calls = []
+        forward = BackgroundSubtractorMOG.forward
+
+        def counted(self, frames, *args, **kwargs):
+            calls.append(int(self.frames_seen) if self.is_initialized else None)
+            return forward(self, frames, *args, **kwargs)
+
+        monkeypatch.setattr(BackgroundSubtractorMOG, "forward", counted)
+        kwargs = dict(mask_format="png", checkpoint_every=10)
+        run([clips["a"]], tmp_path, stop_after=20, **kwargs)
+        assert calls[:2] == [None, None] and len(calls) == 21  # the warm-up, then frames 0..19
+        calls.clear()
+        (s,) = run([clips["a"]], tmp_path, resume=True, **kwargs)
+        assert calls[0] == 20 and len(calls) == s["frames"] - 20
+        assert torch.equal(read_masks(tmp_path / "a" / "mask"), reference["masks"])
+
     def test_resume_batched(self, clips, reference, tmp_path):
         kwargs = dict(batch_streams=2, mask_format="png", checkpoint_every=10)
         run([clips["b"], clips["a"]], tmp_path, stop_after=30, **kwargs)

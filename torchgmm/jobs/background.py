@@ -657,7 +657,8 @@ class _Batch:
             file=sys.stderr,
         )
         interrupt: BaseException | None = None
-        self._compile_step()
+        if not self.resumed:  # a resumed model holds its state: a second one would double the memory
+            self._compile_step()
         try:
             with ExitStack() as stack:
                 for plan in self.plans:
@@ -689,6 +690,8 @@ class _Batch:
 
         The compile is Python work holding the GIL; beside the decoder threads' per-frame
         Python it took about twice as long (vtest.avi, 2 cores: 14 s against 7.9 s alone).
+        Only for a batch that starts afresh, whose own model holds no state yet: the
+        throwaway's state is freed before the first frame, so memory peaks as before.
         """
         plan, device = self.plans[0], self.options.device
         channels = 1 if self.options.frames.gray else 3
