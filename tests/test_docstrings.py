@@ -23,6 +23,7 @@ MODULES = [
     "torchgmm.jobs.outputs",
     "torchgmm.jobs.evaluate",
     "torchgmm.jobs.baselines",
+    "torchgmm.jobs.ray_engine",
     "torchgmm._streams",
     "torchgmm.pixels",
     "torchgmm.defaults",

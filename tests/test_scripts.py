@@ -261,3 +261,22 @@ def test_bench_jobs_times_whole_processes(tmp_path):
     for kind in ("cold", "warm"):
         assert bg[f"ratio_{kind}"] == pytest.approx(bg[f"torchgmm_{kind}_s"] / bg["opencv_s"], rel=1e-2)
     assert seg["ratio"] == pytest.approx(seg["torchgmm_s"] / seg["loop_s"], rel=1e-2)
+
+
+def test_bench_ray_finds_the_engines_equal(tmp_path):
+    pytest.importorskip("ray", reason='needs Ray: pip install "torchmog[ray]"')
+    from PIL import Image
+
+    from torchgmm.demo import synthetic_clip
+
+    frames, _, _ = synthetic_clip(6, 48, 64, seed=2)
+    highway = tmp_path / "data" / "cdnet" / "baseline" / "highway" / "input"
+    highway.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(frames[i].permute(1, 2, 0).numpy()).save(highway / f"in{i + 1:06d}.jpg")
+    out = tmp_path / "ray.json"
+    args = ("--data", str(tmp_path / "data"), "--only", "segment", "--segment-images", "5", "--json", str(out))
+    run_script("bench_ray.py", *args, cwd=tmp_path)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["input"] == "5 CDnet highway JPEGs" and row["identical_outputs"] and row["equal_records"]
+    assert row["ratio"] == pytest.approx(row["ray_s"] / row["local_s"], rel=1e-2)

@@ -119,23 +119,32 @@ def check_real(
     return value
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(
+    device: str | torch.device, *, cuda_available: bool | None = None, where: str = "PyTorch sees no CUDA device"
+) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else as given.
 
     The one place where the file-level jobs (``segment_files``, ``run_background``,
-    evaluation) turn their ``device`` argument into a device.
+    evaluation) turn their ``device`` argument into a device. ``cuda_available`` (default:
+    ``torch.cuda.is_available()``) and ``where`` (what the error says is missing) let the Ray
+    engine check a cluster's GPUs instead of this process's.
 
     Raises:
         ValueError: CUDA was asked for but is not available, or the name is not a device.
+
+    Example:
+        >>> resolve_device("cpu"), resolve_device("auto", cuda_available=False)
+        (device(type='cpu'), device(type='cpu'))
     """
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if available else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA device; use 'cpu' or 'auto'.")
+    if device.type == "cuda" and not available:
+        raise ValueError(f"device 'cuda' was asked for, but {where}; use 'cpu' or 'auto'.")
     return device
 
 

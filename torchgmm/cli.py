@@ -34,6 +34,22 @@ def _run_demo(args: argparse.Namespace) -> int:
         return 2
 
 
+def _add_engine_options(p: argparse.ArgumentParser, work: str) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help=f"where {work} runs: this process (default) or a Ray cluster (pip install "
+        '"torchmog[ray]"; the output folder must be at the same path on every node)',
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="the Ray cluster for --engine ray (default: $RAY_ADDRESS, else a local cluster started for this run)",
+    )
+
+
 # --- segment (issue 3) -------------------------------------------------------------------
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     from torchgmm.defaults import HISTOGRAM_INITS
@@ -79,6 +95,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "other settings than those recorded in OUT/segments.jsonl is refused)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_engine_options(p, "the decoding, segmenting and writing")
     p.set_defaults(run=_run_segment)
 
 
@@ -102,6 +119,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             tol=args.tol,
             max_iter=args.max_iter,
             progress=not args.no_progress,
+            engine=args.engine,
+            ray_address=args.ray_address,
         )
     except (OSError, ValueError, TypeError) as exc:  # before any work (OSError: e.g. --out is a file)
         print(f"error: {exc}", file=sys.stderr)
@@ -334,6 +353,7 @@ def _add_background(sub: argparse._SubParsersAction) -> None:
         "it are kept) or skip past it, as players do; summary.json lists the skipped frames "
         "(skip: not with --checkpoint/--resume)",
     )
+    _add_engine_options(p, "each batch of --batch-streams inputs")
     p.set_defaults(run=_run_background)
 
 
@@ -343,7 +363,8 @@ def _run_background(args: argparse.Namespace) -> int:
     from torchgmm.jobs.background import FrameSelection, MaskOutputs, run_background
 
     retain_freed_memory()
-    _leave_a_core_for_decoding(args.device)
+    if args.engine == "local":
+        _leave_a_core_for_decoding(args.device)
     try:
         settings = _model_settings(args)
         # the spelling only ("12.5s" -> 12.5 seconds); run_background checks the values
@@ -370,6 +391,8 @@ def _run_background(args: argparse.Namespace) -> int:
             on_damage=args.on_damage,
             progress=not args.no_progress,
             raise_errors=False,
+            engine=args.engine,
+            ray_address=args.ray_address,
         )
     except (OSError, ValueError, TypeError, ImportError) as exc:  # before any work
         print(f"error: {exc}", file=sys.stderr)

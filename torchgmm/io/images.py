@@ -473,6 +473,16 @@ def _check_tiles(im: Any, n_bytes: int) -> None:
         )
 
 
+def _import_decoders() -> None:
+    """Import the codec modules :func:`decode_image_file` uses (Pillow's plugins, torchvision's
+    decoder: a second or more), so that forked decoding processes inherit them instead of each
+    importing them again."""
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
+
+    with _quiet_torchvision():
+        from torchvision.io import decode_image  # noqa: F401
+
+
 def _decode_torchvision(data: bytes, mode: ImageReadMode) -> Tensor:
     with _quiet_torchvision():
         from torchvision.io import ImageReadMode as TVMode
@@ -626,6 +636,8 @@ class DecodeWorkers:
         assigned: dict[int, deque[int]] = {}  # worker -> its indices, in the order given
         done: dict[int, ImageItem] = {}
         next_out = 0
+        if self.decode is decode_image_file and self._context.get_start_method() == "fork":
+            _import_decoders()  # once here, not once per worker
         try:
             for _ in range(min(self.workers, n)):
                 assigned[self._start()] = deque()

@@ -11,7 +11,9 @@ readers and writers the jobs use.
   summaries), with :mod:`torchgmm.jobs.checkpoint` (its resumable state) and
   :mod:`torchgmm.jobs.outputs` (its mask and overlay files);
 - :mod:`torchgmm.jobs.evaluate`: :func:`evaluate_dataset` (CDnet scores), with
-  :mod:`torchgmm.jobs.baselines` (the models it compares, OpenCV's included).
+  :mod:`torchgmm.jobs.baselines` (the models it compares, OpenCV's included);
+- :mod:`torchgmm.jobs.ray_engine`: ``engine="ray"`` of ``segment`` and ``background``, the
+  per-file work on a Ray cluster.
 
 Names are imported on first use, so that importing this package does not import torch.
 """

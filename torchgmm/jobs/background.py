@@ -35,7 +35,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,7 @@ from torchgmm.io.images import (
 )
 from torchgmm.io.video import VideoReader, WriterThread, video_backends
 from torchgmm.jobs.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from torchgmm.jobs.ray_engine import Engine, check_engine
 from torchgmm.jobs.outputs import check_png_frames, open_writer, overlay_frames, previous_path, rebuild_overlay
 from torchgmm.postprocess import apply_postprocess, postprocess_settings
 
@@ -153,6 +154,8 @@ class _Options:
     on_damage: str
     progress: bool
     raise_errors: bool
+    engine: Engine = "local"
+    ray_address: str | None = None
 
     @classmethod
     def create(
@@ -169,6 +172,8 @@ class _Options:
         on_damage: str = "stop",
         progress: bool = True,
         raise_errors: bool = True,
+        engine: Engine = "local",
+        ray_address: str | None = None,
     ) -> _Options:
         """Check every setting (named errors, before any input is opened)."""
         frames = FrameSelection() if frames is None else frames
@@ -198,6 +203,10 @@ class _Options:
         make_background_model(model, settings)  # validate the settings before any work
         frames = dataclasses.replace(frames, start=_json_position(frames.start), end=_json_position(frames.end))
         outputs = dataclasses.replace(outputs, postprocess=postprocess_settings(outputs.postprocess))
+        check_engine(engine, ray_address)
+        # on a Ray cluster the device is resolved against the cluster's GPUs, once connected
+        if engine == "local" or str(device) != "auto":
+            device = resolve_device(device, cuda_available=True if engine == "ray" else None)
         return cls(
             model,
             settings,
@@ -205,11 +214,13 @@ class _Options:
             outputs,
             checkpoint_every,
             resume,
-            resolve_device(device),
+            device,
             batch_streams,
             on_damage,
             progress,
             raise_errors,
+            engine,
+            ray_address,
         )
 
     @property
@@ -377,6 +388,8 @@ def run_background(
     on_damage: Literal["stop", "skip"] = "stop",
     progress: bool = True,
     raise_errors: bool = True,
+    engine: Engine = "local",
+    ray_address: str | None = None,
 ) -> list[dict]:
     """Run a background model over videos or image-sequence folders and write the results.
 
@@ -440,6 +453,13 @@ def run_background(
         progress: show a progress bar (frames/s) per batch of streams on stderr.
         raise_errors: when an input fails part-way, raise its error once every other input
             is done; False returns instead, with the error in that input's summary.
+        engine: ``"local"`` (this process, default) or ``"ray"``: each batch of streams runs
+            as one Ray task on a Ray cluster (with a GPU of its own with ``device="cuda"``,
+            which is then resolved against the cluster's GPUs), writing the same outputs;
+            planning, locks, summaries, errors and progress are as with ``"local"``
+            (:mod:`torchgmm.jobs.ray_engine`; ``pip install "torchmog[ray]"``).
+        ray_address: the Ray cluster to run on (``engine="ray"``); None: ``RAY_ADDRESS``, else
+            a local cluster started for the call.
 
     Returns:
         One summary dict per input, in the order of ``inputs`` (as written to ``summary.json``).
@@ -496,6 +516,8 @@ def run_background(
         on_damage=on_damage,
         progress=progress,
         raise_errors=raise_errors,
+        engine=engine,
+        ray_address=ray_address,
     )
     return _run_background(inputs, out_dir, options)
 
@@ -616,11 +638,14 @@ def _run_plans(plans: list[InputPlan], options: _Options, stop_after: int | None
 
     summaries: dict[Path, dict] = {}
     errors: list[BaseException] = []
-    for batch in batches:
-        for plan, summary, error in _Batch(batch, options).run(stop_after):
-            summaries[plan.out] = summary
-            if error is not None:
-                errors.append(error)
+    if options.engine == "ray":
+        results = _run_batches_on_ray(batches, options, stop_after)
+    else:
+        results = (result for batch in batches for result in _Batch(batch, options).run(stop_after))
+    for plan, summary, error in results:
+        summaries[plan.out] = summary
+        if error is not None:
+            errors.append(error)
     if errors and options.raise_errors:
         for other in errors[1:]:
             add_note(errors[0], f"another input failed as well: {other}")
@@ -628,11 +653,41 @@ def _run_plans(plans: list[InputPlan], options: _Options, stop_after: int | None
     return [summaries[plan.out] for plan in plans]
 
 
-class _Batch:
-    """Same-size inputs run as one batch of streams through one model (:meth:`run`)."""
+def _run_batches_on_ray(
+    batches: list[list[InputPlan]], options: _Options, stop_after: int | None
+) -> list[tuple[InputPlan, dict, BaseException | None]]:
+    """Each batch as one task on a Ray cluster (:func:`torchgmm.jobs.ray_engine.run_batches`),
+    with one progress bar of the frames done over all of them."""
+    from tqdm import tqdm
 
-    def __init__(self, plans: list[InputPlan], options: _Options) -> None:
-        self.plans, self.options = plans, options
+    from torchgmm.jobs import ray_engine
+
+    # a batch steps all its streams at once: its length is its longest input's
+    lengths = [max(plan.selected for plan in batch) - batch[0].resumed for batch in batches]
+    with ray_engine.ray_session(options.ray_address) as ray:
+        options = dataclasses.replace(options, device=ray_engine.cluster_device(ray, options.device))
+        bar = tqdm(
+            total=sum(lengths) if all(plan.selected for batch in batches for plan in batch) else None,
+            unit="frame",
+            dynamic_ncols=True,
+            desc=f"{sum(map(len, batches))} input(s) in {len(batches)} Ray task(s)",
+            disable=not options.progress,
+            file=sys.stderr,
+        )
+        try:
+            return ray_engine.run_batches(ray, batches, options, stop_after, lambda n: bar.update(n - bar.n))
+        finally:
+            bar.close()
+
+
+class _Batch:
+    """Same-size inputs run as one batch of streams through one model (:meth:`run`);
+    ``on_frame(1)`` is called after each frame (the Ray engine's progress)."""
+
+    def __init__(
+        self, plans: list[InputPlan], options: _Options, on_frame: Callable[[int], None] | None = None
+    ) -> None:
+        self.plans, self.options, self.on_frame = plans, options, on_frame
         self.resumed = plans[0].resumed  # every plan of a batch resumes from the same frame
         self.model = options.make_model().to(options.device)
         if self.resumed:
@@ -786,6 +841,8 @@ class _Batch:
                 stream.drop_previous()
         self.frames_done += 1
         self.bar.update(1)
+        if self.on_frame is not None:
+            self.on_frame(1)
         if before is not None:
             _save_trailing_checkpoints(self.active, before, self.frames_done - 1, options)
 

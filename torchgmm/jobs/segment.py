@@ -27,6 +27,7 @@ from torch import Tensor
 
 from torchgmm._checks import check_choice, check_positive_int, resolve_device
 from torchgmm.defaults import HISTOGRAM_INITS
+from torchgmm.jobs.ray_engine import Engine, check_engine
 from torchgmm.io.images import (
     DecodeWorkers,
     ImageFileDataset,
@@ -232,6 +233,8 @@ def segment_files(
     write_threads: int = 2,
     progress: bool = True,
     log: TextIO | None = None,
+    engine: Engine = "local",
+    ray_address: str | None = None,
 ) -> SegmentSummary:
     """Segment image files and write, per image, a label map PNG and a colourised PNG.
 
@@ -248,8 +251,8 @@ def segment_files(
     **The records**, ``OUT/segments.jsonl``: one JSON object per line and image, keyed by
     ``"input"``; a line is appended as each image is done, so a killed run loses at most
     the record being written, and the file is rewritten atomically at the start and the end
-    (also on errors). Every path in it is absolute (resolved), so the file reads the same
-    from any working directory. The fields:
+    (also on errors), one line per image sorted by input path. Every path in it is absolute
+    (resolved), so the file reads the same from any working directory. The fields:
 
     - ``input``: the image file; ``labels``, ``colour``: its two PNGs.
     - ``height``, ``width``, ``channels``; ``bit_shift``: the bits each value of a 16-bit
@@ -300,6 +303,13 @@ def segment_files(
             (0: write in this thread, one image after the other).
         progress: show a tqdm progress bar (images/s).
         log: stream for per-file error and warning lines (default ``sys.stderr``).
+        engine: ``"local"`` (this process, default) or ``"ray"``: the decoding, segmenting
+            and writing run as a Ray Data pipeline on a Ray cluster (GPU actors with
+            ``device="cuda"``, which is then resolved against the cluster's GPUs; ``workers``
+            is unused); everything else, the outputs and records included, is as with
+            ``"local"`` (:mod:`torchgmm.jobs.ray_engine`; ``pip install "torchmog[ray]"``).
+        ray_address: the Ray cluster to run on (``engine="ray"``); None: ``RAY_ADDRESS``, else
+            a local cluster started for the call.
 
     Returns:
         :class:`SegmentSummary`.
@@ -343,6 +353,8 @@ def segment_files(
         overwrite=overwrite,
         progress=progress,
         log=sys.stderr if log is None else log,
+        engine=engine,
+        ray_address=ray_address,
     )
     run = _SegmentRun(options, Path(out_dir))
     run.plan(inputs)
@@ -360,13 +372,15 @@ class _SegmentOptions:
     init: str
     tol: float
     max_iter: int
-    device: torch.device
+    device: torch.device  #: or "auto" with engine="ray" until the cluster is known
     batch_size: int
     workers: int
     write_threads: int
     overwrite: bool
     progress: bool
     log: TextIO
+    engine: Engine = "local"
+    ray_address: str | None = None
 
     @classmethod
     def create(cls, **settings: Any) -> _SegmentOptions:
@@ -381,11 +395,119 @@ class _SegmentOptions:
         check_positive_int(settings["batch_size"], "batch_size")
         check_positive_int(settings["workers"], "workers", minimum=0)
         check_positive_int(settings["write_threads"], "write_threads", minimum=0)
-        return cls(**{**settings, "device": resolve_device(settings["device"])})
+        check_engine(settings["engine"], settings["ray_address"])
+        # on a Ray cluster the device is resolved against the cluster's GPUs, once connected
+        device = settings["device"]
+        if settings["engine"] == "local" or str(device) != "auto":
+            device = resolve_device(device, cuda_available=True if settings["engine"] == "ray" else None)
+        return cls(**{**settings, "device": device})
 
     def recorded(self) -> dict:
         """The settings a record keeps and a re-run must match (:data:`_RECORD_SETTINGS`)."""
         return {name: getattr(self, name) for name in _RECORD_SETTINGS}
+
+
+def _make_segmenter(options: _SegmentOptions) -> HistogramSegmenter:
+    """The run's segmenter: labels as uint8, negligible classes reported per image (a log
+    line and the record) instead of warned about."""
+    segmenter = HistogramSegmenter(
+        options.n_classes,
+        mode=options.mode,
+        init=options.init,
+        tol=options.tol,
+        max_iter=options.max_iter,
+        random_state=0,
+        label_dtype=torch.uint8,
+    )
+    # not with warnings.catch_warnings, which swaps the process-wide filters and so races with
+    # the writer threads (a library they call may enter catch_warnings too)
+    segmenter._warn_negligible = False
+    return segmenter
+
+
+def _segment_groups(
+    segmenter: HistogramSegmenter, options: _SegmentOptions, group: list[tuple[ImageItem, Tensor]]
+) -> tuple[list[tuple[list, Tensor, dict, str]], list[tuple[str, str]]]:
+    """Segment one group of same-size images: ``(parts, failed)``, each part as :func:`_segment`
+    returns it and each failure ``(path, message)``.
+
+    An image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must not take its
+    group, or the run, down: the group is then redone one image at a time.
+    """
+    try:
+        return [_segment(segmenter, options, group)], []
+    except ValueError:
+        parts, failed = [], []
+        for one in group:
+            try:
+                parts.append(_segment(segmenter, options, [one]))
+            except ValueError as exc:
+                path = str(one[0].source.path)
+                failed.append((path, f"cannot segment {path!r}: {exc}"))
+        return parts, failed
+
+
+def _segment(
+    segmenter: HistogramSegmenter, options: _SegmentOptions, group: list[tuple[ImageItem, Tensor]]
+) -> tuple[list, Tensor, dict, str]:
+    """Fit and label images of one size: ``(group, labels (B, H, W) uint8, fit, mode)``."""
+    batch = torch.stack([img for _, img in group]).to(options.device, non_blocking=True)
+    seg_mode = options.mode if batch.shape[1] == 3 else "luminance"
+    segmenter.mode = seg_mode
+    labels = segmenter(batch)
+    fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
+    # the reduction to_uint8 applied to each 16-bit image, so its record's means can be read
+    # in raw units (times 2^bit_shift)
+    if batch.dtype == torch.uint16:
+        fit["bit_shift"] = _bit_shift(batch.to(torch.int32)).cpu()
+    else:
+        fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
+    return group, labels.cpu(), fit, seg_mode
+
+
+def _part_records(
+    segmenter: HistogramSegmenter, options: _SegmentOptions, part: tuple[list, Tensor, dict, str]
+) -> Iterator[tuple[ImageItem, Tensor, dict]]:
+    """``(item, labels (H, W) uint8, record)`` of each image of a part :func:`_segment` returned."""
+    group, labels, fit, seg_mode = part
+    n_pixels = _fitted_pixels(seg_mode, labels.shape[1], labels.shape[2], segmenter.n_samples)
+    flagged = negligible_classes(fit["weights_"], n_pixels)
+    for j, (item, img) in enumerate(group):
+        empty = flagged[j].nonzero().flatten().tolist()
+        yield item, labels[j], _record(options, item, img, labels, fit, j, seg_mode, empty)
+
+
+def _record(
+    options: _SegmentOptions,
+    item: ImageItem,
+    img: Tensor,
+    labels: Tensor,
+    fit: dict,
+    j: int,
+    seg_mode: str,
+    empty: list[int],
+) -> dict:
+    """The ``segments.jsonl`` record of image ``j`` of a segmented group (see :func:`segment_files`)."""
+    return {
+        "input": str(item.source.path.resolve()),
+        "height": int(labels.shape[1]),
+        "width": int(labels.shape[2]),
+        "channels": int(img.shape[0]),
+        "bit_shift": int(fit["bit_shift"][j]),
+        "mode": seg_mode,
+        "init": options.init if seg_mode == "luminance" else "kmeans++",
+        "n_classes": options.n_classes,
+        "tol": float(options.tol),
+        "max_iter": options.max_iter,
+        "weights": fit["weights_"][j].tolist(),
+        "means": fit["means_"][j].tolist(),
+        "covariances": fit["covariances_"][j].tolist(),
+        # strict JSON has no -Infinity/NaN: write null for a non-finite bound
+        "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
+        "n_iter": int(fit["n_iter_"][j]),
+        "converged": bool(fit["converged_"][j]),
+        "negligible_classes": empty,
+    }
 
 
 class _SegmentRun:
@@ -425,39 +547,47 @@ class _SegmentRun:
 
     # -- run ---------------------------------------------------------------------------------
     def run(self) -> SegmentSummary:
-        """Decode (worker processes) -> segment (this thread) -> write (a thread pool), then
-        the summary. Finished images keep their records also on errors and Ctrl-C."""
+        """Decode -> segment -> write, overlapped (:meth:`_run_local`, or on a Ray cluster:
+        :meth:`_run_ray`), then the summary. Finished images keep their records also on
+        errors and Ctrl-C."""
         from tqdm.auto import tqdm
 
         options = self.options
         self.tqdm = tqdm
-        self.segmenter = HistogramSegmenter(
-            options.n_classes,
-            mode=options.mode,
-            init=options.init,
-            tol=options.tol,
-            max_iter=options.max_iter,
-            random_state=0,
-            label_dtype=torch.uint8,
-        )
-        # negligible classes are reported per image instead (log line, record); not with
-        # warnings.catch_warnings, which swaps the process-wide filters and so races with the
-        # writer threads (a library they call may enter catch_warnings too)
-        self.segmenter._warn_negligible = False
-        # decoded in worker processes: a file that crashes its decoder costs only that file
-        workers = DecodeWorkers(self.todo, options.workers) if options.workers > 0 else None
-        dataset = ImageFileDataset(self.todo)
-        items = workers if workers is not None else (dataset[i] for i in range(len(dataset)))
         self.bar = tqdm(total=len(self.todo), unit="img", disable=not options.progress, desc="segment")
         # The records: rewritten whole now (which also drops an unfinished last line of a killed
         # run), then one line appended per finished image, so a kill loses at most the record
         # being written, and rewritten whole once more at the end (one line per image).
         self._save_records()
         self.appender = open(self.jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+        self.pending: deque[tuple[str, Future]] = deque()  # (input path, write of its outputs)
+        self.pool = None
+        try:
+            self._run_local() if options.engine == "local" else self._run_ray()
+        finally:
+            self._finish()
+        return SegmentSummary(
+            n_found=len(self.sources),
+            n_done=self.n_done,
+            n_skipped=len(self.sources) - len(self.todo),
+            failed=self.failed,
+            wall_s=time.perf_counter() - self.t_start,
+            **self.times,
+            jsonl=str(self.jsonl),
+            negligible=self.negligible,
+        )
+
+    def _run_local(self) -> None:
+        """Decode (worker processes) -> segment (this thread) -> write (a thread pool)."""
+        options = self.options
+        self.segmenter = _make_segmenter(options)
         # PNG encoding releases the GIL: a small pool writes while the next batch is decoded and
         # segmented. A record enters the JSON-lines file only once both of its PNGs are written.
         self.pool = ThreadPoolExecutor(options.write_threads, "torchgmm-write") if options.write_threads else None
-        self.pending: deque[tuple[str, Future]] = deque()  # (input path, write of its outputs)
+        # decoded in worker processes: a file that crashes its decoder costs only that file
+        workers = DecodeWorkers(self.todo, options.workers) if options.workers > 0 else None
+        dataset = ImageFileDataset(self.todo)
+        items = workers if workers is not None else (dataset[i] for i in range(len(dataset)))
         try:
             batches = iter(_batched(items, options.batch_size))
             while True:
@@ -472,17 +602,31 @@ class _SegmentRun:
                 self._collect(block_until=2 * options.batch_size)
                 self.times["write_s"] += time.perf_counter() - t0
         finally:
-            self._finish(workers)
-        return SegmentSummary(
-            n_found=len(self.sources),
-            n_done=self.n_done,
-            n_skipped=len(self.sources) - len(self.todo),
-            failed=self.failed,
-            wall_s=time.perf_counter() - self.t_start,
-            **self.times,
-            jsonl=str(self.jsonl),
-            negligible=self.negligible,
-        )
+            if workers is not None:
+                workers.close()
+
+    def _run_ray(self) -> None:
+        """The same steps as a Ray Data pipeline (:func:`torchgmm.jobs.ray_engine.segment_outcomes`);
+        each image's outcome is recorded here as it streams back, in input order."""
+        from torchgmm.jobs import ray_engine
+
+        with ray_engine.ray_session(self.options.ray_address) as ray:
+            self.options = dataclasses.replace(self.options, device=ray_engine.cluster_device(ray, self.options.device))
+            outcomes = ray_engine.segment_outcomes(ray, self.todo, self.options, self.out_dir)
+            while True:
+                t0 = time.perf_counter()
+                outcome = next(outcomes, None)
+                self.times["wait_s"] += time.perf_counter() - t0
+                if outcome is None:
+                    break
+                for name in ("decode_s", "segment_s", "write_s"):
+                    self.times[name] += outcome[name]
+                if outcome["error"]:
+                    self._fail(outcome["path"], outcome["error"])
+                    continue
+                record = json.loads(outcome["record"])
+                self._warn_if_negligible(outcome["path"], record)
+                self._add_record(record)
 
     def _groups(self, batch: list[ImageItem]) -> list[list[tuple[ImageItem, Tensor]]]:
         """The decoded images of a batch, grouped by shape and dtype; failed decodes reported."""
@@ -499,73 +643,17 @@ class _SegmentRun:
     def _segment_and_write(self, group: list[tuple[ImageItem, Tensor]]) -> None:
         """Segment one group of same-size images and queue their outputs for writing."""
         t0 = time.perf_counter()
-        try:
-            parts = [self._segment(group)]
-        except ValueError:
-            # an image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must not take
-            # its batch, or the run, down: redo the group one image at a time
-            parts = []
-            for one in group:
-                try:
-                    parts.append(self._segment([one]))
-                except ValueError as exc:
-                    path = str(one[0].source.path)
-                    self._fail(path, f"cannot segment {path!r}: {exc}")
+        parts, failed = _segment_groups(self.segmenter, self.options, group)
+        for path, message in failed:
+            self._fail(path, message)
         t1 = time.perf_counter()
         self.times["segment_s"] += t1 - t0  # fit + labels, transfers included; colouring is output
-        for part, labels, fit, seg_mode in parts:
-            n_pixels = _fitted_pixels(seg_mode, labels.shape[1], labels.shape[2], self.segmenter.n_samples)
-            flagged = negligible_classes(fit["weights_"], n_pixels)
-            for j, (item, img) in enumerate(part):
-                empty = flagged[j].nonzero().flatten().tolist()
-                if empty:
-                    self._warn_negligible(str(item.source.path), empty, seg_mode)
-                record = self._record(item, img, labels, fit, j, seg_mode, empty)
-                self._write(item, labels[j], record)
+        for part in parts:
+            for item, labels, record in _part_records(self.segmenter, self.options, part):
+                self._warn_if_negligible(str(item.source.path), record)
+                self._write(item, labels, record)
         self._collect(block_until=2 * self.options.batch_size)
         self.times["write_s"] += time.perf_counter() - t1
-
-    def _segment(self, group: list[tuple[ImageItem, Tensor]]) -> tuple[list, Tensor, dict, str]:
-        """Fit and label images of one size: ``(group, labels (B, H, W) uint8, fit, mode)``."""
-        options, segmenter = self.options, self.segmenter
-        batch = torch.stack([img for _, img in group]).to(options.device, non_blocking=True)
-        seg_mode = options.mode if batch.shape[1] == 3 else "luminance"
-        segmenter.mode = seg_mode
-        labels = segmenter(batch)
-        fit = {n: getattr(segmenter, n).cpu() for n in segmenter._state}
-        # the reduction to_uint8 applied to each 16-bit image, so its record's means can be read
-        # in raw units (times 2^bit_shift)
-        if batch.dtype == torch.uint16:
-            fit["bit_shift"] = _bit_shift(batch.to(torch.int32)).cpu()
-        else:
-            fit["bit_shift"] = torch.zeros(batch.shape[0], dtype=torch.int32)
-        return group, labels.cpu(), fit, seg_mode
-
-    def _record(
-        self, item: ImageItem, img: Tensor, labels: Tensor, fit: dict, j: int, seg_mode: str, empty: list[int]
-    ) -> dict:
-        """The ``segments.jsonl`` record of image ``j`` of a segmented group (see :func:`segment_files`)."""
-        options = self.options
-        return {
-            "input": str(item.source.path.resolve()),
-            "height": int(labels.shape[1]),
-            "width": int(labels.shape[2]),
-            "channels": int(img.shape[0]),
-            "bit_shift": int(fit["bit_shift"][j]),
-            "mode": seg_mode,
-            "init": options.init if seg_mode == "luminance" else "kmeans++",
-            "n_classes": options.n_classes,
-            "tol": float(options.tol),
-            "max_iter": options.max_iter,
-            "weights": fit["weights_"][j].tolist(),
-            "means": fit["means_"][j].tolist(),
-            "covariances": fit["covariances_"][j].tolist(),
-            # strict JSON has no -Infinity/NaN: write null for a non-finite bound
-            "lower_bound": _finite_or_none(float(fit["lower_bound_"][j])),
-            "n_iter": int(fit["n_iter_"][j]),
-            "converged": bool(fit["converged_"][j]),
-            "negligible_classes": empty,
-        }
 
     def _write(self, item: ImageItem, labels: Tensor, record: dict) -> None:
         """Queue one image's PNGs on the writer pool (or write them now, ``write_threads=0``)."""
@@ -591,11 +679,15 @@ class _SegmentRun:
             except OSError as exc:  # e.g. a folder where its PNG must go: this image fails
                 self._fail(path, f"cannot write the outputs of {path!r}: {exc}")
                 continue
-            self.records[rec["input"]] = rec
-            self.appender.write(json.dumps(rec) + "\n")
-            self.appender.flush()  # handed to the OS: survives the process being killed
-            self.n_done += 1
-            self.bar.update(1)
+            self._add_record(rec)
+
+    def _add_record(self, rec: dict) -> None:
+        """A finished image: its record kept and appended to the file (one line)."""
+        self.records[rec["input"]] = rec
+        self.appender.write(json.dumps(rec) + "\n")
+        self.appender.flush()  # handed to the OS: survives the process being killed
+        self.n_done += 1
+        self.bar.update(1)
 
     def _fail(self, path: str, message: str) -> None:
         """One image failed; the run goes on."""
@@ -603,27 +695,31 @@ class _SegmentRun:
         self.tqdm.write(f"error: {message}", file=self.options.log)  # keeps the bar intact
         self.bar.update(1)
 
-    def _warn_negligible(self, path: str, empty: list[int], seg_mode: str) -> None:
+    def _warn_if_negligible(self, path: str, record: dict) -> None:
+        """A ``warning:`` line naming ``path`` when its fit has negligible classes (in its record)."""
+        empty = record["negligible_classes"]
+        if not empty:
+            return
         n_classes = self.options.n_classes
         self.negligible.append(path)
         one = len(empty) == 1
         self.tqdm.write(
             f"warning: {path}: segmented into {n_classes - len(empty)} of n_classes={n_classes} classes "
             f"({'class' if one else 'classes'} {_join(empty)} {'holds' if one else 'hold'} less than half a "
-            f"pixel's worth of weight); {_negligible_hint(seg_mode, self.options.init)}",
+            f"pixel's worth of weight); {_negligible_hint(record['mode'], self.options.init)}",
             file=self.options.log,
         )
 
     def _save_records(self) -> None:
-        """The whole records file, atomically (one line per image)."""
-        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+        """The whole records file, atomically: one line per image, sorted by input path (so the
+        file does not depend on the order images finished in, nor on the engine)."""
+        records = (self.records[key] for key in sorted(self.records))
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in records))
 
     # -- finish ------------------------------------------------------------------------------
-    def _finish(self, workers: DecodeWorkers | None) -> None:
-        """Stop the decoders, wait for the writes, compact the records (also on errors)."""
+    def _finish(self) -> None:
+        """Wait for the writes, compact the records (also on errors)."""
         t0 = time.perf_counter()
-        if workers is not None:
-            workers.close()
         try:
             self._collect(block_until=0)
         finally:
