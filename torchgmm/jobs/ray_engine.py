@@ -129,7 +129,7 @@ def cluster_device(ray: Any, device: str | torch.device) -> torch.device:
         >>> cluster_device(Cluster(), "auto"), cluster_device(Cluster(), "cuda:1")
         (device(type='cuda'), device(type='cuda'))
     """
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = _n_gpus(ray)
     if str(device) == "auto":
         return torch.device("cuda" if gpus else "cpu")
     resolved = resolve_device(device, cuda_available=bool(gpus), where="the Ray cluster has no GPU")
@@ -211,7 +211,7 @@ def _decode_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "height": np.array([s[1] for s in shapes], dtype=np.int64),
         "width": np.array([s[2] for s in shapes], dtype=np.int64),
         "decode_s": np.array([it.decode_s for it in items], dtype=np.float64),
-        "error": _column([it.error or "" if it.image is None else "" for it in items]),
+        "error": _column(["" if it.image is not None else it.error or "unknown error" for it in items]),
     }
 
 
@@ -228,7 +228,7 @@ class _SegmentStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from torchgmm.io.images import ImageItem, ImageSource
-        from torchgmm.jobs.segment import _batched, _part_records, _segment_groups
+        from torchgmm.jobs.segment import _batched, _group_by_size, _part_records, _segment_groups
 
         t0 = time.perf_counter()
         n = len(batch["index"])
@@ -244,16 +244,10 @@ class _SegmentStage:
             source = ImageSource(Path(batch["path"][j]), Path(batch["relative"][j]))
             items.append(ImageItem(j, source, image, errors[j] or None, 0.0))
         for chunk in _batched(items, self.options.batch_size):
-            groups: dict[tuple, list] = {}
-            for item in chunk:
-                if item.image is not None:
-                    groups.setdefault((tuple(item.image.shape), item.image.dtype), []).append((item, item.image))
-            for group in groups.values():
+            for group in _group_by_size(chunk):
                 parts, failed = _segment_groups(self.segmenter, self.options, group)
-                failed_paths = dict(failed)
-                for item, _ in group:
-                    if str(item.source.path) in failed_paths:
-                        errors[item.index] = failed_paths[str(item.source.path)]
+                for item, message in failed:
+                    errors[item.index] = message
                 for part in parts:
                     for item, image_labels, record in _part_records(self.segmenter, self.options, part):
                         labels[item.index] = image_labels.numpy().tobytes()

@@ -425,11 +425,22 @@ def _make_segmenter(options: _SegmentOptions) -> HistogramSegmenter:
     return segmenter
 
 
+def _group_by_size(items: Iterable[ImageItem]) -> list[list[tuple[ImageItem, Tensor]]]:
+    """The decoded images of ``items`` (failed decodes left out), grouped by shape and dtype:
+    the groups that are segmented together. Grey/RGB conversion happens on the device, in
+    the segmenter."""
+    groups: dict[tuple, list] = {}
+    for item in items:
+        if item.image is not None:
+            groups.setdefault((tuple(item.image.shape), item.image.dtype), []).append((item, item.image))
+    return list(groups.values())
+
+
 def _segment_groups(
     segmenter: HistogramSegmenter, options: _SegmentOptions, group: list[tuple[ImageItem, Tensor]]
-) -> tuple[list[tuple[list, Tensor, dict, str]], list[tuple[str, str]]]:
+) -> tuple[list[tuple[list, Tensor, dict, str]], list[tuple[ImageItem, str]]]:
     """Segment one group of same-size images: ``(parts, failed)``, each part as :func:`_segment`
-    returns it and each failure ``(path, message)``.
+    returns it and each failure ``(item, message)``.
 
     An image EM cannot fit (e.g. fewer pixels than classes in rgb mode) must not take its
     group, or the run, down: the group is then redone one image at a time.
@@ -442,8 +453,7 @@ def _segment_groups(
             try:
                 parts.append(_segment(segmenter, options, [one]))
             except ValueError as exc:
-                path = str(one[0].source.path)
-                failed.append((path, f"cannot segment {path!r}: {exc}"))
+                failed.append((one[0], f"cannot segment {str(one[0].source.path)!r}: {exc}"))
         return parts, failed
 
 
@@ -589,13 +599,7 @@ class _SegmentRun:
         dataset = ImageFileDataset(self.todo)
         items = workers if workers is not None else (dataset[i] for i in range(len(dataset)))
         try:
-            batches = iter(_batched(items, options.batch_size))
-            while True:
-                t0 = time.perf_counter()
-                batch = next(batches, None)
-                self.times["wait_s"] += time.perf_counter() - t0
-                if batch is None:
-                    break
+            for batch in self._waited(_batched(items, options.batch_size)):
                 for group in self._groups(batch):
                     self._segment_and_write(group)
                 t0 = time.perf_counter()
@@ -612,13 +616,7 @@ class _SegmentRun:
 
         with ray_engine.ray_session(self.options.ray_address) as ray:
             self.options = dataclasses.replace(self.options, device=ray_engine.cluster_device(ray, self.options.device))
-            outcomes = ray_engine.segment_outcomes(ray, self.todo, self.options, self.out_dir)
-            while True:
-                t0 = time.perf_counter()
-                outcome = next(outcomes, None)
-                self.times["wait_s"] += time.perf_counter() - t0
-                if outcome is None:
-                    break
+            for outcome in self._waited(ray_engine.segment_outcomes(ray, self.todo, self.options, self.out_dir)):
                 for name in ("decode_s", "segment_s", "write_s"):
                     self.times[name] += outcome[name]
                 if outcome["error"]:
@@ -628,24 +626,31 @@ class _SegmentRun:
                 self._warn_if_negligible(outcome["path"], record)
                 self._add_record(record)
 
+    def _waited(self, source: Iterable) -> Iterator:
+        """The items of ``source``, the time spent waiting for each counted as ``wait_s``."""
+        iterator = iter(source)
+        while True:
+            t0 = time.perf_counter()
+            item = next(iterator, None)
+            self.times["wait_s"] += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
+
     def _groups(self, batch: list[ImageItem]) -> list[list[tuple[ImageItem, Tensor]]]:
         """The decoded images of a batch, grouped by shape and dtype; failed decodes reported."""
-        groups: dict[tuple, list] = {}
         for item in batch:
             self.times["decode_s"] += item.decode_s
             if item.image is None:
                 self._fail(str(item.source.path), item.error or "unknown error")
-                continue
-            img = item.image  # grey/RGB conversion happens on `device`, in the segmenter
-            groups.setdefault((tuple(img.shape), img.dtype), []).append((item, img))
-        return list(groups.values())
+        return _group_by_size(batch)
 
     def _segment_and_write(self, group: list[tuple[ImageItem, Tensor]]) -> None:
         """Segment one group of same-size images and queue their outputs for writing."""
         t0 = time.perf_counter()
         parts, failed = _segment_groups(self.segmenter, self.options, group)
-        for path, message in failed:
-            self._fail(path, message)
+        for item, message in failed:
+            self._fail(str(item.source.path), message)
         t1 = time.perf_counter()
         self.times["segment_s"] += t1 - t0  # fit + labels, transfers included; colouring is output
         for part in parts:
