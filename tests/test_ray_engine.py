@@ -163,6 +163,43 @@ def test_background_cli_on_ray_resumes_from_checkpoints(ray_cluster, tmp_path, c
     assert _snapshot(tmp_path / "ray") == _snapshot(tmp_path / "whole")
 
 
+def test_background_cli_on_ray_ctrl_c_then_resume(ray_cluster, tmp_path, monkeypatch, capsys):
+    # Ctrl-C in the driver once the task has stepped some frames: the task is cancelled,
+    # finishes its outputs as an interrupted local run does (playable masks, summary,
+    # checkpoint), the command exits 130, and a resume on Ray ends with one whole run's masks
+    frames, _, _ = synthetic_clip(1500, 48, 64, seed=3)  # long enough to be still running
+    clip = str(write_video(tmp_path / "long.mkv", frames))
+    common = ["--no-compile", "--device", "cpu", "--mask-format", "mkv", "--no-progress", "--checkpoint", "50"]
+    assert main(["background", clip, "--out", str(tmp_path / "whole"), *common]) == 0
+    seen: list[int] = []
+    run_batches = ray_engine.run_batches
+
+    def interrupted(ray, batches, options, stop_after, on_progress):  # noqa: ANN001, ANN202
+        def progress(n: int) -> None:
+            on_progress(n)
+            seen.append(n)
+            if n > 0:
+                raise KeyboardInterrupt
+
+        return run_batches(ray, batches, options, stop_after, progress)
+
+    monkeypatch.setattr(ray_engine, "run_batches", interrupted)
+    argv = ["background", clip, "--out", str(tmp_path / "ray"), *common, "--engine", "ray"]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "ray" / "long" / "summary.json").read_text())
+    assert summary["error"] == "interrupted" and not summary["complete"]
+    assert seen[-1] <= summary["frames"] < 1500
+    assert read_masks(tmp_path / "ray" / "long" / "mask.mkv").shape[0] == summary["frames"]  # playable
+    monkeypatch.setattr(ray_engine, "run_batches", run_batches)
+    assert main([*argv, "--resume"]) == 0
+    summary = json.loads((tmp_path / "ray" / "long" / "summary.json").read_text())
+    assert summary["complete"] and 0 < summary["resumed_from"] < 1500 and summary["resumed_from"] % 50 == 0
+    assert torch.equal(
+        read_masks(tmp_path / "ray" / "long" / "mask.mkv"), read_masks(tmp_path / "whole" / "long" / "mask.mkv")
+    )
+
+
 # --- without a cluster -----------------------------------------------------------------------
 def test_engine_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match=r"`engine` must be one of \('local', 'ray'\)"):

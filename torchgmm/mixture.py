@@ -447,11 +447,13 @@ def _resp_statistics(features: Tensor, resp: Tensor, sample_weight: Tensor | Non
     return _Statistics(resp.sum(-1), moments, resp.new_zeros(resp.shape[0]))
 
 
-#: the E-step's (B, K, tile) block holds at most about this many numbers (16 MiB in float32):
-#: the memory an iteration needs beyond the features is bounded whatever N. (Smaller, cache-
-#: sized tiles were slower on CPU: a small-K GEMM per tile costs more than the cache saves;
-#: see ``scripts/bench_roofline.py --mode em``, and :func:`_unrolled_statistics` for one loop.)
-_TILE_NUMBERS = 2**22
+#: the E-step's (B, K, tile) block holds at most about this many numbers (1 MiB in float32,
+#: 2 MiB in float64): the memory an iteration needs beyond the features is bounded whatever N,
+#: and the block stays in a core's L2 cache between the passes that make and reduce it, so
+#: they do not go to memory (with several processes on one machine, they would otherwise
+#: compete for the shared cache and memory bandwidth; docs/benchmarks.md "EM at scale").
+#: Much smaller tiles cost more in per-tile calls than the cache saves.
+_TILE_NUMBERS = 2**18
 
 
 def _tile_size(b: int, k: int) -> int:
