@@ -347,6 +347,32 @@ class TestLogProb:
         torch.testing.assert_close(lp[0, :, 0], expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_e_step_of_far_apart_components_has_no_subnormals_and_exact_sums(dtype):
+    # Components 40 sigma apart: a_k - max_k a_k reaches -800, where exp gives subnormals
+    # (float32) or 0, and is slow. The E-step clamps its exponent: responsibilities stay
+    # normal numbers or 1, and the statistics are those of the exact (0/1) assignment.
+    from torchgmm import mixture as gm
+
+    means = torch.tensor([[[0.0], [40.0], [80.0]]], dtype=dtype)
+    x = torch.cat([torch.linspace(-1, 1, 100, dtype=dtype) + m for m in (0.0, 40.0, 80.0)])[None, :, None]
+    prec = torch.ones(1, 3, 1, 1, dtype=dtype)
+    features = gm._quadratic_features(x - 40.0, "full")
+    coefficients, constant = gm._log_prob_coefficients(means - 40.0, prec, "full")
+    log_joint = gm._log_joint(features, coefficients, constant + math.log(1 / 3))
+    assert float((log_joint - log_joint.amax(1, keepdim=True)).min()) < -700
+    resp, log_likelihood = gm._normalise_(log_joint.clone())
+    assert float(resp.min()) >= torch.finfo(dtype).tiny
+    owner = torch.arange(3).repeat_interleave(100)
+    exact = torch.nn.functional.one_hot(owner, 3).T.to(dtype)[None]
+    torch.testing.assert_close(resp, exact, rtol=0, atol=1e-30)
+    stats = gm._e_step_statistics(features, None, coefficients, constant + math.log(1 / 3))
+    torch.testing.assert_close(stats.nk, torch.full((1, 3), 100.0, dtype=dtype), rtol=1e-6, atol=0)
+    expected = estimate_log_prob(x, means, prec, "full").logsumexp(-1) + math.log(1 / 3)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(log_likelihood, expected, **tol)
+
+
 class TestWeightsAndBatches:
     @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
     def test_integer_weight_equals_repetition(self, covariance_type):
