@@ -75,6 +75,23 @@ class TestBackendChoice:
         with VideoReader(clip[0]) as reader:  # the default backend does not need it
             assert torch.equal(torch.stack(list(reader)), clip[1])
 
+    def test_torchcodec_without_ffmpeg_is_not_offered(self, clip, monkeypatch):
+        # TorchCodec >= 0.17 imports without FFmpeg's libraries (for its image decoders) and
+        # fails at the first video decode: the backend is refused up front, saying why
+        import types
+
+        ops = types.ModuleType("torchcodec._core.ops")
+        ops._FFMPEG_AVAILABLE = False
+        monkeypatch.setitem(sys.modules, "torchcodec", types.ModuleType("torchcodec"))
+        monkeypatch.setitem(sys.modules, "torchcodec.decoders", types.ModuleType("torchcodec.decoders"))
+        monkeypatch.setitem(sys.modules, "torchcodec._core", types.ModuleType("torchcodec._core"))
+        monkeypatch.setitem(sys.modules, "torchcodec._core.ops", ops)
+        with pytest.raises(ImportError, match=r"backend='torchcodec'.*none of the FFmpeg shared libraries"):
+            VideoReader(clip[0], backend="torchcodec")
+        assert video_backends() == ("pyav",)
+        ops._FFMPEG_AVAILABLE = True  # with them, the same modules are taken as usable
+        assert video_backends(["torchcodec"]) == ("torchcodec",)
+
     def test_skipping_damage_needs_pyav(self, clip):
         with pytest.raises(ValueError, match=r"on_damage='skip'.*backend='pyav'"):
             VideoReader(clip[0], backend="torchcodec", on_damage="skip")

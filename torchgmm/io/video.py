@@ -91,20 +91,28 @@ def _import_av() -> Any:
 
 
 def _import_torchcodec() -> Any:
-    """TorchCodec's ``decoders`` module, or an ImportError that says how to install it
-    (TorchCodec fails to import, with a RuntimeError, when it finds no FFmpeg shared
-    libraries it was built for: that is reported the same way)."""
+    """TorchCodec's ``decoders`` module, or an ImportError that says how to install it.
+
+    Without the FFmpeg shared libraries it was built for, TorchCodec up to 0.16 fails to
+    import (a RuntimeError); from 0.17 it imports (its image decoders need no FFmpeg) and
+    marks its video operators unavailable, raising at the first decode: both are reported
+    here, before any file is opened."""
+    cause: BaseException | None = None
     try:
         decoders = importlib.import_module("torchcodec.decoders")
+        if getattr(importlib.import_module("torchcodec._core.ops"), "_FFMPEG_AVAILABLE", True):
+            return decoders
+        reason = "it imports, but finds none of the FFmpeg shared libraries it was built for"
     except Exception as exc:  # noqa: BLE001 - ImportError, or RuntimeError/OSError for FFmpeg's libraries
-        raise ImportError(
-            f"VideoReader(backend='torchcodec') needs TorchCodec, which cannot be imported here "
-            f"({type(exc).__name__}: {exc}). Install the optional extra with "
-            '`pip install "torchmog[torchcodec]"` (the distribution of torchgmm is named torchmog; '
-            'from a checkout: `pip install -e ".[torchcodec]"`); TorchCodec also needs FFmpeg\'s '
-            "shared libraries (e.g. `apt-get install ffmpeg`). Or use backend='pyav', the default."
-        ) from exc
-    return decoders
+        cause, lines = exc, str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    raise ImportError(
+        f"VideoReader(backend='torchcodec') needs TorchCodec, which cannot be used here ({reason}). "
+        'Install the optional extra with `pip install "torchmog[torchcodec]"` (the distribution of '
+        'torchgmm is named torchmog; from a checkout: `pip install -e ".[torchcodec]"`); TorchCodec '
+        "also needs FFmpeg's shared libraries (e.g. `apt-get install ffmpeg`). Or use "
+        "backend='pyav', the default."
+    ) from cause
 
 
 def video_backends(names: Sequence[str] = _BACKENDS) -> tuple[str, ...]:
