@@ -170,3 +170,96 @@ class TestDecodeWorkers:
         items = list(pool)
         assert items[0].error is None and "the file is empty" in items[1].error
         assert pool._procs == []  # closed at the end of the iteration
+
+
+# --- the tensor codec: torchvision's, TorchCodec's or Pillow, the same pixels -----------------
+def _codecs() -> list[str]:
+    """The codecs usable here (TorchCodec's image codecs need no FFmpeg, only its wheel)."""
+    import importlib
+
+    usable = ["torchvision", "pillow"]
+    try:
+        importlib.import_module("torchcodec.decoders").decode_jpeg  # noqa: B018
+        importlib.import_module("torchcodec.encoders").PngEncoder  # noqa: B018
+        usable.insert(1, "torchcodec")
+    except Exception:  # noqa: BLE001 - not installed, or broken
+        pass
+    return usable
+
+
+@pytest.fixture()
+def use_codec(monkeypatch):
+    """Make ``decode_image_file`` and ``write_png`` use the codec given to the returned call."""
+    from torchgmm.io import images
+
+    def use(name: str) -> None:
+        monkeypatch.setattr(images, "_CODEC", name)
+
+    return use
+
+
+def _jpeg_cases(tmp_path):
+    smooth = pattern(61, 83, 3)
+    (tmp_path / "rgb.jpg").write_bytes(encode(smooth, "JPEG", quality=90))
+    (tmp_path / "grey.jpg").write_bytes(encode(smooth[..., 1], "JPEG", quality=90))
+    return [tmp_path / "rgb.jpg", tmp_path / "grey.jpg"]
+
+
+@pytest.mark.parametrize("codec", ["torchcodec", "pillow"])
+def test_other_codecs_decode_jpeg_as_torchvision_does(tmp_path, use_codec, codec):
+    if codec not in _codecs():
+        pytest.skip("TorchCodec is not installed (pip install torchcodec)")
+    paths = _jpeg_cases(tmp_path)
+    use_codec("torchvision")
+    want = {(p, m): decode_image_file(p, mode=m) for p in paths for m in ("unchanged", "grey", "rgb")}
+    use_codec(codec)
+    for (path, mode), expected in want.items():
+        got = decode_image_file(path, mode=mode)
+        assert got.dtype == torch.uint8 and torch.equal(got, expected), (path.name, mode)
+
+
+def test_sixteen_bit_colour_png_needs_a_tensor_codec(tmp_path, use_codec):
+    arr = pattern(9, 14, 3, dtype=np.uint16)
+    path = tmp_path / "w.png"
+    path.write_bytes(png_bytes(scanlines(arr.reshape(9, -1)), 14, 9, 16, 2))
+    for codec in set(_codecs()) - {"pillow"}:
+        use_codec(codec)
+        img = decode_image_file(path)
+        assert img.dtype == torch.uint16 and np.array_equal(img.numpy().astype(np.int64), arr.transpose(2, 0, 1)), codec
+    use_codec("pillow")
+    with pytest.raises(ValueError, match=r"w\.png.*16-bit colour PNG needs torchvision's or TorchCodec's"):
+        decode_image_file(path)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_write_png_with_each_codec_holds_the_pixels(tmp_path, use_codec, c):
+    from torchgmm.io.images import write_png
+
+    image = (
+        torch.from_numpy(pattern(37, 53, c)).permute(2, 0, 1) if c == 3 else torch.from_numpy(pattern(37, 53, 1))[None]
+    )
+    written = {}
+    for codec in _codecs():
+        use_codec(codec)
+        write_png(tmp_path / f"{codec}.png", image)
+        written[codec] = (tmp_path / f"{codec}.png").read_bytes()
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / f"{codec}.png")).reshape(37, 53, c), image.permute(1, 2, 0).numpy()
+        )
+    if "torchcodec" in written:  # the same libpng, the same settings: the same file
+        assert written["torchcodec"] == written["torchvision"]
+
+
+def test_the_codec_falls_back_when_torchvision_drops_its_codecs(monkeypatch):
+    from torchgmm.io import images
+
+    monkeypatch.setattr(images, "_CODEC", None)
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # as if torchvision removed them
+    expected = "torchcodec" if "torchcodec" in _codecs() else "pillow"
+    assert images.image_codec() == expected
+    monkeypatch.setattr(images, "_CODEC", None)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    assert images.image_codec() == "pillow"
+    monkeypatch.setattr(images, "_CODEC", None)
+    monkeypatch.delitem(sys.modules, "torchvision.io")
+    assert images.image_codec() == "torchvision"

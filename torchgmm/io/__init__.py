@@ -12,6 +12,7 @@ from torchgmm.io.images import (
     atomic_write_text,
     decode_image_file,
     find_images,
+    image_codec,
     write_png,
 )
 from torchgmm.io.video import (
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "write_png",
+    "image_codec",
     "VideoReader",
     "VideoWriter",
     "VideoDecodeError",

@@ -1,9 +1,10 @@
 """Image files at the edge: discovery, decoding (a DataLoader ``Dataset``) and atomic writes.
 
 :func:`decode_image_file` is the one function that decodes image files, for the jobs and
-for :class:`~torchgmm.io.VideoReader`'s image sequences alike: JPEG through torchvision
-(libjpeg-turbo), PNG, GIF, BMP, TIFF and WebP through Pillow, each file's header checked
-before a decoder sees it (see there why). Decoded images are ``(C, H, W)`` tensors, uint8
+for :class:`~torchgmm.io.VideoReader`'s image sequences alike: JPEG through a tensor codec
+(:func:`image_codec`: torchvision's, else TorchCodec's, else Pillow), PNG, GIF, BMP, TIFF
+and WebP through Pillow, each file's header checked before a decoder sees it (see there
+why); :func:`write_png` encodes with the same codec. Decoded images are ``(C, H, W)`` tensors, uint8
 or uint16 (16-bit PNG/TIFF), with C = 1 (grey) or 3 (RGB): an alpha channel is dropped. A
 file that cannot be decoded is never returned empty: the dataset yields an
 :class:`ImageItem` carrying the error message, so a run can name it and go on.
@@ -12,6 +13,7 @@ file that cannot be decoded is never returned empty: the dataset yields an
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -52,6 +54,8 @@ __all__ = [
     "OutputFolderBusyError",
     "remove_stale_temporaries",
     "write_png",
+    "IMAGE_CODECS",
+    "image_codec",
 ]
 
 #: file extensions picked up when searching folders (lower case)
@@ -67,6 +71,49 @@ def _quiet_torchvision() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TorchVision are deprecated", category=DeprecationWarning)
         yield
+
+
+#: the tensor image codecs, in the order :func:`image_codec` prefers them
+IMAGE_CODECS = ("torchvision", "torchcodec", "pillow")
+
+
+def image_codec() -> str:
+    """The codec that decodes JPEG (and 16-bit colour PNG) and encodes PNG here.
+
+    torchvision's codecs while torchvision ships them (0.29 deprecates them in favour of
+    TorchCodec's); else TorchCodec's (the optional ``torchcodec`` extra; its image codecs are
+    the same libjpeg-turbo and libpng code, give the same pixels and the same PNG bytes, and
+    need no FFmpeg); else Pillow, a dependency (the same JPEG pixels; PNG bytes of its own,
+    the same pixels; no 16-bit colour PNG). All other formats are decoded by Pillow.
+    The choice is made once per process; docs/benchmarks.md "Image decoders" has the
+    measurements behind it.
+
+    Returns:
+        one of :data:`IMAGE_CODECS`.
+
+    Example:
+        >>> image_codec() in IMAGE_CODECS
+        True
+    """
+    global _CODEC
+    if _CODEC is None:
+        for name, module, attribute in (
+            ("torchvision", "torchvision.io", "encode_png"),
+            ("torchcodec", "torchcodec.decoders", "decode_jpeg"),
+        ):
+            try:
+                with _quiet_torchvision():
+                    getattr(importlib.import_module(module), attribute)
+            except Exception:  # noqa: BLE001 - ImportError, AttributeError once removed, a broken install
+                continue
+            _CODEC = name
+            break
+        else:
+            _CODEC = "pillow"
+    return _CODEC
+
+
+_CODEC: str | None = None
 
 
 class ImageSource(NamedTuple):
@@ -368,10 +415,11 @@ def decode_image_file(
     down from here. The format is told by the file's first bytes (a ``.png`` holding a JPEG
     is decoded as JPEG). Before any decoder sees the pixels, the header's size is checked
     against ``max_pixels``, and a PNG's image data against its header. Then JPEG goes
-    through torchvision (libjpeg-turbo, whose errors it raises); PNG, GIF, BMP, TIFF and
-    WebP through Pillow, which raises on damage where torchvision's PNG decoder crashes the
-    interpreter; 16-bit colour PNG, which Pillow reduces to 8 bits, through torchvision
-    after its chunks, CRCs and filter types were checked. A JPEG whose data ends before its
+    through :func:`image_codec`'s codec (libjpeg-turbo, whose errors it raises); PNG, GIF,
+    BMP, TIFF and WebP through Pillow, which raises on damage where torchvision's PNG decoder
+    crashes the interpreter; 16-bit colour PNG, which Pillow reduces to 8 bits, through
+    torchvision's or TorchCodec's PNG decoder after its chunks, CRCs and filter types were
+    checked. A JPEG whose data ends before its
     last row is decoded as libjpeg conceals it (the missing rows repeat the last colour;
     libjpeg prints "Corrupt JPEG data" on stderr), as every JPEG reader does.
 
@@ -443,9 +491,9 @@ def _decode_pixels(data: bytes, fmt: ImageFormat, im: Any, mode: ImageReadMode) 
         wide_colour = header[2] == 16 and header[3] in (2, 4, 6)  # Pillow keeps 8 bits of these
         _check_png_data(data, header, validate=wide_colour)
         if wide_colour:
-            return _decode_torchvision(data, "unchanged")
+            return _decode_with_codec(data, "PNG", "unchanged", im)
     if fmt == "JPEG" and im.mode in ("L", "RGB"):  # CMYK and YCCK: Pillow converts them
-        return _decode_torchvision(data, mode)
+        return _decode_with_codec(data, "JPEG", mode, im)
     if fmt in ("GIF", "WEBP"):
         im.seek(0)  # the first frame of an animation
     else:
@@ -474,22 +522,62 @@ def _check_tiles(im: Any, n_bytes: int) -> None:
 
 
 def _import_decoders() -> None:
-    """Import the codec modules :func:`decode_image_file` uses (Pillow's plugins, torchvision's
-    decoder: a second or more), so that forked decoding processes inherit them instead of each
-    importing them again."""
+    """Import the codec modules :func:`decode_image_file` uses (Pillow's plugins and
+    :func:`image_codec`'s: a second or more), so that forked decoding processes inherit
+    them instead of each importing them again."""
     from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
 
-    with _quiet_torchvision():
-        from torchvision.io import decode_image  # noqa: F401
+    image_codec()
 
 
-def _decode_torchvision(data: bytes, mode: ImageReadMode) -> Tensor:
+def _decode_with_codec(data: bytes, fmt: Literal["JPEG", "PNG"], mode: ImageReadMode, im: Any) -> Tensor:
+    """A JPEG, or a 16-bit colour PNG (``mode="unchanged"``), by :func:`image_codec`'s codec;
+    ``im`` is the file's Pillow header. Grey JPEG is libjpeg's own luma plane in all three."""
+    codec = image_codec()
+    if codec == "pillow":
+        if fmt == "PNG":
+            raise ValueError(
+                "a 16-bit colour PNG needs torchvision's or TorchCodec's PNG decoder (Pillow keeps 8 bits "
+                'of it): pip install "torchmog[torchcodec]"'
+            )
+        if mode == "grey" and im.mode == "RGB":
+            im.draft("L", im.size)  # libjpeg converts to luma, as the tensor codecs do
+        im.load()
+        return _pil_to_tensor(im)
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if codec == "torchcodec":
+        from torchcodec.decoders import decode_jpeg, decode_png
+
+        tc_mode = {"unchanged": "UNCHANGED", "grey": "GRAY", "rgb": "RGB"}[mode]
+        if fmt == "PNG":
+            return decode_png(encoded, mode=tc_mode, output_dtype="auto")
+        return decode_jpeg(encoded, mode=tc_mode)
     with _quiet_torchvision():
         from torchvision.io import ImageReadMode as TVMode
         from torchvision.io import decode_image
 
         tv_mode = {"unchanged": TVMode.UNCHANGED, "grey": TVMode.GRAY, "rgb": TVMode.RGB}[mode]
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=tv_mode)
+        return decode_image(encoded, mode=tv_mode)
+
+
+def _encode_png(image: Tensor, compression_level: int) -> bytes:
+    """A ``(C, H, W)`` uint8 CPU image as PNG bytes, by :func:`image_codec`'s codec."""
+    codec = image_codec()
+    if codec == "torchcodec":
+        from torchcodec.encoders import PngEncoder
+
+        return PngEncoder(image).to_tensor(compression_level=compression_level).numpy().tobytes()
+    if codec == "pillow":
+        from PIL import Image
+
+        pixels = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="PNG", compress_level=compression_level)
+        return out.getvalue()
+    with _quiet_torchvision():
+        from torchvision.io import encode_png
+
+        return encode_png(image, compression_level=compression_level).numpy().tobytes()
 
 
 @dataclass
@@ -987,8 +1075,4 @@ def write_png(path: str | os.PathLike, image: Tensor, compression_level: int = 1
             f"write_png({str(path)!r}): `image` must have H >= 1 and W >= 1, got shape "
             f"{given}; a PNG cannot hold an empty image."
         )
-    with _quiet_torchvision():
-        from torchvision.io import encode_png
-
-        data = encode_png(image.to("cpu").contiguous(), compression_level=compression_level)
-    atomic_write_bytes(path, data.numpy().tobytes())
+    atomic_write_bytes(path, _encode_png(image.to("cpu").contiguous(), compression_level))
