@@ -245,7 +245,10 @@ def _update_planes(xs, ws, mus, vs, count, rate, s, detect_shadows):  # noqa: AN
         new_ws.append(torch.where(visit, w, ws[k]))
         total = total + torch.where(visit, w, 0.0)
     ws = new_ws
-    _bubble(ws, mus, vs, fits, target, source)
+    # (the matched mode's move up is made with the new mode's, in one pass after step 3: a
+    # pixel has one or the other, and the renormalisation between them scales every mode
+    # from `target` to `source` alike, as all are below `count`: the matched mode is never
+    # pruned, and a later pruned mode leaves `count` above it)
 
     # 2. Renormalise the modes still in use (OpenCV multiplies by the reciprocal).
     inv = torch.where(total.abs() > _FLT_EPSILON, total.reciprocal(), 0.0)
@@ -265,7 +268,8 @@ def _update_planes(xs, ws, mus, vs, count, rate, s, detect_shadows):  # noqa: AN
     place = torch.zeros_like(count)
     for j in range(n_modes - 1):
         place = torch.where((slot > j) & (ws[j] > alpha), j + 1, place)
-    _bubble(ws, mus, vs, create, place, slot)
+    # one bubble for both moves: the matched mode (step 1) or the new one (here)
+    _bubble(ws, mus, vs, fits | create, torch.where(fits, target, place), torch.where(fits, source, slot))
 
     # 4. The label: background, else shadow (tested on the new state, as OpenCV does), else foreground.
     if detect_shadows:
