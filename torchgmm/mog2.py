@@ -56,6 +56,7 @@ casts them to float; so does :func:`mog2_update` for a float32 state.
 from __future__ import annotations
 
 import math
+from typing import Literal
 import warnings
 
 import torch
@@ -73,7 +74,9 @@ from torchgmm.background import (
     _state_problem,
     _swap_where,
     _unpack,
+    check_compile_mode,
     compile_step,
+    run_ahead_of_time,
     component_major,
 )
 
@@ -509,7 +512,8 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         state_dtype: ``float32`` (OpenCV's, the default) or ``float64`` (exact comparisons).
         compile: as for :class:`~torchgmm.background.BackgroundSubtractorMOG`: ``None``
             compiles and falls back to eager with a warning, ``True`` raises on failure,
-            ``False`` runs eagerly.
+            ``False`` runs eagerly, ``"aot"`` compiles ahead of time (CPU) for a faster
+            start in later processes.
 
     Shape:
         - frames: ``(B, C, H, W)``, C = 1 or 3, ``uint8`` or floating in [0, 1].
@@ -561,7 +565,7 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         shadow_value: int = 127,
         shadow_threshold: float = 0.5,
         state_dtype: torch.dtype = torch.float32,
-        compile: bool | None = None,  # noqa: A002 - the flag's natural name
+        compile: bool | Literal["aot"] | None = None,  # noqa: A002 - the flag's natural name
     ) -> None:
         super().__init__()
         check_positive_int(history, "history")
@@ -595,6 +599,7 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         self.complexity_reduction_threshold = float(complexity_reduction_threshold)
         self.shadow_value = shadow_value
         self.shadow_threshold = float(shadow_threshold)
+        check_compile_mode(compile)
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         self._compile_failed = False
         self._scalars: dict[tuple, Tensor] = {}
@@ -768,6 +773,10 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
             return _mog2_step(*args)
+        if self.use_compile == "aot" and config[2] == "cpu":
+            out = run_ahead_of_time(_mog2_step, config, args)
+            if out is not None:
+                return out
         errors: list[Exception] = []
         wrappers = (True, False) if config[2] == "cpu" else (False,)  # the C++ wrapper releases the GIL
         for cpp_wrapper in wrappers:
@@ -780,7 +789,7 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
             add_note(
                 error, f"compiling with Inductor's C++ wrapper failed first: {type(errors[0]).__name__}: {errors[0]}"
             )
-        if self.use_compile:
+        if self.use_compile is True:
             raise error
         self._compile_failed = True
         warnings.warn(
