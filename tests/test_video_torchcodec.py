@@ -65,6 +65,12 @@ class TestBackendChoice:
     def test_unknown_backend_names_the_argument_and_the_choices(self, clip):
         with pytest.raises(ValueError, match=r"`backend` must be one of 'pyav', 'torchcodec', got 'opencv'"):
             VideoReader(clip[0], backend="opencv")
+        with pytest.raises(
+            ValueError, match=r"`names` must be backend names among 'pyav', 'torchcodec', got \['opencv'\]"
+        ):
+            video_backends(["opencv"])
+        with pytest.raises(ValueError, match=r"`names` must be .*got 'pyav'"):  # a string is not a list of names
+            video_backends("pyav")
 
     def test_missing_torchcodec_says_how_to_install_it(self, clip, monkeypatch):
         for name in ("torchcodec", "torchcodec.decoders", "torchcodec.transforms"):

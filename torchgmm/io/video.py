@@ -139,10 +139,12 @@ def video_backends(names: Sequence[str] = _BACKENDS) -> tuple[str, ...]:
         ('pyav',)
     """
     importers = {"pyav": _import_av, "torchcodec": _import_torchcodec}
+    if isinstance(names, str) or any(name not in _BACKENDS for name in names):
+        raise ValueError(f"`names` must be backend names among {', '.join(map(repr, _BACKENDS))}, got {names!r}.")
     found = []
     for name in names:
         try:
-            importers[_check_backend(name)]()
+            importers[name]()
         except ImportError:
             continue
         found.append(name)
