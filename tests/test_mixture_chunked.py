@@ -335,3 +335,12 @@ def test_compiled_engine_equals_the_default():
     by_chunks = GaussianMixture(3, compile=True, **kw).fit(split(x, w, 1500))
     assert_same_fit(got, want, torch.float64)
     torch.testing.assert_close(by_chunks.means_, want.means[0], rtol=1e-10, atol=0)
+
+
+def test_tile_size_per_device():
+    # CPU: a (B, K, tile) block of 2^18 numbers, to stay in a core's L2; GPU: 2^22, fewer launches
+    from torchgmm.mixture import _tile_size
+
+    assert _tile_size(1, 5, torch.device("cpu")) == 2**18 // 5
+    assert _tile_size(1, 5, torch.device("cuda")) == 2**22 // 5
+    assert _tile_size(1000, 3, torch.device("cpu")) == 1024  # never below 1024 samples

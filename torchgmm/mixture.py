@@ -468,10 +468,15 @@ def _resp_statistics(features: Tensor, resp: Tensor, sample_weight: Tensor | Non
 #: compete for the shared cache and memory bandwidth; docs/benchmarks.md "EM at scale").
 #: Much smaller tiles cost more in per-tile calls than the cache saves.
 _TILE_NUMBERS = 2**18
+#: the same bound on a GPU, where each tile costs a few kernel launches and there is no
+#: core's cache to stay in (16 MiB in float32, what tiles held on every device until 2^18
+#: was measured better on CPU; not re-measured on a GPU)
+_GPU_TILE_NUMBERS = 2**22
 
 
-def _tile_size(b: int, k: int) -> int:
-    return max(_TILE_NUMBERS // (b * k), 1024)
+def _tile_size(b: int, k: int, device: torch.device) -> int:
+    numbers = _TILE_NUMBERS if device.type == "cpu" else _GPU_TILE_NUMBERS
+    return max(numbers // (b * k), 1024)
 
 
 def _e_step_statistics(
@@ -491,7 +496,7 @@ def _e_step_statistics(
         - output: :class:`_Statistics` ``(B, K)``, ``(B, K, F)``, ``(B,)``
     """
     n = features.shape[-1]
-    tile = _tile_size(features.shape[0], coefficients.shape[1])
+    tile = _tile_size(features.shape[0], coefficients.shape[1], features.device)
     total = None
     for start in range(0, n, tile):  # one tile when N is small; tiles of thousands of samples
         part = features[..., start : start + tile] if n > tile else features
