@@ -381,6 +381,9 @@ def run_batches(
     Ctrl-C cancels the tasks: each finishes its outputs as an interrupted local run does
     (summaries and, with checkpoints, a checkpoint to resume from) before this re-raises."""
     counter = ray.remote(num_cpus=0)(_FrameCounter).remote()
+    # the actor up before the tasks start: else their first counts (and the progress bar)
+    # wait for its process to start, which on a busy machine can outlast a short task
+    ray.get(counter.total.remote())
     remote = ray.remote(_run_batch_task).options(
         num_cpus=1, num_gpus=1 if options.device.type == "cuda" else 0, max_retries=0
     )
