@@ -25,7 +25,7 @@ def packages(tmp_path, monkeypatch):
     """A fresh package folder and no AOT step or failure left from another test."""
     monkeypatch.setattr(_aot, "package_folder", lambda: tmp_path / "aot")
     monkeypatch.setattr(_aot, "_steps", {})
-    monkeypatch.setattr(bg, "_aot_failures", set())
+    monkeypatch.setattr(_aot, "_failures", set())
     return tmp_path / "aot"
 
 

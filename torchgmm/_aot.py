@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,27 @@ _SOURCES = ("background.py", "mog2.py", "_shadows.py", "_streams.py", "pixels.py
 
 #: AOT steps by (step function, configuration), shared by all modules
 _steps: dict[tuple, AotStep] = {}
+#: (step function, configuration) whose build or load failed: torch.compile runs them
+_failures: set[tuple] = set()
+
+
+def run_ahead_of_time(step_fn: Callable, config: tuple, args: tuple) -> tuple | None:
+    """``compile="aot"`` on CPU: ``step_fn(*args)`` through its package, or None when building
+    or loading it failed for this configuration (said once in a warning; the model's
+    ``torch.compile`` path runs it from then on)."""
+    key = (step_fn.__qualname__, config)
+    if key in _failures:
+        return None
+    try:
+        return aot_step(step_fn, config)(*args)
+    except Exception as exc:  # noqa: BLE001 - any export or compiler failure: the JIT path is there
+        _failures.add(key)
+        warnings.warn(
+            f"compile='aot': the ahead-of-time compile failed ({type(exc).__name__}: {exc}); using torch.compile.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
 
 
 def aot_step(step_fn: Callable, config: tuple) -> AotStep:

@@ -619,8 +619,6 @@ def _quiet_cuda_home_notice() -> None:
 INDUCTOR_OPTIONS = {"max_fusion_size": 4096}
 #: compiled steps by (configuration, C++ wrapper), shared by all modules
 _compiled_steps: dict[tuple, object] = {}
-#: (step, configuration) whose ahead-of-time build or load failed: torch.compile runs them
-_aot_failures: set[tuple] = set()
 #: configurations whose C++-wrapper compile failed (they use the Python wrapper from then on)
 _cpp_wrapper_failures: set[tuple] = set()
 
@@ -663,27 +661,6 @@ def check_compile_mode(compile: object) -> None:  # noqa: A002 - the models' arg
     """The models' ``compile`` argument: None, True, False or ``"aot"``."""
     if compile not in (None, True, False, "aot") or (isinstance(compile, int) and not isinstance(compile, bool)):
         raise ValueError(f"`compile` must be None, True, False or 'aot', got {compile!r}.")
-
-
-def run_ahead_of_time(step_fn, config: tuple, args: tuple):  # noqa: ANN001, ANN201
-    """``compile="aot"`` on CPU: ``step_fn(*args)`` through its AOTInductor package
-    (:mod:`torchgmm._aot`), or None when building or loading it failed for this configuration
-    (said once in a warning; ``torch.compile`` runs it from then on)."""
-    key = (step_fn.__qualname__, config)
-    if key in _aot_failures:
-        return None
-    from torchgmm import _aot
-
-    try:
-        return _aot.aot_step(step_fn, config)(*args)
-    except Exception as exc:  # noqa: BLE001 - any export or compiler failure: the JIT path is there
-        _aot_failures.add(key)
-        warnings.warn(
-            f"compile='aot': the ahead-of-time compile failed ({type(exc).__name__}: {exc}); using torch.compile.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -754,10 +731,11 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
             falls back to eager with a warning if compilation fails; ``True`` compiles and
             raises on failure; ``False`` runs eagerly (no compile time; about 10x slower
             per frame on CPU); ``"aot"`` (CPU) compiles the same kernel ahead of time with
-            AOTInductor, one package per configuration and frame size kept in Inductor's
-            cache directory, which a later process loads without Dynamo's tracing (a
-            faster start; the first run compiles about as long as ``torch.compile``), and
-            falls back as ``None`` does (:mod:`torchgmm._aot`; on CUDA it means ``None``).
+            AOTInductor, one package per configuration and thread count (every frame size)
+            kept in Inductor's cache directory, which a later process loads without Dynamo's
+            tracing (a faster start; the first build takes longer than ``torch.compile``'s,
+            a frame a little longer), and falls back as ``None`` does
+            (:mod:`torchgmm._aot`; on CUDA it means ``None``).
 
     Shape:
         - frames: ``(B, C, H, W)``, C = 1 or 3, ``uint8`` (0..255) or floating in [0, 1].
@@ -1117,6 +1095,8 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         if self.use_compile is False or self._compile_failed:
             return _mog_step(*args)
         if self.use_compile == "aot" and config[2] == "cpu":
+            from torchgmm._aot import run_ahead_of_time
+
             out = run_ahead_of_time(_mog_step, config, args)
             if out is not None:
                 return out

@@ -76,7 +76,6 @@ from torchgmm.background import (
     _unpack,
     check_compile_mode,
     compile_step,
-    run_ahead_of_time,
     component_major,
 )
 
@@ -774,6 +773,8 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         if self.use_compile is False or self._compile_failed:
             return _mog2_step(*args)
         if self.use_compile == "aot" and config[2] == "cpu":
+            from torchgmm._aot import run_ahead_of_time
+
             out = run_ahead_of_time(_mog2_step, config, args)
             if out is not None:
                 return out
