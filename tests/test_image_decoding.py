@@ -254,7 +254,9 @@ def test_the_codec_falls_back_when_torchvision_drops_its_codecs(monkeypatch):
     from torchgmm.io import images
 
     monkeypatch.setattr(images, "_CODEC", None)
-    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # as if torchvision removed them
+    # as if torchvision removed them: no image library, no torchvision.io
+    monkeypatch.setattr(images, "_torchvision_image_libraries", lambda: [])
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)
     expected = "torchcodec" if "torchcodec" in _codecs() else "pillow"
     assert images.image_codec() == expected
     monkeypatch.setattr(images, "_CODEC", None)
@@ -262,4 +264,18 @@ def test_the_codec_falls_back_when_torchvision_drops_its_codecs(monkeypatch):
     assert images.image_codec() == "pillow"
     monkeypatch.setattr(images, "_CODEC", None)
     monkeypatch.delitem(sys.modules, "torchvision.io")
-    assert images.image_codec() == "torchvision"
+    assert images.image_codec() == "torchvision"  # through torchvision.io, its library not found
+
+
+def test_the_torchvision_codec_loads_without_importing_torchvision(tmp_path):
+    # importing torchvision imports its models and ops: about a second of a job's start
+    code = (
+        "import sys; from torchgmm.io.images import image_codec, write_png, decode_image_file; import torch; "
+        "x = torch.arange(60, dtype=torch.uint8).reshape(1, 6, 10); write_png(sys.argv[1], x); "
+        "y = decode_image_file(sys.argv[1]); "
+        "print(image_codec(), 'torchvision' in sys.modules, torch.equal(x, y))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.png")], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["torchvision", "False", "True"], out.stderr

@@ -13,7 +13,10 @@ file that cannot be decoded is never returned empty: the dataset yields an
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import importlib.machinery
+import importlib.util
 import io
 import os
 import re
@@ -88,6 +91,11 @@ def image_codec() -> str:
     The choice is made once per process; docs/benchmarks.md "Image decoders" has the
     measurements behind it.
 
+    torchvision's codecs are its ``image`` library's operators (``torch.ops.image``, what
+    ``torchvision.io.decode_image`` and ``encode_png`` call), loaded without importing
+    torchvision: its package imports its models and ops, about a second of a job that
+    writes one PNG (``torchgmm background``'s ``background.png``).
+
     Returns:
         one of :data:`IMAGE_CODECS`.
 
@@ -97,23 +105,60 @@ def image_codec() -> str:
     """
     global _CODEC
     if _CODEC is None:
-        for name, module, attribute in (
-            ("torchvision", "torchvision.io", "encode_png"),
-            ("torchcodec", "torchcodec.decoders", "decode_jpeg"),
-        ):
-            try:
-                with _quiet_torchvision():
-                    getattr(importlib.import_module(module), attribute)
-            except Exception:  # noqa: BLE001 - ImportError, AttributeError once removed, a broken install
-                continue
-            _CODEC = name
-            break
-        else:
-            _CODEC = "pillow"
+        _CODEC = _first_codec()
     return _CODEC
 
 
+def _first_codec() -> str:
+    if _load_torchvision_image_ops():
+        return "torchvision"
+    try:
+        from torchcodec.decoders import decode_jpeg, decode_png  # noqa: F401
+        from torchcodec.encoders import PngEncoder  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, a broken install (a missing libtorchcodec)
+        return "pillow"
+    return "torchcodec"
+
+
+def _load_torchvision_image_ops() -> bool:
+    """Load torchvision's image operators (``torch.ops.image``) and check them on a tiny
+    image; through ``torchvision.io`` when its library is not where this looks first."""
+    loaders = [functools.partial(torch.ops.load_library, lib) for lib in _torchvision_image_libraries()]
+    for load in [*loaders, _import_torchvision_io]:
+        try:
+            load()
+            tiny = torch.tensor([[[0, 255], [7, 9]]], dtype=torch.uint8)
+            if torch.equal(torch.ops.image.decode_image(torch.ops.image.encode_png(tiny, 1), 0, False), tiny):
+                return True
+        except Exception:  # noqa: BLE001, S112 - a missing or incompatible library: the next way
+            continue
+    return False
+
+
+def _torchvision_image_libraries() -> list[str]:
+    """The paths of torchvision's image library in its package folder (none: not installed)."""
+    try:
+        spec = importlib.util.find_spec("torchvision")  # finds the package, runs none of it
+    except (ImportError, ValueError):
+        return []
+    extensions = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+    return [
+        found.origin
+        for folder in (spec.submodule_search_locations or [] if spec else [])
+        for name in ("image_stable", "image")  # torchvision 0.29's name, and its earlier one
+        if (found := importlib.machinery.FileFinder(folder, extensions).find_spec(name))
+    ]
+
+
+def _import_torchvision_io() -> None:
+    with _quiet_torchvision():
+        importlib.import_module("torchvision.io").encode_png  # noqa: B018 - removed one day
+
+
 _CODEC: str | None = None
+
+#: torchvision's ``ImageReadMode`` values, the ``mode`` of its operators
+_TORCHVISION_MODES = {"unchanged": 0, "grey": 1, "rgb": 3}
 
 
 class ImageSource(NamedTuple):
@@ -552,12 +597,7 @@ def _decode_with_codec(data: bytes, fmt: Literal["JPEG", "PNG"], mode: ImageRead
         if fmt == "PNG":
             return decode_png(encoded, mode=tc_mode, output_dtype="auto")
         return decode_jpeg(encoded, mode=tc_mode)
-    with _quiet_torchvision():
-        from torchvision.io import ImageReadMode as TVMode
-        from torchvision.io import decode_image
-
-        tv_mode = {"unchanged": TVMode.UNCHANGED, "grey": TVMode.GRAY, "rgb": TVMode.RGB}[mode]
-        return decode_image(encoded, mode=tv_mode)
+    return torch.ops.image.decode_image(encoded, _TORCHVISION_MODES[mode], False)  # no EXIF rotation
 
 
 def _encode_png(image: Tensor, compression_level: int) -> bytes:
@@ -574,10 +614,7 @@ def _encode_png(image: Tensor, compression_level: int) -> bytes:
         out = io.BytesIO()
         Image.fromarray(pixels).save(out, format="PNG", compress_level=compression_level)
         return out.getvalue()
-    with _quiet_torchvision():
-        from torchvision.io import encode_png
-
-        return encode_png(image, compression_level=compression_level).numpy().tobytes()
+    return torch.ops.image.encode_png(image, compression_level).numpy().tobytes()
 
 
 @dataclass
