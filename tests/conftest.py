@@ -17,6 +17,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_background_build_left():
+    """A test whose model starts an ahead-of-time build (compile="aot", the CPU jobs'
+    default) does not leave it running beside the next tests."""
+    yield
+    from torchgmm import _aot
+
+    if _aot._builds:
+        _aot.stop_builds()
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     """Every device the test should run on; CUDA is skipped without a GPU."""

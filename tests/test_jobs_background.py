@@ -577,3 +577,40 @@ class TestEvaluation:
     def test_unknown_method(self):
         with pytest.raises(ValueError, match="unknown method 'nope'"):
             method_factories(["nope"], device="cpu")
+
+
+def test_the_cpu_job_runs_the_ahead_of_time_step_unless_told_otherwise():
+    options = background_job._Options.create(device="cpu")
+    assert options.make_model().use_compile == "aot"  # a warm start loads it in milliseconds
+    assert options.make_model(compile=False).use_compile is False
+    mog2 = background_job._Options.create(model="mog2", model_options=dict(compile=True), device="cpu")
+    assert mog2.make_model().use_compile is True
+    assert "compile" not in options.settings  # not recorded in checkpoints and summaries
+
+
+@pytest.mark.parametrize(
+    ("pixels", "env", "threads_before", "expected"),
+    [
+        (64 * 80, None, 4, 3),  # small steps leave a core to the decoding thread
+        (768 * 576, None, 4, 4),  # large ones use them all
+        (background_job.SMALL_STEP_PIXELS, None, 4, 4),
+        (64 * 80, "2", 4, 4),  # OMP_NUM_THREADS chose: untouched
+        (64 * 80, None, 2, 2),  # the user chose another count: untouched
+    ],
+)
+def test_step_threads_follow_the_frame_size(monkeypatch, pixels, env, threads_before, expected):
+    monkeypatch.setattr(background_job.os, "cpu_count", lambda: 4)
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads_before)
+        with background_job._step_threads(torch.device("cpu"), pixels):
+            assert torch.get_num_threads() == expected
+        assert torch.get_num_threads() == threads_before  # restored
+        with background_job._step_threads("auto", pixels):  # not resolved yet (a Ray run): untouched
+            assert torch.get_num_threads() == threads_before
+    finally:
+        torch.set_num_threads(saved)

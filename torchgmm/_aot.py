@@ -1,25 +1,37 @@
 """The per-pixel models' step compiled ahead of time (AOTInductor), for ``compile="aot"``.
 
-A process whose ``torch.compile`` cache is warm still imports Dynamo and Inductor, traces
-the step and loads its kernel before the first frame (2-6 s on the 2-core machine); an
-AOTInductor package of the same step loads in about a second. A package holds one
-configuration for every frame size (H and W are dynamic in the exported program; the other
-sizes, the layouts and the constant arguments are baked in). It is compiled once, with
-:func:`torchgmm.background.compile_step`'s Inductor options, and kept in Inductor's cache
+A process whose ``torch.compile`` cache is warm still imports Dynamo and Inductor (about 2 s
+on the 2-core machine) and traces the step before the first frame; an AOTInductor package of
+the same step loads in milliseconds, without either. A package holds one configuration for
+every frame size (H and W are dynamic in the exported program; the other sizes, the layouts
+and the constant arguments are baked in). It is compiled with
+:func:`torchgmm.background.compile_step`'s Inductor options and kept in Inductor's cache
 directory (``TORCHINDUCTOR_CACHE_DIR``), named by a digest of everything its code depends
 on: the model sources, the torch version, the CPU's vector capability, the thread count
-(fixed in the compiled kernel), the configuration and the arguments' description. The
-kernel is Inductor's in both paths, so the masks are those of the ``torch.compile`` step.
-The trade-off (docs/benchmarks.md, "Jobs end to end"): the first build takes 5-8 s longer
-than ``torch.compile``'s cold compile, a frame about 10% longer.
+(fixed in the compiled kernel), the configuration and the arguments' description.
+
+A missing package is built by a separate process (``python -m torchgmm._aot REQUEST``)
+while the model runs its eager step, and the model switches to the package once it is
+built. The eager step and Inductor's kernel compute the same arithmetic, so the masks and
+states are those of an uninterrupted compiled run (tests/test_aot.py checks it bit for
+bit); the first frames of a cold start cost the eager step's time instead of nothing at
+all. A build outlives a process that ends first, so the next run starts compiled.
 
 CPU only: on CUDA, ``compile="aot"`` uses ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import getpass
 import hashlib
+import importlib
 import os
+import re
+import subprocess
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -35,11 +47,16 @@ _SOURCES = ("background.py", "mog2.py", "_shadows.py", "_streams.py", "pixels.py
 _steps: dict[tuple, AotStep] = {}
 #: (step function, configuration) whose build or load failed: torch.compile runs them
 _failures: set[tuple] = set()
+#: the builds this process started and has not seen end, by package path
+_builds: dict[Path, _Build] = {}
+#: what :func:`run_ahead_of_time` returns while the package is being built: run eagerly
+NOT_READY = "not ready"
 
 
-def run_ahead_of_time(step_fn: Callable, config: tuple, args: tuple) -> tuple | None:
-    """``compile="aot"`` on CPU: ``step_fn(*args)`` through its package, or None when building
-    or loading it failed for this configuration (said once in a warning; the model's
+def run_ahead_of_time(step_fn: Callable, config: tuple, args: tuple) -> tuple | str | None:
+    """``compile="aot"`` on CPU: ``step_fn(*args)`` through its package; :data:`NOT_READY`
+    while the package is being built (the caller runs the eager step); None when building or
+    loading it failed for this configuration (said once in a warning; the model's
     ``torch.compile`` path runs it from then on)."""
     key = (step_fn.__qualname__, config)
     if key in _failures:
@@ -67,11 +84,26 @@ def aot_step(step_fn: Callable, config: tuple) -> AotStep:
 
 def package_folder() -> Path:
     """Where the packages are kept: ``torchgmm_aot`` in Inductor's cache directory."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    return Path(cache_dir()) / "torchgmm_aot"
+    return inductor_cache_dir() / "torchgmm_aot"
 
 
+def inductor_cache_dir() -> Path:
+    """Inductor's cache directory (``TORCHINDUCTOR_CACHE_DIR``, else ``torchinductor_<user>`` in
+    the temporary folder), named as ``torch._inductor.runtime.cache_dir_utils.cache_dir`` names
+    it but without importing Inductor, which imports Dynamo: about a second, on a start whose
+    package is already built and loads in milliseconds."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, ModuleNotFoundError, OSError):
+            getuid = getattr(os, "getuid", None)
+            user = f"uid_{getuid()}" if callable(getuid) else "unknown_user"
+        folder = os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+    return Path(os.path.abspath(folder))
+
+
+@functools.cache
 def _sources_digest() -> str:
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
@@ -100,6 +132,23 @@ def _dynamic_shapes(tensors: list[Tensor]) -> tuple:
     return tuple({t.ndim - 2: height, t.ndim - 1: width} if t.ndim >= 2 else None for t in tensors)
 
 
+def load_package(path: Path) -> Callable[..., Any]:
+    """A package's model as a function of its tensor inputs.
+
+    Through ``torch._C._aoti`` directly: ``torch._inductor.aoti_load_package`` imports Inductor
+    and Dynamo (about a second) and parses the output's tree spec on every call."""
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_class is None:  # a torch without the binding: the public loader
+        return torch._inductor.aoti_load_package(str(path))
+    loader = loader_class(str(path), "model", False, 1, -1)  # model name, multi-threaded, 1 runner, CPU
+    out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+
+    def run(*tensors: Tensor) -> Any:
+        return pytree.tree_unflatten(loader.boxed_run(list(tensors)), out_spec)
+
+    return run
+
+
 class AotStep:
     """``step_fn(*args)`` for one configuration through AOTInductor packages, one per
     signature (shapes and dtypes of the tensor arguments, values of the others)."""
@@ -108,12 +157,18 @@ class AotStep:
         self.step_fn, self.config = step_fn, config
         self.runners: dict[tuple, Any] = {}
 
-    def __call__(self, *args: Any) -> tuple:
+    def __call__(self, *args: Any) -> tuple | str:
         leaves, spec = pytree.tree_flatten(args)
         signature = (str(spec), tuple(_describe(x) for x in leaves))
         runner = self.runners.get(signature)
         if runner is None:
-            runner = self.runners[signature] = self._load(leaves, spec, signature)
+            path = self.package_path(signature)
+            if self._building(path, args):
+                return NOT_READY
+            from torchgmm.background import _quiet_cuda_home_notice
+
+            _quiet_cuda_home_notice()  # also logged when a package loads
+            runner = self.runners[signature] = load_package(path)
         return tuple(runner(*(x for x in leaves if isinstance(x, Tensor))))
 
     def package_path(self, signature: tuple) -> Path:
@@ -123,14 +178,22 @@ class AotStep:
         key = repr((self.step_fn.__qualname__, _sources_digest(), machine, self.config, signature))
         return package_folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt2"
 
-    def _load(self, leaves: list, spec: Any, signature: tuple) -> Any:
-        path = self.package_path(signature)
-        from torchgmm.background import _quiet_cuda_home_notice
-
-        _quiet_cuda_home_notice()  # also logged when a package loads
-        if not path.is_file():
-            self._build(path, leaves, spec)
-        return torch._inductor.aoti_load_package(str(path))
+    def _building(self, path: Path, args: tuple) -> bool:
+        """Whether the package at ``path`` is still being built; starts its build if there is
+        no package and no build under way; raises if the build failed."""
+        build = _builds.get(path)
+        if build is None:
+            if path.is_file():
+                return False
+            build = _builds[path] = _Build.start(path, self.step_fn, self.config, args)
+        code = build.process.poll()  # a waitpid: microseconds, once per frame while building
+        if code is None:  # renamed into place: complete, though its builder may not have exited
+            return not path.is_file()
+        del _builds[path]
+        log = build.finish()
+        if code != 0 or not path.is_file():
+            raise RuntimeError(f"building {path.name} exited with {code}: " + " | ".join(log.splitlines()[-3:]))
+        return False
 
     def _build(self, path: Path, leaves: list, spec: Any) -> None:
         """Export the step with its tensors as inputs and compile the package, written under a
@@ -158,3 +221,90 @@ class AotStep:
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _small_example(x: Any, height: int = 8, width: int = 12) -> Any:
+    """A per-pixel tensor's top-left corner, dense in the same layout (the order of its
+    strides), as an example for the export: a 4K state would be a gigabyte to save."""
+    if not isinstance(x, Tensor) or x.ndim < 2:
+        return x
+    corner = x[..., :height, :width]
+    strides, step = [0] * x.ndim, 1
+    # innermost first; a size-1 dimension shares its stride with the next one out: inner of it
+    for d in sorted(range(x.ndim), key=lambda d: (x.stride(d), x.shape[d] != 1, d)):
+        strides[d], step = step, step * corner.shape[d]
+    return torch.empty_strided(corner.shape, strides, dtype=x.dtype, device=x.device).copy_(corner)
+
+
+def _build_command(request: Path) -> list[str]:
+    """The builder process's command line."""
+    return [sys.executable, "-m", "torchgmm._aot", str(request)]
+
+
+class _Build:
+    """A builder process, its request (an example of the step's arguments, the thread count
+    the kernel is compiled for and the package's path) and its log, beside the package."""
+
+    def __init__(self, process: subprocess.Popen, request: Path, log: Path) -> None:
+        self.process, self.request, self.log = process, request, log
+
+    @classmethod
+    def start(cls, path: Path, step_fn: Callable, config: tuple, args: tuple) -> _Build:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        request = path.with_name(f".{path.stem}.{os.getpid()}.request")
+        log = request.with_suffix(".log")
+        example = pytree.tree_map(_small_example, args)  # H and W are dynamic: a corner will do
+        spec = dict(module=step_fn.__module__, name=step_fn.__qualname__, config=config, args=example, path=str(path))
+        torch.save(dict(spec, threads=torch.get_num_threads()), request)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                _build_command(request), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        return cls(process, request, log)
+
+    def finish(self) -> str:
+        """Wait for the ended process; remove the request and the log, and return the log."""
+        self.process.wait()
+        text = self.log.read_text(errors="replace").strip() if self.log.is_file() else ""
+        self.request.unlink(missing_ok=True)
+        self.log.unlink(missing_ok=True)
+        return text
+
+
+def wait_for_builds(timeout: float | None = None) -> None:
+    """Wait until every build this process started has ended (tests, and a caller that
+    prefers a compiled step to a fast start); the models see the result on their next step."""
+    for build in list(_builds.values()):
+        build.process.wait(timeout)
+
+
+def stop_builds() -> None:
+    """Stop the builds this process started (their partial files are removed) and forget them."""
+    for path, build in list(_builds.items()):
+        build.process.terminate()
+        build.finish()
+        del _builds[path]
+
+
+def _build_from_request(request: Path) -> None:
+    """The builder process: compile the package a model asked for, then remove the request."""
+    try:
+        spec = torch.load(request, weights_only=False)  # written by this package, just now
+    finally:
+        request.unlink(missing_ok=True)
+    torch.set_num_threads(spec["threads"])
+    from torchgmm.background import _quiet_cuda_home_notice
+
+    _quiet_cuda_home_notice()
+    step_fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+    leaves, tree = pytree.tree_flatten(spec["args"])
+    AotStep(step_fn, spec["config"])._build(Path(spec["path"]), leaves, tree)
+    with contextlib.suppress(OSError):  # built: nothing to report (a failure's log stays for the model)
+        request.with_suffix(".log").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate: the partial file goes
+    _build_from_request(Path(sys.argv[1]))

@@ -730,12 +730,12 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         compile: fuse the update with ``torch.compile``: ``None`` (default) compiles and
             falls back to eager with a warning if compilation fails; ``True`` compiles and
             raises on failure; ``False`` runs eagerly (no compile time; about 10x slower
-            per frame on CPU); ``"aot"`` (CPU) compiles the same kernel ahead of time with
-            AOTInductor, one package per configuration and thread count (every frame size)
-            kept in Inductor's cache directory, which a later process loads without Dynamo's
-            tracing (a faster start; the first build takes longer than ``torch.compile``'s,
-            a frame a little longer), and falls back as ``None`` does
-            (:mod:`torchgmm._aot`; on CUDA it means ``None``).
+            per frame on CPU); ``"aot"`` (CPU) runs the same kernel compiled ahead of time
+            with AOTInductor, one package per configuration and thread count (every frame
+            size) kept in Inductor's cache directory, which loads in milliseconds without
+            Dynamo or Inductor; a missing package is built by a background process while
+            the eager step runs (the same masks), and a failed build falls back as ``None``
+            does (:mod:`torchgmm._aot`; on CUDA it means ``None``).
 
     Shape:
         - frames: ``(B, C, H, W)``, C = 1 or 3, ``uint8`` (0..255) or floating in [0, 1].
@@ -1095,9 +1095,11 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         if self.use_compile is False or self._compile_failed:
             return _mog_step(*args)
         if self.use_compile == "aot" and config[2] == "cpu":
-            from torchgmm._aot import run_ahead_of_time
+            from torchgmm._aot import NOT_READY, run_ahead_of_time
 
             out = run_ahead_of_time(_mog_step, config, args)
+            if out is NOT_READY:  # its package is being built: the same arithmetic, eagerly
+                return _mog_step(*args)
             if out is not None:
                 return out
         cpp_error: Exception | None = None

@@ -362,9 +362,7 @@ def _run_background(args: argparse.Namespace) -> int:
     from torchgmm.io.video import parse_position, parse_size
     from torchgmm.jobs.background import FrameSelection, MaskOutputs, run_background
 
-    retain_freed_memory()
-    if args.engine == "local":
-        _leave_a_core_for_decoding(args.device)
+    retain_freed_memory()  # the job sets its threads by the frame size (see jobs.background)
     try:
         settings = _model_settings(args)
         # the spelling only ("12.5s" -> 12.5 seconds); run_background checks the values

@@ -511,8 +511,8 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         state_dtype: ``float32`` (OpenCV's, the default) or ``float64`` (exact comparisons).
         compile: as for :class:`~torchgmm.background.BackgroundSubtractorMOG`: ``None``
             compiles and falls back to eager with a warning, ``True`` raises on failure,
-            ``False`` runs eagerly, ``"aot"`` compiles ahead of time (CPU) for a faster
-            start in later processes.
+            ``False`` runs eagerly, ``"aot"`` runs a package compiled ahead of time (CPU),
+            built in the background on first use while the eager step runs.
 
     Shape:
         - frames: ``(B, C, H, W)``, C = 1 or 3, ``uint8`` or floating in [0, 1].
@@ -773,9 +773,11 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         if self.use_compile is False or self._compile_failed:
             return _mog2_step(*args)
         if self.use_compile == "aot" and config[2] == "cpu":
-            from torchgmm._aot import run_ahead_of_time
+            from torchgmm._aot import NOT_READY, run_ahead_of_time
 
             out = run_ahead_of_time(_mog2_step, config, args)
+            if out is NOT_READY:  # its package is being built: the same arithmetic, eagerly
+                return _mog2_step(*args)
             if out is not None:
                 return out
         errors: list[Exception] = []

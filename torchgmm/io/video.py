@@ -390,8 +390,9 @@ class VideoReader:
     matrix are not applied.
 
     Note:
-        On a CPU with few cores, leave one core to decoding (``torch.set_num_threads(cores - 1)``):
-        PyTorch's OpenMP workers stall when the decoding thread takes one of their cores.
+        On a CPU with few cores and small frames, leave one core to decoding
+        (``torch.set_num_threads(cores - 1)``): PyTorch's OpenMP workers stall when the
+        decoding thread takes one of their cores (``torchgmm background`` does it by itself).
 
     Shape:
         - Output: ``(C, H, W)`` uint8, or ``(T, C, H, W)`` uint8 with ``batch_size``.

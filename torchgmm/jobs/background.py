@@ -230,7 +230,12 @@ class _Options:
         return bool(self.settings.get("detect_shadows", default))
 
     def make_model(self, **overrides: Any) -> nn.Module:
-        return make_background_model(self.model, {**self.settings, **overrides})
+        settings = {**self.settings, **overrides}
+        if "compile" not in settings and str(self.device) != "auto" and torch.device(self.device).type == "cpu":
+            # a built package loads in milliseconds, where torch.compile's warm start imports
+            # Dynamo and Inductor and traces (2-3 s); a missing one is built beside the run
+            settings["compile"] = "aot"
+        return make_background_model(self.model, settings)
 
 
 def _check_decoder(decoder: str, on_damage: str) -> None:
@@ -680,6 +685,33 @@ def _run_batches_on_ray(
             bar.close()
 
 
+#: a step of fewer pixels (over all streams) leaves a core to the decoding thread
+SMALL_STEP_PIXELS = 2**16
+
+
+@contextlib.contextmanager
+def _step_threads(device: torch.device | str, pixels: int) -> Iterator[None]:
+    """PyTorch's threads for a batch on the CPU: one core fewer than there are for a small
+    step, else all of them; only when nobody chose (OMP_NUM_THREADS unset, the default
+    count), and restored afterwards.
+
+    PyTorch's OpenMP workers wait at the end of each parallel step for the one whose core
+    the decoding thread took: on a small step that wait is the step (64x80 on 2 cores, in
+    the ``torch.compile`` days: 2 ms a frame with one thread, 19 ms with two); a large one
+    gains from both cores (docs/benchmarks.md, "Jobs end to end").
+    """
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    on_cpu = str(device) != "auto" and torch.device(device).type == "cpu"
+    if not on_cpu or "OMP_NUM_THREADS" in os.environ or threads != cores or cores == 1:
+        yield
+        return
+    torch.set_num_threads(cores - 1 if pixels < SMALL_STEP_PIXELS else cores)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _Batch:
     """Same-size inputs run as one batch of streams through one model (:meth:`run`);
     ``on_frame(1)`` is called after each frame (the Ray engine's progress)."""
@@ -712,10 +744,12 @@ class _Batch:
             file=sys.stderr,
         )
         interrupt: BaseException | None = None
-        if not self.resumed:  # a resumed model holds its state: a second one would double the memory
-            self._compile_step()
+        plan = self.plans[0]
         try:
             with ExitStack() as stack:
+                stack.enter_context(_step_threads(self.options.device, len(self.plans) * plan.height * plan.width))
+                if not self.resumed:  # a resumed model holds its state: a second would double the memory
+                    self._compile_step()
                 for plan in self.plans:
                     self.active.append(self._open(plan, stack))
                 while self.active and (stop_after is None or self.frames_done < stop_after):
