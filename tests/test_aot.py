@@ -162,8 +162,45 @@ def test_the_build_example_is_a_corner_in_the_same_layout():
         torch.randn(2, 3, 40, 50),
         torch.randn(2, 3, 40, 50).contiguous(memory_format=torch.channels_last),
     ):
-        corner = _aot._small_example(x)
+        corner = _aot._small_example(x, height=8, width=12)
         assert corner.shape[-2:] == (8, 12) and corner.is_contiguous() == x.is_contiguous()
         assert _aot._describe(corner) == _aot._describe(x) and torch.equal(corner, x[..., :8, :12])
-    assert _aot._small_example(state).stride() == bg._component_major_strides(torch.Size([1, 3, 5, 8, 12]))
+    assert _aot._small_example(state, 8, 12).stride() == bg._component_major_strides(torch.Size([1, 3, 5, 8, 12]))
+    assert _aot._small_example(state) is not state and torch.equal(_aot._small_example(state), state)  # < 480x640
     assert _aot._small_example(0.5) == 0.5 and _aot._small_example(torch.tensor(2.0)).shape == ()
+
+
+@pytest.mark.parametrize("name", ["mog", "mog2"])
+def test_the_cpu_default_is_the_package_and_true_is_torch_compile(name, packages):
+    frames = _frames(3)
+    _run(MODELS[name](), frames[:1])  # compile=None: the first frame eagerly, the package building
+    assert len(_aot._builds) == 1
+    _aot.stop_builds()
+    _run(MODELS[name](compile=True), frames[:1])
+    assert not _aot._builds and not list(packages.glob("*"))  # torch.compile: no package involved
+
+
+def test_a_build_under_way_in_another_process_is_waited_for(packages, monkeypatch):
+    # a second job (or a Ray worker) finds the first one's builder at work: it runs eagerly
+    # without starting its own, loads that package once built, and builds one itself when
+    # a builder is gone without leaving a package
+    frames = _frames(6)
+    MODELS["mog"](compile="aot").apply(frames[:1])
+    ((path, other),) = _aot._builds.items()
+    del _aot._builds[path]  # from now on, another process's builder
+    assert _aot._marker(path).read_text() == str(other.process.pid)
+    monkeypatch.setattr(_aot, "_steps", {})  # a new process
+    model = MODELS["mog"](compile="aot")
+    masks = [model.apply(frames[:1])]
+    assert not _aot._builds and not _aot._steps[next(iter(_aot._steps))].runners  # eager, no second build
+    other.process.wait()
+    masks += [model.apply(f[None]) for f in frames[1:]]
+    assert _used_a_package() and not _aot._marker(path).exists()  # the builder removed its marker
+    want, _ = _run(MODELS["mog"](compile=False), frames)
+    assert torch.equal(torch.cat(masks), want)
+    other.finish()
+    path.unlink()  # a builder that died without a package: its marker names a dead process
+    _aot._marker(path).write_text(str(other.process.pid))
+    monkeypatch.setattr(_aot, "_steps", {})
+    MODELS["mog"](compile="aot").apply(frames[:1])
+    assert path in _aot._builds

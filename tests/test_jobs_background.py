@@ -579,15 +579,6 @@ class TestEvaluation:
             method_factories(["nope"], device="cpu")
 
 
-def test_the_cpu_job_runs_the_ahead_of_time_step_unless_told_otherwise():
-    options = background_job._Options.create(device="cpu")
-    assert options.make_model().use_compile == "aot"  # a warm start loads it in milliseconds
-    assert options.make_model(compile=False).use_compile is False
-    mog2 = background_job._Options.create(model="mog2", model_options=dict(compile=True), device="cpu")
-    assert mog2.make_model().use_compile is True
-    assert "compile" not in options.settings  # not recorded in checkpoints and summaries
-
-
 @pytest.mark.parametrize(
     ("pixels", "env", "threads_before", "expected"),
     [

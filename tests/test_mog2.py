@@ -578,6 +578,9 @@ class TestCompile:
         with pytest.raises(RuntimeError, match="cpp_wrapper=False") as info:
             run(BackgroundSubtractorMOG2(compile=True), frames)
         assert any("C++ wrapper failed first" in note for note in getattr(info.value, "__notes__", []))
+        from torchgmm import _aot
+
+        monkeypatch.setattr(_aot, "run_ahead_of_time", lambda *args: None)  # its package failed too
         with pytest.warns(RuntimeWarning, match="running eagerly"):
             got = run(BackgroundSubtractorMOG2(), frames)
         with warnings.catch_warnings():

@@ -185,6 +185,8 @@ class AotStep:
         if build is None:
             if path.is_file():
                 return False
+            if _builder_elsewhere(path):  # another process builds it (a second job, a Ray worker)
+                return True
             build = _builds[path] = _Build.start(path, self.step_fn, self.config, args)
         code = build.process.poll()  # a waitpid: microseconds, once per frame while building
         if code is None:  # renamed into place: complete, though its builder may not have exited
@@ -223,9 +225,14 @@ class AotStep:
             partial.unlink(missing_ok=True)
 
 
-def _small_example(x: Any, height: int = 8, width: int = 12) -> Any:
+def _small_example(x: Any, height: int = 480, width: int = 640) -> Any:
     """A per-pixel tensor's top-left corner, dense in the same layout (the order of its
-    strides), as an example for the export: a 4K state would be a gigabyte to save."""
+    strides), as an example for the export: a 4K state would be a gigabyte to save.
+
+    Not smaller: Inductor takes the example's sizes as hints for its loop schedule, and MOG2's
+    kernel built from an 8x12 corner ran 1.7x slower per 640x480 frame than one built from
+    the frame itself (2.19 against 1.24 ms, 2 threads); from 480x640 up the schedule is the
+    large-frame one."""
     if not isinstance(x, Tensor) or x.ndim < 2:
         return x
     corner = x[..., :height, :width]
@@ -238,15 +245,37 @@ def _small_example(x: Any, height: int = 8, width: int = 12) -> Any:
 
 def _build_command(request: Path) -> list[str]:
     """The builder process's command line."""
+    if getattr(sys, "frozen", False):  # an application bundle: sys.executable is not Python
+        raise RuntimeError("no Python interpreter to build the package with (a frozen application)")
     return [sys.executable, "-m", "torchgmm._aot", str(request)]
+
+
+def _marker(path: Path) -> Path:
+    """The file that names the process building ``path`` (its pid), for other processes."""
+    return path.with_name(f".{path.stem}.building")
+
+
+def _builder_elsewhere(path: Path) -> bool:
+    """Whether a live process named in ``path``'s marker is building it."""
+    try:
+        pid = int(_marker(path).read_text())
+    except (OSError, ValueError):  # no marker, or a half-written one
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only whether it is there
+    except PermissionError:  # there, another user's
+        return True
+    except OSError:  # gone without a package: build it here
+        return False
+    return True
 
 
 class _Build:
     """A builder process, its request (an example of the step's arguments, the thread count
     the kernel is compiled for and the package's path) and its log, beside the package."""
 
-    def __init__(self, process: subprocess.Popen, request: Path, log: Path) -> None:
-        self.process, self.request, self.log = process, request, log
+    def __init__(self, process: subprocess.Popen, path: Path, request: Path, log: Path) -> None:
+        self.process, self.path, self.request, self.log = process, path, request, log
 
     @classmethod
     def start(cls, path: Path, step_fn: Callable, config: tuple, args: tuple) -> _Build:
@@ -260,7 +289,8 @@ class _Build:
             process = subprocess.Popen(
                 _build_command(request), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
-        return cls(process, request, log)
+        _marker(path).write_text(str(process.pid))  # the builder removes it when it ends
+        return cls(process, path, request, log)
 
     def finish(self) -> str:
         """Wait for the ended process; remove the request and the log, and return the log."""
@@ -268,7 +298,15 @@ class _Build:
         text = self.log.read_text(errors="replace").strip() if self.log.is_file() else ""
         self.request.unlink(missing_ok=True)
         self.log.unlink(missing_ok=True)
+        _remove_marker(self.path, self.process.pid)
         return text
+
+
+def _remove_marker(path: Path, pid: int) -> None:
+    """Remove ``path``'s marker if it still names ``pid`` (not a newer builder's)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(_marker(path).read_text()) == pid:
+            _marker(path).unlink()
 
 
 def wait_for_builds(timeout: float | None = None) -> None:
@@ -298,7 +336,10 @@ def _build_from_request(request: Path) -> None:
     _quiet_cuda_home_notice()
     step_fn = getattr(importlib.import_module(spec["module"]), spec["name"])
     leaves, tree = pytree.tree_flatten(spec["args"])
-    AotStep(step_fn, spec["config"])._build(Path(spec["path"]), leaves, tree)
+    try:
+        AotStep(step_fn, spec["config"])._build(Path(spec["path"]), leaves, tree)
+    finally:
+        _remove_marker(Path(spec["path"]), os.getpid())
     with contextlib.suppress(OSError):  # built: nothing to report (a failure's log stays for the model)
         request.with_suffix(".log").unlink(missing_ok=True)
 

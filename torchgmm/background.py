@@ -727,15 +727,15 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
             follow slow illumination drift only coarsely (the masks of a synthetic noisy
             scene agree with float32 on >= 99% of pixels; ``tests/test_background.py``).
             The arithmetic is float32 in every case.
-        compile: fuse the update with ``torch.compile``: ``None`` (default) compiles and
-            falls back to eager with a warning if compilation fails; ``True`` compiles and
-            raises on failure; ``False`` runs eagerly (no compile time; about 10x slower
-            per frame on CPU); ``"aot"`` (CPU) runs the same kernel compiled ahead of time
-            with AOTInductor, one package per configuration and thread count (every frame
-            size) kept in Inductor's cache directory, which loads in milliseconds without
-            Dynamo or Inductor; a missing package is built by a background process while
-            the eager step runs (the same masks), and a failed build falls back as ``None``
-            does (:mod:`torchgmm._aot`; on CUDA it means ``None``).
+        compile: how the update is fused into one kernel. ``"aot"``: the kernel compiled
+            ahead of time by AOTInductor, one package per configuration and thread count
+            (every frame size) kept in Inductor's cache directory, which loads in
+            milliseconds without Dynamo or Inductor; a missing package is built by a
+            background process while the eager step runs (the same masks), so the first
+            frame comes at once (:mod:`torchgmm._aot`; CPU only). ``True``: ``torch.compile``,
+            raising on failure. ``None`` (default): ``"aot"`` on the CPU and ``torch.compile``
+            on CUDA, each falling back (to ``torch.compile``, then to eager) with a warning
+            if compiling fails. ``False``: eagerly (about 10x slower per frame on CPU).
 
     Shape:
         - frames: ``(B, C, H, W)``, C = 1 or 3, ``uint8`` (0..255) or floating in [0, 1].
@@ -1094,7 +1094,7 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
             return _mog_step(*args)
-        if self.use_compile == "aot" and config[2] == "cpu":
+        if self.use_compile in (None, "aot") and config[2] == "cpu":
             from torchgmm._aot import NOT_READY, run_ahead_of_time
 
             out = run_ahead_of_time(_mog_step, config, args)

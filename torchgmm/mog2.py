@@ -510,9 +510,10 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
         shadow_threshold: ``tau``: a shadow is at most ``1 / tau`` times darker.
         state_dtype: ``float32`` (OpenCV's, the default) or ``float64`` (exact comparisons).
         compile: as for :class:`~torchgmm.background.BackgroundSubtractorMOG`: ``None``
-            compiles and falls back to eager with a warning, ``True`` raises on failure,
-            ``False`` runs eagerly, ``"aot"`` runs a package compiled ahead of time (CPU),
-            built in the background on first use while the eager step runs.
+            (default) runs a package compiled ahead of time on the CPU (built in the
+            background on first use while the eager step runs) and ``torch.compile`` on
+            CUDA, falling back with a warning; ``True`` is ``torch.compile``, raising on
+            failure; ``False`` runs eagerly; ``"aot"`` the package (CPU).
 
     Shape:
         - frames: ``(B, C, H, W)``, C = 1 or 3, ``uint8`` or floating in [0, 1].
@@ -772,7 +773,7 @@ class BackgroundSubtractorMOG2(StreamBatchMixin, nn.Module):
     def _step(self, config: tuple, args: tuple):  # noqa: ANN202
         if self.use_compile is False or self._compile_failed:
             return _mog2_step(*args)
-        if self.use_compile == "aot" and config[2] == "cpu":
+        if self.use_compile in (None, "aot") and config[2] == "cpu":
             from torchgmm._aot import NOT_READY, run_ahead_of_time
 
             out = run_ahead_of_time(_mog2_step, config, args)

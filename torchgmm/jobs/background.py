@@ -230,12 +230,7 @@ class _Options:
         return bool(self.settings.get("detect_shadows", default))
 
     def make_model(self, **overrides: Any) -> nn.Module:
-        settings = {**self.settings, **overrides}
-        if "compile" not in settings and str(self.device) != "auto" and torch.device(self.device).type == "cpu":
-            # a built package loads in milliseconds, where torch.compile's warm start imports
-            # Dynamo and Inductor and traces (2-3 s); a missing one is built beside the run
-            settings["compile"] = "aot"
-        return make_background_model(self.model, settings)
+        return make_background_model(self.model, {**self.settings, **overrides})
 
 
 def _check_decoder(decoder: str, on_damage: str) -> None:
