@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,18 @@ def test_a_build_under_way_in_another_process_is_waited_for(packages, monkeypatc
     monkeypatch.setattr(_aot, "_steps", {})
     MODELS["mog"](compile="aot").apply(frames[:1])
     assert path in _aot._builds
+
+
+@pytest.mark.parametrize("env", [None, "relative/cache"])
+def test_the_cache_folder_is_inductors_without_importing_it(env, monkeypatch, tmp_path):
+    # named as Inductor names it (which imports Inductor and Dynamo: about a second)
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "recorded")  # restored afterwards: cache_dir() sets it
+    if env is None:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    else:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", env)
+    ours = _aot.inductor_cache_dir()
+    assert ours == Path(cache_dir()) and ours.is_absolute()

@@ -1,4 +1,5 @@
-"""The per-pixel models' step compiled ahead of time (AOTInductor), for ``compile="aot"``.
+"""The per-pixel models' step compiled ahead of time (AOTInductor): ``compile="aot"``, and
+``compile=None`` (the default) on the CPU.
 
 A process whose ``torch.compile`` cache is warm still imports Dynamo and Inductor (about 2 s
 on the 2-core machine) and traces the step before the first frame; an AOTInductor package of
@@ -14,8 +15,10 @@ A missing package is built by a separate process (``python -m torchgmm._aot REQU
 while the model runs its eager step, and the model switches to the package once it is
 built. The eager step and Inductor's kernel compute the same arithmetic, so the masks and
 states are those of an uninterrupted compiled run (tests/test_aot.py checks it bit for
-bit); the first frames of a cold start cost the eager step's time instead of nothing at
-all. A build outlives a process that ends first, so the next run starts compiled.
+bit): a cold start's first frames run at the eager step's pace instead of waiting for a
+compile. A build outlives a process that ends first, so the next run starts compiled; a
+marker beside the package names the builder's pid, so that a second process (another job,
+a Ray worker) waits for that build instead of starting its own.
 
 CPU only: on CUDA, ``compile="aot"`` uses ``torch.compile``.
 """
