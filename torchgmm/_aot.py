@@ -260,6 +260,8 @@ def _marker(path: Path) -> Path:
 
 def _builder_elsewhere(path: Path) -> bool:
     """Whether a live process named in ``path``'s marker is building it."""
+    if os.name == "nt":  # os.kill(pid, 0) terminates the process there: no sharing
+        return False
     try:
         pid = int(_marker(path).read_text())
     except (OSError, ValueError):  # no marker, or a half-written one
