@@ -1,9 +1,9 @@
 """The per-pixel models' step compiled ahead of time (AOTInductor): ``compile="aot"``, and
 ``compile=None`` (the default) on the CPU.
 
-A process whose ``torch.compile`` cache is warm still imports Dynamo and Inductor (about 2 s
-on the 2-core machine) and traces the step before the first frame; an AOTInductor package of
-the same step loads in milliseconds, without either. A package holds one configuration for
+A process whose ``torch.compile`` cache is warm still imports Dynamo and Inductor and traces
+the step before the first frame (seconds); an AOTInductor package of the same step loads in
+milliseconds, without either (docs/benchmarks.md, "Jobs end to end"). A package holds one configuration for
 every frame size (H and W are dynamic in the exported program; the other sizes, the layouts
 and the constant arguments are baked in). It is compiled with
 :func:`torchgmm.background.compile_step`'s Inductor options and kept in Inductor's cache
@@ -93,8 +93,8 @@ def package_folder() -> Path:
 def inductor_cache_dir() -> Path:
     """Inductor's cache directory (``TORCHINDUCTOR_CACHE_DIR``, else ``torchinductor_<user>`` in
     the temporary folder), named as ``torch._inductor.runtime.cache_dir_utils.cache_dir`` names
-    it but without importing Inductor, which imports Dynamo: about a second, on a start whose
-    package is already built and loads in milliseconds."""
+    it but without importing Inductor, which imports Dynamo: longer than the whole load of a
+    built package."""
     folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if folder is None:
         try:
@@ -139,7 +139,7 @@ def load_package(path: Path) -> Callable[..., Any]:
     """A package's model as a function of its tensor inputs.
 
     Through ``torch._C._aoti`` directly: ``torch._inductor.aoti_load_package`` imports Inductor
-    and Dynamo (about a second) and parses the output's tree spec on every call."""
+    and Dynamo and parses the output's tree spec on every call."""
     loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
     if loader_class is None:  # a torch without the binding: the public loader
         return torch._inductor.aoti_load_package(str(path))
@@ -233,9 +233,9 @@ def _small_example(x: Any, height: int = 480, width: int = 640) -> Any:
     strides), as an example for the export: a 4K state would be a gigabyte to save.
 
     Not smaller: Inductor takes the example's sizes as hints for its loop schedule, and MOG2's
-    kernel built from an 8x12 corner ran 1.7x slower per 640x480 frame than one built from
-    the frame itself (2.19 against 1.24 ms, 2 threads); from 480x640 up the schedule is the
-    large-frame one."""
+    kernel built from an 8x12 corner ran markedly slower per 640x480 frame than one built
+    from the frame itself (docs/benchmarks.md, "Jobs end to end"); from 480x640 up the
+    schedule is the large-frame one."""
     if not isinstance(x, Tensor) or x.ndim < 2:
         return x
     corner = x[..., :height, :width]

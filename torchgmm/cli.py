@@ -538,11 +538,11 @@ def _main(argv: Sequence[str] | None) -> int:
 def run() -> None:
     """The ``torchgmm`` command: :func:`main` on ``sys.argv``, then a quick exit.
 
-    Python's finalisation after torch is imported takes about 0.4 s (freeing its modules and
-    their C++ objects), a tenth of a short job. The job has closed and renamed its outputs
-    by then, so the command runs the ``atexit`` handlers (Ray's shutdown, logging's flush),
-    flushes its streams and ends the process. Only when no other non-daemon thread is left:
-    otherwise it exits as usual, waiting for them.
+    Python's finalisation after torch is imported (freeing its modules and their C++ objects)
+    costs a noticeable share of a short job (docs/benchmarks.md, "Jobs end to end"). The job
+    has closed and renamed its outputs by then, so the command runs the ``atexit`` handlers
+    (Ray's shutdown, logging's flush), flushes its streams and ends the process. Only when no
+    other non-daemon thread is left: otherwise it exits as usual, waiting for them.
     """
     import atexit
     import os

@@ -93,8 +93,8 @@ def image_codec() -> str:
 
     torchvision's codecs are its ``image`` library's operators (``torch.ops.image``, what
     ``torchvision.io.decode_image`` and ``encode_png`` call), loaded without importing
-    torchvision: its package imports its models and ops, about a second of a job that
-    writes one PNG (``torchgmm background``'s ``background.png``).
+    torchvision: its package imports its models and ops, longer than a job that writes one
+    PNG spends on it (``torchgmm background``'s ``background.png``).
 
     Returns:
         one of :data:`IMAGE_CODECS`.

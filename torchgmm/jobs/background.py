@@ -691,9 +691,8 @@ def _step_threads(device: torch.device | str, pixels: int) -> Iterator[None]:
     count), and restored afterwards.
 
     PyTorch's OpenMP workers wait at the end of each parallel step for the one whose core
-    the decoding thread took: on a small step that wait is the step (64x80 on 2 cores, in
-    the ``torch.compile`` days: 2 ms a frame with one thread, 19 ms with two); a large one
-    gains from both cores (docs/benchmarks.md, "Jobs end to end").
+    the decoding thread took: on a small step that wait is most of the step; a large one
+    gains from both cores (docs/benchmarks.md, "Jobs end to end", has the measurements).
     """
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
     on_cpu = str(device) != "auto" and torch.device(device).type == "cpu"
