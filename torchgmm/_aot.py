@@ -3,9 +3,9 @@
 
 A process whose ``torch.compile`` cache is warm still imports Dynamo and Inductor and traces
 the step before the first frame (seconds); an AOTInductor package of the same step loads in
-milliseconds, without either (docs/benchmarks.md, "Jobs end to end"). A package holds one configuration for
-every frame size (H and W are dynamic in the exported program; the other sizes, the layouts
-and the constant arguments are baked in). It is compiled with
+milliseconds, without either (docs/benchmarks.md, "Jobs end to end"). A package holds one
+configuration for every frame size (H and W are dynamic in the exported program; the other
+sizes, the layouts and the constant arguments are baked in). It is compiled with
 :func:`torchgmm.background.compile_step`'s Inductor options and kept in Inductor's cache
 directory (``TORCHINDUCTOR_CACHE_DIR``), named by a digest of everything its code depends
 on: the model sources, the torch version, the CPU's vector capability, the thread count
@@ -52,20 +52,20 @@ _steps: dict[tuple, AotStep] = {}
 _failures: set[tuple] = set()
 #: the builds this process started and has not seen end, by package path
 _builds: dict[Path, _Build] = {}
-#: what :func:`run_ahead_of_time` returns while the package is being built: run eagerly
+#: what an AotStep returns while its package is being built
 NOT_READY = "not ready"
 
 
-def run_ahead_of_time(step_fn: Callable, config: tuple, args: tuple) -> tuple | str | None:
-    """``compile="aot"`` on CPU: ``step_fn(*args)`` through its package; :data:`NOT_READY`
-    while the package is being built (the caller runs the eager step); None when building or
-    loading it failed for this configuration (said once in a warning; the model's
-    ``torch.compile`` path runs it from then on)."""
+def run_ahead_of_time(step_fn: Callable, config: tuple, args: tuple) -> tuple | None:
+    """``compile="aot"`` on CPU: ``step_fn(*args)`` through its package, or eagerly (the same
+    arithmetic) while the package is being built; None when building or loading it failed
+    for this configuration (said once in a warning; the model's ``torch.compile`` path runs
+    it from then on)."""
     key = (step_fn.__qualname__, config)
     if key in _failures:
         return None
     try:
-        return aot_step(step_fn, config)(*args)
+        out = aot_step(step_fn, config)(*args)
     except Exception as exc:  # noqa: BLE001 - any export or compiler failure: the JIT path is there
         _failures.add(key)
         warnings.warn(
@@ -74,6 +74,7 @@ def run_ahead_of_time(step_fn: Callable, config: tuple, args: tuple) -> tuple | 
             stacklevel=4,
         )
         return None
+    return step_fn(*args) if out is NOT_READY else out
 
 
 def aot_step(step_fn: Callable, config: tuple) -> AotStep:

@@ -1095,11 +1095,9 @@ class BackgroundSubtractorMOG(StreamBatchMixin, nn.Module):
         if self.use_compile is False or self._compile_failed:
             return _mog_step(*args)
         if self.use_compile in (None, "aot") and config[2] == "cpu":
-            from torchgmm._aot import NOT_READY, run_ahead_of_time
+            from torchgmm._aot import run_ahead_of_time
 
-            out = run_ahead_of_time(_mog_step, config, args)
-            if out is NOT_READY:  # its package is being built: the same arithmetic, eagerly
-                return _mog_step(*args)
+            out = run_ahead_of_time(_mog_step, config, args)  # eager while its package is built
             if out is not None:
                 return out
         cpp_error: Exception | None = None
