@@ -40,6 +40,7 @@ from torchgmm.jobs import (  # noqa: E402
     method_factories,
     run_background,
 )
+from torchgmm.jobs._threads import SMALL_STEP_PIXELS, step_threads  # noqa: E402
 from torchgmm.jobs.baselines import _opencv_subtractor  # noqa: E402
 from torchgmm.postprocess import apply_postprocess  # noqa: E402
 
@@ -584,7 +585,7 @@ class TestEvaluation:
     [
         (64 * 80, None, 4, 3),  # small steps leave a core to the decoding thread
         (768 * 576, None, 4, 4),  # large ones use them all
-        (background_job.SMALL_STEP_PIXELS, None, 4, 4),
+        (SMALL_STEP_PIXELS, None, 4, 4),
         (64 * 80, "2", 4, 4),  # OMP_NUM_THREADS chose: untouched
         (64 * 80, None, 2, 2),  # the user chose another count: untouched
     ],
@@ -598,10 +599,10 @@ def test_step_threads_follow_the_frame_size(monkeypatch, pixels, env, threads_be
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads_before)
-        with background_job._step_threads(torch.device("cpu"), pixels):
+        with step_threads(torch.device("cpu"), pixels):
             assert torch.get_num_threads() == expected
         assert torch.get_num_threads() == threads_before  # restored
-        with background_job._step_threads("auto", pixels):  # not resolved yet (a Ray run): untouched
+        with step_threads("auto", pixels):  # not resolved yet (a Ray run): untouched
             assert torch.get_num_threads() == threads_before
     finally:
         torch.set_num_threads(saved)

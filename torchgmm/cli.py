@@ -232,21 +232,6 @@ def _postprocess_settings(args: argparse.Namespace) -> dict | None:
     return post if any(post.values()) else None
 
 
-def _leave_a_core_for_decoding(device: str) -> None:
-    """On the CPU, let PyTorch use one core fewer than there are, unless OMP_NUM_THREADS says
-    otherwise: the video decoding thread needs one, and PyTorch's OpenMP workers stall when it
-    takes one of theirs (measured 2 ms/frame with 1 thread, 19 ms with 2, for 64x80 on 2 cores)."""
-    import os
-
-    import torch
-
-    if device != "cpu" and not (device == "auto" and not torch.cuda.is_available()):
-        return
-    cores = os.cpu_count() or 1
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() >= cores:
-        torch.set_num_threads(max(1, cores - 1))
-
-
 def _add_background(sub: argparse._SubParsersAction) -> None:
     from torchgmm.defaults import BACKGROUND_MODELS, VIDEO_BACKENDS
 
@@ -444,7 +429,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     model_settings = dict(settings)  # recorded in results.json; the factories take them apart
     post = _postprocess_settings(args)
     retain_freed_memory()
-    _leave_a_core_for_decoding(args.device)
     try:
         methods = method_factories(
             args.method or ["torchgmm"],

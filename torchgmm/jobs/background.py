@@ -52,6 +52,7 @@ from torchgmm.io.images import (
 )
 from torchgmm.io.video import VideoReader, WriterThread, video_backends
 from torchgmm.jobs.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from torchgmm.jobs._threads import step_threads
 from torchgmm.jobs.ray_engine import Engine, check_engine
 from torchgmm.jobs.outputs import check_png_frames, open_writer, overlay_frames, previous_path, rebuild_overlay
 from torchgmm.postprocess import apply_postprocess, postprocess_settings
@@ -680,32 +681,6 @@ def _run_batches_on_ray(
             bar.close()
 
 
-#: a step of fewer pixels (over all streams) leaves a core to the decoding thread
-SMALL_STEP_PIXELS = 2**16
-
-
-@contextlib.contextmanager
-def _step_threads(device: torch.device | str, pixels: int) -> Iterator[None]:
-    """PyTorch's threads for a batch on the CPU: one core fewer than there are for a small
-    step, else all of them; only when nobody chose (OMP_NUM_THREADS unset, the default
-    count), and restored afterwards.
-
-    PyTorch's OpenMP workers wait at the end of each parallel step for the one whose core
-    the decoding thread took: on a small step that wait is most of the step; a large one
-    gains from both cores (docs/benchmarks.md, "Jobs end to end", has the measurements).
-    """
-    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
-    on_cpu = str(device) != "auto" and torch.device(device).type == "cpu"
-    if not on_cpu or "OMP_NUM_THREADS" in os.environ or threads != cores or cores == 1:
-        yield
-        return
-    torch.set_num_threads(cores - 1 if pixels < SMALL_STEP_PIXELS else cores)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class _Batch:
     """Same-size inputs run as one batch of streams through one model (:meth:`run`);
     ``on_frame(1)`` is called after each frame (the Ray engine's progress)."""
@@ -741,7 +716,7 @@ class _Batch:
         plan = self.plans[0]
         try:
             with ExitStack() as stack:
-                stack.enter_context(_step_threads(self.options.device, len(self.plans) * plan.height * plan.width))
+                stack.enter_context(step_threads(self.options.device, len(self.plans) * plan.height * plan.width))
                 if not self.resumed:  # a resumed model holds its state: a second would double the memory
                     self._compile_step()
                 for plan in self.plans:

@@ -28,6 +28,7 @@ from torchgmm import __version__
 from torchgmm._checks import add_note, resolve_device
 from torchgmm.io.images import atomic_write_text, decode_image_file, make_output_folder
 from torchgmm.io.video import VideoReader, _frame_number, _numbering_gap, list_image_sequence
+from torchgmm.jobs._threads import step_threads
 from torchgmm.metrics import (
     GT_MOTION,
     GT_OUTSIDE_ROI,
@@ -169,6 +170,7 @@ def evaluate_sequence(
     frames = 0
     t0 = time.perf_counter()
     with (
+        step_threads(device, roi.numel()),  # the readers decode on threads beside the model
         VideoReader(seq_dir / "input", gray=gray, end=last, device=device) as inputs,
         VideoReader(seq_dir / "groundtruth", gray=True, end=last, device=device) as truth,
     ):
