@@ -6,12 +6,13 @@ schedule; torchgmm's warmup ``max(alpha, 1/t)``), and the same optional post-pro
 scores follow CDnet 2014 (temporal ROI, spatial ROI, shadows count as negatives, unknown and
 outside-ROI pixels not scored). Methods: ``torchgmm`` (BackgroundSubtractorMOG with the
 preset), ``mog2`` (OpenCV ``createBackgroundSubtractorMOG2(detectShadows=False)``),
-``mog2-defaults`` (the same at OpenCV's own defaults: history 500, K = 5, T = 0.9; it
-shares only the frames and the post-processing) and ``bgsegm-mog`` (OpenCV contrib
-``bgsegm.createBackgroundSubtractorMOG``).
+``mog2-defaults`` / ``mog2-shadows`` (the same at OpenCV's own defaults: history 500, K = 5,
+T = 0.9, shadows off / on; they share only the frames and the post-processing) and
+``bgsegm-mog`` (OpenCV contrib ``bgsegm.createBackgroundSubtractorMOG``).
 
     python scripts/eval_cdnet.py                                  # ../shared/data/cdnet, preset default
     python scripts/eval_cdnet.py --preset cdnet-baseline --median 5
+    python scripts/eval_cdnet.py --root ../shared/data/cdnet more/cdnet   # several dataset roots
 
 Prints the comparison table (and the post-processed one when a post-processing option is
 given) and writes ``bench_out/eval_cdnet_<preset>.json`` and ``.csv``.
@@ -28,7 +29,7 @@ import torch
 from torchgmm.background import retain_freed_memory
 from torchgmm.defaults import PRESETS
 from torchgmm.jobs.baselines import method_factories
-from torchgmm.jobs.evaluate import evaluate_dataset, format_table, write_results
+from torchgmm.jobs.evaluate import _mean_rows, evaluate_dataset, format_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "cdnet"
@@ -39,9 +40,13 @@ PUBLISHED = {"baseline/highway": 0.9240, "baseline/office": 0.5919, "baseline/me
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="CDnet-layout dataset root or one sequence")
+    parser.add_argument(
+        "--root", nargs="+", default=[str(DEFAULT_ROOT)], help="CDnet-layout dataset roots or sequences"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    parser.add_argument("--methods", default="torchgmm,mog2,mog2-defaults,bgsegm-mog", help="comma-separated")
+    parser.add_argument(
+        "--methods", default="torchgmm,mog2,mog2-defaults,mog2-shadows,bgsegm-mog", help="comma-separated"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="run torchgmm eagerly")
@@ -51,8 +56,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench_out"), help="folder for the JSON and CSV")
     args = parser.parse_args()
 
-    if not Path(args.root).exists():
-        raise SystemExit(f"no CDnet data at {args.root}; pass --root")
+    for root in args.root:
+        if not Path(root).exists():
+            raise SystemExit(f"no CDnet data at {root}; pass --root")
     torch.set_num_threads(args.threads)
     retain_freed_memory()
     if any(m in args.methods for m in ("mog2", "bgsegm")):
@@ -71,12 +77,15 @@ def main() -> None:
         model_options=settings,
     )
     post = dict(median=args.median, opening=args.opening, min_area=args.min_area)
-    rows = evaluate_dataset(
-        args.root,
-        methods=methods,
-        device=args.device,
-        postprocess=post if any(post.values()) else None,
-    )
+    rows = [
+        row
+        for root in args.root
+        for row in evaluate_dataset(
+            root, methods=methods, device=args.device, postprocess=post if any(post.values()) else None
+        )
+        if not row["sequence"].endswith("/mean")  # each root's means: recomputed over all roots below
+    ]
+    rows += _mean_rows(rows)
     print(f"preset {args.preset}: {PRESETS[args.preset]}")
     print(format_table(rows))
     if any(post.values()):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import inspect
 import os
 import threading
 import time
@@ -176,9 +177,9 @@ def assert_module_equals(ref_masks, ref, frames, rates, device, **settings) -> N
         np.testing.assert_allclose(got[0].cpu().numpy(), ref[name], rtol=1e-9, atol=1e-9, err_msg=name)
 
 
-#: the variances the hand-computed cases were worked out with (sigma 30 new, floor 4), not
-#: the defaults: larger numbers keep the arithmetic in the comments readable
-HAND_COMPUTED = dict(init_var=900.0, min_var=16.0)
+#: the settings the hand-computed cases were worked out with (sigma 30 new, floor 4, T = 0.7,
+#: rho = alpha / w), not the defaults: larger numbers keep the arithmetic in the comments readable
+HAND_COMPUTED = dict(init_var=900.0, min_var=16.0, background_ratio=0.7, rho="inverse_weight")
 
 
 def compare(values, rates, device, n_channels: int = 1, **settings):
@@ -219,7 +220,7 @@ class TestReference:
     def test_diag_rgb_constant_rate(self):
         frames = np.array([[10, 20, 30], [14, 20, 26]], dtype=np.uint8).reshape(2, 3, 1, 1)
         masks, st = reference_mog(
-            frames, learning_rate=0.25, warmup=False, rho="constant", covariance_type="diag", **HAND_COMPUTED
+            frames, learning_rate=0.25, warmup=False, covariance_type="diag", **{**HAND_COMPUTED, "rho": "constant"}
         )
         assert not masks.any()
         # mu <- mu + 0.25 (x - mu); var_c <- 900 + 0.25 (diff_c^2 - 900)
@@ -229,7 +230,7 @@ class TestReference:
 
     def test_paper_rate_spherical(self):
         frames = np.array([50, 56], dtype=np.uint8).reshape(2, 1, 1, 1)
-        _, st = reference_mog(frames, learning_rate=0.5, warmup=False, rho="paper", **HAND_COMPUTED)
+        _, st = reference_mog(frames, learning_rate=0.5, warmup=False, **{**HAND_COMPUTED, "rho": "paper"})
         eta = math.exp(-36 / 1800) / math.sqrt(2 * math.pi * 900)
         assert st["mean"][0, 0, 0, 0] == pytest.approx(50 + 0.5 * eta * 6, rel=1e-14)
         assert st["variance"][0, 0, 0] == pytest.approx(900 + 0.5 * eta * (36 - 900), rel=1e-14)
@@ -662,12 +663,12 @@ class TestBehaviour:
 
     def test_bimodal_pixel_learned_as_background(self):
         g = torch.Generator().manual_seed(2)
-        n_frames = 400
+        n_frames = 1000
         choice = torch.rand(n_frames, 1, 32, 32, generator=g) < 0.4
         x = torch.where(choice, 160.0, 80.0) + 3 * torch.randn(n_frames, 1, 32, 32, generator=g)
         frames = x.round().clamp(0, 255).to(torch.uint8)
-        masks = BackgroundSubtractorMOG(n_components=3, learning_rate=0.005, compile=False).process(frames)
-        early, late = masks[:20].float().mean().item(), masks[200:].float().mean().item()
+        masks = BackgroundSubtractorMOG(compile=False).process(frames)  # T = 0.65 > 0.6: both modes
+        early, late = masks[:20].float().mean().item(), masks[600:].float().mean().item()
         assert early > 0.05  # the second mode is foreground until it has weight
         assert late < 0.005, f"foreground on a bimodal background after learning: {late:.4%}"
 
@@ -1002,3 +1003,19 @@ class TestErrors:
         model(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
         with pytest.raises(ValueError, match="learning_rate"):
             model(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), learning_rate=-1.0)
+
+
+def test_the_default_preset_is_the_modules_defaults():
+    """One set of defaults: the CLI's ``default`` preset, the module's and the functional core's."""
+    from torchgmm.background import mog_foreground, mog_update
+    from torchgmm.defaults import PRESETS
+
+    module = inspect.signature(BackgroundSubtractorMOG).parameters
+    assert {k: module[k].default for k in PRESETS["default"]} == PRESETS["default"]
+    update = inspect.signature(mog_update).parameters
+    shared = {k: v for k, v in PRESETS["default"].items() if k in update and k != "learning_rate"}  # required there
+    assert len(shared) == 4 and {k: update[k].default for k in shared} == shared
+    assert (
+        inspect.signature(mog_foreground).parameters["background_ratio"].default
+        == PRESETS["default"]["background_ratio"]
+    )

@@ -26,6 +26,7 @@ import torch
 av = pytest.importorskip("av")
 
 from torchgmm.cli import main  # noqa: E402
+from torchgmm.defaults import PRESETS  # noqa: E402
 from torchgmm.demo import synthetic_clip  # noqa: E402
 from torchgmm.io.images import decode_image_file  # noqa: E402
 from torchgmm.io.video import VideoReader  # noqa: E402
@@ -84,7 +85,7 @@ def test_end_to_end_outputs(clip, cli_run, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == T and summary["complete"] and summary["error"] is None
     assert summary["fps"] > 0 and summary["source_fps"] == pytest.approx(25)
-    assert summary["settings"] == {"n_components": 3, "learning_rate": 0.005, "background_ratio": 0.7, "compile": False}
+    assert summary["settings"] == {**PRESETS["default"], "compile": False}
     assert summary["mask"] == str(out / "mask.mp4") and (summary["width"], summary["height"]) == (W, H)
     # without --start/--end/--step/--size: every frame, at the source's size and rate
     assert (summary["start"], summary["end"], summary["step"], summary["size"]) == (None, None, 1, None)

@@ -24,6 +24,7 @@ av = pytest.importorskip("av")
 
 import torchgmm.jobs.background as background_job  # noqa: E402
 from torchgmm.background import BackgroundSubtractorMOG  # noqa: E402
+from torchgmm.defaults import PRESETS  # noqa: E402
 from torchgmm.demo import synthetic_clip  # noqa: E402
 from torchgmm.io.images import decode_image_file  # noqa: E402
 from torchgmm.io.video import VideoDecodeError, VideoReader, VideoWriter  # noqa: E402
@@ -121,7 +122,9 @@ class TestRunBackground:
         assert out.name == "a" and s["input"] == str(clips["a"])
         assert sorted(p.name for p in (out / "mask").iterdir()) == [f"{i:06d}.png" for i in range(T)]
         assert s["frames"] == T and s["complete"] and s["error"] is None and s["fps"] > 0
-        assert s["settings"]["learning_rate"] == 0.005 and s["settings"]["compile"] is False
+        assert (
+            s["settings"]["learning_rate"] == PRESETS["default"]["learning_rate"] and s["settings"]["compile"] is False
+        )
         assert json.loads((out / "summary.json").read_text()) == s
         learned = decode_image_file(out / "background.png")
         assert learned.shape == (3, H, W)
@@ -520,7 +523,7 @@ class TestEvaluation:
 
     def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
         pytest.importorskip("cv2")
-        all_methods = ("torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog")
+        all_methods = ("torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "mog2-shadows", "bgsegm-mog")
         methods = method_factories(all_methods, learning_rate=0.01, device="cpu", model_options=EAGER)
         rows = evaluate_dataset(
             cdnet, methods=methods, device="cpu", out_dir=tmp_path, progress=False, postprocess=dict(opening=3)

@@ -156,14 +156,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="ALPHA",
-        help="learning rate; about 1/ALPHA frames of memory (default preset: 0.005, cdnet-baseline: 0.0005)",
+        help="learning rate; about 1/ALPHA frames of memory (default preset: 0.001, cdnet-baseline: 0.0005)",
     )
     p.add_argument(
         "--background-ratio",
         type=float,
         default=None,
         metavar="T",
-        help="share of the weight that is background (default preset: 0.7, cdnet-baseline: 0.5)",
+        help="share of the weight that is background (default preset: 0.65, cdnet-baseline: 0.5)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--gray", action="store_true", help="model grey frames instead of RGB")
@@ -396,6 +396,8 @@ def _run_background(args: argparse.Namespace) -> int:
 
 # --- evaluate ------------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from torchgmm.defaults import EVALUATION_METHODS
+
     p = sub.add_parser(
         "evaluate",
         help="score the background model on CDnet-layout sequences",
@@ -408,10 +410,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("root", metavar="DATASET_ROOT")
     p.add_argument(
         "--method",
-        choices=["torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog"],
+        choices=EVALUATION_METHODS,
         action="append",
         help="method to score (repeatable; default torchgmm; torchgmm-mog2: OpenCV's MOG2 with "
-        "shadows at its defaults, computed by torchgmm; the OpenCV methods need "
+        "shadows at its defaults, computed by torchgmm; mog2-defaults / mog2-shadows: OpenCV's MOG2 at its "
+        "defaults, shadows off / on; the OpenCV methods need "
         "opencv-contrib-python-headless)",
     )
     _add_model_options(p)

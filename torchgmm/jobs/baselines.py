@@ -14,11 +14,9 @@ from torch import Tensor
 
 from torchgmm._checks import resolve_device
 from torchgmm.background import BackgroundSubtractorMOG
+from torchgmm.defaults import EVALUATION_METHODS as METHODS
 
 __all__ = ["METHODS", "method_factories"]
-
-#: the methods :func:`method_factories` knows
-METHODS = ("torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "bgsegm-mog")
 
 
 def _opencv_subtractor(subtractor: Any) -> Callable[[Tensor], Tensor]:
@@ -44,8 +42,8 @@ def method_factories(
     names: Sequence[str],
     *,
     n_components: int = 3,
-    learning_rate: float = 0.005,
-    background_ratio: float = 0.7,
+    learning_rate: float = 0.001,
+    background_ratio: float = 0.65,
     device: str | torch.device = "auto",
     model_options: dict | None = None,
 ) -> dict[str, Callable[[], Callable[[Tensor], Tensor]]]:
@@ -59,6 +57,8 @@ def method_factories(
     - ``"mog2-defaults"``: OpenCV ``createBackgroundSubtractorMOG2(detectShadows=False)`` at
       OpenCV's own defaults (history 500, 5 mixtures, T = 0.9, varThreshold 16), ignoring the
       settings above: what a user of OpenCV gets without tuning.
+    - ``"mog2-shadows"``: the same with ``detectShadows=True`` (OpenCV's own default), a
+      detected shadow scored as not foreground, as CDnet scores it.
     - ``"torchgmm-mog2"``: :class:`~torchgmm.mog2.BackgroundSubtractorMOG2` at OpenCV's MOG2
       defaults (history 500, 5 mixtures, T = 0.9, varThreshold 16, shadows detected and
       scored as not foreground, as CDnet scores them), ignoring the settings above except
@@ -100,7 +100,7 @@ def method_factories(
                 return lambda frames: model(frames).unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
 
             factories[name] = make_torchgmm_mog2
-        elif name in ("mog2", "mog2-defaults", "bgsegm-mog"):
+        elif name in ("mog2", "mog2-defaults", "mog2-shadows", "bgsegm-mog"):
             try:
                 import cv2
 
@@ -119,10 +119,10 @@ def method_factories(
                     return _opencv_subtractor(sub)
 
                 factories[name] = make_mog2
-            elif name == "mog2-defaults":
+            elif name in ("mog2-defaults", "mog2-shadows"):
 
-                def make_mog2_defaults() -> Callable[[Tensor], Tensor]:
-                    return _opencv_subtractor(cv2.createBackgroundSubtractorMOG2(detectShadows=False))
+                def make_mog2_defaults(shadows: bool = name == "mog2-shadows") -> Callable[[Tensor], Tensor]:
+                    return _opencv_subtractor(cv2.createBackgroundSubtractorMOG2(detectShadows=shadows))
 
                 factories[name] = make_mog2_defaults
             else:
@@ -136,7 +136,5 @@ def method_factories(
 
                 factories[name] = make_mog
         else:
-            raise ValueError(
-                f"unknown method {name!r}; choose from torchgmm, torchgmm-mog2, mog2, mog2-defaults, bgsegm-mog."
-            )
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
     return factories
