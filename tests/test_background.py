@@ -1006,9 +1006,11 @@ class TestErrors:
 
 
 def test_the_default_preset_is_the_modules_defaults():
-    """One set of defaults: the CLI's ``default`` preset, the module's and the functional core's."""
+    """One set of defaults: the CLI's ``default`` preset, the module's, the functional core's
+    and the evaluation's."""
     from torchgmm.background import mog_foreground, mog_update
     from torchgmm.defaults import PRESETS
+    from torchgmm.jobs.baselines import method_factories
 
     module = inspect.signature(BackgroundSubtractorMOG).parameters
     assert {k: module[k].default for k in PRESETS["default"]} == PRESETS["default"]
@@ -1019,3 +1021,6 @@ def test_the_default_preset_is_the_modules_defaults():
         inspect.signature(mog_foreground).parameters["background_ratio"].default
         == PRESETS["default"]["background_ratio"]
     )
+    matched = ("n_components", "learning_rate", "background_ratio")  # the evaluation's shared settings
+    factories = inspect.signature(method_factories).parameters
+    assert {k: factories[k].default for k in matched} == {k: PRESETS["default"][k] for k in matched}
