@@ -29,7 +29,7 @@ import torch
 from torchgmm.background import retain_freed_memory
 from torchgmm.defaults import PRESETS
 from torchgmm.jobs.baselines import method_factories
-from torchgmm.jobs.evaluate import _mean_rows, evaluate_dataset, format_table, write_results
+from torchgmm.jobs.evaluate import evaluate_dataset, format_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "cdnet"
@@ -58,7 +58,7 @@ def main() -> None:
 
     for root in args.root:
         if not Path(root).exists():
-            raise SystemExit(f"no CDnet data at {root}; pass --root")
+            raise SystemExit(f"no CDnet data at {root}; pass --root")  # the rest is checked before any work
     torch.set_num_threads(args.threads)
     retain_freed_memory()
     if any(m in args.methods for m in ("mog2", "bgsegm")):
@@ -77,15 +77,9 @@ def main() -> None:
         model_options=settings,
     )
     post = dict(median=args.median, opening=args.opening, min_area=args.min_area)
-    rows = [
-        row
-        for root in args.root
-        for row in evaluate_dataset(
-            root, methods=methods, device=args.device, postprocess=post if any(post.values()) else None
-        )
-        if not row["sequence"].endswith("/mean")  # each root's means: recomputed over all roots below
-    ]
-    rows += _mean_rows(rows)
+    rows = evaluate_dataset(
+        args.root, methods=methods, device=args.device, postprocess=post if any(post.values()) else None
+    )
     print(f"preset {args.preset}: {PRESETS[args.preset]}")
     print(format_table(rows))
     if any(post.values()):

@@ -521,6 +521,21 @@ class TestEvaluation:
         assert [row[k] for k in ("TP", "FP", "FN", "TN")] == [reference[k] for k in ("TP", "FP", "FN", "TN")]
         assert row["TP"] > 0
 
+    def test_several_roots_are_one_dataset(self, cdnet, tmp_path):
+        """Roots split across folders score as the one dataset they hold together."""
+        split = tmp_path / "split"
+        for part in ("baseline/easy", "baseline/other"):
+            shutil.copytree(cdnet / part, split / "a" / part)
+        shutil.copytree(cdnet / "shadow" / "third", split / "b" / "shadow" / "third")
+        methods = method_factories(["torchgmm"], device="cpu", model_options=EAGER)
+        whole = evaluate_dataset(cdnet, methods=methods, device="cpu", progress=False)
+        rows = evaluate_dataset([split / "a", split / "b"], methods=methods, device="cpu", progress=False)
+        keys = ("method", "sequence", "TP", "FP", "FN", "TN", "F-measure")
+        assert [[r.get(k) for k in keys] for r in rows] == [[r.get(k) for k in keys] for r in whole]
+        assert [r["sequence"] for r in rows][-3:] == ["baseline/mean", "shadow/mean", "overall/mean"]
+        with pytest.raises(ValueError, match="baseline/easy"):  # the same sequence twice: refused before any work
+            evaluate_dataset([cdnet, split / "a"], methods=methods, device="cpu", progress=False)
+
     def test_dataset_methods_side_by_side(self, cdnet, tmp_path):
         pytest.importorskip("cv2")
         all_methods = ("torchgmm", "torchgmm-mog2", "mog2", "mog2-defaults", "mog2-shadows", "bgsegm-mog")
@@ -594,7 +609,7 @@ class TestEvaluation:
     ],
 )
 def test_step_threads_follow_the_frame_size(monkeypatch, pixels, env, threads_before, expected):
-    monkeypatch.setattr(background_job.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr("torchgmm.jobs._threads.os.cpu_count", lambda: 4)
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:

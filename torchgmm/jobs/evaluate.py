@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -227,7 +227,7 @@ INTERRUPTED_STEM = "results-interrupted"
 
 
 def evaluate_dataset(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     methods: dict[str, Callable[[], Callable[[Tensor], Tensor]]],
     device: str | torch.device = "auto",
@@ -238,7 +238,7 @@ def evaluate_dataset(
     raise_errors: bool = True,
     metadata: dict | None = None,
 ) -> list[dict]:
-    """Evaluate each method on every CDnet sequence under ``root``.
+    """Evaluate each method on every CDnet sequence under ``root`` (or under each of several roots).
 
     Every sequence is checked (ROI, temporal ROI, input and ground-truth images numbered
     alike) and ``out_dir`` created before any model runs. A sequence that fails part-way (a
@@ -246,7 +246,9 @@ def evaluate_dataset(
     holds the error instead of scores, and the results of the others are written.
 
     Args:
-        root: dataset root (``category/sequence/`` folders), or one sequence folder.
+        root: dataset root (``category/sequence/`` folders), or one sequence folder, or a list
+            of them: their sequences are scored alike and the means taken over all of them
+            (two sequences of the same ``category/name`` are refused).
         methods: name -> model factory (see :func:`method_factories`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         postprocess: keyword arguments of :func:`apply_postprocess`; each row then holds
@@ -282,7 +284,12 @@ def evaluate_dataset(
     from tqdm import tqdm
 
     device = resolve_device(device)
-    sequences = find_cdnet_sequences(root)
+    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    sequences = [seq for r in roots for seq in find_cdnet_sequences(r)]
+    names = [_sequence_name(seq) for seq in sequences]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"the roots {[str(r) for r in roots]} hold the same sequence more than once: {twice}.")
     postprocess_settings(postprocess)  # checked before any work; applied as given
     for seq in sequences:
         _check_sequence(seq)
@@ -290,7 +297,7 @@ def evaluate_dataset(
         make_output_folder(out_dir)  # a file in the way fails now, not after the work
     settings = {  # the caller's facts win over those recorded here
         **dict(
-            root=str(Path(root).resolve()),
+            root=str(Path(roots[0]).resolve()) if len(roots) == 1 else [str(Path(r).resolve()) for r in roots],
             methods=list(methods),
             device=str(device),
             gray=gray,
